@@ -1,0 +1,3 @@
+"""Portway: a container repository manager."""
+
+__version__ = "0.1.0"

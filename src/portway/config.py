@@ -1,0 +1,289 @@
+"""Settings: the TOML file an operator writes, validated at start with errors naming the key."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+REPO_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+WritePolicy = Literal["allow", "allow_once", "deny", "allow_latest"]
+
+
+class ConfigError(Exception):
+    """A configuration problem, worded for the operator (names the key at fault)."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _check_listen(value: str) -> str:
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"expected HOST:PORT, got {value!r}")
+    if not host:
+        raise ValueError(f"expected HOST:PORT with a host (0.0.0.0 for all), got {value!r}")
+    return value
+
+
+def split_listen(value: str) -> tuple[str, int]:
+    host, _, port = value.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+class ServerConfig(_Strict):
+    listen: str = "0.0.0.0:8081"
+    data_dir: Path = Path("./portway-data")
+    trusted_proxies: tuple[str, ...] = ("127.0.0.1/32", "::1/128")
+    workers: int = Field(default=1, ge=1, le=64)
+    tls: TlsConfig | tuple[TlsConfig, ...] | None = None
+    upload_session_ttl: int = Field(default=86400, ge=60, description="seconds")
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, value: str) -> str:
+        return _check_listen(value)
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _networks(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for net in value:
+            ipaddress.ip_network(net, strict=False)
+        return value
+
+
+class TlsConfig(_Strict):
+    cert: Path
+    key: Path
+
+
+class RepositoryConfig(_Strict):
+    name: str
+    type: Literal["hosted", "proxy", "group"]
+    online: bool = True
+    path_routing: bool = False
+    write_policy: WritePolicy = "allow"
+    strict_content_types: bool = False
+    v1_enabled: bool = True
+    anonymous_pull: bool = False
+    # proxy
+    remote_url: str | None = None
+    remote_username: str | None = None
+    remote_password: str | None = None
+    metadata_max_age: int = Field(default=1440 * 60, ge=0, description="seconds")
+    content_max_age: int = Field(default=-1, ge=-1, description="seconds, -1 keeps forever")
+    negative_cache_ttl: int = Field(default=1440 * 60, ge=0, description="seconds")
+    cache_foreign_layers: bool = False
+    foreign_layer_urls: tuple[str, ...] = ()
+    # group
+    members: tuple[str, ...] = ()
+    writable_member: str | None = None
+    allow_proxy_shadowing: bool = False
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not REPO_NAME_RE.match(value):
+            raise ValueError(
+                "repository names are 1-64 characters of a-z, 0-9, '.', '_', '-', "
+                "starting with a letter or digit"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _kind_fields(self) -> RepositoryConfig:
+        if self.type == "proxy" and not self.remote_url:
+            raise ValueError(f"proxy repository {self.name!r} needs remote_url")
+        if self.type != "proxy" and self.remote_url:
+            raise ValueError(f"remote_url is only for proxy repositories ({self.name!r})")
+        if self.type == "group":
+            if not self.members:
+                raise ValueError(f"group repository {self.name!r} needs members")
+            if self.writable_member and self.writable_member not in self.members:
+                raise ValueError(
+                    f"writable_member {self.writable_member!r} is not a member of {self.name!r}"
+                )
+        elif self.members or self.writable_member:
+            raise ValueError(f"members/writable_member are only for group repositories ({self.name!r})")
+        return self
+
+
+class ConnectorConfig(_Strict):
+    listen: str
+    repository: str | None = None
+    tls: TlsConfig | tuple[TlsConfig, ...] | None = None
+    external_url: str | None = None
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, value: str) -> str:
+        return _check_listen(value)
+
+
+class HostConfig(_Strict):
+    name: str
+    repository: str | None = None
+    external_url: str | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _host(cls, value: str) -> str:
+        value = value.lower()
+        label = r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?"
+        if not re.fullmatch(rf"(\*\.)?{label}(\.{label})*", value):
+            raise ValueError(f"not a host name: {value!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _wildcard(self) -> HostConfig:
+        wildcard = self.name.startswith("*.")
+        if wildcard and self.repository:
+            raise ValueError(
+                f"host {self.name!r}: a wildcard host names its repository by its first label; "
+                "leave repository out"
+            )
+        if not wildcard and not self.repository:
+            raise ValueError(f"host {self.name!r} needs a repository")
+        return self
+
+
+class Settings(_Strict):
+    server: ServerConfig = ServerConfig()
+    repository: tuple[RepositoryConfig, ...] = ()
+    connector: tuple[ConnectorConfig, ...] = ()
+    host: tuple[HostConfig, ...] = ()
+
+    @model_validator(mode="after")
+    def _references(self) -> Settings:
+        names = [r.name for r in self.repository]
+        dupes = {n for n in names if names.count(n) > 1}
+        if dupes:
+            raise ValueError(f"repository names must be unique: {sorted(dupes)}")
+        known = set(names)
+        for repo in self.repository:
+            for member in repo.members:
+                if member not in known:
+                    raise ValueError(f"group {repo.name!r}: unknown member {member!r}")
+        for conn in self.connector:
+            if conn.repository and conn.repository not in known:
+                raise ValueError(f"connector {conn.listen}: unknown repository {conn.repository!r}")
+        for host in self.host:
+            if host.repository and host.repository not in known:
+                raise ValueError(f"host {host.name}: unknown repository {host.repository!r}")
+        listens = [self.server.listen, *(c.listen for c in self.connector)]
+        ports = [split_listen(v) for v in listens]
+        clash = {p for p in ports if ports.count(p) > 1 and p[1] != 0}
+        if clash:
+            raise ValueError(f"two listeners on the same address: {sorted(clash)}")
+        return self
+
+    def repo(self, name: str) -> RepositoryConfig | None:
+        return next((r for r in self.repository if r.name == name), None)
+
+
+DEFAULT_REPOSITORIES: tuple[RepositoryConfig, ...] = (
+    RepositoryConfig(name="docker-hosted", type="hosted", path_routing=True),
+)
+
+
+def _loc(loc: tuple[int | str, ...], raw: dict[str, Any]) -> str:
+    """Render a pydantic error location as the operator wrote it: repository[2].name."""
+    out = ""
+    node: Any = raw
+    for part in loc:
+        if isinstance(part, int):
+            name = node[part].get("name") if isinstance(node, list) and part < len(node) and isinstance(node[part], dict) else None
+            out += f"[{part}]" + (f"({name})" if name else "")
+            node = node[part] if isinstance(node, list) and part < len(node) else None
+        else:
+            if part in ("tuple[...]", "TlsConfig") or "[" in part or part.endswith("Config"):
+                continue
+            out += ("." if out else "") + part
+            node = node.get(part) if isinstance(node, dict) else None
+    return out or "(top level)"
+
+
+def _env_overrides(raw: dict[str, Any], environ: dict[str, str]) -> dict[str, Any]:
+    """PORTWAY_SERVER__LISTEN=... overrides [server] listen; only the [server] table."""
+    server = dict(raw.get("server", {}))
+    for key, value in environ.items():
+        if key.startswith("PORTWAY_SERVER__"):
+            field = key.removeprefix("PORTWAY_SERVER__").lower()
+            server[field] = value
+    if "PORTWAY_DATA_DIR" in environ:
+        server["data_dir"] = environ["PORTWAY_DATA_DIR"]
+    if "PORTWAY_LISTEN" in environ:
+        server["listen"] = environ["PORTWAY_LISTEN"]
+    if server:
+        raw = {**raw, "server": server}
+    return raw
+
+
+def parse_settings(raw: dict[str, Any], environ: dict[str, str] | None = None) -> Settings:
+    raw = _env_overrides(raw, dict(os.environ if environ is None else environ))
+    try:
+        settings = Settings.model_validate(raw)
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            where = _loc(tuple(err["loc"]), raw)
+            msg = err["msg"].removeprefix("Value error, ")
+            if err["type"] == "extra_forbidden":
+                msg = "unknown key"
+            lines.append(f"  {where}: {msg}")
+        raise ConfigError("invalid configuration:\n" + "\n".join(lines)) from None
+    return settings
+
+
+def load_settings(path: Path | None, environ: dict[str, str] | None = None) -> Settings:
+    """Read the TOML file (or nothing: the embedded default) and validate it."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        try:
+            raw = tomllib.loads(path.read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"configuration file not found: {path}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    settings = parse_settings(raw, environ)
+    if path is None or "repository" not in raw:
+        settings = settings.model_copy(update={"repository": DEFAULT_REPOSITORIES})
+    base = path.parent if path is not None else Path.cwd()
+    return _resolve_paths(settings, base)
+
+
+def _abs(path: Path, base: Path) -> Path:
+    return path if path.is_absolute() else (base / path).resolve()
+
+
+def _tls_abs(tls: TlsConfig | tuple[TlsConfig, ...] | None, base: Path) -> Any:
+    if tls is None:
+        return None
+    if isinstance(tls, TlsConfig):
+        return TlsConfig(cert=_abs(tls.cert, base), key=_abs(tls.key, base))
+    return tuple(TlsConfig(cert=_abs(t.cert, base), key=_abs(t.key, base)) for t in tls)
+
+
+def _resolve_paths(settings: Settings, base: Path) -> Settings:
+    """Relative paths in a config file are relative to that file's folder."""
+    server = settings.server.model_copy(
+        update={
+            "data_dir": _abs(settings.server.data_dir, base),
+            "tls": _tls_abs(settings.server.tls, base),
+        }
+    )
+    connectors = tuple(
+        c.model_copy(update={"tls": _tls_abs(c.tls, base)}) for c in settings.connector
+    )
+    return settings.model_copy(update={"server": server, "connector": connectors})
+
+
+ServerConfig.model_rebuild()
+ConnectorConfig.model_rebuild()
