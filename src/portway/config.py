@@ -118,6 +118,9 @@ class RepositoryConfig(_Strict):
 class ConnectorConfig(_Strict):
     listen: str
     repository: str | None = None
+    # "proxy": a reverse proxy in front owns this port (see `portway proxy-config`); Portway
+    # itself does not open it, and the generated proxy config targets the main listener.
+    served_by: Literal["portway", "proxy"] = "portway"
     tls: TlsConfig | tuple[TlsConfig, ...] | None = None
     external_url: str | None = None
 
