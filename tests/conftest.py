@@ -1,0 +1,128 @@
+"""Fixtures: real Portway servers, a real dockerd, CNCF distribution, test images.
+
+`PORTWAY_TEST_REGISTRY=distribution` points the `registry` fixture (used by the client round
+trips) at CNCF distribution instead of Portway, to check a test itself against a known-good
+registry.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from support.distribution import Distribution
+from support.dockerd import Dockerd
+from support.engines import ContainerStorage
+from support.images import MultiArchImage, OciImage, make_multiarch_layout, make_oci_layout
+from support.process import stop_all
+from support.server import PortwayServer
+
+PortwayFactory = Callable[..., PortwayServer]
+DistributionFactory = Callable[..., Distribution]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "slow: takes more than a few seconds (still run by default)")
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    leftovers = stop_all()
+    if leftovers:
+        warnings.warn(f"processes left running by tests were stopped: {leftovers}", stacklevel=1)
+
+
+def _show_log(name: str, text: str, lines: int = 60) -> None:
+    """Printed during teardown; pytest shows it only for a failed test."""
+    tail = "\n".join(text.splitlines()[-lines:])
+    print(f"\n----- {name} log (last {lines} lines) -----\n{tail}")
+
+
+@pytest.fixture
+def portway_factory(tmp_path: Path) -> Iterator[PortwayFactory]:
+    """`portway_factory(repositories=[...], connectors=[...], hosts=[...], workers=N, ...)`
+    starts a server (see `PortwayServer`); every one is stopped at teardown."""
+    servers: list[PortwayServer] = []
+
+    def make(**kwargs: Any) -> PortwayServer:
+        server = PortwayServer(tmp_path / f"portway-{len(servers)}", **kwargs)
+        servers.append(server)
+        return server.start()
+
+    yield make
+    for server in servers:
+        server.stop()
+        _show_log(f"portway {server.host}", server.log())
+
+
+@pytest.fixture
+def portway(portway_factory: PortwayFactory) -> PortwayServer:
+    """A started Portway with the default `docker-hosted` repository (path routing on)."""
+    return portway_factory()
+
+
+@pytest.fixture
+def distribution_factory(tmp_path: Path) -> Iterator[DistributionFactory]:
+    """`distribution_factory(htpasswd=None | (user, pw), extra_config=None | dict)`."""
+    registries: list[Distribution] = []
+
+    def make(**kwargs: Any) -> Distribution:
+        registry = Distribution(tmp_path / f"distribution-{len(registries)}", **kwargs)
+        registries.append(registry)
+        return registry.start()
+
+    yield make
+    for registry in registries:
+        registry.stop()
+        _show_log(f"distribution {registry.host}", registry.access_log(), lines=30)
+
+
+@pytest.fixture
+def registry(
+    request: pytest.FixtureRequest,
+) -> PortwayServer | Distribution:
+    """The registry the client round trips talk to: Portway unless PORTWAY_TEST_REGISTRY says
+    `distribution`."""
+    target = os.environ.get("PORTWAY_TEST_REGISTRY", "portway")
+    if target == "distribution":
+        factory: DistributionFactory = request.getfixturevalue("distribution_factory")
+        return factory()
+    if target != "portway":
+        raise pytest.UsageError(f"PORTWAY_TEST_REGISTRY={target!r}: use portway or distribution")
+    server: PortwayServer = request.getfixturevalue("portway")
+    return server
+
+
+@pytest.fixture(scope="session")
+def dockerd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dockerd]:
+    daemon = Dockerd(tmp_path_factory.mktemp("dockerd")).start()
+    yield daemon
+    daemon.stop()
+
+
+@pytest.fixture
+def container_storage(tmp_path: Path) -> Iterator[ContainerStorage]:
+    """Private podman/buildah storage for one test."""
+    storage = ContainerStorage(tmp_path / "containers")
+    yield storage
+    storage.cleanup()
+
+
+@pytest.fixture(scope="session")
+def oci_image(tmp_path_factory: pytest.TempPathFactory) -> OciImage:
+    """A 3-layer single-platform OCI layout (gzipped layers of 256 KiB), built once."""
+    return make_oci_layout(
+        tmp_path_factory.mktemp("oci-image"), "v1", layers=3, layer_size=256 * 1024, seed=1
+    )
+
+
+@pytest.fixture(scope="session")
+def multiarch_image(tmp_path_factory: pytest.TempPathFactory) -> MultiArchImage:
+    """An OCI image index over linux/amd64 and linux/arm64, 2 layers each, built once."""
+    return make_multiarch_layout(
+        tmp_path_factory.mktemp("multiarch-image"), "multi", layers=2, layer_size=128 * 1024, seed=2
+    )
