@@ -1,0 +1,83 @@
+"""Tables of the auth domain: users, roles, privileges, refresh tokens. On the shared metadata."""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    Boolean,
+    Column,
+    DateTime,
+    ForeignKey,
+    Index,
+    String,
+    Table,
+    Text,
+)
+
+from portway.db.schema import metadata
+
+users = Table(
+    "users",
+    metadata,
+    Column("name", String(128), primary_key=True),
+    Column("password_hash", String(255), nullable=False),
+    Column("disabled", Boolean, nullable=False, default=False),
+    Column("created", DateTime(timezone=True), nullable=False),
+    Column("password_changed", DateTime(timezone=True), nullable=False),
+)
+
+roles = Table(
+    "roles",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("description", Text, nullable=False, default=""),
+    Column("builtin", Boolean, nullable=False, default=False),
+)
+
+role_privileges = Table(
+    "role_privileges",
+    metadata,
+    Column("role", String(64), ForeignKey("roles.name", ondelete="CASCADE"), primary_key=True),
+    # a repository name or a pattern with '*' wildcards
+    Column("repository", String(128), primary_key=True),
+    # browse | read | add | edit | delete
+    Column("action", String(16), primary_key=True),
+)
+
+role_admin_privileges = Table(
+    "role_admin_privileges",
+    metadata,
+    Column("role", String(64), ForeignKey("roles.name", ondelete="CASCADE"), primary_key=True),
+    # users | roles | repositories | settings | audit | *
+    Column("privilege", String(32), primary_key=True),
+)
+
+role_includes = Table(
+    "role_includes",
+    metadata,
+    Column("role", String(64), ForeignKey("roles.name", ondelete="CASCADE"), primary_key=True),
+    Column("included", String(64), primary_key=True),
+)
+
+user_roles = Table(
+    "user_roles",
+    metadata,
+    Column(
+        "username", String(128), ForeignKey("users.name", ondelete="CASCADE"), primary_key=True
+    ),
+    Column("role", String(64), ForeignKey("roles.name", ondelete="CASCADE"), primary_key=True),
+)
+
+refresh_tokens = Table(
+    "refresh_tokens",
+    metadata,
+    Column("jti", String(64), primary_key=True),
+    Column(
+        "username", String(128), ForeignKey("users.name", ondelete="CASCADE"), nullable=False
+    ),
+    Column("repository", String(128), nullable=False),
+    Column("issued", DateTime(timezone=True), nullable=False),
+    Column("expires", DateTime(timezone=True), nullable=False),
+    Column("revoked", Boolean, nullable=False, default=False),
+    Index("ix_refresh_tokens_username", "username"),
+    Index("ix_refresh_tokens_expires", "expires"),
+)
