@@ -18,6 +18,17 @@ from .process import ManagedProcess, ProcessError
 from .runner import CommandResult, run
 
 
+def docker_cli() -> str:
+    """The CLI from the same Debian package as the daemon (a newer one may shadow it in PATH)."""
+    packaged = Path("/usr/bin/docker")
+    if packaged.exists():
+        return str(packaged)
+    found = shutil.which("docker")
+    if found is None:
+        raise RuntimeError("docker CLI not found (Debian package docker.io)")
+    return found
+
+
 class Dockerd:
     def __init__(self, tmp_path: Path) -> None:
         if shutil.which("dockerd") is None:
@@ -31,6 +42,7 @@ class Dockerd:
         self.pidfile = self.root / "dockerd.pid"
         self.config_dir = self.root / "client-config"
         self.config_dir.mkdir(exist_ok=True)
+        self.cli = docker_cli()
         self.process = ManagedProcess(
             [
                 "dockerd",
@@ -59,7 +71,7 @@ class Dockerd:
         if not self.socket.exists():
             return False
         result = subprocess.run(
-            ["docker", "info", "--format", "{{.ServerVersion}}"],
+            [self.cli, "info", "--format", "{{.ServerVersion}}"],
             env=self.env(),
             capture_output=True,
             timeout=10,
@@ -82,7 +94,7 @@ class Dockerd:
 
     def docker(self, *args: str, check: bool = True, timeout: float = 300) -> CommandResult:
         """Run `docker ARGS` against this daemon with its private client config."""
-        return run(["docker", *args], env=self.env(), check=check, timeout=timeout)
+        return run([self.cli, *args], env=self.env(), check=check, timeout=timeout)
 
     def load_oci(self, layout_ref: str, name: str, work_dir: Path) -> str:
         """Load an `oci:DIR:TAG` image into the daemon as `name` (a `repo:tag`); returns `name`.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 from .runner import CommandResult, run
@@ -25,10 +26,12 @@ class ContainerStorage:
         self.root = tmp_path
         self.root.mkdir(parents=True, exist_ok=True)
         self.graph_root = self.root / "storage"
-        self.run_root = self.root / "run"
+        # podman refuses a runroot longer than 50 characters; pytest's tmp paths are longer.
+        self.run_root = Path(tempfile.mkdtemp(prefix="pw-run-"))
         self.tmp_dir = self.root / "tmp"
         self.tmp_dir.mkdir(exist_ok=True)
         self.auth_file = self.root / "auth.json"
+        self.auth_file.write_text('{"auths": {}}\n')  # podman insists that it exists
         self._storage_flags = [
             "--root",
             str(self.graph_root),
@@ -69,4 +72,5 @@ class ContainerStorage:
         if self.graph_root.exists():
             self.buildah("rm", "--all", check=False)
             self.podman("rmi", "--all", "--force", check=False)
+        shutil.rmtree(self.run_root, ignore_errors=True)
         shutil.rmtree(self.root, ignore_errors=True)
