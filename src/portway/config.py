@@ -111,7 +111,9 @@ class RepositoryConfig(_Strict):
                     f"writable_member {self.writable_member!r} is not a member of {self.name!r}"
                 )
         elif self.members or self.writable_member:
-            raise ValueError(f"members/writable_member are only for group repositories ({self.name!r})")
+            raise ValueError(
+                f"members/writable_member are only for group repositories ({self.name!r})"
+            )
         return self
 
 
@@ -202,9 +204,10 @@ def _loc(loc: tuple[int | str, ...], raw: dict[str, Any]) -> str:
     node: Any = raw
     for part in loc:
         if isinstance(part, int):
-            name = node[part].get("name") if isinstance(node, list) and part < len(node) and isinstance(node[part], dict) else None
+            item = node[part] if isinstance(node, list) and part < len(node) else None
+            name = item.get("name") if isinstance(item, dict) else None
             out += f"[{part}]" + (f"({name})" if name else "")
-            node = node[part] if isinstance(node, list) and part < len(node) else None
+            node = item
         else:
             if part in ("tuple[...]", "TlsConfig") or "[" in part or part.endswith("Config"):
                 continue

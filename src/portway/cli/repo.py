@@ -1,0 +1,84 @@
+"""`portway repo list|show`: repositories as configured, with what they hold."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from portway.config import load_settings
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("repo", help="list and show repositories")
+    p.add_argument("--config", type=Path, help="TOML configuration file (default: embedded)")
+    rs = p.add_subparsers(dest="repo_command", required=True, metavar="ACTION")
+    rs.add_parser("list", help="one line per repository").set_defaults(func=list_repos)
+    show = rs.add_parser("show", help="one repository in detail (JSON)")
+    show.add_argument("name")
+    show.set_defaults(func=show_repo)
+    for action in rs.choices.values():
+        action.add_argument("--config", type=Path, default=argparse.SUPPRESS)
+
+
+def _open(args: argparse.Namespace) -> tuple[object, object]:
+    from portway.http.app import build_context, open_stores
+
+    settings = load_settings(args.config)
+    meta, blobs = open_stores(settings)
+    return build_context(settings, meta, blobs), meta
+
+
+def list_repos(args: argparse.Namespace) -> int:
+    from portway.db.store import MetadataStore
+    from portway.http.context import AppContext
+
+    ctx, meta = _open(args)
+    assert isinstance(ctx, AppContext) and isinstance(meta, MetadataStore)
+    print(f"{'NAME':<32} {'TYPE':<7} {'PATH-ROUTING':<12} {'POLICY':<12} IMAGES")
+    for cfg in ctx.settings.repository:
+        repo = ctx.repos[cfg.name]
+        images = meta.count_images(getattr(repo, "repo_id", -1))
+        print(
+            f"{cfg.name:<32} {cfg.type:<7} {str(cfg.path_routing).lower():<12} "
+            f"{cfg.write_policy:<12} {images}"
+        )
+    meta.close()
+    return 0
+
+
+def show_repo(args: argparse.Namespace) -> int:
+    from portway.db.store import MetadataStore
+    from portway.http.context import AppContext
+
+    ctx, meta = _open(args)
+    assert isinstance(ctx, AppContext) and isinstance(meta, MetadataStore)
+    cfg = ctx.settings.repo(args.name)
+    if cfg is None:
+        print(f"portway: no repository named {args.name!r}")
+        meta.close()
+        return 1
+    repo = ctx.repos[cfg.name]
+    repo_id = getattr(repo, "repo_id", -1)
+    info = {
+        **cfg.model_dump(mode="json", exclude_none=True, exclude={"remote_password"}),
+        "images": meta.list_images(repo_id, None, None),
+        "routes": _routes_of(ctx, cfg.name),
+    }
+    print(json.dumps(info, indent=2))
+    meta.close()
+    return 0
+
+
+def _routes_of(ctx: object, name: str) -> list[str]:
+    from portway.http.context import AppContext
+
+    assert isinstance(ctx, AppContext)
+    s = ctx.settings
+    out = [f"http://{s.server.listen}/repository/{name}/v2/"]
+    cfg = s.repo(name)
+    if cfg is not None and cfg.path_routing:
+        out.append(f"{s.server.listen}/{name}/<image>")
+    out += [f"connector {c.listen}" for c in s.connector if c.repository == name]
+    out += [f"host {h.name}" for h in s.host if h.repository == name]
+    return out

@@ -1,0 +1,73 @@
+"""`portway serve`: run the registry."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from portway.config import Settings, load_settings
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("serve", help="run the registry")
+    p.add_argument("--config", type=Path, help="TOML configuration file (default: embedded)")
+    p.add_argument("--workers", type=int, default=None, help="worker processes (SO_REUSEPORT)")
+    p.add_argument("--data-dir", type=Path, default=None, help="data directory")
+    p.set_defaults(func=run)
+
+
+def prepare(settings: Settings) -> bool:
+    """Create the database and the repositories once, before any worker starts.
+    Returns True on the very first start (a new data directory)."""
+    from portway.http.app import build_context, open_stores
+
+    first = not (settings.server.data_dir / "portway.db").exists()
+    meta, blobs = open_stores(settings)
+    try:
+        build_context(settings, meta, blobs)
+    finally:
+        meta.close()
+    return first
+
+
+def banner(settings: Settings, first: bool) -> str:
+    host, port = settings.server.listen.rsplit(":", 1)
+    shown = "localhost" if host in ("0.0.0.0", "::", "[::]") else host
+    lines = [f"Portway serving on {settings.server.listen} (data: {settings.server.data_dir})"]
+    for repo in settings.repository:
+        lines.append(f"  repository {repo.name} ({repo.type})")
+        lines.append(f"    Nexus path:       http://{shown}:{port}/repository/{repo.name}/v2/")
+        if repo.path_routing:
+            lines.append(f"    repository path:  {shown}:{port}/{repo.name}/<image>:<tag>")
+    for conn in settings.connector:
+        if conn.repository:
+            lines.append(f"  connector {conn.listen} -> {conn.repository} ({conn.served_by})")
+    if first:
+        routed = next((r.name for r in settings.repository if r.path_routing), None)
+        if routed:
+            ref = f"{shown}:{port}/{routed}/hello:1.0"
+            lines += [
+                "",
+                "Try it (loopback addresses count as insecure registries for Docker):",
+                f"  docker tag hello-world {ref} && docker push {ref}",
+                f"  docker pull {ref}",
+                f"  skopeo copy --dest-tls-verify=false docker-archive:img.tar docker://{ref}",
+            ]
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    from portway.http.server import serve
+
+    settings = load_settings(args.config)
+    server = settings.server
+    update: dict[str, object] = {}
+    if args.workers is not None:
+        update["workers"] = args.workers
+    if args.data_dir is not None:
+        update["data_dir"] = args.data_dir.resolve()
+    if update:
+        settings = settings.model_copy(update={"server": server.model_copy(update=update)})
+    first = prepare(settings)
+    print(banner(settings, first), flush=True)
+    return serve(settings, settings.server.workers)

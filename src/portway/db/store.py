@@ -1,0 +1,446 @@
+"""MetadataStore: repositories, images, manifests, tags, blob links and upload sessions in SQL.
+
+Reads run inline on the event loop (indexed lookups of microseconds, one connection per
+process); writes run in a worker thread, each in one `BEGIN IMMEDIATE` transaction, so a
+manifest and its tags change together or not at all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from sqlalchemy import Connection, Engine, and_, create_engine, delete, event, func, insert, select
+from sqlalchemy.exc import IntegrityError
+
+from portway.db.migrations import migrate
+from portway.db.schema import blob_links, manifest_refs, manifests, repositories, tags, uploads
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class ManifestRow:
+    digest: str
+    media_type: str
+    body: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class ReferrerRow:
+    digest: str
+    media_type: str
+    size: int
+    artifact_type: str | None
+    annotations: dict[str, str] | None
+
+
+@dataclass(frozen=True, slots=True)
+class UploadRow:
+    id: str
+    repo_id: int
+    image: str
+    created: float
+    updated: float
+
+
+@dataclass(frozen=True, slots=True)
+class NewManifest:
+    digest: str
+    media_type: str
+    body: bytes
+    artifact_type: str | None
+    subject: str | None
+    annotations: dict[str, str] | None
+    refs: Sequence[tuple[str, bool]]  # (digest, is_manifest)
+
+
+TagGuard = Callable[[str, str | None], None]  # (tag, digest it points at now) -> raise to refuse
+
+
+def sqlite_engines(path: Path) -> tuple[Engine, Engine]:
+    """A read engine (autocommit statements) and a write engine (BEGIN IMMEDIATE)."""
+    url = f"sqlite:///{path}"
+
+    def make(writer: bool) -> Engine:
+        engine = create_engine(
+            url, connect_args={"check_same_thread": False, "timeout": 60, "isolation_level": None}
+        )
+
+        @event.listens_for(engine, "connect")
+        def _pragmas(dbapi_conn: Any, _record: Any) -> None:
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=FULL")
+            cur.execute("PRAGMA busy_timeout=60000")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.close()
+
+        if writer:
+
+            @event.listens_for(engine, "begin")
+            def _begin(conn: Connection) -> None:
+                conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+        return engine
+
+    return make(False), make(True)
+
+
+class MetadataStore:
+    def __init__(self, read_engine: Engine, write_engine: Engine) -> None:
+        self._read_engine = read_engine
+        self._write_engine = write_engine
+        self._reader: Connection | None = None
+
+    @classmethod
+    def open_sqlite(cls, path: Path) -> MetadataStore:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        read, write = sqlite_engines(path)
+        migrate(write)
+        return cls(read, write)
+
+    @property
+    def engine(self) -> Engine:
+        return self._write_engine
+
+    def close(self) -> None:
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
+        self._read_engine.dispose()
+        self._write_engine.dispose()
+
+    # -- plumbing ----------------------------------------------------------------------
+    def _conn(self) -> Connection:
+        if self._reader is None:
+            self._reader = self._read_engine.connect()
+        return self._reader
+
+    def _one(self, stmt: Any) -> Any:
+        return self._conn().execute(stmt).first()
+
+    async def _write(self, fn: Callable[[Connection], T]) -> T:
+        def run() -> T:
+            with self._write_engine.begin() as conn:
+                return fn(conn)
+
+        return await asyncio.to_thread(run)
+
+    # -- repositories ------------------------------------------------------------------
+    def ensure_repository(self, name: str, kind: str) -> int:
+        with self._write_engine.begin() as conn:
+            row = conn.execute(select(repositories.c.id).where(repositories.c.name == name)).first()
+            if row is not None:
+                conn.execute(
+                    repositories.update().where(repositories.c.id == row[0]).values(kind=kind)
+                )
+                return int(row[0])
+            result = conn.execute(
+                insert(repositories).values(name=name, kind=kind, created=time.time())
+            )
+            pk = result.inserted_primary_key
+            assert pk is not None
+            return int(pk[0])
+
+    # -- manifests and tags ------------------------------------------------------------
+    def manifest_by_tag(self, repo_id: int, image: str, tag: str) -> ManifestRow | None:
+        row = self._one(
+            select(manifests.c.digest, manifests.c.media_type, manifests.c.body)
+            .select_from(
+                tags.join(
+                    manifests,
+                    and_(
+                        manifests.c.repo_id == tags.c.repo_id,
+                        manifests.c.image == tags.c.image,
+                        manifests.c.digest == tags.c.digest,
+                    ),
+                )
+            )
+            .where(tags.c.repo_id == repo_id, tags.c.image == image, tags.c.name == tag)
+        )
+        return None if row is None else ManifestRow(row[0], row[1], row[2])
+
+    def manifest_by_digest(self, repo_id: int, image: str, digest: str) -> ManifestRow | None:
+        row = self._one(
+            select(manifests.c.digest, manifests.c.media_type, manifests.c.body).where(
+                manifests.c.repo_id == repo_id,
+                manifests.c.image == image,
+                manifests.c.digest == digest,
+            )
+        )
+        return None if row is None else ManifestRow(row[0], row[1], row[2])
+
+    def missing_manifests(self, repo_id: int, image: str, digests: Sequence[str]) -> list[str]:
+        if not digests:
+            return []
+        have = {
+            r[0]
+            for r in self._conn().execute(
+                select(manifests.c.digest).where(
+                    manifests.c.repo_id == repo_id,
+                    manifests.c.image == image,
+                    manifests.c.digest.in_(set(digests)),
+                )
+            )
+        }
+        return [d for d in digests if d not in have]
+
+    async def put_manifest(
+        self, repo_id: int, image: str, new: NewManifest, tag_names: Sequence[str], guard: TagGuard
+    ) -> None:
+        def run(conn: Connection) -> None:
+            for tag in tag_names:
+                current = conn.execute(
+                    select(tags.c.digest).where(
+                        tags.c.repo_id == repo_id, tags.c.image == image, tags.c.name == tag
+                    )
+                ).first()
+                guard(tag, None if current is None else current[0])
+            exists = conn.execute(
+                select(manifests.c.digest).where(
+                    manifests.c.repo_id == repo_id,
+                    manifests.c.image == image,
+                    manifests.c.digest == new.digest,
+                )
+            ).first()
+            if exists is None:
+                conn.execute(
+                    insert(manifests).values(
+                        repo_id=repo_id,
+                        image=image,
+                        digest=new.digest,
+                        media_type=new.media_type,
+                        body=new.body,
+                        artifact_type=new.artifact_type,
+                        subject=new.subject,
+                        annotations=json.dumps(new.annotations) if new.annotations else None,
+                        created=time.time(),
+                    )
+                )
+                refs = {d: m for d, m in new.refs}
+                if refs:
+                    conn.execute(
+                        insert(manifest_refs),
+                        [
+                            {
+                                "repo_id": repo_id,
+                                "image": image,
+                                "manifest": new.digest,
+                                "ref": d,
+                                "is_manifest": int(m),
+                            }
+                            for d, m in refs.items()
+                        ],
+                    )
+            now = time.time()
+            for tag in tag_names:
+                conn.execute(
+                    delete(tags).where(
+                        tags.c.repo_id == repo_id, tags.c.image == image, tags.c.name == tag
+                    )
+                )
+                conn.execute(
+                    insert(tags).values(
+                        repo_id=repo_id, image=image, name=tag, digest=new.digest, updated=now
+                    )
+                )
+
+        await self._write(run)
+
+    async def delete_manifest(self, repo_id: int, image: str, digest: str) -> bool:
+        def run(conn: Connection) -> bool:
+            where = (
+                manifests.c.repo_id == repo_id,
+                manifests.c.image == image,
+                manifests.c.digest == digest,
+            )
+            if conn.execute(select(manifests.c.digest).where(*where)).first() is None:
+                return False
+            conn.execute(delete(manifests).where(*where))
+            conn.execute(
+                delete(manifest_refs).where(
+                    manifest_refs.c.repo_id == repo_id,
+                    manifest_refs.c.image == image,
+                    manifest_refs.c.manifest == digest,
+                )
+            )
+            conn.execute(
+                delete(tags).where(
+                    tags.c.repo_id == repo_id, tags.c.image == image, tags.c.digest == digest
+                )
+            )
+            return True
+
+        return await self._write(run)
+
+    async def delete_tag(self, repo_id: int, image: str, tag: str, guard: TagGuard) -> bool:
+        def run(conn: Connection) -> bool:
+            where = (tags.c.repo_id == repo_id, tags.c.image == image, tags.c.name == tag)
+            row = conn.execute(select(tags.c.digest).where(*where)).first()
+            if row is None:
+                return False
+            guard(tag, row[0])
+            conn.execute(delete(tags).where(*where))
+            return True
+
+        return await self._write(run)
+
+    def tag_digest(self, repo_id: int, image: str, tag: str) -> str | None:
+        row = self._one(
+            select(tags.c.digest).where(
+                tags.c.repo_id == repo_id, tags.c.image == image, tags.c.name == tag
+            )
+        )
+        return None if row is None else str(row[0])
+
+    def list_tags(self, repo_id: int, image: str, last: str | None, n: int | None) -> list[str]:
+        stmt = select(tags.c.name).where(tags.c.repo_id == repo_id, tags.c.image == image)
+        if last is not None:
+            stmt = stmt.where(tags.c.name > last)
+        stmt = stmt.order_by(tags.c.name)
+        if n is not None:
+            stmt = stmt.limit(n)
+        return [r[0] for r in self._conn().execute(stmt)]
+
+    def image_exists(self, repo_id: int, image: str) -> bool:
+        stmt = (
+            select(manifests.c.digest)
+            .where(manifests.c.repo_id == repo_id, manifests.c.image == image)
+            .limit(1)
+        )
+        return self._one(stmt) is not None
+
+    def list_images(self, repo_id: int, last: str | None, n: int | None) -> list[str]:
+        stmt = select(manifests.c.image).where(manifests.c.repo_id == repo_id).distinct()
+        if last is not None:
+            stmt = stmt.where(manifests.c.image > last)
+        stmt = stmt.order_by(manifests.c.image)
+        if n is not None:
+            stmt = stmt.limit(n)
+        return [r[0] for r in self._conn().execute(stmt)]
+
+    def count_images(self, repo_id: int) -> int:
+        stmt = select(func.count(func.distinct(manifests.c.image))).where(
+            manifests.c.repo_id == repo_id
+        )
+        return int(self._one(stmt)[0])
+
+    def referrers(self, repo_id: int, image: str, subject: str) -> list[ReferrerRow]:
+        stmt = (
+            select(
+                manifests.c.digest,
+                manifests.c.media_type,
+                func.length(manifests.c.body),
+                manifests.c.artifact_type,
+                manifests.c.annotations,
+            )
+            .where(
+                manifests.c.repo_id == repo_id,
+                manifests.c.image == image,
+                manifests.c.subject == subject,
+            )
+            .order_by(manifests.c.digest)
+        )
+        return [
+            ReferrerRow(r[0], r[1], int(r[2]), r[3], json.loads(r[4]) if r[4] else None)
+            for r in self._conn().execute(stmt)
+        ]
+
+    # -- blob links --------------------------------------------------------------------
+    def blob_size(self, repo_id: int, image: str, digest: str) -> int | None:
+        row = self._one(
+            select(blob_links.c.size).where(
+                blob_links.c.repo_id == repo_id,
+                blob_links.c.image == image,
+                blob_links.c.digest == digest,
+            )
+        )
+        return None if row is None else int(row[0])
+
+    def missing_blobs(self, repo_id: int, image: str, digests: Sequence[str]) -> list[str]:
+        if not digests:
+            return []
+        have = {
+            r[0]
+            for r in self._conn().execute(
+                select(blob_links.c.digest).where(
+                    blob_links.c.repo_id == repo_id,
+                    blob_links.c.image == image,
+                    blob_links.c.digest.in_(set(digests)),
+                )
+            )
+        }
+        return [d for d in digests if d not in have]
+
+    async def link_blob(self, repo_id: int, image: str, digest: str, size: int) -> None:
+        def run(conn: Connection) -> None:
+            try:
+                with conn.begin_nested():
+                    conn.execute(
+                        insert(blob_links).values(
+                            repo_id=repo_id,
+                            image=image,
+                            digest=digest,
+                            size=size,
+                            created=time.time(),
+                        )
+                    )
+            except IntegrityError:
+                pass  # already linked
+
+        await self._write(run)
+
+    async def unlink_blob(self, repo_id: int, image: str, digest: str) -> bool:
+        def run(conn: Connection) -> bool:
+            result = conn.execute(
+                delete(blob_links).where(
+                    blob_links.c.repo_id == repo_id,
+                    blob_links.c.image == image,
+                    blob_links.c.digest == digest,
+                )
+            )
+            return bool(result.rowcount)
+
+        return await self._write(run)
+
+    # -- upload sessions ---------------------------------------------------------------
+    async def create_upload(self, upload_id: str, repo_id: int, image: str) -> None:
+        now = time.time()
+        await self._write(
+            lambda conn: conn.execute(
+                insert(uploads).values(
+                    id=upload_id, repo_id=repo_id, image=image, created=now, updated=now
+                )
+            )
+        )
+
+    def get_upload(self, upload_id: str) -> UploadRow | None:
+        row = self._one(select(uploads).where(uploads.c.id == upload_id))
+        return (
+            None
+            if row is None
+            else UploadRow(row.id, row.repo_id, row.image, row.created, row.updated)
+        )
+
+    async def touch_upload(self, upload_id: str) -> None:
+        now = time.time()
+        await self._write(
+            lambda conn: conn.execute(
+                uploads.update().where(uploads.c.id == upload_id).values(updated=now)
+            )
+        )
+
+    async def delete_upload(self, upload_id: str) -> None:
+        await self._write(
+            lambda conn: conn.execute(delete(uploads).where(uploads.c.id == upload_id))
+        )
+
+    def expired_uploads(self, older_than: float) -> list[str]:
+        stmt = select(uploads.c.id).where(uploads.c.updated < older_than)
+        return [r[0] for r in self._conn().execute(stmt)]

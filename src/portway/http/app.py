@@ -1,0 +1,85 @@
+"""Composition root: settings -> stores -> repositories -> route table -> aiohttp app."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from urllib.parse import unquote
+
+from aiohttp import web
+
+from portway.config import Settings
+from portway.db.store import MetadataStore
+from portway.http.context import CONTEXT_KEY, AppContext, Authorizer
+from portway.http.errors import add_api_version, error_middleware
+from portway.http.forwarded import TrustedProxies, client_origin
+from portway.http.routing import RouteTable
+from portway.http.v2.dispatch import dispatch_v2
+from portway.oci.errors import RegistryError
+from portway.repos.factory import build_repositories
+from portway.storage.blobstore import BlobStore
+from portway.storage.filesystem import FilesystemBackend
+
+
+def open_stores(settings: Settings) -> tuple[MetadataStore, BlobStore]:
+    data_dir = settings.server.data_dir
+    data_dir.mkdir(parents=True, exist_ok=True)
+    meta = MetadataStore.open_sqlite(data_dir / "portway.db")
+    blobs = BlobStore(FilesystemBackend(data_dir / "storage"))
+    return meta, blobs
+
+
+def build_context(
+    settings: Settings, meta: MetadataStore, blobs: BlobStore, authorizer: Authorizer | None = None
+) -> AppContext:
+    repos = build_repositories(settings, meta, blobs)
+    ctx = AppContext(
+        settings=settings,
+        repos=repos,
+        routes=RouteTable.from_settings(settings),
+        trusted=TrustedProxies(settings.server.trusted_proxies),
+    )
+    if authorizer is not None:
+        ctx.authorizer = authorizer
+    return ctx
+
+
+def _local_port(request: web.Request) -> int:
+    sockname = request.transport.get_extra_info("sockname") if request.transport else None
+    if isinstance(sockname, tuple) and len(sockname) >= 2:
+        return int(sockname[1])
+    return 0
+
+
+async def handle(request: web.Request) -> web.StreamResponse:
+    ctx = request.app[CONTEXT_KEY]
+    path = unquote(request.raw_path.split("?", 1)[0])
+    origin = client_origin(request, ctx.trusted)
+    host = origin.host if origin.forwarded else request.host
+    route = ctx.routes.resolve(_local_port(request), host, path)
+    if route is None:
+        raise RegistryError("NAME_UNKNOWN", "no such repository")
+    if route.via == "path" and origin.forwarded:
+        # A proxy mapped a root (or X-Forwarded-Prefix) onto /repository/<repo>/.
+        route = replace(route, prefix=origin.prefix or "")
+    rest = route.rest
+    if rest in ("/v2", "/v2/"):
+        if request.method not in ("GET", "HEAD"):
+            raise RegistryError("UNSUPPORTED", status=405)
+        await ctx.authorizer.authorize(request, route.repository, None, ())
+        return web.Response(body=b"{}", content_type="application/json")
+    if rest.startswith("/v2/"):
+        return await dispatch_v2(request, ctx, route, rest[3:])
+    raise RegistryError("NOT_FOUND", f"nothing at {path[:120]!r}; registry API lives under /v2/")
+
+
+def build_app(ctx: AppContext) -> web.Application:
+    app = web.Application(middlewares=[error_middleware], client_max_size=8 * 1024 * 1024)
+    app[CONTEXT_KEY] = ctx
+    app.on_response_prepare.append(add_api_version)
+    app.router.add_route("*", "/{tail:.*}", handle)
+    return app
+
+
+def describe_routes(ctx: AppContext) -> str:
+    return json.dumps({"repositories": sorted(ctx.repos), "path_routing": ctx.routes.path_routed()})

@@ -1,0 +1,45 @@
+"""Error rendering: every refusal leaves as OCI error JSON with its registered status."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+
+from portway.oci.errors import RegistryError
+
+log = logging.getLogger("portway.http")
+API_VERSION = ("Docker-Distribution-API-Version", "registry/2.0")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def error_response(err: RegistryError) -> web.Response:
+    headers = {"Content-Type": "application/json", **err.headers}
+    return web.Response(status=err.status, body=json.dumps(err.body()).encode(), headers=headers)
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except RegistryError as err:
+        if err.status >= 500:
+            log.warning("%s %s -> %s %s", request.method, request.path, err.code, err.message)
+        return error_response(err)
+    except web.HTTPException as exc:
+        if exc.status >= 400 and exc.status != 405:
+            code = {404: "NOT_FOUND", 413: "SIZE_INVALID"}.get(exc.status, "UNSUPPORTED")
+            return error_response(RegistryError(code, exc.reason, status=exc.status))
+        raise
+    except (ConnectionResetError, ConnectionError):
+        raise
+    except Exception:
+        log.exception("unexpected error serving %s %s", request.method, request.path)
+        return error_response(RegistryError("UNAVAILABLE", "internal error", status=500))
+
+
+async def add_api_version(request: web.Request, response: web.StreamResponse) -> None:
+    response.headers[API_VERSION[0]] = API_VERSION[1]

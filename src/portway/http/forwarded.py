@@ -1,0 +1,108 @@
+"""The URL the client sees: scheme, host and port from Forwarded / X-Forwarded-* headers,
+honoured only when the peer is a trusted proxy; otherwise from the request itself."""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from aiohttp import web
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+@dataclass(frozen=True, slots=True)
+class Origin:
+    scheme: str
+    host: str  # host[:port] as the client typed it; never a doubled port
+    forwarded: bool  # true when a trusted proxy described the client's view
+    prefix: str | None = None  # X-Forwarded-Prefix, when sent
+
+    def url(self, path: str) -> str:
+        return f"{self.scheme}://{self.host}{path}"
+
+
+class TrustedProxies:
+    def __init__(self, networks: Iterable[str]) -> None:
+        self.networks: tuple[IPNetwork, ...] = tuple(
+            ipaddress.ip_network(n, strict=False) for n in networks
+        )
+
+    def trusts(self, peer: str | None) -> bool:
+        if not peer:
+            return False
+        try:
+            addr = ipaddress.ip_address(peer.split("%", 1)[0])
+        except ValueError:
+            return False
+        if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+            addr = addr.ipv4_mapped
+        return any(addr in net for net in self.networks)
+
+
+def _parse_forwarded(value: str) -> dict[str, str]:
+    """First element of an RFC 7239 Forwarded header (the proxy nearest the client)."""
+    first = value.split(",", 1)[0]
+    out: dict[str, str] = {}
+    for pair in first.split(";"):
+        key, sep, val = pair.strip().partition("=")
+        if sep:
+            out[key.strip().lower()] = val.strip().strip('"')
+    return out
+
+
+def _with_port(host: str, port: str | None, scheme: str) -> str:
+    """Add a port to a host unless it carries one already or the port is the default."""
+    if not port:
+        return host
+    if _port_of(host) is not None:
+        return host
+    if port.isdigit() and int(port) == _DEFAULT_PORTS.get(scheme):
+        return host
+    return f"{host}:{port}"
+
+
+def client_origin(request: web.Request, trusted: TrustedProxies) -> Origin:
+    headers = request.headers
+    own_scheme = request.scheme
+    own_host = request.host
+    if not trusted.trusts(request.remote):
+        return Origin(own_scheme, own_host, False)
+    fwd = _parse_forwarded(headers["Forwarded"]) if "Forwarded" in headers else {}
+    x_proto = headers.get("X-Forwarded-Proto", "").split(",", 1)[0].strip().lower()
+    x_host = headers.get("X-Forwarded-Host", "").split(",", 1)[0].strip()
+    x_port = headers.get("X-Forwarded-Port", "").split(",", 1)[0].strip()
+    x_prefix = headers.get("X-Forwarded-Prefix", "").split(",", 1)[0].strip()
+    if not (fwd or x_proto or x_host or x_port or x_prefix):
+        return Origin(own_scheme, own_host, False)
+    scheme = fwd.get("proto", "").lower() or x_proto or own_scheme
+    if scheme not in ("http", "https"):
+        scheme = own_scheme
+    if fwd.get("host"):
+        host = fwd["host"]
+    elif x_host:
+        host = _with_port(x_host, x_port, scheme)
+    elif x_port:
+        host = _with_port(_strip_port(own_host), x_port, scheme)
+    else:
+        host = own_host
+    if _port_of(host) == _DEFAULT_PORTS.get(scheme):
+        host = _strip_port(host)
+    prefix = x_prefix.rstrip("/") if x_prefix else None
+    if prefix is not None and prefix and not prefix.startswith("/"):
+        prefix = "/" + prefix
+    return Origin(scheme, host, True, prefix)
+
+
+def _port_of(host: str) -> int | None:
+    tail = host.rsplit("]", 1)[-1]
+    if ":" in tail:
+        port = tail.rsplit(":", 1)[1]
+        return int(port) if port.isdigit() else None
+    return None
+
+
+def _strip_port(host: str) -> str:
+    return host[: host.rindex(":")] if _port_of(host) is not None else host

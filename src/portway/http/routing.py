@@ -1,0 +1,99 @@
+"""One route table: (listener port, Host, path) -> repository, client-visible prefix, image.
+
+Access methods, in the order they are tried:
+  1. Nexus path   /repository/<repo>/v2/...   (what reverse proxies target)
+  2. Host mapping Host: name (exact, or first label of a wildcard domain) -> repository
+  3. Connector    a listener port bound to one repository
+  4. Repository path /v2/<repo>/<image>/... for repositories with path_routing = true
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from portway.config import Settings
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """Where a request goes. `repository` is None on a shared host (no mapping applies)."""
+
+    repository: str | None
+    rest: str  # path from /v2 or /v1 on, e.g. "/v2/img/manifests/latest"
+    prefix: str  # client-visible path before /v2 ("" or "/repository/<repo>")
+    via: str  # "path", "host", "connector" or "shared"
+    external_url: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class _Binding:
+    repository: str | None
+    external_url: str | None
+
+
+class RouteTable:
+    def __init__(
+        self,
+        repositories: Mapping[str, bool],  # name -> path_routing
+        hosts: Mapping[str, _Binding],
+        wildcards: Mapping[str, str | None],  # ".docker.example.com" -> external_url
+        ports: dict[int, _Binding],
+    ) -> None:
+        self.repositories = dict(repositories)
+        self.hosts = dict(hosts)
+        self.wildcards = dict(wildcards)
+        self.ports = ports
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> RouteTable:
+        hosts: dict[str, _Binding] = {}
+        wildcards: dict[str, str | None] = {}
+        for h in settings.host:
+            if h.name.startswith("*."):
+                wildcards[h.name[1:]] = h.external_url
+            else:
+                hosts[h.name] = _Binding(h.repository, h.external_url)
+        return cls(
+            {r.name: r.path_routing for r in settings.repository},
+            hosts,
+            wildcards,
+            {},
+        )
+
+    def bind_port(self, port: int, repository: str | None, external_url: str | None) -> None:
+        """Called once a listener is open (its real port is known)."""
+        self.ports[port] = _Binding(repository, external_url)
+
+    def path_routed(self) -> list[str]:
+        return sorted(n for n, on in self.repositories.items() if on)
+
+    def _host_binding(self, host: str) -> _Binding | None:
+        name = host.lower()
+        if name.startswith("["):
+            name = name.split("]", 1)[0] + "]"
+        else:
+            name = name.rsplit(":", 1)[0] if name.count(":") == 1 else name
+        found = self.hosts.get(name)
+        if found is not None:
+            return found
+        for suffix, external in self.wildcards.items():
+            if name.endswith(suffix):
+                label = name[: -len(suffix)]
+                if label and "." not in label and label in self.repositories:
+                    return _Binding(label, external)
+        return None
+
+    def resolve(self, port: int, host: str, path: str) -> Route | None:
+        if path.startswith("/repository/"):
+            repo, sep, rest = path[len("/repository/") :].partition("/")
+            if repo not in self.repositories:
+                return None
+            return Route(repo, "/" + rest if sep else "/", f"/repository/{repo}", "path")
+        binding = self._host_binding(host)
+        if binding is not None:
+            return Route(binding.repository, path, "", "host", binding.external_url)
+        bound = self.ports.get(port)
+        if bound is not None and bound.repository is not None:
+            return Route(bound.repository, path, "", "connector", bound.external_url)
+        return Route(None, path, "", "shared", bound.external_url if bound else None)

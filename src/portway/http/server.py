@@ -1,0 +1,158 @@
+"""Listeners and worker processes.
+
+One aiohttp application serves every listener: the main one and each connector are just
+sockets (SO_REUSEPORT), so a connector costs a file descriptor, not a thread pool. With
+`workers > 1` the parent prepares the database, then starts N processes that bind the same
+ports and share nothing but the database and the blob store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import logging
+import multiprocessing
+import os
+import signal
+import ssl
+import sys
+from typing import Any
+
+from aiohttp import web
+
+from portway.config import Settings, TlsConfig, split_listen
+from portway.http.app import build_app, build_context, open_stores
+from portway.http.context import AppContext
+
+log = logging.getLogger("portway.server")
+PURGE_INTERVAL = 600.0
+
+
+def _ssl_context(tls: TlsConfig | tuple[TlsConfig, ...] | None) -> ssl.SSLContext | None:
+    if tls is None:
+        return None
+    from portway.tls.context import build_ssl_context
+
+    return build_ssl_context(tls)
+
+
+async def open_listeners(runner: web.AppRunner, ctx: AppContext) -> list[tuple[str, int]]:
+    """Open the main listener and every connector Portway serves; returns (scheme, port)s."""
+    settings = ctx.settings
+    plan: list[tuple[str, str | None, Any, str | None]] = [
+        (settings.server.listen, None, settings.server.tls, None)
+    ]
+    for conn in settings.connector:
+        if conn.served_by == "portway":
+            plan.append((conn.listen, conn.repository, conn.tls, conn.external_url))
+    opened: list[tuple[str, int]] = []
+    for listen, repository, tls, external_url in plan:
+        host, port = split_listen(listen)
+        context = _ssl_context(tls)
+        site = web.TCPSite(runner, host, port, ssl_context=context, reuse_port=True, backlog=1024)
+        await site.start()
+        sockets = getattr(site._server, "sockets", None)
+        real_port = int(sockets[0].getsockname()[1]) if sockets else port
+        ctx.routes.bind_port(real_port, repository, external_url)
+        opened.append(("https" if context else "http", real_port))
+    return opened
+
+
+async def _purge_loop(ctx: AppContext) -> None:
+    from portway.repos.hosted import HostedRepository
+
+    ttl = ctx.settings.server.upload_session_ttl
+    while True:
+        await asyncio.sleep(PURGE_INTERVAL)
+        for repo in ctx.repos.values():
+            if isinstance(repo, HostedRepository):
+                try:
+                    count = await repo.purge_uploads(ttl)
+                    if count:
+                        log.info("repository %s: purged %d stale upload(s)", repo.name, count)
+                except Exception:  # pragma: no cover - never let the janitor kill a worker
+                    log.exception("upload purge failed")
+
+
+async def run_worker(settings: Settings) -> None:
+    meta, blobs = open_stores(settings)
+    ctx = build_context(settings, meta, blobs)
+    app = build_app(ctx)
+    runner = web.AppRunner(
+        app,
+        handle_signals=False,
+        access_log=logging.getLogger("portway.access")
+        if settings.server.log_level == "debug"
+        else None,
+    )
+    await runner.setup()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        opened = await open_listeners(runner, ctx)
+        log.info("worker %d listening on %s", os.getpid(), ", ".join(f"{s}:{p}" for s, p in opened))
+        purge = asyncio.create_task(_purge_loop(ctx))
+        await stop.wait()
+        purge.cancel()
+    finally:
+        await runner.cleanup()
+        meta.close()
+
+
+def _die_with_parent() -> None:
+    """Linux: a worker gets SIGKILL when its parent dies, so a killed server leaves no orphans."""
+    with contextlib.suppress(Exception):
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+def _worker_main(settings: Settings) -> None:
+    _die_with_parent()
+    configure_logging(settings)
+    asyncio.run(run_worker(settings))
+
+
+def configure_logging(settings: Settings) -> None:
+    logging.basicConfig(
+        level=settings.server.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def serve(settings: Settings, workers: int) -> int:
+    configure_logging(settings)
+    if workers <= 1:
+        asyncio.run(run_worker(settings))
+        return 0
+    for listen in [settings.server.listen, *(c.listen for c in settings.connector)]:
+        if split_listen(listen)[1] == 0:
+            log.error("with several workers every listener needs a fixed port (%s)", listen)
+            return 2
+    spawn = multiprocessing.get_context("spawn")
+    procs = [
+        spawn.Process(target=_worker_main, args=(settings,), daemon=False) for _ in range(workers)
+    ]
+    for proc in procs:
+        proc.start()
+    stopping = False
+
+    def _stop(signum: int, _frame: Any) -> None:
+        nonlocal stopping
+        stopping = True
+        for proc in procs:
+            if proc.is_alive() and proc.pid:
+                os.kill(proc.pid, signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    while any(p.is_alive() for p in procs):
+        for proc in procs:
+            proc.join(0.5)
+            if not proc.is_alive() and not stopping:
+                log.error("worker %s exited with %s; stopping", proc.pid, proc.exitcode)
+                _stop(signal.SIGTERM, None)
+    return 0

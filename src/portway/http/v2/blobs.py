@@ -1,0 +1,65 @@
+"""/v2/<name>/blobs/<digest>: GET (with Range, sendfile), HEAD, DELETE."""
+
+from __future__ import annotations
+
+import re
+
+from aiohttp import web
+
+from portway.http.v2.call import V2Call
+from portway.oci.digest import Digest
+from portway.oci.errors import RegistryError
+
+_RANGE_RE = re.compile(r"^bytes=(\d*)-(\d*)$")
+
+
+def check_range(header: str, size: int) -> None:
+    """Refuse what aiohttp would answer without an OCI error body: one range, satisfiable."""
+    m = _RANGE_RE.match(header.strip())
+    bad = RegistryError(
+        "RANGE_INVALID",
+        f"unsatisfiable range {header[:60]!r} for a blob of {size} bytes",
+        headers={"Content-Range": f"bytes */{size}"},
+    )
+    if m is None or (not m.group(1) and not m.group(2)):
+        raise bad
+    start, end = m.group(1), m.group(2)
+    if start:
+        if int(start) >= size or (end and int(end) < int(start)):
+            raise bad
+    elif int(end) == 0:
+        raise bad
+
+
+async def get(call: V2Call, digest_text: str) -> web.StreamResponse:
+    await call.authorize("pull")
+    digest = Digest.parse(digest_text)
+    blob = await call.repo.open_blob(call.image, digest)
+    headers = {
+        "Docker-Content-Digest": str(digest),
+        "ETag": f'"{digest}"',
+        "Accept-Ranges": "bytes",
+        "Content-Type": "application/octet-stream",
+    }
+    if call.request.method == "HEAD":
+        headers["Content-Length"] = str(blob.size)
+        return web.Response(status=200, headers=headers)
+    range_header = call.request.headers.get("Range")
+    if range_header:
+        check_range(range_header, blob.size)
+    if blob.path is not None:
+        return web.FileResponse(blob.path, headers=headers)
+    response = web.StreamResponse(status=200, headers=headers)
+    response.content_length = blob.size
+    await response.prepare(call.request)
+    assert blob.stream is not None
+    async for chunk in blob.stream:
+        await response.write(chunk)
+    await response.write_eof()
+    return response
+
+
+async def delete(call: V2Call, digest_text: str) -> web.StreamResponse:
+    await call.authorize("delete")
+    await call.repo.writable().delete_blob(call.image, Digest.parse(digest_text))
+    return web.Response(status=202)

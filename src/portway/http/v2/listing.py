@@ -1,0 +1,90 @@
+"""Tags list, catalog and referrers, with the spec's `n` / `last` pagination."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+from urllib.parse import urlencode
+
+from aiohttp import web
+
+from portway.http.context import AppContext
+from portway.http.v2.call import V2Call, query_int
+from portway.oci import mediatypes as mt
+from portway.oci.digest import Digest
+
+MAX_PAGE = 10000
+
+
+def _json(doc: dict[str, Any], headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(
+        body=json.dumps(doc).encode(),
+        headers={"Content-Type": "application/json", **(headers or {})},
+    )
+
+
+def _page_size(request: web.Request) -> int | None:
+    n = query_int(request, "n")
+    return None if n is None else min(n, MAX_PAGE)
+
+
+def _next_link(base: str, n: int | None, items: list[str]) -> dict[str, str]:
+    if n is None or n == 0 or len(items) < n:
+        return {}
+    return {"Link": f'<{base}?{urlencode({"n": n, "last": items[-1]})}>; rel="next"'}
+
+
+async def tags(call: V2Call) -> web.StreamResponse:
+    await call.authorize("pull")
+    n = _page_size(call.request)
+    last = call.request.query.get("last")
+    names = [] if n == 0 else await call.repo.list_tags(call.image, last, n)
+    if n == 0:
+        await call.repo.list_tags(call.image, None, 1)  # NAME_UNKNOWN still applies
+    return _json(
+        {"name": call.url_name, "tags": names},
+        _next_link(call.url("/tags/list"), n, names),
+    )
+
+
+async def referrers(call: V2Call, digest_text: str) -> web.StreamResponse:
+    await call.authorize("pull")
+    digest = Digest.parse(digest_text)
+    artifact_type = call.request.query.get("artifactType") or None
+    entries = await call.repo.referrers(call.image, digest, artifact_type)
+    headers = {"Content-Type": mt.OCI_INDEX}
+    if artifact_type:
+        headers["OCI-Filters-Applied"] = "artifactType"
+    body = {"schemaVersion": 2, "mediaType": mt.OCI_INDEX, "manifests": entries}
+    return web.Response(body=json.dumps(body).encode(), headers=headers)
+
+
+async def catalog(
+    request: web.Request, ctx: AppContext, repository: str | None, base: str
+) -> web.StreamResponse:
+    """One repository's images, or on a shared host every path-routed repository's images
+    as `<repo>/<image>` — only what the caller may browse."""
+    await ctx.authorizer.authorize(request, repository, None, ("catalog",))
+    n = _page_size(request)
+    last = request.query.get("last")
+    names: list[str]
+    if n == 0:
+        names = []
+    elif repository is not None:
+        names = await ctx.repos[repository].catalog(last, n)
+    else:
+        names = []
+        for repo_name in ctx.routes.path_routed():
+            if not ctx.authorizer.visible(request, repo_name):
+                continue
+            if last is not None and last.partition("/")[0] > repo_name:
+                continue
+            inner_last = None
+            if last is not None and last.partition("/")[0] == repo_name:
+                inner_last = last.partition("/")[2]
+            want = None if n is None else n - len(names)
+            images = await ctx.repos[repo_name].catalog(inner_last, want)
+            names.extend(f"{repo_name}/{image}" for image in images)
+            if n is not None and len(names) >= n:
+                break
+    return _json({"repositories": names}, _next_link(f"{base}/v2/_catalog", n, names))

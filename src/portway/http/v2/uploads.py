@@ -1,0 +1,157 @@
+"""/v2/<name>/blobs/uploads/[<id>]: POST (session, monolithic, mount), PATCH, PUT, GET, DELETE."""
+
+from __future__ import annotations
+
+import re
+
+from aiohttp import web
+
+from portway.http.v2.call import V2Call, body_chunks, content_length
+from portway.oci.digest import Digest
+from portway.oci.errors import RegistryError
+from portway.oci.names import check_name
+from portway.repos.hosted import UploadState
+
+_CONTENT_RANGE_RE = re.compile(r"^(?:bytes[= ])?(\d+)-(\d+)(?:/(\d+|\*))?$")
+
+
+def _session_headers(call: V2Call, state: UploadState) -> dict[str, str]:
+    return {
+        "Location": call.url(f"/blobs/uploads/{state.id}"),
+        "Range": f"0-{max(state.offset - 1, 0)}",
+        "Docker-Upload-UUID": state.id,
+        "Content-Length": "0",
+    }
+
+
+def _blob_created(call: V2Call, digest: Digest) -> web.Response:
+    return web.Response(
+        status=201,
+        headers={
+            "Location": call.url(f"/blobs/{digest}"),
+            "Docker-Content-Digest": str(digest),
+            "Content-Length": "0",
+        },
+    )
+
+
+async def _drain(request: web.Request) -> None:
+    async for _ in body_chunks(request):
+        pass
+
+
+async def start(call: V2Call) -> web.StreamResponse:
+    await call.authorize("pull", "push")
+    repo = call.repo.writable()
+    query = call.request.query
+    mount, source = query.get("mount"), query.get("from")
+    if mount is not None:
+        digest = Digest.parse(mount)
+        if source and await _mount(call, digest, source):
+            await _drain(call.request)
+            return _blob_created(call, digest)
+    if "digest" in query:
+        digest = Digest.parse(query["digest"])
+        state = await repo.start_upload(call.image)
+        try:
+            state = await repo.append_upload(
+                state, body_chunks(call.request), content_length(call.request)
+            )
+        except BaseException:
+            await repo.cancel_upload(state)
+            raise
+        await repo.finish_upload(state, digest)
+        return _blob_created(call, digest)
+    await _drain(call.request)
+    state = await repo.start_upload(call.image)
+    return web.Response(status=202, headers=_session_headers(call, state))
+
+
+async def _mount(call: V2Call, digest: Digest, source: str) -> bool:
+    """Link a blob from another image; only when the caller may read it there."""
+    try:
+        check_name(source)
+    except RegistryError:
+        return False
+    found = call.resolve_name(source)
+    if found is None:
+        return False
+    src_repo, src_image = found
+    try:
+        await call.ctx.authorizer.authorize(call.request, src_repo.name, src_image, ("pull",))
+    except RegistryError:
+        return False
+    if not await src_repo.has_blob(src_image, digest):
+        return False
+    return await call.repo.writable().link_existing(call.image, digest)
+
+
+def _check_content_range(call: V2Call, state: UploadState) -> int | None:
+    """Validate a chunk's Content-Range against the session; returns its declared length."""
+    header = call.request.headers.get("Content-Range")
+    if header is None:
+        return None
+    m = _CONTENT_RANGE_RE.match(header.strip())
+    if m is None:
+        raise RegistryError(
+            "RANGE_INVALID",
+            f"malformed Content-Range {header[:60]!r}",
+            headers=_session_headers(call, state),
+        )
+    begin, end = int(m.group(1)), int(m.group(2))
+    if begin != state.offset or end < begin:
+        raise RegistryError(
+            "RANGE_INVALID",
+            f"chunk {begin}-{end} does not continue the upload at offset {state.offset}",
+            headers=_session_headers(call, state),
+        )
+    declared = end - begin + 1
+    length = content_length(call.request)
+    if length is not None and length != declared:
+        raise RegistryError(
+            "RANGE_INVALID",
+            f"Content-Range covers {declared} bytes but Content-Length is {length}",
+            headers=_session_headers(call, state),
+        )
+    return declared
+
+
+async def patch(call: V2Call, upload_id: str) -> web.StreamResponse:
+    await call.authorize("pull", "push")
+    repo = call.repo.writable()
+    state = await repo.upload_state(call.image, upload_id)
+    declared = _check_content_range(call, state)
+    expected = declared if declared is not None else content_length(call.request)
+    state = await repo.append_upload(state, body_chunks(call.request), expected)
+    return web.Response(status=202, headers=_session_headers(call, state))
+
+
+async def finish(call: V2Call, upload_id: str) -> web.StreamResponse:
+    await call.authorize("pull", "push")
+    repo = call.repo.writable()
+    state = await repo.upload_state(call.image, upload_id)
+    digest_text = call.request.query.get("digest")
+    if not digest_text:
+        raise RegistryError("DIGEST_INVALID", "the closing PUT needs ?digest=")
+    digest = Digest.parse(digest_text)
+    declared = _check_content_range(call, state)
+    length = declared if declared is not None else content_length(call.request)
+    if length or (length is None and call.request.body_exists):
+        state = await repo.append_upload(state, body_chunks(call.request), length)
+    await repo.finish_upload(state, digest)
+    return _blob_created(call, digest)
+
+
+async def status(call: V2Call, upload_id: str) -> web.StreamResponse:
+    await call.authorize("pull", "push")
+    state = await call.repo.writable().upload_state(call.image, upload_id)
+    headers = _session_headers(call, state)
+    return web.Response(status=204, headers=headers)
+
+
+async def cancel(call: V2Call, upload_id: str) -> web.StreamResponse:
+    await call.authorize("pull", "push")
+    repo = call.repo.writable()
+    state = await repo.upload_state(call.image, upload_id)
+    await repo.cancel_upload(state)
+    return web.Response(status=204)

@@ -1,0 +1,50 @@
+"""The Repository protocol: hosted, proxy and group repositories all answer it, so HTTP
+handlers never branch on a repository's kind."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+from portway.config import RepositoryConfig
+from portway.oci.digest import Digest
+
+if TYPE_CHECKING:
+    from portway.repos.hosted import HostedRepository
+
+
+@dataclass(frozen=True, slots=True)
+class Manifest:
+    digest: str
+    media_type: str
+    body: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class BlobBody:
+    """A blob to send: a local file (sent with sendfile) or a stream."""
+
+    digest: Digest
+    size: int
+    path: Path | None = None
+    stream: AsyncIterator[bytes] | None = None
+
+
+class Repository(Protocol):
+    name: str
+    config: RepositoryConfig
+
+    @property
+    def kind(self) -> str: ...
+    async def get_manifest(self, image: str, reference: str, accept: Sequence[str]) -> Manifest: ...
+    async def stat_blob(self, image: str, digest: Digest) -> int: ...
+    async def open_blob(self, image: str, digest: Digest) -> BlobBody: ...
+    async def list_tags(self, image: str, last: str | None, n: int | None) -> list[str]: ...
+    async def referrers(
+        self, image: str, digest: Digest, artifact_type: str | None
+    ) -> list[dict[str, Any]]: ...
+    async def catalog(self, last: str | None, n: int | None) -> list[str]: ...
+    async def has_blob(self, image: str, digest: Digest) -> bool: ...
+    def writable(self) -> HostedRepository: ...

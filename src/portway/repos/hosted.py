@@ -1,0 +1,267 @@
+"""Hosted repository: images pushed here and stored here."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from portway.config import RepositoryConfig
+from portway.db.store import MetadataStore, NewManifest
+from portway.oci import mediatypes as mt
+from portway.oci.digest import Digest
+from portway.oci.errors import RegistryError
+from portway.oci.manifest import parse_manifest
+from portway.oci.names import check_tag
+from portway.repos.base import BlobBody, Manifest
+from portway.storage.blobstore import BlobStore
+
+
+@dataclass(frozen=True, slots=True)
+class UploadState:
+    id: str
+    image: str
+    offset: int
+
+
+class HostedRepository:
+    kind = "hosted"
+
+    def __init__(
+        self, config: RepositoryConfig, repo_id: int, meta: MetadataStore, blobs: BlobStore
+    ) -> None:
+        self.name = config.name
+        self.config = config
+        self.repo_id = repo_id
+        self.meta = meta
+        self.blobs = blobs
+
+    def writable(self) -> HostedRepository:
+        return self
+
+    # -- reads -------------------------------------------------------------------------
+    def lookup_manifest(self, image: str, reference: str) -> Manifest | None:
+        if Digest.is_digest(reference):
+            digest = Digest.parse(reference)
+            row = self.meta.manifest_by_digest(self.repo_id, image, str(digest))
+        else:
+            row = self.meta.manifest_by_tag(self.repo_id, image, check_tag(reference))
+        return None if row is None else Manifest(row.digest, row.media_type, row.body)
+
+    async def get_manifest(self, image: str, reference: str, accept: Sequence[str]) -> Manifest:
+        found = self.lookup_manifest(image, reference)
+        if found is None:
+            raise RegistryError(
+                "MANIFEST_UNKNOWN", f"manifest {reference!r} not found in {image!r}"
+            )
+        return found
+
+    async def has_blob(self, image: str, digest: Digest) -> bool:
+        return self.meta.blob_size(self.repo_id, image, str(digest)) is not None
+
+    async def stat_blob(self, image: str, digest: Digest) -> int:
+        size = self.meta.blob_size(self.repo_id, image, str(digest))
+        if size is None:
+            raise RegistryError("BLOB_UNKNOWN", f"blob {digest} not found in {image!r}")
+        return size
+
+    async def open_blob(self, image: str, digest: Digest) -> BlobBody:
+        size = await self.stat_blob(image, digest)
+        path = self.blobs.local_path(digest)
+        if path is not None:
+            return BlobBody(digest=digest, size=size, path=path)
+        return BlobBody(digest=digest, size=size, stream=self.blobs.read(digest))
+
+    async def list_tags(self, image: str, last: str | None, n: int | None) -> list[str]:
+        if not self.meta.image_exists(self.repo_id, image):
+            raise RegistryError("NAME_UNKNOWN", f"image {image!r} not found")
+        return self.meta.list_tags(self.repo_id, image, last, n)
+
+    async def catalog(self, last: str | None, n: int | None) -> list[str]:
+        return self.meta.list_images(self.repo_id, last, n)
+
+    async def referrers(
+        self, image: str, digest: Digest, artifact_type: str | None
+    ) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        for row in self.meta.referrers(self.repo_id, image, str(digest)):
+            if artifact_type is not None and row.artifact_type != artifact_type:
+                continue
+            entry: dict[str, Any] = {
+                "mediaType": row.media_type,
+                "digest": row.digest,
+                "size": row.size,
+            }
+            if row.artifact_type:
+                entry["artifactType"] = row.artifact_type
+            if row.annotations:
+                entry["annotations"] = row.annotations
+            out.append(entry)
+        return out
+
+    # -- deployment policy -------------------------------------------------------------
+    def _check_writable(self) -> None:
+        if self.config.write_policy == "deny":
+            raise RegistryError(
+                "DENIED", f"repository {self.name!r} is read-only (write_policy = deny)"
+            )
+
+    def _tag_guard(self, new_digest: str | None) -> Any:
+        policy = self.config.write_policy
+
+        def guard(tag: str, current: str | None) -> None:
+            if current is None or current == new_digest:
+                return
+            if policy == "allow_once" or (policy == "allow_latest" and tag != "latest"):
+                raise RegistryError(
+                    "DENIED",
+                    f"tag {tag!r} already exists in repository {self.name!r} and its "
+                    f"write policy ({policy}) does not allow redeploying it",
+                )
+
+        return guard
+
+    # -- manifests ---------------------------------------------------------------------
+    async def put_manifest(
+        self,
+        image: str,
+        reference: str,
+        body: bytes,
+        content_type: str | None,
+        extra_tags: Sequence[str] = (),
+    ) -> tuple[str, str | None]:
+        """Store a manifest; returns (digest, subject digest or None)."""
+        self._check_writable()
+        parsed = parse_manifest(body, content_type, strict=self.config.strict_content_types)
+        tag_names = [check_tag(t) for t in extra_tags]
+        if Digest.is_digest(reference):
+            wanted = Digest.parse(reference)
+            digest = Digest.of(body, wanted.algorithm)
+            if digest != wanted:
+                raise RegistryError(
+                    "DIGEST_INVALID",
+                    f"manifest body has digest {digest}, not {wanted}",
+                )
+        else:
+            tag_names.insert(0, check_tag(reference))
+            digest = Digest.of(body)
+        missing = self.meta.missing_blobs(
+            self.repo_id, image, [str(d.digest) for d in parsed.blobs]
+        )
+        # an empty config (artifacts) need not have been pushed as a blob
+        missing = [d for d in missing if not _is_empty_descriptor(d, parsed.blobs)]
+        missing += self.meta.missing_manifests(
+            self.repo_id, image, [str(d.digest) for d in parsed.children]
+        )
+        if missing:
+            raise RegistryError(
+                "MANIFEST_BLOB_UNKNOWN",
+                f"manifest references {len(missing)} blob(s) or manifest(s) not in "
+                f"{image!r}: {', '.join(missing[:5])}",
+                detail={"missing": missing[:50]},
+            )
+        refs = [(str(d.digest), False) for d in parsed.blobs] + [
+            (str(d.digest), True) for d in parsed.children
+        ]
+        subject = str(parsed.subject.digest) if parsed.subject else None
+        await self.meta.put_manifest(
+            self.repo_id,
+            image,
+            NewManifest(
+                digest=str(digest),
+                media_type=parsed.media_type,
+                body=body,
+                artifact_type=parsed.artifact_type,
+                subject=subject,
+                annotations=parsed.annotations,
+                refs=refs,
+            ),
+            tag_names,
+            self._tag_guard(str(digest)),
+        )
+        return str(digest), subject
+
+    async def delete_manifest(self, image: str, reference: str) -> None:
+        self._check_writable()
+        if Digest.is_digest(reference):
+            digest = Digest.parse(reference)
+            if not await self.meta.delete_manifest(self.repo_id, image, str(digest)):
+                raise RegistryError("MANIFEST_UNKNOWN", f"manifest {digest} not found")
+            return
+        tag = check_tag(reference)
+        if not await self.meta.delete_tag(self.repo_id, image, tag, self._tag_guard(None)):
+            raise RegistryError("MANIFEST_UNKNOWN", f"tag {tag!r} not found in {image!r}")
+
+    # -- blobs and uploads -------------------------------------------------------------
+    async def delete_blob(self, image: str, digest: Digest) -> None:
+        self._check_writable()
+        if not await self.meta.unlink_blob(self.repo_id, image, str(digest)):
+            raise RegistryError("BLOB_UNKNOWN", f"blob {digest} not found in {image!r}")
+
+    async def link_existing(self, image: str, digest: Digest) -> bool:
+        """Link a blob the store already holds (mount, or a re-push) into this image."""
+        size = await self.blobs.stat(digest)
+        if size is None:
+            return False
+        await self.meta.link_blob(self.repo_id, image, str(digest), size)
+        return True
+
+    async def start_upload(self, image: str) -> UploadState:
+        self._check_writable()
+        upload_id = await self.blobs.new_upload()
+        await self.meta.create_upload(upload_id, self.repo_id, image)
+        return UploadState(upload_id, image, 0)
+
+    async def upload_state(self, image: str, upload_id: str) -> UploadState:
+        row = self.meta.get_upload(upload_id) if _looks_like_uuid(upload_id) else None
+        if row is None or row.repo_id != self.repo_id or row.image != image:
+            raise RegistryError("BLOB_UPLOAD_UNKNOWN", f"upload {upload_id[:64]!r} not found")
+        size = await self.blobs.upload_size(upload_id)
+        if size is None:
+            raise RegistryError("BLOB_UPLOAD_UNKNOWN", f"upload {upload_id!r} has no data")
+        return UploadState(upload_id, image, size)
+
+    async def append_upload(
+        self,
+        state: UploadState,
+        chunks: AsyncIterator[bytes],
+        expected_length: int | None,
+    ) -> UploadState:
+        size = await self.blobs.append(state.id, chunks, expected_length=expected_length)
+        await self.meta.touch_upload(state.id)
+        return UploadState(state.id, state.image, size)
+
+    async def finish_upload(self, state: UploadState, digest: Digest) -> int:
+        try:
+            size = await self.blobs.commit(state.id, digest)
+        except RegistryError as exc:
+            if exc.code in ("DIGEST_INVALID", "SIZE_INVALID"):
+                await self.cancel_upload(state)
+            raise
+        await self.meta.link_blob(self.repo_id, state.image, str(digest), size)
+        await self.meta.delete_upload(state.id)
+        return size
+
+    async def cancel_upload(self, state: UploadState) -> None:
+        await self.blobs.abort(state.id)
+        await self.meta.delete_upload(state.id)
+
+    async def purge_uploads(self, max_age: float) -> int:
+        expired = self.meta.expired_uploads(time.time() - max_age)
+        for upload_id in expired:
+            await self.blobs.abort(upload_id)
+            await self.meta.delete_upload(upload_id)
+        return len(expired)
+
+
+def _looks_like_uuid(value: str) -> bool:
+    return len(value) == 36 and all(c in "0123456789abcdef-" for c in value)
+
+
+def _is_empty_descriptor(digest: str, blobs: Sequence[Any]) -> bool:
+    # sha256 of "{}", the OCI empty descriptor's content
+    empty = "sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a"
+    return digest == empty and any(
+        str(b.digest) == empty and b.media_type == mt.OCI_EMPTY for b in blobs
+    )

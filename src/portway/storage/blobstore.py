@@ -1,0 +1,213 @@
+"""BlobStore: content-addressed blobs and upload sessions on top of a BlobBackend.
+
+A blob becomes visible only by an atomic move of a fully written, fsynced temporary object
+whose digest and size verified. Upload data lives in the backend (not in a process), so a
+chunked upload can continue on another worker; each process keeps the running hash of the
+sessions it served and falls back to re-reading the data when another worker appended.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import os
+import uuid as uuidlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from portway.oci.digest import Digest
+from portway.oci.errors import RegistryError
+from portway.storage.filesystem import FilesystemBackend, FileWriter
+
+WRITE_BATCH = 1024 * 1024  # bytes handed to the writer thread at once
+_HASH_CACHE_LIMIT = 4096
+
+
+class BlobStore:
+    def __init__(self, backend: FilesystemBackend) -> None:
+        self.backend = backend
+        # upload id -> (offset the hash covers, sha256 hasher, sha512 hasher)
+        self._hashes: dict[str, tuple[int, Any, Any]] = {}
+
+    # -- blobs -------------------------------------------------------------------------
+    @staticmethod
+    def blob_key(digest: Digest) -> str:
+        return f"blobs/{digest.algorithm}/{digest.hex[:2]}/{digest.hex}"
+
+    async def stat(self, digest: Digest) -> int | None:
+        info = await self.backend.stat(self.blob_key(digest))
+        return None if info is None else info.size
+
+    def local_path(self, digest: Digest) -> Path | None:
+        return self.backend.local_path(self.blob_key(digest))
+
+    def read(
+        self, digest: Digest, offset: int = 0, length: int | None = None
+    ) -> AsyncIterator[bytes]:
+        return self.backend.read(self.blob_key(digest), offset, length)
+
+    async def delete(self, digest: Digest) -> None:
+        await self.backend.delete(self.blob_key(digest))
+
+    # -- uploads -----------------------------------------------------------------------
+    @staticmethod
+    def upload_key(upload_id: str) -> str:
+        return f"uploads/{upload_id}"
+
+    async def new_upload(self) -> str:
+        upload_id = str(uuidlib.uuid4())
+        writer = await self.backend.writer(self.upload_key(upload_id))
+        await writer.close(sync=False)
+        self._hashes[upload_id] = (0, hashlib.sha256(), hashlib.sha512())
+        self._trim_cache()
+        return upload_id
+
+    def _trim_cache(self) -> None:
+        while len(self._hashes) > _HASH_CACHE_LIMIT:
+            self._hashes.pop(next(iter(self._hashes)))
+
+    async def upload_size(self, upload_id: str) -> int | None:
+        info = await self.backend.stat(self.upload_key(upload_id))
+        return None if info is None else info.size
+
+    async def append(
+        self, upload_id: str, chunks: AsyncIterator[bytes], *, expected_length: int | None = None
+    ) -> int:
+        """Append a request body to the session; returns the new size.
+
+        On any failure (client gone, short body) the data is cut back to where it was, so the
+        session stays usable and nothing half-written counts.
+        """
+        key = self.upload_key(upload_id)
+        writer = await self.backend.writer(key, append=True)
+        start = writer.size
+        cached = self._hashes.get(upload_id)
+        hashers = cached[1:] if cached is not None and cached[0] == start else None
+        written = 0
+        try:
+            written = await _pump(chunks, writer, hashers)
+            if expected_length is not None and written != expected_length:
+                raise RegistryError(
+                    "SIZE_INVALID",
+                    f"request body has {written} bytes, Content-Length said {expected_length}",
+                )
+        except BaseException:
+            await writer.close(sync=False)
+            path = self.backend.local_path(key)
+            if path is not None:
+                with contextlib.suppress(FileNotFoundError):
+                    os.truncate(path, start)
+            self._hashes.pop(upload_id, None)
+            raise
+        await writer.close(sync=False)
+        if hashers is not None:
+            self._hashes[upload_id] = (start + written, *hashers)
+        else:
+            self._hashes.pop(upload_id, None)
+        return start + written
+
+    async def commit(self, upload_id: str, digest: Digest, size: int | None = None) -> int:
+        """Verify the session's data against `digest` and publish it as that blob."""
+        key = self.upload_key(upload_id)
+        info = await self.backend.stat(key)
+        if info is None:
+            raise RegistryError("BLOB_UPLOAD_UNKNOWN")
+        if size is not None and info.size != size:
+            raise RegistryError("SIZE_INVALID", f"upload has {info.size} bytes, expected {size}")
+        cached = self._hashes.pop(upload_id, None)
+        if cached is not None and cached[0] == info.size:
+            actual = (cached[1] if digest.algorithm == "sha256" else cached[2]).hexdigest()
+        else:
+            actual = await asyncio.to_thread(self._hash_file, key, digest.algorithm)
+        if actual != digest.hex:
+            raise RegistryError(
+                "DIGEST_INVALID",
+                f"uploaded content has digest {digest.algorithm}:{actual}, not {digest}",
+            )
+        await asyncio.to_thread(_fsync_path, self.backend.local_path(key))
+        await self.backend.move(key, self.blob_key(digest))
+        return info.size
+
+    def _hash_file(self, key: str, algorithm: str) -> str:
+        hasher = hashlib.new(algorithm)
+        path = self.backend.local_path(key)
+        assert path is not None
+        with open(path, "rb") as f:
+            while chunk := f.read(4 * WRITE_BATCH):
+                hasher.update(chunk)
+        return hasher.hexdigest()
+
+    async def abort(self, upload_id: str) -> None:
+        self._hashes.pop(upload_id, None)
+        await self.backend.delete(self.upload_key(upload_id))
+
+    async def ingest(
+        self, chunks: AsyncIterator[bytes], digest: Digest, expected_length: int | None = None
+    ) -> int:
+        """Monolithic upload: stream a body into a new session and commit it at once."""
+        upload_id = await self.new_upload()
+        try:
+            await self.append(upload_id, chunks, expected_length=expected_length)
+            return await self.commit(upload_id, digest)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await self.abort(upload_id)
+            raise
+
+    async def put_bytes(self, data: bytes, digest: Digest) -> int:
+        async def once() -> AsyncIterator[bytes]:
+            yield data
+
+        return await self.ingest(once(), digest)
+
+
+def _fsync_path(path: Path | None) -> None:
+    if path is None:
+        return
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_batch(writer: FileWriter, hashers: tuple[Any, ...] | None, data: bytes) -> None:
+    if hashers is not None:
+        for h in hashers:
+            h.update(data)
+    writer.write_sync(data)
+
+
+async def _pump(
+    chunks: AsyncIterator[bytes], writer: FileWriter, hashers: tuple[Any, ...] | None
+) -> int:
+    """Read chunks into ~1 MiB batches; hash and write each batch in a thread while the next
+    batch is read from the socket (hashlib and file writes release the GIL)."""
+    written = 0
+    pending: asyncio.Future[None] | None = None
+    batch: list[bytes] = []
+    batch_len = 0
+    loop = asyncio.get_running_loop()
+    try:
+        async for chunk in chunks:
+            batch.append(chunk)
+            batch_len += len(chunk)
+            if batch_len >= WRITE_BATCH:
+                data = b"".join(batch)
+                batch, batch_len = [], 0
+                if pending is not None:
+                    await pending
+                pending = loop.run_in_executor(None, _write_batch, writer, hashers, data)
+                written += len(data)
+        if batch:
+            data = b"".join(batch)
+            if pending is not None:
+                await pending
+            pending = loop.run_in_executor(None, _write_batch, writer, hashers, data)
+            written += len(data)
+    finally:
+        if pending is not None:
+            await asyncio.shield(pending)
+    return written
