@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import http.client
 import os
 import signal
+import socket
 import subprocess
 import time
 import urllib.error
@@ -161,5 +163,14 @@ def http_answers(url: str, timeout: float = 1.0) -> bool:
             return True
     except urllib.error.HTTPError:
         return True
-    except (OSError, ValueError):
+    except (OSError, ValueError, http.client.HTTPException):
+        return False
+
+
+def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
+    """True once something accepts TCP connections on host:port."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
         return False

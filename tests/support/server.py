@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 from collections.abc import Mapping, Sequence
@@ -10,7 +11,7 @@ from typing import Any
 
 from . import toml
 from .ports import free_port
-from .process import ManagedProcess, http_answers
+from .process import ManagedProcess, http_answers, port_open
 
 DEFAULT_REPOSITORY = "docker-hosted"
 DEFAULT_REPOSITORIES: tuple[dict[str, Any], ...] = (
@@ -85,10 +86,20 @@ class PortwayServer:
     # -- lifecycle -----------------------------------------------------------------------
 
     def start(self, timeout: float = START_TIMEOUT) -> PortwayServer:
+        """Start and wait until `/v2/` answers and every connector Portway serves accepts."""
         self.process.start()
         self.process.wait_until(
             lambda: http_answers(f"{self.url}/v2/"), timeout, f"answer on {self.url}/v2/"
         )
+        for index, connector in enumerate(self.connectors):
+            if connector.get("served_by", "portway") != "portway":
+                continue
+            port = self.connector_port(index)
+            self.process.wait_until(
+                functools.partial(port_open, "127.0.0.1", port),
+                timeout,
+                f"connector on port {port}",
+            )
         return self
 
     def stop(self, timeout: float = 10.0) -> int | None:
