@@ -1,0 +1,445 @@
+"""The auth facade the HTTP layer calls. No HTTP here: strings in, principals, grants and JSON
+bodies out, typed errors (`AuthError` subclasses carry the status to render).
+
+A request is decided in two steps:
+
+1. who: `authenticate_basic(header, client)` (Basic, or no header -> anonymous) or
+   `verify_bearer(token, repository)` (a token from our endpoint);
+2. what: a `Grant` — Portway actions on the route's repository. `Grant.permits(action, image)`
+   is the one check handlers make. For Basic the grant comes from `authorize(principal, repo)`.
+
+Authenticated users may always do what anonymous pull allows (the per-repository switch);
+the stored `anonymous` role applies to requests without credentials only.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import re
+import secrets
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from portway.auth.audit import AuditLog
+from portway.auth.keys import KeyRing
+from portway.auth.privileges import (
+    ACTIONS,
+    PORTWAY_TO_DOCKER,
+    Principal,
+    allowed_actions,
+    anonymous_principal,
+    browsable,
+    docker_grant,
+    public_role,
+)
+from portway.auth.ratelimit import LoginLimiter
+from portway.auth.scopes import Scope
+from portway.auth.store import UserStore
+from portway.auth.tokens import Access, TokenAuthority, TokenError, TokenWrongRepository
+from portway.config import RepositoryConfig
+
+MAX_AUTH_HEADER = 8192
+_CHALLENGE_SAFE = re.compile(r"[\x00-\x1f\x7f]")
+
+
+class AuthError(Exception):
+    """Refused authentication. `status` is what to answer; `message` is safe for clients."""
+
+    status = 401
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidCredentials(AuthError):
+    pass
+
+
+class LoginLocked(AuthError):
+    """Too many failed logins: answer 429 with `Retry-After: retry_after`."""
+
+    status = 429
+
+    def __init__(self, retry_after: int) -> None:
+        super().__init__(f"too many failed logins; retry in {retry_after} seconds")
+        self.retry_after = retry_after
+
+
+class InvalidToken(AuthError):
+    """A bearer or refresh token refused (expired, forged, another repository's...)."""
+
+
+@dataclass(frozen=True)
+class Grant:
+    """What a request may do on its route's repository.
+
+    `actions`: Portway actions on `repository`. `access`: for a token, the images (and the
+    catalog) it names; None for Basic, which is not limited to images.
+    """
+
+    principal: str
+    anonymous: bool
+    repository: str | None
+    actions: frozenset[str]
+    access: tuple[Access, ...] | None = None
+
+    def permits(self, action: str, image: str | None = None) -> bool:
+        """May the request perform `action` (browse/read/add/edit/delete) on `image`?
+
+        For a token, `image` must be named in its access claim exactly as the client wrote it
+        in the scope (on a repository-path route that includes the `<repo>/` prefix).
+        """
+        if action not in self.actions:
+            return False
+        if self.access is None or image is None:
+            return True
+        carriers = PORTWAY_TO_DOCKER.get(action, frozenset())
+        return any(
+            a.type == "repository" and a.name == image and carriers & set(a.actions)
+            for a in self.access
+        )
+
+    @property
+    def catalog(self) -> bool:
+        """May this request list the catalog (filtered by `AuthService.catalog`)?"""
+        if self.access is None:
+            return True
+        return any(a.type == "registry" and a.name == "catalog" for a in self.access)
+
+
+class AuthService:
+    def __init__(
+        self,
+        store: UserStore,
+        tokens: TokenAuthority,
+        *,
+        limiter: LoginLimiter | None = None,
+        audit: AuditLog | None = None,
+        repositories: Iterable[RepositoryConfig] = (),
+        basic_cache_ttl: float = 30.0,
+        anonymous_cache_ttl: float = 5.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.store = store
+        self.tokens = tokens
+        self.limiter = limiter or LoginLimiter()
+        self.audit = audit
+        self._clock = clock
+        self._public: frozenset[str] = frozenset()
+        self.set_repositories(repositories)
+        self._basic_ttl = basic_cache_ttl
+        self._basic: OrderedDict[bytes, tuple[float, Principal]] = OrderedDict()
+        self._basic_key = secrets.token_bytes(32)
+        self._anon_ttl = anonymous_cache_ttl
+        self._anon: tuple[float, Principal] | None = None
+        self._lock = threading.Lock()
+
+    @classmethod
+    def create(
+        cls,
+        store: UserStore,
+        data_dir: Path,
+        repositories: Iterable[RepositoryConfig] = (),
+        *,
+        issuer: str = "portway",
+        token_ttl: int = 300,
+    ) -> AuthService:
+        """The default wiring: keys in `<data_dir>/keys`, audit in `<data_dir>/audit.log`."""
+        tokens = TokenAuthority(KeyRing.in_data_dir(data_dir), issuer=issuer, ttl=token_ttl)
+        return cls(store, tokens, audit=AuditLog(data_dir / "audit.log"), repositories=repositories)
+
+    def set_repositories(self, repositories: Iterable[RepositoryConfig]) -> None:
+        """Take the repositories' `anonymous_pull` switches (call again after a config change)."""
+        self._public = frozenset(r.name for r in repositories if r.anonymous_pull)
+        self._anon = None
+
+    # -- who -------------------------------------------------------------------------------
+
+    def anonymous(self) -> Principal:
+        """The principal of requests without credentials (cached for a few seconds)."""
+        now = self._clock()
+        cached = self._anon
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        principal = anonymous_principal(self.store.anonymous_roles(), self._public)
+        self._anon = (now + self._anon_ttl, principal)
+        return principal
+
+    def authenticate_basic(self, header: str | None, client_addr: str | None) -> Principal:
+        """The principal of an `Authorization` header value: None (or empty) -> anonymous;
+        `Basic ...` -> the user. Raises InvalidCredentials or LoginLocked."""
+        if not header:
+            return self.anonymous()
+        if len(header) > MAX_AUTH_HEADER:
+            raise InvalidCredentials("malformed Authorization header")
+        scheme, _, value = header.strip().partition(" ")
+        if scheme.lower() != "basic":
+            raise InvalidCredentials("expected Basic credentials")
+        try:
+            decoded = base64.b64decode(value.strip(), validate=True).decode("utf-8")
+        except (binascii.Error, UnicodeDecodeError):
+            raise InvalidCredentials("malformed Basic credentials") from None
+        user, sep, password = decoded.partition(":")
+        if not sep or not user:
+            raise InvalidCredentials("malformed Basic credentials")
+        return self.authenticate_password(user, password, client_addr, cache=True)
+
+    def authenticate_password(
+        self, user: str, password: str, client_addr: str | None, *, cache: bool = False
+    ) -> Principal:
+        """Check a user name and password (Basic, or the OAuth2 `grant_type=password` form).
+
+        Rate-limited per user and per client address; every attempt that reaches the password
+        check is audited. With `cache`, a success is remembered for a few seconds (keyed by an
+        HMAC, never the password) so Basic on every request does not cost an argon2 each.
+        """
+        key = hmac.new(self._basic_key, f"{user}\0{password}".encode(), hashlib.sha256).digest()
+        if cache:
+            hit = self._cached(key)
+            if hit is not None:
+                return hit
+        locked = self.limiter.check(user, client_addr)
+        if locked is not None:
+            self._audit("login", user, client_addr, None, "locked", {"by": locked.key})
+            raise LoginLocked(locked.retry_after)
+        principal = self.store.authenticate(user, password)
+        if principal is None:
+            self.limiter.failure(user, client_addr)
+            self._audit("login", user, client_addr, None, "failure", None)
+            raise InvalidCredentials("incorrect username or password")
+        self.limiter.success(user)
+        self._audit("login", user, client_addr, None, "success", None)
+        principal = principal.with_roles(public_role(self._public))
+        if cache:
+            self._remember(key, principal)
+        return principal
+
+    def _cached(self, key: bytes) -> Principal | None:
+        with self._lock:
+            hit = self._basic.get(key)
+            if hit is None:
+                return None
+            if hit[0] <= self._clock():
+                del self._basic[key]
+                return None
+            return hit[1]
+
+    def _remember(self, key: bytes, principal: Principal) -> None:
+        with self._lock:
+            self._basic[key] = (self._clock() + self._basic_ttl, principal)
+            while len(self._basic) > 1024:
+                self._basic.popitem(last=False)
+
+    def forget_cached_logins(self) -> None:
+        """Drop remembered Basic logins (after disabling a user or changing a password)."""
+        with self._lock:
+            self._basic.clear()
+
+    # -- what ------------------------------------------------------------------------------
+
+    def authorize(self, principal: Principal, repository: str | None) -> Grant:
+        """The grant of a Basic (or anonymous) request on a repository's route."""
+        actions = allowed_actions(principal, repository) if repository else frozenset()
+        return Grant(principal.name, principal.anonymous, repository, actions)
+
+    def catalog(self, principal: Principal, repositories: Iterable[str]) -> list[str]:
+        """The repositories this principal may see listed (`_catalog`, search)."""
+        return browsable(principal, repositories)
+
+    def principal_of(self, grant: Grant) -> Principal | None:
+        """The current principal behind a grant (rereads roles; for catalog filtering)."""
+        if grant.anonymous:
+            return self.anonymous()
+        principal = self.store.principal(grant.principal)
+        return None if principal is None else principal.with_roles(public_role(self._public))
+
+    # -- tokens ----------------------------------------------------------------------------
+
+    def issue_token(
+        self,
+        principal: Principal,
+        service: str,
+        scopes: Sequence[Scope],
+        repository_route: str | None,
+        client_addr: str | None,
+        *,
+        offline_token: bool = False,
+    ) -> dict[str, Any]:
+        """The token endpoint's JSON body for an authenticated (or anonymous) principal.
+
+        Grants the intersection of what is asked and what is allowed on `repository_route`
+        (the repository the token is bound to; None on a route serving no single repository,
+        where only `registry:catalog:*` can be granted). A refresh token is added for
+        `offline_token` when the principal is a user.
+        """
+        access: list[Access] = []
+        actions: set[str] = set()
+        for scope in scopes:
+            if scope.is_catalog:
+                if "*" in scope.actions:
+                    access.append(Access("registry", "catalog", ("*",)))
+                continue
+            if scope.type != "repository" or not repository_route:
+                continue
+            docker, portway = docker_grant(principal, repository_route, scope.actions)
+            if docker:
+                access.append(Access("repository", scope.name, tuple(sorted(docker))))
+                actions |= portway
+        issued = self.tokens.issue_access(
+            principal.name,
+            service,
+            repository_route,
+            access,
+            actions,
+            anonymous=principal.anonymous,
+        )
+        body: dict[str, Any] = {
+            "token": issued.token,
+            "access_token": issued.token,
+            "expires_in": issued.expires_in,
+            "issued_at": _rfc3339(issued.issued_at),
+            "scope": " ".join(f"{a.type}:{a.name}:{','.join(a.actions)}" for a in access),
+        }
+        if offline_token and not principal.anonymous:
+            refresh = self.tokens.issue_refresh(principal.name, service, repository_route)
+            self.store.record_refresh(
+                refresh.jti, principal.name, repository_route, refresh.expires_at
+            )
+            body["refresh_token"] = refresh.token
+        self._audit(
+            "token.issue",
+            principal.name,
+            client_addr,
+            repository_route,
+            "success",
+            {
+                "requested": [str(s) for s in scopes],
+                "granted": body["scope"],
+                "offline": "refresh_token" in body,
+            },
+        )
+        return body
+
+    def refresh(
+        self,
+        refresh_token: str,
+        service: str,
+        scopes: Sequence[Scope],
+        repository_route: str | None,
+        client_addr: str | None,
+    ) -> dict[str, Any]:
+        """OAuth2 `grant_type=refresh_token`: a new access token for the refresh token's user,
+        on the refresh token's repository only; refused once the user is disabled, the password
+        changed, or the token revoked. The same refresh token comes back in the body."""
+        try:
+            claims = self.tokens.verify(refresh_token, repository_route, kind="refresh")
+        except TokenError as exc:
+            self._audit(
+                "token.refresh",
+                None,
+                client_addr,
+                repository_route,
+                "denied",
+                {"reason": exc.reason},
+            )
+            raise InvalidToken("invalid refresh token") from None
+        if not self.store.refresh_valid(claims.jti, claims.subject, repository_route):
+            self._audit(
+                "token.refresh",
+                claims.subject,
+                client_addr,
+                repository_route,
+                "denied",
+                {"reason": "revoked or user disabled"},
+            )
+            raise InvalidToken("invalid refresh token")
+        principal = self.store.principal(claims.subject)
+        if principal is None:
+            raise InvalidToken("invalid refresh token")
+        principal = principal.with_roles(public_role(self._public))
+        body = self.issue_token(principal, service, scopes, repository_route, client_addr)
+        body["refresh_token"] = refresh_token
+        return body
+
+    def verify_bearer(
+        self, token: str, repository_route: str | None, service: str | None = None
+    ) -> Grant:
+        """The grant of a bearer token presented on `repository_route` (the route's repository,
+        None for a route serving none). Raises InvalidToken; the reason goes to the audit log
+        only for a genuine token replayed on another repository's route."""
+        try:
+            claims = self.tokens.verify(token, repository_route, audience=service)
+        except TokenWrongRepository as exc:
+            self._audit(
+                "token.replay", None, None, repository_route, "denied", {"reason": exc.reason}
+            )
+            raise InvalidToken("token not valid for this repository") from None
+        except TokenError:
+            raise InvalidToken("invalid or expired token") from None
+        return Grant(
+            claims.subject,
+            claims.anonymous,
+            claims.repository,
+            claims.actions & ACTIONS,
+            claims.access,
+        )
+
+    # -- challenges ------------------------------------------------------------------------
+
+    @staticmethod
+    def challenge(
+        realm: str,
+        service: str,
+        scope: str | Sequence[str] | None = None,
+        error: str | None = None,
+    ) -> str:
+        """The `WWW-Authenticate` value sending a client to the token endpoint `realm`."""
+        parts = [f"realm={_quote(realm)}", f"service={_quote(service)}"]
+        if scope:
+            text = scope if isinstance(scope, str) else " ".join(scope)
+            parts.append(f"scope={_quote(text)}")
+        if error:
+            parts.append(f"error={_quote(error)}")
+        return "Bearer " + ",".join(parts)
+
+    @staticmethod
+    def basic_challenge(realm: str) -> str:
+        return f"Basic realm={_quote(realm)}"
+
+    def _audit(
+        self,
+        event: str,
+        principal: str | None,
+        client: str | None,
+        repository: str | None,
+        outcome: str,
+        detail: dict[str, Any] | None,
+    ) -> None:
+        if self.audit is not None:
+            self.audit.write(
+                event,
+                principal=principal,
+                client=client,
+                repository=repository,
+                outcome=outcome,
+                detail=detail,
+            )
+
+
+def _quote(value: str) -> str:
+    clean = _CHALLENGE_SAFE.sub("", value).replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{clean}"'
+
+
+def _rfc3339(epoch: int) -> str:
+    return datetime.fromtimestamp(epoch, UTC).isoformat().replace("+00:00", "Z")
