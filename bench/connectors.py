@@ -1,0 +1,167 @@
+"""Do connectors cost anything? Portway with 1 and with 100 `[[connector]]` listeners.
+
+    .venv/bin/python bench/connectors.py [--quick] [--rounds N] [--workers N]
+
+Two Portway servers run side by side: one with a single connector, one with 100 (each
+`listen = "127.0.0.1:<free port>"`, `repository = "docker-hosted"`). A small image is pushed
+through the first connector of each, then wrk measures manifest GET by tag through that
+connector, alternating between the two servers for several rounds. The issue's target: the
+100-connector server within 5% of the single-connector one (median of the rounds).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import secrets
+import shutil
+import socket
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from data import OCI_MANIFEST
+from ops import check_get, push_small_image, wrk
+from run import RESULTS, machine
+from servers import (
+    ServerProcess,
+    Target,
+    connector_target,
+    free_ports,
+    start_distribution,
+    start_portway,
+)
+
+TOLERANCE = 0.05
+
+
+def _wait_ports(ports: list[int], timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    pending = list(ports)
+    while pending and time.monotonic() < deadline:
+        still = []
+        for port in pending:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=1):
+                    pass
+            except OSError:
+                still.append(port)
+        pending = still
+        if pending:
+            time.sleep(0.1)
+    if pending:
+        raise RuntimeError(f"connector ports not listening after {timeout:.0f}s: {pending[:5]}...")
+
+
+def start_side(
+    workdir: Path, name: str, count: int, workers: int, self_check: bool
+) -> tuple[ServerProcess, Target, float]:
+    t0 = time.monotonic()
+    if self_check:
+        server, target = start_distribution(workdir, name=name)
+        return server, target, time.monotonic() - t0
+    ports = free_ports(count)
+    server, _ = start_portway(workdir, workers=workers, connectors=ports, name=name)
+    _wait_ports(ports)
+    return server, connector_target(ports[0], name), time.monotonic() - t0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--quick", action="store_true", help="1 round of 3 s per side")
+    p.add_argument("--rounds", type=int, help="wrk rounds per side (default 3)")
+    p.add_argument("--duration", type=int, help="seconds per wrk run (default 10)")
+    p.add_argument("--connectors", type=int, default=100, help="connectors on the big side")
+    p.add_argument("--workers", type=int, default=1)
+    p.add_argument(
+        "--self-check",
+        action="store_true",
+        help="two distribution servers instead (shows the noise of the method)",
+    )
+    p.add_argument("--out", type=Path)
+    args = p.parse_args(argv)
+    rounds = args.rounds or (1 if args.quick else 3)
+    duration = args.duration or (3 if args.quick else 10)
+    workdir = Path(tempfile.mkdtemp(prefix="portway-bench-conn-"))
+    nonce = secrets.token_hex(4)
+    servers: list[ServerProcess] = []
+    sides = {"1 connector": 1, f"{args.connectors} connectors": args.connectors}
+    runs: dict[str, list[float]] = {k: [] for k in sides}
+    info: dict[str, dict[str, Any]] = {}
+    try:
+        targets: dict[str, Target] = {}
+        for i, (label, count) in enumerate(sides.items()):
+            server, target, startup = start_side(
+                workdir, f"side{i}", count, args.workers, args.self_check
+            )
+            servers.append(server)
+            targets[label] = target
+            info[label] = {"startup_s": round(startup, 2), "rss_kib_idle": server.rss_kib()}
+        paths = {}
+        for label, t in targets.items():
+            img = push_small_image(t, "bench/small", f"{nonce}/{label}")
+            paths[label] = t.path(img.image, f"manifests/{img.tag}")
+            check_get(t, paths[label], img.manifest, OCI_MANIFEST)
+        for r in range(rounds):
+            order = list(targets) if r % 2 == 0 else list(targets)[::-1]
+            for label in order:
+                t = targets[label]
+                res = wrk(t.base + paths[label], duration, headers={"Accept": OCI_MANIFEST})
+                runs[label].append(res.requests_per_s)
+                print(f"  round {r + 1} {label:16} {res.requests_per_s:10,.0f} req/s", flush=True)
+        for label, server in zip(targets, servers, strict=True):
+            info[label]["rss_kib_after"] = server.rss_kib()
+    finally:
+        for s in servers:
+            s.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+    one, many = list(sides)
+    med = {k: statistics.median(v) for k, v in runs.items()}
+    ratio = med[many] / med[one]
+    met = ratio >= 1 - TOLERANCE
+    print()
+    if args.self_check:
+        print("SELF-CHECK: both sides are distribution; this shows the method's noise.")
+    lines = [
+        "| server | manifest GET req/s (median) | rounds | start-up s | RSS idle MiB |",
+        "|---|---|---|---|---|",
+    ]
+    for k in sides:
+        lines.append(
+            f"| {k} | {med[k]:,.0f} | {', '.join(f'{x:,.0f}' for x in runs[k])} | "
+            f"{info[k]['startup_s']:.2f} | {info[k]['rss_kib_idle'] / 1024:.0f} |"
+        )
+    print("\n".join(lines))
+    print(
+        f"\nratio {many} / {one}: {ratio:.3f} (target ≥ {1 - TOLERANCE:.2f}): "
+        f"{'met' if met else 'NOT met'}"
+    )
+    record = {
+        "when": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "command": "bench/connectors.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        "self_check": args.self_check,
+        "workers": args.workers,
+        "duration_s": duration,
+        "machine": machine(),
+        "runs": runs,
+        "median": med,
+        "servers": info,
+        "ratio": ratio,
+        "target": 1 - TOLERANCE,
+        "met": met,
+    }
+    out = args.out or RESULTS / f"connectors-{dt.datetime.now().strftime('%Y%m%d-%H%M%S')}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(record, indent=2) + "\n")
+    print(f"results: {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

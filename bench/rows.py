@@ -1,0 +1,282 @@
+"""The benchmark rows: a registry of functions, each measuring one thing on one target.
+
+A row function takes the run's `Context` and one `Target` (Portway or distribution) and
+returns a `Measurement`, or `None` when the row does not apply to that side. To add a row
+(for instance a proxy or group warm pull later), decorate a function with `@row(...)`; a row
+that needs more servers (a Portway proxy repository in front of a distribution, say) starts
+them itself under `ctx.workdir` and registers them with `ctx.on_close` so they are stopped.
+Rows run in registration order; `bench/run.py --only NAME` picks some.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from data import OCI_MANIFEST, build_layout, layer_prefixes
+from ops import TransferClient, check_get, push_small_image, skopeo_copy, wrk
+from servers import Target
+
+MiB = 1 << 20
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    quick: bool
+    blob_count: int
+    blob_size: int
+    chunk: int
+    wrk_duration: int
+    wrk_threads: int
+    wrk_connections: int
+    image_layers: int
+    layer_size: int
+    image_reps: int
+    monolithic_mode: str  # "monolithic" (POST then PUT with body) or "post-digest"
+
+    @classmethod
+    def make(cls, quick: bool, monolithic_mode: str = "monolithic") -> BenchConfig:
+        if quick:
+            return cls(quick, 4, 16 * MiB, 8 * MiB, 3, 2, 64, 4, 2 * MiB, 1, monolithic_mode)
+        return cls(quick, 8, 64 * MiB, 8 * MiB, 10, 2, 64, 4, 8 * MiB, 3, monolithic_mode)
+
+
+@dataclass
+class Measurement:
+    value: float
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Context:
+    config: BenchConfig
+    client: TransferClient
+    workdir: Path
+    cache: Path
+    nonce: str
+    state: dict[str, dict[str, Any]] = field(default_factory=dict)
+    closers: list[Callable[[], None]] = field(default_factory=list)
+
+    def of(self, t: Target) -> dict[str, Any]:
+        return self.state.setdefault(t.name, {})
+
+    def on_close(self, fn: Callable[[], None]) -> None:
+        self.closers.append(fn)
+
+
+RowFn = Callable[[Context, Target], Measurement | None]
+
+
+@dataclass(frozen=True)
+class Row:
+    name: str
+    title: str
+    unit: str
+    higher_is_better: bool
+    target: float | None  # ratio Portway/distribution the issue asks for
+    fn: RowFn
+
+    def met(self, ratio: float) -> bool | None:
+        if self.target is None:
+            return None
+        return ratio >= self.target if self.higher_is_better else ratio <= self.target
+
+    def target_text(self) -> str:
+        if self.target is None:
+            return "-"
+        return f"≥ {self.target:g}x" if self.higher_is_better else f"≤ {self.target:g}x time"
+
+
+ROWS: dict[str, Row] = {}
+
+
+def row(
+    name: str, *, title: str, unit: str, higher_is_better: bool = True, target: float | None = None
+) -> Callable[[RowFn], RowFn]:
+    def register(fn: RowFn) -> RowFn:
+        if name in ROWS:
+            raise ValueError(f"row {name!r} registered twice")
+        ROWS[name] = Row(name, title, unit, higher_is_better, target, fn)
+        return fn
+
+    return register
+
+
+# --------------------------------------------------------------------------- blob transfers
+
+
+def _settle_disk() -> None:
+    """Flush dirty pages so one side's writes are not written back during the other's turn."""
+    os.sync()
+
+
+def _push(ctx: Context, t: Target, mode: str, concurrency: int, label: str) -> Measurement:
+    cfg = ctx.config
+    image = f"bench/{label}"
+    _settle_disk()
+    r = ctx.client.call(
+        {
+            "op": "push",
+            "host": t.host,
+            "port": t.port,
+            "api": t.api,
+            "image": image,
+            "mode": mode,
+            "chunk": cfg.chunk,
+            "count": cfg.blob_count,
+            "concurrency": concurrency,
+            "tag": f"{ctx.nonce}/{t.name}/{label}",
+        }
+    )
+    ctx.of(t).setdefault("pushed", []).append((image, r["digests"]))
+    return Measurement(
+        r["bytes"] / r["seconds"] / 1e6,
+        {
+            "seconds": round(r["seconds"], 3),
+            "bytes": r["bytes"],
+            "blobs": cfg.blob_count,
+            "concurrency": concurrency,
+            "mode": mode,
+        },
+    )
+
+
+def _push_row(name: str, title: str, mode: str, concurrency: int) -> None:
+    def fn(ctx: Context, t: Target) -> Measurement:
+        m = mode if mode == "chunked" else ctx.config.monolithic_mode
+        return _push(ctx, t, m, concurrency, name)
+
+    fn.__name__ = f"row_{name.replace('-', '_')}"
+    row(name, title=title, unit="MB/s", target=2.0)(fn)
+
+
+_push_row("push", "monolithic push, 1 stream", "monolithic", 1)
+_push_row("push-c4", "monolithic push, 4 streams", "monolithic", 4)
+_push_row("chunked", "chunked push (8 MiB PATCH), 1 stream", "chunked", 1)
+_push_row("chunked-c4", "chunked push (8 MiB PATCH), 4 streams", "chunked", 4)
+
+
+def _pushed(ctx: Context, t: Target) -> tuple[str, list[str]]:
+    pushed: list[tuple[str, list[str]]] = ctx.of(t).get("pushed", [])
+    if not pushed:
+        _push(ctx, t, "monolithic", 4, "pull-source")
+        pushed = ctx.of(t)["pushed"]
+    return pushed[0]
+
+
+def _pull(ctx: Context, t: Target, concurrency: int) -> Measurement:
+    image, digests = _pushed(ctx, t)
+    base = {"op": "pull", "host": t.host, "port": t.port, "api": t.api, "image": image}
+    r = ctx.client.call({**base, "digests": digests, "concurrency": concurrency})
+    # Untimed: one blob read back and hashed, so a fast wrong answer cannot win.
+    ctx.client.call({**base, "digests": digests[:1], "concurrency": 1, "verify": True})
+    return Measurement(
+        r["bytes"] / r["seconds"] / 1e6,
+        {"seconds": round(r["seconds"], 3), "bytes": r["bytes"], "concurrency": concurrency},
+    )
+
+
+@row("pull", title="blob pull, 1 stream", unit="MB/s", target=1.0)
+def row_pull(ctx: Context, t: Target) -> Measurement:
+    return _pull(ctx, t, 1)
+
+
+@row("pull-c4", title="blob pull, 4 streams", unit="MB/s", target=1.0)
+def row_pull_c4(ctx: Context, t: Target) -> Measurement:
+    return _pull(ctx, t, 4)
+
+
+# --------------------------------------------------------------------------- request rates
+
+
+def _small(ctx: Context, t: Target) -> Any:
+    st = ctx.of(t)
+    if "small" not in st:
+        st["small"] = push_small_image(t, "bench/small", f"{ctx.nonce}/{t.name}")
+    return st["small"]
+
+
+def _wrk(ctx: Context, url: str, headers: dict[str, str] | None = None) -> Measurement:
+    cfg = ctx.config
+    r = wrk(url, cfg.wrk_duration, cfg.wrk_threads, cfg.wrk_connections, headers)
+    return Measurement(
+        r.requests_per_s,
+        {
+            "requests": r.requests,
+            "latency_avg": r.latency_avg,
+            "socket_errors": r.socket_errors,
+            "duration_s": cfg.wrk_duration,
+        },
+    )
+
+
+@row("manifest-get", title="manifest GET by tag (wrk -c64)", unit="req/s", target=8.0)
+def row_manifest_get(ctx: Context, t: Target) -> Measurement:
+    img = _small(ctx, t)
+    path = t.path(img.image, f"manifests/{img.tag}")
+    check_get(t, path, img.manifest, OCI_MANIFEST)
+    return _wrk(ctx, t.base + path, {"Accept": OCI_MANIFEST})
+
+
+@row("small-blob-get", title="1 KiB blob GET (wrk -c64)", unit="req/s", target=8.0)
+def row_small_blob_get(ctx: Context, t: Target) -> Measurement:
+    img = _small(ctx, t)
+    path = t.path(img.image, f"blobs/{img.layer_digest}")
+    check_get(t, path, img.layer)
+    return _wrk(ctx, t.base + path)
+
+
+# --------------------------------------------------------------------------- skopeo images
+
+
+def _image_push_once(ctx: Context, t: Target, rep: int) -> tuple[float, str]:
+    cfg = ctx.config
+    prefixes = layer_prefixes(ctx.cache, cfg.image_layers, cfg.layer_size)
+    layout = build_layout(
+        ctx.workdir / "layouts" / f"{t.name}-{rep}", prefixes, f"{ctx.nonce}/{t.name}/{rep}"
+    )
+    ref = f"{t.ref}/bench/image{rep}:{layout.tag}"
+    _settle_disk()
+    seconds = skopeo_copy(f"oci:{layout.path}:{layout.tag}", f"docker://{ref}")
+    ctx.of(t).setdefault("images", []).append(ref)
+    ctx.of(t)["image_bytes"] = layout.total_bytes
+    return seconds, ref
+
+
+@row(
+    "image-push",
+    title="skopeo push, 4 gzipped layers",
+    unit="s",
+    higher_is_better=False,
+    target=0.8,
+)
+def row_image_push(ctx: Context, t: Target) -> Measurement:
+    times = [_image_push_once(ctx, t, rep)[0] for rep in range(ctx.config.image_reps)]
+    return Measurement(
+        statistics.median(times),
+        {"runs_s": [round(x, 3) for x in times], "image_bytes": ctx.of(t)["image_bytes"]},
+    )
+
+
+@row(
+    "image-pull",
+    title="skopeo pull, 4 gzipped layers",
+    unit="s",
+    higher_is_better=False,
+    target=1.0,
+)
+def row_image_pull(ctx: Context, t: Target) -> Measurement:
+    refs: list[str] = ctx.of(t).get("images", [])
+    if not refs:
+        _image_push_once(ctx, t, 0)
+        refs = ctx.of(t)["images"]
+    times = []
+    for rep in range(ctx.config.image_reps):
+        dest = ctx.workdir / "pulled" / f"{t.name}-{rep}"
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        times.append(skopeo_copy(f"docker://{refs[rep % len(refs)]}", f"oci:{dest}:bench"))
+    return Measurement(statistics.median(times), {"runs_s": [round(x, 3) for x in times]})
