@@ -130,7 +130,7 @@ def test_bound_to_one_repository(authority: TokenAuthority) -> None:
 
 def test_tampered_claims_refused(authority: TokenAuthority) -> None:
     token = _issue(authority, "team-a-hosted")
-    head, body, sig = token.split(".")
+    head, _body, sig = token.split(".")
     _, claims, _ = _parts(token)
     claims["portway"] = {**claims["portway"], "repo": "team-b-hosted"}  # type: ignore[dict-item]
     forged_body = _b64(json.dumps(claims).encode())
@@ -323,6 +323,6 @@ def test_parse_scopes_merge_split_and_cap() -> None:
     with pytest.raises(ScopeError, match="too many scopes"):
         parse_scopes([*many, "repository:one-more:pull"])
     with pytest.raises(ScopeError, match="too many scopes"):
-        parse_scopes([" ".join(many + ["repository:x:pull"])])
+        parse_scopes([" ".join([*many, "repository:x:pull"])])
     with pytest.raises(ScopeError, match="at most 2"):
         parse_scopes(["repository:a:pull", "repository:b:pull", "repository:c:pull"], limit=2)
