@@ -9,6 +9,7 @@ one token request.
 
 from __future__ import annotations
 
+import base64
 import json
 import time
 from collections.abc import Callable, Sequence
@@ -75,7 +76,8 @@ class UpstreamAuth:
         return self.username is not None
 
     def _basic(self) -> str:
-        return aiohttp.BasicAuth(self.username or "", self._password).encode()
+        raw = f"{self.username or ''}:{self._password}".encode()
+        return "Basic " + base64.b64encode(raw).decode("ascii")
 
     async def authorization(self, scope: str | None) -> str | None:
         """The ``Authorization`` value to send before any challenge, if we know one."""
@@ -117,6 +119,16 @@ class UpstreamAuth:
         schemes = ", ".join(c.scheme for c in challenges) or "none given"
         raise UpstreamUnauthorizedError(
             url, f"refused the request (401) with no usable challenge ({schemes})", status=401
+        )
+
+    def token_refused(self, url: str, scope: str | None) -> UpstreamUnauthorizedError:
+        who = f"user {self.username!r}" if self.has_credentials else "anonymous pulls"
+        wanted = f"'{scope}'" if scope else "access"
+        return UpstreamUnauthorizedError(
+            url,
+            f"refused the token its token service issued to {who} for {wanted} (401): the"
+            " repository does not exist or needs other credentials",
+            status=401,
         )
 
     def refused(self, url: str, status: int = 401) -> UpstreamUnauthorizedError:

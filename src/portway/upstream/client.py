@@ -445,6 +445,8 @@ class UpstreamRegistry:
             authorization = retry_with
             if resp.status == 401:
                 resp.release()
+                if retry_with.startswith("Bearer "):
+                    raise self.auth.token_refused(url, scope)
                 raise self.auth.refused(url)
         origin = _origin(url)
         for _ in range(self.max_redirects):
