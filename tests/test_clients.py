@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -360,3 +361,60 @@ def test_docker_push_pull(
         assert files_in_docker_archive(archive) == oci_image.files
     finally:
         docker("rmi", "--force", image_id, check=False)
+
+
+# -- Portway-specific: several workers, restarts --------------------------------------------
+
+
+def test_two_workers_serve_every_client(
+    portway_factory: Callable[..., PortwayServer],
+    dockerd: Dockerd,
+    oci_image: OciImage,
+    multiarch_image: MultiArchImage,
+    tmp_path: Path,
+) -> None:
+    """With `workers = 2` an upload's POST, PATCH and PUT may land on different processes."""
+    server = portway_factory(workers=2)
+    multi = server.image("workers/multi")
+    pushed, _ = push(multiarch_image.ref, f"docker://{multi}:m", tmp_path / "d1", "--all")
+    assert pushed == multiarch_image.index_digest
+    out = tmp_path / "multi"
+    skopeo("copy", "--all", NO_TLS_SRC, f"docker://{multi}:m", f"oci:{out}:m")
+    assert read_layout_manifest(out, "m")[0] == pushed
+
+    # docker sends each layer as a streamed PATCH then a closing PUT.
+    local = dockerd.load_oci(oci_image.ref, f"portway-test/workers-{server.port}:v1", tmp_path)
+    image_id = dockerd.docker("image", "inspect", "--format", "{{.Id}}", local).stdout.strip()
+    target = f"{server.image('workers/docker')}:v1"
+    try:
+        dockerd.docker("tag", local, target)
+        dockerd.docker("push", target)
+        dockerd.docker("rmi", local, target)
+        dockerd.docker("pull", target)
+        assert (
+            dockerd.docker("image", "inspect", "--format", "{{.Id}}", target).stdout.strip()
+            == image_id
+        )
+    finally:
+        dockerd.docker("rmi", "--force", image_id, check=False)
+
+
+def test_pushed_images_survive_restart_and_crash(
+    portway_factory: Callable[..., PortwayServer],
+    oci_image: OciImage,
+    container_storage: ContainerStorage,
+    tmp_path: Path,
+) -> None:
+    server = portway_factory()
+    name = server.image("restart/app")
+    pushed, _ = push(oci_image.ref, f"docker://{name}:v1", tmp_path / "d1", "--format", "v2s2")
+
+    server.stop()
+    server.start()
+    assert sha256(raw_manifest(f"docker://{name}:v1")) == pushed
+
+    server.kill()
+    server.start()
+    podman = container_storage.podman
+    pulled = podman("pull", "--quiet", "--tls-verify=false", f"{name}:v1").stdout.split()[-1]
+    assert "sha256:" + pulled == oci_image.image_id
