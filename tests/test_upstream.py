@@ -677,6 +677,24 @@ def test_token_refetched_after_it_expires(token_mode: Upstream) -> None:
     run(scenario())
 
 
+def test_a_refused_cached_token_is_replaced_once(token_mode: Upstream) -> None:
+    service = token_mode.token
+    assert service is not None
+
+    async def scenario() -> None:
+        async with client(token_mode.url, username="bob", password="hunter2") as up:
+            await up.ping()  # learn the realm, so the next token is fetched up front
+            service.expired_next = 1
+            before = service.hits("repository:team/app:pull")
+            manifest = await up.get_manifest("team/app", "v1", ACCEPT)
+            assert manifest.digest == token_mode.app.digest
+            assert service.hits("repository:team/app:pull") - before == 2
+            await up.get_manifest("team/app", "v2", ACCEPT)
+            assert service.hits("repository:team/app:pull") - before == 2
+
+    run(scenario())
+
+
 def test_token_service_refuses_wrong_credentials(token_mode: Upstream) -> None:
     service = token_mode.token
     assert service is not None
@@ -817,6 +835,32 @@ def test_truncated_and_corrupted_bodies(faults: FaultServer) -> None:
             assert "requested" in str(err)
             untyped = await up.get_manifest("team/app", "untyped", ACCEPT)
             assert untyped.media_type == OCI_MANIFEST and untyped.digest == sha256(manifest)
+
+    run(scenario())
+
+
+def test_search_is_forwarded_when_the_upstream_has_it(faults: FaultServer) -> None:
+    async def search(request: web.Request) -> web.StreamResponse:
+        assert request.query["q"] == "redis" and request.query["n"] == "2"
+        results = [{"name": "library/redis", "description": "cache", "star_count": 9}]
+        return web.json_response(
+            {
+                "query": "redis",
+                "num_results": 1,
+                "num_pages": 1,
+                "page": 1,
+                "page_size": 2,
+                "results": results,
+            }
+        )
+
+    faults.route("/v1/search", search)
+
+    async def scenario() -> None:
+        async with client(faults.url) as up:
+            page = await up.search("redis", n=2, page=1)
+            assert page is not None and page.num_results == 1
+            assert page.results[0]["name"] == "library/redis"
 
     run(scenario())
 

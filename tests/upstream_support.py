@@ -132,6 +132,7 @@ class TokenService:
     issuer: str = "portway-test-issuer"
     requests: list[TokenRequest] = field(default_factory=list)
     deny: set[str] = field(default_factory=set)  # repository names granted nothing
+    expired_next: int = 0  # hand out this many tokens already expired (still claiming 300 s)
 
     def __post_init__(self) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -198,7 +199,7 @@ class TokenService:
             "iss": self.issuer,
             "sub": account or "",
             "aud": self.service,
-            "exp": now + (lifetime or self.expires_in or 60),
+            "exp": now + (lifetime if lifetime is not None else self.expires_in or 60),
             "nbf": now - 5,
             "iat": now,
             "jti": uuid.uuid4().hex,
@@ -232,7 +233,11 @@ class TokenService:
         self.requests.append(TokenRequest(scopes, account, authorized))
         if not authorized:  # anonymous: pull only
             scopes = [s.replace(",push", "").replace("push,", "") for s in scopes]
-        body: dict[str, Any] = {"token": self.issue(account, scopes)}
+        lifetime = None
+        if self.expired_next > 0:
+            self.expired_next -= 1
+            lifetime = -300  # beyond distribution's 60 s leeway
+        body: dict[str, Any] = {"token": self.issue(account, scopes, lifetime)}
         if self.expires_in is not None:
             body["expires_in"] = self.expires_in
         return web.json_response(body)

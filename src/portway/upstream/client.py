@@ -409,8 +409,8 @@ class UpstreamRegistry:
         if self.breaker is not None:
             self.breaker.check()
         headers: CIMultiDict[str] = CIMultiDict({"User-Agent": self._user_agent})
-        for media_type in accept:
-            headers.add("Accept", media_type)
+        if accept:
+            headers["Accept"] = ", ".join(accept)
         try:
             resp = await self._send(method, url, headers, scope, params, timeout, what)
         except UpstreamError as exc:
