@@ -132,7 +132,7 @@ class AuthService:
     ) -> None:
         self.store = store
         self.tokens = tokens
-        self.limiter = limiter or LoginLimiter()
+        self.limiter = limiter if limiter is not None else LoginLimiter()
         self.audit = audit
         self._clock = clock
         self._public: frozenset[str] = frozenset()
