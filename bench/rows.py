@@ -61,6 +61,13 @@ class Context:
     state: dict[str, dict[str, Any]] = field(default_factory=dict)
     closers: list[Callable[[], None]] = field(default_factory=list)
 
+    _seq: int = 0
+
+    def seq(self) -> int:
+        """A number not used before in this run (unique blob suffixes, image names, folders)."""
+        self._seq += 1
+        return self._seq
+
     def of(self, t: Target) -> dict[str, Any]:
         return self.state.setdefault(t.name, {})
 
@@ -129,7 +136,7 @@ def _push(ctx: Context, t: Target, mode: str, concurrency: int, label: str) -> M
             "chunk": cfg.chunk,
             "count": cfg.blob_count,
             "concurrency": concurrency,
-            "tag": f"{ctx.nonce}/{t.name}/{label}",
+            "tag": f"{ctx.nonce}/{t.name}/{label}/{ctx.seq()}",
         }
     )
     ctx.of(t).setdefault("pushed", []).append((image, r["digests"]))
@@ -233,7 +240,8 @@ def row_small_blob_get(ctx: Context, t: Target) -> Measurement:
 # --------------------------------------------------------------------------- skopeo images
 
 
-def _image_push_once(ctx: Context, t: Target, rep: int) -> tuple[float, str]:
+def _image_push_once(ctx: Context, t: Target) -> tuple[float, str]:
+    rep = ctx.seq()
     cfg = ctx.config
     prefixes = layer_prefixes(ctx.cache, cfg.image_layers, cfg.layer_size)
     layout = build_layout(
@@ -255,7 +263,7 @@ def _image_push_once(ctx: Context, t: Target, rep: int) -> tuple[float, str]:
     target=0.8,
 )
 def row_image_push(ctx: Context, t: Target) -> Measurement:
-    times = [_image_push_once(ctx, t, rep)[0] for rep in range(ctx.config.image_reps)]
+    times = [_image_push_once(ctx, t)[0] for _ in range(ctx.config.image_reps)]
     return Measurement(
         statistics.median(times),
         {"runs_s": [round(x, 3) for x in times], "image_bytes": ctx.of(t)["image_bytes"]},
@@ -272,11 +280,11 @@ def row_image_push(ctx: Context, t: Target) -> Measurement:
 def row_image_pull(ctx: Context, t: Target) -> Measurement:
     refs: list[str] = ctx.of(t).get("images", [])
     if not refs:
-        _image_push_once(ctx, t, 0)
+        _image_push_once(ctx, t)
         refs = ctx.of(t)["images"]
     times = []
     for rep in range(ctx.config.image_reps):
-        dest = ctx.workdir / "pulled" / f"{t.name}-{rep}"
+        dest = ctx.workdir / "pulled" / f"{t.name}-{ctx.seq()}"
         dest.parent.mkdir(parents=True, exist_ok=True)
         times.append(skopeo_copy(f"docker://{refs[rep % len(refs)]}", f"oci:{dest}:bench"))
     return Measurement(statistics.median(times), {"runs_s": [round(x, 3) for x in times]})

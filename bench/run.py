@@ -17,6 +17,7 @@ import os
 import platform
 import secrets
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -125,6 +126,59 @@ def table_lines(results: dict[str, dict[str, Any]], markdown: bool) -> list[str]
     return lines
 
 
+def measure_row(
+    ctx: Context, rowdef: Row, targets: dict[str, Target], repeat: int, first: int
+) -> dict[str, Any]:
+    """Measure one row `repeat` times on each side; the value is the median of the runs."""
+    runs: dict[str, list[Measurement]] = {side: [] for side in SIDES}
+    errors: dict[str, str] = {}
+    skipped: set[str] = set()
+    for k in range(repeat):
+        # Alternate which side goes first, so neither always inherits the other's aftermath.
+        order = SIDES if (first + k) % 2 == 0 else SIDES[::-1]
+        for side in order:
+            if side in errors or side in skipped:
+                continue
+            t0 = time.monotonic()
+            try:
+                m = rowdef.fn(ctx, targets[side])
+            except Exception as exc:
+                errors[side] = f"error: {exc}"
+                print(f"  {rowdef.name} on {side} failed: {exc}", file=sys.stderr, flush=True)
+                if os.environ.get("PORTWAY_BENCH_TRACE"):
+                    traceback.print_exc()
+                continue
+            if m is None:
+                skipped.add(side)
+                continue
+            runs[side].append(m)
+            print(
+                f"  {rowdef.name:16} {side:13} {fmt(m.value, rowdef.unit):>10} {rowdef.unit:6} "
+                f"({time.monotonic() - t0:.1f}s)",
+                flush=True,
+            )
+    res: dict[str, Any] = {}
+    for side in SIDES:
+        if side in errors:
+            res[side] = errors[side]
+        elif not runs[side]:
+            res[side] = None
+        else:
+            values = [m.value for m in runs[side]]
+            res[side] = {
+                "value": statistics.median(values),
+                "runs": [{"value": m.value, **m.detail} for m in runs[side]],
+            }
+    return res
+
+
+def loadavg() -> list[float]:
+    try:
+        return [float(x) for x in Path("/proc/loadavg").read_text().split()[:3]]
+    except (OSError, ValueError):
+        return []
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -156,6 +210,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help="run distribution in both columns (checks the harness, not Portway)",
     )
+    p.add_argument(
+        "--repeat", type=int, default=1, help="measure each row N times per side; report medians"
+    )
     p.add_argument("--keep", action="store_true", help="keep the temporary folder")
     p.add_argument("--out", type=Path, help="JSON result path (default bench/results/<time>.json)")
     return p.parse_args(argv)
@@ -175,6 +232,14 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     servers: list[ServerProcess] = []
     info = machine()
+    load_start = loadavg()
+    if load_start and load_start[0] > 0.5:
+        print(
+            f"warning: load average {load_start[0]:.2f} before the run: other work is "
+            "running on this machine, results will be noisy",
+            file=sys.stderr,
+            flush=True,
+        )
     print(
         f"machine: {info['nproc']} cpus, {info['cpu']}, {info['mem_mib']} MiB; workdir {workdir}",
         flush=True,
@@ -200,27 +265,7 @@ def main(argv: list[str] | None = None) -> int:
         ctx = Context(cfg, client, workdir, cache, secrets.token_hex(4))
         for i, name in enumerate(names):
             rowdef = ROWS[name]
-            res: dict[str, Any] = {}
-            # Alternate which side goes first, so neither always inherits the other's aftermath.
-            order = SIDES if i % 2 == 0 else SIDES[::-1]
-            for side in order:
-                t = targets[side]
-                t0 = time.monotonic()
-                try:
-                    m: Measurement | None = rowdef.fn(ctx, t)
-                    res[side] = None if m is None else {"value": m.value, **m.detail}
-                except Exception as exc:
-                    res[side] = f"error: {exc}"
-                    print(f"  {name} on {side} failed: {exc}", file=sys.stderr, flush=True)
-                    if os.environ.get("PORTWAY_BENCH_TRACE"):
-                        traceback.print_exc()
-                shown = res[side]
-                value = fmt(shown["value"], rowdef.unit) if isinstance(shown, dict) else "ERR"
-                print(
-                    f"  {name:16} {side:13} {value:>10} {rowdef.unit:6} "
-                    f"({time.monotonic() - t0:.1f}s)",
-                    flush=True,
-                )
+            res = measure_row(ctx, rowdef, targets, args.repeat, first=i)
             ratio = ratio_of(rowdef, res)
             res["ratio"] = ratio
             res["met"] = rowdef.met(ratio) if ratio is not None else None
@@ -255,6 +300,9 @@ def main(argv: list[str] | None = None) -> int:
         "machine": info,
         "elapsed_s": round(elapsed, 1),
         "server_rss_kib": rss,
+        "repeat": args.repeat,
+        "loadavg_start": load_start,
+        "loadavg_end": loadavg(),
         "rows": {
             n: {
                 "title": ROWS[n].title,
