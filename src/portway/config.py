@@ -176,6 +176,17 @@ class Settings(_Strict):
             for member in repo.members:
                 if member not in known:
                     raise ValueError(f"group {repo.name!r}: unknown member {member!r}")
+        kinds = {r.name: r.type for r in self.repository}
+        members_of = {r.name: r.members for r in self.repository if r.type == "group"}
+        for repo in self.repository:
+            if repo.type != "group":
+                continue
+            _check_cycles(repo.name, members_of)
+            if repo.writable_member and kinds.get(repo.writable_member) != "hosted":
+                raise ValueError(
+                    f"group {repo.name!r}: writable_member {repo.writable_member!r} must be "
+                    "a hosted repository"
+                )
         for conn in self.connector:
             if conn.repository and conn.repository not in known:
                 raise ValueError(f"connector {conn.listen}: unknown repository {conn.repository!r}")
@@ -191,6 +202,16 @@ class Settings(_Strict):
 
     def repo(self, name: str) -> RepositoryConfig | None:
         return next((r for r in self.repository if r.name == name), None)
+
+
+def _check_cycles(name: str, members_of: dict[str, tuple[str, ...]]) -> None:
+    def visit(node: str, path: tuple[str, ...]) -> None:
+        if node in path:
+            raise ValueError(f"group cycle: {' -> '.join((*path, node))}")
+        for member in members_of.get(node, ()):
+            visit(member, (*path, node))
+
+    visit(name, ())
 
 
 DEFAULT_REPOSITORIES: tuple[RepositoryConfig, ...] = (

@@ -291,6 +291,25 @@ class MetadataStore:
 
         return await self._write(run)
 
+    def tag_info(self, repo_id: int, image: str, tag: str) -> tuple[str, float] | None:
+        """(digest, time the tag was last set or confirmed) — a proxy's freshness clock."""
+        row = self._one(
+            select(tags.c.digest, tags.c.updated).where(
+                tags.c.repo_id == repo_id, tags.c.image == image, tags.c.name == tag
+            )
+        )
+        return None if row is None else (str(row[0]), float(row[1]))
+
+    async def touch_tag(self, repo_id: int, image: str, tag: str) -> None:
+        now = time.time()
+        await self._write(
+            lambda conn: conn.execute(
+                tags.update()
+                .where(tags.c.repo_id == repo_id, tags.c.image == image, tags.c.name == tag)
+                .values(updated=now)
+            )
+        )
+
     def tag_digest(self, repo_id: int, image: str, tag: str) -> str | None:
         row = self._one(
             select(tags.c.digest).where(

@@ -14,6 +14,7 @@ from portway.http.context import CONTEXT_KEY, AppContext, Authorizer
 from portway.http.errors import add_api_version, error_middleware
 from portway.http.forwarded import TrustedProxies, client_origin
 from portway.http.routing import RouteTable
+from portway.http.v1 import handle_v1
 from portway.http.v2.dispatch import dispatch_v2
 from portway.oci.errors import RegistryError
 from portway.repos.factory import build_repositories
@@ -70,6 +71,8 @@ async def handle(request: web.Request) -> web.StreamResponse:
         return web.Response(body=b"{}", content_type="application/json")
     if rest.startswith("/v2/"):
         return await dispatch_v2(request, ctx, route, rest[3:])
+    if rest.startswith("/v1/"):
+        return await handle_v1(request, ctx, route, rest[3:])
     raise RegistryError("NOT_FOUND", f"nothing at {path[:120]!r}; registry API lives under /v2/")
 
 

@@ -99,6 +99,10 @@ async def run_worker(settings: Settings) -> None:
         purge.cancel()
     finally:
         await runner.cleanup()
+        for repo in ctx.repos.values():
+            close = getattr(repo, "close", None)
+            if close is not None:
+                await close()
         meta.close()
 
 
@@ -118,7 +122,7 @@ def _worker_main(settings: Settings) -> None:
 def configure_logging(settings: Settings) -> None:
     logging.basicConfig(
         level=settings.server.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s",
         stream=sys.stderr,
     )
 

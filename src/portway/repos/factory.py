@@ -1,11 +1,13 @@
-"""Build the repositories a configuration declares."""
+"""Build the repositories a configuration declares: leaves first, then groups over them."""
 
 from __future__ import annotations
 
-from portway.config import ConfigError, Settings
+from portway.config import Settings
 from portway.db.store import MetadataStore
 from portway.repos.base import Repository
+from portway.repos.group import GroupRepository, resolution_order
 from portway.repos.hosted import HostedRepository
+from portway.repos.proxy import ProxyRepository
 from portway.storage.blobstore import BlobStore
 
 
@@ -17,8 +19,15 @@ def build_repositories(
         repo_id = meta.ensure_repository(cfg.name, cfg.type)
         if cfg.type == "hosted":
             repos[cfg.name] = HostedRepository(cfg, repo_id, meta, blobs)
-        else:
-            raise ConfigError(
-                f"repository {cfg.name!r}: type {cfg.type!r} is not available in this build"
-            )
+        elif cfg.type == "proxy":
+            repos[cfg.name] = ProxyRepository(cfg, repo_id, meta, blobs)
+    members_of = {c.name: c.members for c in settings.repository if c.type == "group"}
+    for cfg in settings.repository:
+        if cfg.type != "group":
+            continue
+        meta.ensure_repository(cfg.name, cfg.type)
+        leaves = [repos[name] for name in resolution_order(cfg.name, members_of)]
+        writable = repos.get(cfg.writable_member) if cfg.writable_member else None
+        assert writable is None or isinstance(writable, HostedRepository)
+        repos[cfg.name] = GroupRepository(cfg, leaves, writable)
     return repos

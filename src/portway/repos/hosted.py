@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
@@ -14,7 +15,8 @@ from portway.oci.digest import Digest
 from portway.oci.errors import RegistryError
 from portway.oci.manifest import parse_manifest
 from portway.oci.names import check_tag
-from portway.repos.base import BlobBody, Manifest
+from portway.repos.base import BlobBody, Manifest, Repository
+from portway.repos.search import matches, page_of, result
 from portway.storage.blobstore import BlobStore
 
 
@@ -37,8 +39,28 @@ class HostedRepository:
         self.meta = meta
         self.blobs = blobs
 
+    mount_sources: tuple[Repository, ...] = ()
+
     def writable(self) -> HostedRepository:
         return self
+
+    def with_mount_sources(self, sources: Sequence[Repository]) -> HostedRepository:
+        """This repository, seen through a group: a manifest pushed here may use blobs that
+        other members of the group already hold (they are linked, not uploaded again)."""
+        view = copy.copy(self)
+        view.mount_sources = tuple(s for s in sources if s is not self)
+        return view
+
+    async def _adopt(self, image: str, missing: list[str]) -> list[str]:
+        still: list[str] = []
+        for text in missing:
+            digest = Digest.parse(text)
+            for source in self.mount_sources:
+                if await source.has_blob(image, digest) and await self.link_existing(image, digest):
+                    break
+            else:
+                still.append(text)
+        return still
 
     # -- reads -------------------------------------------------------------------------
     def lookup_manifest(self, image: str, reference: str) -> Manifest | None:
@@ -81,24 +103,14 @@ class HostedRepository:
     async def catalog(self, last: str | None, n: int | None) -> list[str]:
         return self.meta.list_images(self.repo_id, last, n)
 
+    async def search(self, query: str, n: int, page: int) -> dict[str, Any] | None:
+        names = [i for i in self.meta.list_images(self.repo_id, None, None) if matches(query, i)]
+        return page_of(query, [result(i) for i in names], n, page)
+
     async def referrers(
         self, image: str, digest: Digest, artifact_type: str | None
     ) -> list[dict[str, Any]]:
-        out: list[dict[str, Any]] = []
-        for row in self.meta.referrers(self.repo_id, image, str(digest)):
-            if artifact_type is not None and row.artifact_type != artifact_type:
-                continue
-            entry: dict[str, Any] = {
-                "mediaType": row.media_type,
-                "digest": row.digest,
-                "size": row.size,
-            }
-            if row.artifact_type:
-                entry["artifactType"] = row.artifact_type
-            if row.annotations:
-                entry["annotations"] = row.annotations
-            out.append(entry)
-        return out
+        return referrer_entries(self.meta, self.repo_id, image, digest, artifact_type)
 
     # -- deployment policy -------------------------------------------------------------
     def _check_writable(self) -> None:
@@ -151,6 +163,8 @@ class HostedRepository:
         )
         # an empty config (artifacts) need not have been pushed as a blob
         missing = [d for d in missing if not _is_empty_descriptor(d, parsed.blobs)]
+        if missing and self.mount_sources:
+            missing = await self._adopt(image, missing)
         missing += self.meta.missing_manifests(
             self.repo_id, image, [str(d.digest) for d in parsed.children]
         )
@@ -253,6 +267,27 @@ class HostedRepository:
             await self.blobs.abort(upload_id)
             await self.meta.delete_upload(upload_id)
         return len(expired)
+
+
+def referrer_entries(
+    meta: MetadataStore, repo_id: int, image: str, digest: Digest, artifact_type: str | None
+) -> list[dict[str, Any]]:
+    """Descriptors of the manifests whose subject is `digest`, optionally filtered."""
+    out: list[dict[str, Any]] = []
+    for row in meta.referrers(repo_id, image, str(digest)):
+        if artifact_type is not None and row.artifact_type != artifact_type:
+            continue
+        entry: dict[str, Any] = {
+            "mediaType": row.media_type,
+            "digest": row.digest,
+            "size": row.size,
+        }
+        if row.artifact_type:
+            entry["artifactType"] = row.artifact_type
+        if row.annotations:
+            entry["annotations"] = row.annotations
+        out.append(entry)
+    return out
 
 
 def _looks_like_uuid(value: str) -> bool:

@@ -1,0 +1,60 @@
+"""/v1/_ping and /v1/search (what `docker search` calls), per repository or across the
+path-routed repositories of a shared host."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from aiohttp import web
+
+from portway.http.context import AppContext
+from portway.http.routing import Route
+from portway.oci.errors import RegistryError
+from portway.repos.search import page_of
+
+MAX_RESULTS = 100
+
+
+def _int(request: web.Request, key: str, default: int, low: int, high: int) -> int:
+    raw = request.query.get(key)
+    if raw is None or raw == "":
+        return default
+    if not raw.isdigit():
+        raise RegistryError("PAGINATION_NUMBER_INVALID", f"{key} must be a positive integer")
+    return max(low, min(int(raw), high))
+
+
+async def handle_v1(
+    request: web.Request, ctx: AppContext, route: Route, rest: str
+) -> web.StreamResponse:
+    if rest in ("/_ping", "/_ping/"):
+        return web.Response(body=b"true", content_type="application/json")
+    if rest not in ("/search", "/search/"):
+        raise RegistryError("NOT_FOUND", "only /v1/_ping and /v1/search exist here")
+    if request.method not in ("GET", "HEAD"):
+        raise RegistryError("UNSUPPORTED", status=405)
+    query = request.query.get("q", "")
+    n = _int(request, "n", 25, 1, MAX_RESULTS)
+    page = _int(request, "page", 1, 1, 100000)
+    names = [route.repository] if route.repository else ctx.routes.path_routed()
+    results: list[dict[str, Any]] = []
+    for repo_name in names:
+        repo = ctx.repos[repo_name]
+        if not repo.config.v1_enabled:
+            if route.repository:
+                raise RegistryError(
+                    "UNSUPPORTED",
+                    f"search is turned off for repository {repo_name!r}",
+                    status=404,
+                )
+            continue
+        if not ctx.authorizer.visible(request, repo_name):
+            continue
+        found = await repo.search(query, n * page if route.repository else MAX_RESULTS, 1)
+        for entry in found["results"] if found else []:
+            if route.repository is None:
+                entry = {**entry, "name": f"{repo_name}/{entry['name']}"}
+            results.append(entry)
+    body = page_of(query, results, n, page)
+    return web.Response(body=json.dumps(body).encode(), content_type="application/json")

@@ -1,0 +1,192 @@
+"""Group repository: ordered members, one read view; pushes go to the writable member.
+
+Per-member lookups end in `_permember`; the plain methods merge them.
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from portway.config import RepositoryConfig
+from portway.oci.digest import Digest
+from portway.oci.errors import RegistryError
+from portway.repos.base import BlobBody, Manifest, Repository
+from portway.repos.search import page_of
+
+if TYPE_CHECKING:
+    from portway.repos.hosted import HostedRepository
+
+log = logging.getLogger("portway.group")
+
+# Errors that mean "this member does not have it": try the next member.
+_ABSENT = frozenset({"MANIFEST_UNKNOWN", "BLOB_UNKNOWN", "NAME_UNKNOWN"})
+
+
+def resolution_order(group: str, members_of: Mapping[str, Sequence[str]]) -> list[str]:
+    """The leaf (hosted and proxy) repositories of a group, depth-first in declared order,
+    each once. `members_of` maps every group to its members; a name absent from it is a leaf.
+    Raises ValueError on a cycle."""
+    order: list[str] = []
+    seen: set[str] = set()
+
+    def visit(name: str, path: tuple[str, ...]) -> None:
+        if name in path:
+            raise ValueError(f"group cycle: {' -> '.join((*path, name))}")
+        members = members_of.get(name)
+        if members is None:
+            if name not in seen:
+                seen.add(name)
+                order.append(name)
+            return
+        for member in members:
+            visit(member, (*path, name))
+
+    visit(group, ())
+    return order
+
+
+class GroupRepository:
+    kind = "group"
+
+    def __init__(
+        self,
+        config: RepositoryConfig,
+        members: Sequence[Repository],
+        writable_member: HostedRepository | None,
+    ) -> None:
+        self.name = config.name
+        self.config = config
+        self.members = list(members)
+        self._writable = writable_member
+
+    # -- which members to ask ----------------------------------------------------------
+    async def _members_for(self, image: str) -> list[Repository]:
+        """Hosted members first claim an image: once one holds it, proxies are not asked
+        (dependency confusion), unless the group allows proxy shadowing."""
+        if self.config.allow_proxy_shadowing:
+            return self.members
+        held = False
+        for member in self.members:
+            if member.kind == "hosted" and await _holds(member, image):
+                held = True
+                break
+        if not held:
+            return self.members
+        return [m for m in self.members if m.kind == "hosted"]
+
+    # -- manifests ---------------------------------------------------------------------
+    async def get_manifest(self, image: str, reference: str, accept: Sequence[str]) -> Manifest:
+        first_error: RegistryError | None = None
+        for member in await self._members_for(image):
+            try:
+                return await member.get_manifest(image, reference, accept)
+            except RegistryError as err:
+                if err.code not in _ABSENT and first_error is None:
+                    first_error = err  # an upstream problem: remember, keep looking
+                    log.warning("group %s: member %s: %s", self.name, member.name, err.message)
+        if first_error is not None:
+            raise first_error
+        raise RegistryError("MANIFEST_UNKNOWN", f"manifest {reference!r} not found in {image!r}")
+
+    # -- blobs -------------------------------------------------------------------------
+    async def _blob_member(self, image: str, digest: Digest) -> Repository:
+        members = await self._members_for(image)
+        for member in members:
+            if await member.has_blob(image, digest):
+                return member
+        for member in members:
+            if member.kind == "proxy":
+                return member  # it may fetch the blob upstream
+        raise RegistryError("BLOB_UNKNOWN", f"blob {digest} not found in {image!r}")
+
+    async def has_blob(self, image: str, digest: Digest) -> bool:
+        for member in await self._members_for(image):
+            if await member.has_blob(image, digest):
+                return True
+        return False
+
+    async def stat_blob(self, image: str, digest: Digest) -> int:
+        return await (await self._blob_member(image, digest)).stat_blob(image, digest)
+
+    async def open_blob(self, image: str, digest: Digest) -> BlobBody:
+        return await (await self._blob_member(image, digest)).open_blob(image, digest)
+
+    # -- listings ----------------------------------------------------------------------
+    async def list_tags(self, image: str, last: str | None, n: int | None) -> list[str]:
+        pages: list[list[str]] = []
+        found = False
+        for member in await self._members_for(image):
+            try:
+                pages.append(await member.list_tags(image, last, n))
+                found = True
+            except RegistryError as err:
+                if err.code not in _ABSENT:
+                    log.warning("group %s: member %s: %s", self.name, member.name, err.message)
+        if not found:
+            raise RegistryError("NAME_UNKNOWN", f"image {image!r} not found")
+        return _merge(pages, n)
+
+    async def catalog(self, last: str | None, n: int | None) -> list[str]:
+        return _merge([await m.catalog(last, n) for m in self.members], n)
+
+    async def referrers(
+        self, image: str, digest: Digest, artifact_type: str | None
+    ) -> list[dict[str, Any]]:
+        seen: set[str] = set()
+        out: list[dict[str, Any]] = []
+        for member in await self._members_for(image):
+            for entry in await member.referrers(image, digest, artifact_type):
+                if entry["digest"] not in seen:
+                    seen.add(entry["digest"])
+                    out.append(entry)
+        return out
+
+    async def search(self, query: str, n: int, page: int) -> dict[str, Any] | None:
+        """Names from every member (hosted first, as ordered), each name once."""
+        seen: set[str] = set()
+        results: list[dict[str, Any]] = []
+        for member in self.members:
+            if not member.config.v1_enabled:
+                continue
+            try:
+                found = await member.search(query, n * page, 1)
+            except RegistryError as err:
+                log.warning("group %s: search in %s: %s", self.name, member.name, err.message)
+                continue
+            for entry in found["results"] if found else []:
+                if entry.get("name") not in seen:
+                    seen.add(entry.get("name"))
+                    results.append(entry)
+        return page_of(query, results, n, page)
+
+    # -- writes ------------------------------------------------------------------------
+    def writable(self) -> HostedRepository:
+        if self._writable is None:
+            raise RegistryError(
+                "DENIED",
+                f"group repository {self.name!r} has no writable_member; push to a hosted "
+                "repository",
+            )
+        return self._writable.with_mount_sources(self.members)
+
+
+async def _holds(member: Repository, image: str) -> bool:
+    try:
+        await member.list_tags(image, None, 1)
+    except RegistryError:
+        return False
+    return True
+
+
+def _merge(pages: list[list[str]], n: int | None) -> list[str]:
+    """Sorted, deduplicated union of sorted pages, cut to n."""
+    out: list[str] = []
+    for name in heapq.merge(*(sorted(p) for p in pages)):
+        if not out or out[-1] != name:
+            out.append(name)
+            if n is not None and len(out) >= n:
+                break
+    return out
