@@ -24,6 +24,13 @@ def _session_headers(call: V2Call, state: UploadState) -> dict[str, str]:
     }
 
 
+def _refusal_headers(call: V2Call, state: UploadState) -> dict[str, str]:
+    """Session headers for an error answer, which carries an OCI error body of its own."""
+    headers = _session_headers(call, state)
+    del headers["Content-Length"]
+    return headers
+
+
 def _blob_created(call: V2Call, digest: Digest) -> web.Response:
     return web.Response(
         status=201,
@@ -96,14 +103,14 @@ def _check_content_range(call: V2Call, state: UploadState) -> int | None:
         raise RegistryError(
             "RANGE_INVALID",
             f"malformed Content-Range {header[:60]!r}",
-            headers=_session_headers(call, state),
+            headers=_refusal_headers(call, state),
         )
     begin, end = int(m.group(1)), int(m.group(2))
     if begin != state.offset or end < begin:
         raise RegistryError(
             "RANGE_INVALID",
             f"chunk {begin}-{end} does not continue the upload at offset {state.offset}",
-            headers=_session_headers(call, state),
+            headers=_refusal_headers(call, state),
         )
     declared = end - begin + 1
     length = content_length(call.request)
@@ -111,7 +118,7 @@ def _check_content_range(call: V2Call, state: UploadState) -> int | None:
         raise RegistryError(
             "RANGE_INVALID",
             f"Content-Range covers {declared} bytes but Content-Length is {length}",
-            headers=_session_headers(call, state),
+            headers=_refusal_headers(call, state),
         )
     return declared
 
