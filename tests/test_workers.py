@@ -1,0 +1,148 @@
+"""`workers = 2`: one upload served by both processes, and the process tree's lifecycle."""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import signal
+import socket
+import time
+from collections import defaultdict
+from collections.abc import Callable
+
+import pytest
+
+from push_support import MiB, Registry, children, group_members, manifest_for, proc_stat, sha256
+from support.server import PortwayServer
+
+pytestmark = pytest.mark.slow
+
+# "... portway.access[<pid>]: 127.0.0.1 [...] "PATCH /repository/.../uploads/<uuid> HTTP/1.1" 202"
+_ACCESS_RE = re.compile(
+    r"portway\.access\[(\d+)\]: .*\"(PATCH|PUT|POST|GET|HEAD) (\S+) HTTP/1\.1\" (\d+)"
+)
+_UUID_RE = re.compile(r"/blobs/uploads/([0-9a-f-]{36})")
+_WORKER_RE = re.compile(r"worker (\d+) listening on")
+
+
+def _worker_pids(server: PortwayServer, count: int, timeout: float = 10.0) -> list[int]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        pids = sorted({int(p) for p in _WORKER_RE.findall(server.log())})
+        live = [p for p in pids if proc_stat(p) is not None]
+        if len(live) >= count:
+            return live
+        time.sleep(0.05)
+    raise AssertionError(f"{count} workers did not report:\n{server.log()[-3000:]}")
+
+
+def _wait_for(what: str, check: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _port_free(port: int) -> bool:
+    """Nothing listens: a plain bind (no SO_REUSEPORT, which would share a live socket)
+    succeeds and a connect is refused."""
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+    except OSError:
+        return True
+    return False
+
+
+@pytest.fixture
+def two_workers(portway_factory: Callable[..., PortwayServer]) -> PortwayServer:
+    return portway_factory(workers=2, server={"log_level": "debug"})
+
+
+def test_chunked_uploads_span_both_workers(two_workers: PortwayServer) -> None:
+    server = two_workers
+    workers = _worker_pids(server, 2)
+    reg = Registry(server.repository_url())
+    rng = random.Random(7)
+    image = "workers/spread"
+    layers: list[bytes] = []
+    for n in range(12):
+        blob = rng.randbytes(rng.randint(1 * MiB, 3 * MiB))
+        cuts = sorted(rng.sample(range(1, len(blob)), 5))
+        chunks = [blob[a:b] for a, b in zip([0, *cuts], [*cuts, len(blob)], strict=True)]
+        reply = reg.upload_chunked(image, chunks, sha256(blob))
+        assert reply.status == 201, (n, reply.status, reply.body[:300])
+        assert reply.header("Docker-Content-Digest") == sha256(blob)
+        layers.append(blob)
+    config = b'{"architecture":"amd64","os":"linux"}'
+    assert reg.upload_monolithic(image, sha256(config), config, len(config)).status == 201
+    manifest = manifest_for(config, layers)
+    put = reg.put_manifest(image, "v1", manifest)
+    assert put.status == 201, put.body[:300]
+
+    # the pull, each request on a new connection too
+    got = reg.get_manifest(image, "v1")
+    assert got.status == 200 and got.body == manifest
+    assert got.header("Docker-Content-Digest") == sha256(manifest)
+    for blob in layers:
+        status, hexdigest, length = reg.pull_blob(image, sha256(blob))
+        assert (status, length) == (200, len(blob))
+        assert f"sha256:{hexdigest}" == sha256(blob)
+
+    # who served what: the access log names the process of every request
+    served: dict[str, set[int]] = defaultdict(set)
+    pids_seen: set[int] = set()
+    for pid, method, path, status in _ACCESS_RE.findall(server.log()):
+        pids_seen.add(int(pid))
+        m = _UUID_RE.search(path)
+        if m and method in ("PATCH", "PUT"):
+            assert status in ("202", "201"), (method, path, status)
+            served[m.group(1)].add(int(pid))
+    assert pids_seen == set(workers), (pids_seen, workers)
+    assert len(served) == 12
+    spanning = [u for u, pids in served.items() if len(pids) == 2]
+    # 6 requests per upload spread by SO_REUSEPORT: all on one worker for every upload would
+    # mean the kernel is not spreading connections at all
+    assert spanning, f"no upload was served by both workers: {dict(served)}"
+
+
+def test_workers_are_children_and_stop_with_sigterm(two_workers: PortwayServer) -> None:
+    server = two_workers
+    parent = server.pid
+    assert parent is not None
+    workers = _worker_pids(server, 2)
+    assert set(workers) <= set(children(parent)), (workers, children(parent))
+    assert parent not in workers
+
+    os.kill(parent, signal.SIGTERM)  # the parent alone, as an init system would
+    assert server.process.proc is not None
+    server.process.proc.wait(15)
+    _wait_for("workers to exit", lambda: all(proc_stat(p) is None for p in workers))
+    _wait_for("the process group to empty", lambda: not group_members(parent))
+    _wait_for("the port to be free", lambda: _port_free(server.port))
+
+
+def test_sigkill_of_the_parent_takes_the_workers_down(two_workers: PortwayServer) -> None:
+    server = two_workers
+    parent = server.pid
+    assert parent is not None
+    workers = _worker_pids(server, 2)
+
+    os.kill(parent, signal.SIGKILL)  # only the parent: the workers must not outlive it
+    assert server.process.proc is not None
+    server.process.proc.wait(5)
+    _wait_for("workers to die", lambda: all(proc_stat(p) is None for p in workers), 5.0)
+    _wait_for("the process group to empty", lambda: not group_members(parent), 5.0)
+    _wait_for("the port to be free", lambda: _port_free(server.port), 5.0)
+
+    # and the same data directory serves again on the same port
+    server.start()
+    assert Registry(server.repository_url()).request("GET", "/v2/").status in (200, 401)
