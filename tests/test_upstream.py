@@ -795,6 +795,7 @@ def test_server_errors_and_timeouts(faults: FaultServer) -> None:
                 async with up.open_blob("team/app", stuck) as blob:
                     await blob.read()
             assert stalled_body.value.kind == "timeout"
+            assert "stalled: no data for 0.3 s after 100 bytes" in str(stalled_body.value)
         async with client("http://127.0.0.1:9") as up:  # nothing listens on the discard port
             await expect("unreachable", up.ping())
 

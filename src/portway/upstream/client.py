@@ -30,6 +30,7 @@ from .errors import (
     UpstreamNotFoundError,
     UpstreamRateLimitedError,
     UpstreamServerError,
+    UpstreamTimeoutError,
     UpstreamTruncatedError,
     UpstreamUnauthorizedError,
     from_client_exception,
@@ -150,7 +151,14 @@ class UpstreamBlob:
                 if hasher is not None:
                     hasher.update(chunk)
                 yield chunk
-        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+        except TimeoutError as exc:
+            stalled = UpstreamTimeoutError(
+                self.url,
+                f"{self._what} stalled: no data for {self._registry.read_timeout:g} s"
+                f" after {received} bytes",
+            )
+            raise self._registry._failed(stalled) from exc
+        except (aiohttp.ClientError, OSError) as exc:
             raise self._registry._failed(
                 from_client_exception(self.url, exc, timeout=self._registry.read_timeout)
             ) from exc
