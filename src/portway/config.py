@@ -159,8 +159,17 @@ class HostConfig(_Strict):
         return self
 
 
+class SecurityConfig(_Strict):
+    # Off: anyone may push and pull (as a bare CNCF distribution). On: users, roles, tokens.
+    enabled: bool = True
+    service: str = "portway"  # the token audience (`service` in challenges)
+    token_ttl: int = Field(default=300, ge=30, le=86400, description="seconds")
+    max_header_bytes: int = Field(default=16384, ge=1024, le=1048576)
+
+
 class Settings(_Strict):
     server: ServerConfig = ServerConfig()
+    security: SecurityConfig = SecurityConfig()
     repository: tuple[RepositoryConfig, ...] = ()
     connector: tuple[ConnectorConfig, ...] = ()
     host: tuple[HostConfig, ...] = ()

@@ -41,6 +41,7 @@ class PortwayServer:
         hosts: Sequence[Mapping[str, Any]] = (),
         workers: int = 1,
         server: Mapping[str, Any] | None = None,
+        security: Mapping[str, Any] | None = None,
         env: Mapping[str, str] | None = None,
     ) -> None:
         self.root = tmp_path
@@ -58,6 +59,8 @@ class PortwayServer:
         self.hosts = [dict(h) for h in hosts]
         self.workers = workers
         self.server_extra = dict(server or {})
+        # Security is on by default in Portway; tests that exercise it pass `security=`.
+        self.security = dict(security) if security is not None else {"enabled": False}
         self.config_path.write_text(toml.dumps(self._config()))
         proc_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
         self.process = ManagedProcess(
@@ -75,6 +78,7 @@ class PortwayServer:
                 "workers": self.workers,
                 **self.server_extra,
             },
+            "security": self.security,
             "repository": self.repositories,
         }
         if self.connectors:
