@@ -28,7 +28,11 @@ SRC = Path(portway.__file__).resolve().parent.parent
 def _portway(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "portway", *args],
-        capture_output=True, text=True, env=_env(), timeout=60, check=False,
+        capture_output=True,
+        text=True,
+        env=_env(),
+        timeout=60,
+        check=False,
     )
 
 
@@ -63,7 +67,9 @@ def test_init_writes_a_ca_and_certificates_that_chain(tmp_path: Path) -> None:
         assert item.key.stat().st_mode & 0o077 == 0
         verify = subprocess.run(
             ["openssl", "verify", "-CAfile", str(result.ca_cert), str(item.cert)],
-            capture_output=True, text=True, check=False,
+            capture_output=True,
+            text=True,
+            check=False,
         )
         assert verify.returncode == 0, verify.stdout + verify.stderr
     ip_cert = x509.load_pem_x509_certificate(result.issued[2].cert.read_bytes())
@@ -86,7 +92,9 @@ def test_cli_tls_init(tmp_path: Path) -> None:
     ca, cert = out / "ca.crt", out / "a.example.com.crt"
     verify = subprocess.run(
         ["openssl", "verify", "-CAfile", str(ca), str(cert)],
-        capture_output=True, text=True, check=False,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert verify.returncode == 0, verify.stdout + verify.stderr
     # The same check a client does: a context trusting only our CA accepts the server's chain.

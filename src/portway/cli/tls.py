@@ -22,14 +22,21 @@ def register(subparsers: Any) -> None:
             "A host may be a DNS name, a wildcard (*.docker.example.com) or an IP address."
         ),
     )
-    init.add_argument("--host", action="append", required=True, metavar="NAME",
-                      help="host name the certificate is for (repeat for more)")
-    init.add_argument("--dir", type=Path, default=None,
-                      help="where to write the files (default: <data_dir>/tls)")
+    init.add_argument(
+        "--host",
+        action="append",
+        required=True,
+        metavar="NAME",
+        help="host name the certificate is for (repeat for more)",
+    )
+    init.add_argument(
+        "--dir", type=Path, default=None, help="where to write the files (default: <data_dir>/tls)"
+    )
     init.add_argument("--config", type=Path, default=None, help="Portway configuration file")
     init.add_argument("--days", type=int, default=825, help="server certificate lifetime")
-    init.add_argument("--port", type=int, default=None,
-                      help="port clients will use, for the printed instructions")
+    init.add_argument(
+        "--port", type=int, default=None, help="port clients will use, for the printed instructions"
+    )
     init.set_defaults(func=run_init)
 
 

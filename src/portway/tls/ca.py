@@ -31,6 +31,7 @@ class IssuedCertificate:
     host: str
     cert: Path
     key: Path
+    combined: Path  # certificate then key, for HAProxy
 
 
 @dataclass(frozen=True)
@@ -189,8 +190,9 @@ def _load_ca(directory: Path) -> tuple[ec.EllipticCurvePrivateKey, x509.Certific
 def init_tls(directory: Path, hosts: Sequence[str], days: int = 825) -> TlsInitResult:
     """Create the CA in `directory` unless one is there, then one certificate per host.
 
-    Writes `ca.crt`, `ca.key`, and for each host `<host>.crt` and
-    `<host>.key` (`*.x` is written as `wildcard.x`). Existing host files are replaced.
+    Writes `ca.crt`, `ca.key`, and for each host `<host>.crt`, `<host>.key` and `<host>.pem`
+    (both in one file, as HAProxy wants them); `*.x` is written as `wildcard.x`. Existing host
+    files are replaced.
     """
     names = [check_host(h) for h in hosts]
     directory.mkdir(parents=True, exist_ok=True)
@@ -206,9 +208,13 @@ def init_tls(directory: Path, hosts: Sequence[str], days: int = 825) -> TlsInitR
         key, cert = issue_server_certificate(ca_key, ca_cert, [host], days=days)
         stem = file_stem(host)
         cert_path, key_path = directory / f"{stem}.crt", directory / f"{stem}.key"
-        _write(key_path, _key_pem(key), private=True)
-        _write(cert_path, cert.public_bytes(serialization.Encoding.PEM))
-        issued.append(IssuedCertificate(host=host, cert=cert_path, key=key_path))
+        key_pem, cert_pem = _key_pem(key), cert.public_bytes(serialization.Encoding.PEM)
+        _write(key_path, key_pem, private=True)
+        _write(cert_path, cert_pem)
+        # HAProxy wants certificate and key in one file.
+        combined = directory / f"{stem}.pem"
+        _write(combined, cert_pem + key_pem, private=True)
+        issued.append(IssuedCertificate(host=host, cert=cert_path, key=key_path, combined=combined))
     return TlsInitResult(
         directory=directory,
         ca_cert=directory / CA_CERT,
@@ -228,6 +234,7 @@ def instructions(result: TlsInitResult, port: int | None = None) -> str:
     ]
     for item in result.issued:
         lines.append(f'  {{ cert = "{item.cert}", key = "{item.key}" }}   # {item.host}')
+    lines.append("  (HAProxy: the NAME.pem files hold certificate and key together)")
     lines += ["", "Trust the CA on each client machine:"]
     for item in result.issued:
         host = item.host.replace("*", "<repo>", 1)

@@ -1,0 +1,300 @@
+"""What a reverse proxy in front of Portway must serve, built from the settings.
+
+The proxy plan is a list of listeners (ports), each with virtual sites. A site either maps
+Docker's root paths (`/v2`, `/v2/...`, `/v1/...`) onto one repository's Nexus-style path on
+Portway's main listener (`/repository/<repo>/v2/...`), or passes every request through
+unchanged. Everything that is not a Docker path always passes through unchanged.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from cryptography import x509
+
+from portway.config import ConnectorConfig, Settings, TlsConfig, split_listen
+from portway.tls.names import choose, load_certificate
+
+# A repository named by the first label of a wildcard host: one DNS label, lower case.
+REPOSITORY_LABEL = r"[a-z0-9][a-z0-9_-]*"
+DEFAULT_TIMEOUT = 900
+
+
+class ProxyConfigError(ValueError):
+    """Settings or options that make no proxy configuration (worded for the operator)."""
+
+
+@dataclass(frozen=True)
+class CertPair:
+    cert: Path
+    key: Path
+
+
+@dataclass(frozen=True)
+class Upstream:
+    """Portway's main listener, as the proxy reaches it (plain HTTP)."""
+
+    host: str
+    port: int
+
+    @property
+    def address(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.address}"
+
+
+@dataclass(frozen=True)
+class Site:
+    """One virtual server on a listener.
+
+    - `host` set, `repository` set: host mapping (`project.example.com` -> one repository).
+    - `wildcard_suffix` set: `<repo>.docker.example.com`, the first label names the repository.
+    - `host` None, `repository` set: port mapping (every host name on this port).
+    - `host` None, `repository` None: pass-through (Portway resolves the route itself).
+    """
+
+    port: int
+    tls: CertPair | None
+    host: str | None = None
+    wildcard_suffix: str | None = None
+    repository: str | None = None
+    default: bool = False
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.tls else "http"
+
+    @property
+    def maps_repository(self) -> bool:
+        return self.repository is not None or self.wildcard_suffix is not None
+
+    @property
+    def kind(self) -> str:
+        if self.wildcard_suffix:
+            return "wildcard host"
+        if self.host:
+            return "host"
+        return "port" if self.repository else "pass-through"
+
+    @property
+    def name(self) -> str:
+        """The host name as the operator wrote it (`*.docker.example.com`), or ''."""
+        if self.wildcard_suffix:
+            return "*" + self.wildcard_suffix
+        return self.host or ""
+
+    @property
+    def wildcard_regex(self) -> str:
+        """Anchored regex for the host (no port), first label captured as group 1."""
+        assert self.wildcard_suffix
+        return f"^({REPOSITORY_LABEL}){re.escape(self.wildcard_suffix)}$"
+
+    @property
+    def host_regex(self) -> str:
+        """Anchored regex for the Host header (an optional `:port` allowed)."""
+        if self.wildcard_suffix:
+            return f"^({REPOSITORY_LABEL}){re.escape(self.wildcard_suffix)}(:[0-9]+)?$"
+        assert self.host
+        return f"^{re.escape(self.host)}(:[0-9]+)?$"
+
+    @property
+    def wildcard_label_index(self) -> int:
+        """Caddy counts host labels from the right: `a.docker.example.com` -> labels.3 is `a`."""
+        assert self.wildcard_suffix
+        return self.wildcard_suffix.count(".")
+
+
+@dataclass(frozen=True)
+class Listener:
+    port: int
+    bind: str | None
+    tls: bool
+    sites: tuple[Site, ...]
+
+    @property
+    def address(self) -> str:
+        """`127.0.0.1:8086`, `[::1]:8086`, or `8086` for every address."""
+        if not self.bind:
+            return str(self.port)
+        host = f"[{self.bind}]" if ":" in self.bind else self.bind
+        return f"{host}:{self.port}"
+
+    @property
+    def bind_or_any(self) -> str:
+        return self.address if self.bind else f"*:{self.port}"
+
+
+@dataclass(frozen=True)
+class ProxyOptions:
+    """Choices the settings file does not make: where the proxy listens, certificates, paths."""
+
+    upstream: str | None = None
+    certs: tuple[CertPair, ...] = ()
+    http_port: int = 80
+    https_port: int = 443
+    bind: str | None = None
+    runtime_dir: Path | None = None
+    timeout: int = DEFAULT_TIMEOUT
+    caddy_offline: bool = False
+    apache_modules: Path = Path("/usr/lib/apache2/modules")
+    apache_user: str = "www-data"
+
+
+@dataclass(frozen=True)
+class ProxyPlan:
+    upstream: Upstream
+    listeners: tuple[Listener, ...]
+    options: ProxyOptions = field(default_factory=ProxyOptions)
+    notes: tuple[str, ...] = ()
+
+    @property
+    def tls(self) -> bool:
+        return any(listener.tls for listener in self.listeners)
+
+    @property
+    def sites(self) -> tuple[Site, ...]:
+        return tuple(site for listener in self.listeners for site in listener.sites)
+
+
+def parse_upstream(url: str) -> Upstream:
+    parts = urlsplit(url if "://" in url else f"http://{url}")
+    if parts.scheme != "http":
+        raise ProxyConfigError(
+            f"--upstream {url}: the proxy talks plain HTTP to Portway; give an http:// URL "
+            "of a listener without TLS"
+        )
+    if not parts.hostname or parts.path not in ("", "/"):
+        raise ProxyConfigError(f"--upstream {url}: expected http://HOST:PORT")
+    return Upstream(host=parts.hostname, port=parts.port or 80)
+
+
+def main_listener_upstream(settings: Settings) -> Upstream:
+    """Portway's `[server] listen`, with a wildcard address replaced by loopback."""
+    if settings.server.tls is not None:
+        raise ProxyConfigError(
+            "[server] listen serves HTTPS; point the proxy at a plain-HTTP listener with "
+            "--upstream http://HOST:PORT"
+        )
+    host, port = split_listen(settings.server.listen)
+    if host in ("0.0.0.0", "*", ""):
+        host = "127.0.0.1"
+    elif host == "::":
+        host = "::1"
+    return Upstream(host=host, port=port)
+
+
+def _certificates(pairs: Sequence[CertPair]) -> list[x509.Certificate]:
+    certs = []
+    for pair in pairs:
+        for path in (pair.cert, pair.key):
+            if not path.is_file():
+                raise ProxyConfigError(f"TLS file not found: {path}")
+        try:
+            certs.append(load_certificate(pair.cert))
+        except ValueError as exc:
+            raise ProxyConfigError(f"{pair.cert}: not a PEM certificate ({exc})") from None
+    return certs
+
+
+def _pair(tls: TlsConfig | tuple[TlsConfig, ...] | None) -> CertPair | None:
+    if tls is None:
+        return None
+    first = tls if isinstance(tls, TlsConfig) else tls[0]
+    return CertPair(cert=first.cert, key=first.key)
+
+
+def _connector_bind(conn: ConnectorConfig) -> tuple[str | None, int]:
+    host, port = split_listen(conn.listen)
+    if host in ("0.0.0.0", "*", "::", ""):
+        return None, port
+    ipaddress.ip_address(host)  # the settings model accepts names; a proxy binds addresses
+    return host, port
+
+
+def build_plan(settings: Settings, options: ProxyOptions | None = None) -> ProxyPlan:
+    """The listeners and sites a proxy needs for these settings.
+
+    - each `[[connector]]` with a repository and `served_by = "proxy"`: the proxy listens on
+      the connector's address and maps Docker paths onto that repository (port mapping);
+      the connector's own `tls` (if any) is the certificate, else the first `--tls-cert`;
+    - each `[[host]]`: a site on the host listener (`https_port` with certificates, else
+      `http_port`), with the certificate whose SAN covers the name (else the first one);
+    - the host listener also gets a default site passing everything through, so Portway's
+      own routing (repository paths, unknown hosts) still applies.
+    """
+    options = options or ProxyOptions()
+    upstream = (
+        parse_upstream(options.upstream) if options.upstream else main_listener_upstream(settings)
+    )
+    pairs = list(options.certs)
+    certs = _certificates(pairs)
+
+    listeners: list[Listener] = []
+    notes: list[str] = []
+    for conn in settings.connector:
+        if not conn.repository:
+            continue
+        if conn.served_by != "proxy":
+            notes.append(
+                f"connector {conn.listen} ({conn.repository}) is served by Portway itself; "
+                'set served_by = "proxy" to put it behind this proxy'
+            )
+            continue
+        bind, port = _connector_bind(conn)
+        if port == 0:
+            raise ProxyConfigError(f"connector {conn.listen}: a proxy needs a fixed port")
+        own = _pair(conn.tls)
+        if own is not None:
+            _certificates([own])
+        tls = own or (pairs[0] if pairs else None)
+        site = Site(port=port, tls=tls, repository=conn.repository, default=True)
+        listeners.append(Listener(port=port, bind=bind, tls=tls is not None, sites=(site,)))
+
+    if settings.host:
+        tls_on = bool(pairs)
+        port = options.https_port if tls_on else options.http_port
+
+        def cert_for(name: str | None) -> CertPair | None:
+            return pairs[choose(name, certs)] if tls_on else None
+
+        sites = [Site(port=port, tls=cert_for(None), default=True)]
+        for host in settings.host:
+            if host.name.startswith("*."):
+                sites.append(
+                    Site(port=port, tls=cert_for(host.name), wildcard_suffix=host.name[1:])
+                )
+            else:
+                sites.append(
+                    Site(
+                        port=port,
+                        tls=cert_for(host.name),
+                        host=host.name,
+                        repository=host.repository,
+                    )
+                )
+        listeners.append(Listener(port=port, bind=options.bind, tls=tls_on, sites=tuple(sites)))
+
+    seen: dict[int, Listener] = {}
+    for listener in listeners:
+        if listener.port in seen:
+            raise ProxyConfigError(
+                f"port {listener.port} is claimed twice (connector and host listener?); "
+                "choose another --http-port/--https-port or connector port"
+            )
+        seen[listener.port] = listener
+    if not listeners:
+        raise ProxyConfigError(
+            'nothing to proxy: add [[connector]] entries with a repository and served_by = "proxy",'
+            " or [[host]] entries"
+        )
+    return ProxyPlan(
+        upstream=upstream, listeners=tuple(listeners), options=options, notes=tuple(notes)
+    )

@@ -1,0 +1,648 @@
+"""Generated reverse-proxy configurations, checked by each server's own validator and by
+running the real server in front of an echo backend that stands in for Portway."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import socket
+import ssl
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+
+import portway
+from portway.config import Settings, parse_settings
+from portway.proxyconf import (
+    SERVERS,
+    CertPair,
+    ProxyConfigError,
+    ProxyOptions,
+    ProxyServer,
+    build_plan,
+    render,
+)
+from portway.tls.ca import TlsInitResult, init_tls
+from support.ports import free_ports
+from support.process import ManagedProcess
+
+SRC = Path(portway.__file__).resolve().parent.parent
+BINARY = {"nginx": "nginx", "apache": "apache2", "haproxy": "haproxy", "caddy": "caddy"}
+MIB = 1024 * 1024
+PUSH_REPO, PULL_REPO = "docker-hosted-project", "docker-group-project"
+
+
+def _need(server: str) -> str:
+    path = shutil.which(BINARY[server]) or shutil.which(BINARY[server], path="/usr/sbin:/sbin")
+    if path is None:
+        pytest.skip(f"{BINARY[server]} is not installed (scripts/install-test-deps.sh)")
+    return path
+
+
+# --- the layout the seed describes, on ephemeral ports -----------------------------------
+
+
+@dataclass
+class Layout:
+    root: Path
+    backend_port: int
+    push_port: int
+    pull_port: int
+    host_port: int
+    tls: TlsInitResult | None
+    settings: Settings = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.settings = parse_settings(
+            {
+                "server": {"listen": f"0.0.0.0:{self.backend_port}"},
+                "repository": [
+                    {"name": PUSH_REPO, "type": "hosted"},
+                    {"name": PULL_REPO, "type": "group", "members": [PUSH_REPO]},
+                ],
+                "connector": [
+                    {
+                        "listen": f"127.0.0.1:{self.push_port}",
+                        "repository": PUSH_REPO,
+                        "served_by": "proxy",
+                    },
+                    {
+                        "listen": f"127.0.0.1:{self.pull_port}",
+                        "repository": PULL_REPO,
+                        "served_by": "proxy",
+                    },
+                ],
+                "host": [
+                    {"name": "project-push.example.com", "repository": PUSH_REPO},
+                    {"name": "project.example.com", "repository": PULL_REPO},
+                    {"name": "*.docker.example.com"},
+                ],
+            },
+            environ={},
+        )
+
+    def options(self, server: str) -> ProxyOptions:
+        certs: tuple[CertPair, ...] = ()
+        if self.tls is not None:
+            # HAProxy wants certificate and key in one file; the others take them apart.
+            certs = tuple(
+                CertPair(i.combined, i.combined) if server == "haproxy" else CertPair(i.cert, i.key)
+                for i in self.tls.issued
+            )
+        return ProxyOptions(
+            certs=certs,
+            http_port=self.host_port,
+            https_port=self.host_port,
+            bind="127.0.0.1",
+            runtime_dir=self.root / "run",
+            caddy_offline=True,
+        )
+
+    def config(self, server: ProxyServer) -> Path:
+        (self.root / "run").mkdir(parents=True, exist_ok=True)
+        path = self.root / f"{server}.conf"
+        path.write_text(render(server, build_plan(self.settings, self.options(server))))
+        return path
+
+
+def make_layout(root: Path, tls: bool, backend_port: int | None = None) -> Layout:
+    root.mkdir(parents=True, exist_ok=True)
+    ports = free_ports(4)
+    issued = None
+    if tls:
+        # The first certificate is the default one (port mappings, unknown host names).
+        issued = init_tls(
+            root / "tls",
+            ["project.example.com", "project-push.example.com", "*.docker.example.com"],
+        )
+    return Layout(
+        root=root,
+        backend_port=backend_port or ports[0],
+        push_port=ports[1],
+        pull_port=ports[2],
+        host_port=ports[3],
+        tls=issued,
+    )
+
+
+def _caddy_env(runtime: Path) -> dict[str, str]:
+    return {
+        **os.environ,
+        "HOME": str(runtime),
+        "XDG_DATA_HOME": str(runtime / "data"),
+        "XDG_CONFIG_HOME": str(runtime / "config"),
+    }
+
+
+def validate(server: ProxyServer, conf: Path) -> subprocess.CompletedProcess[str]:
+    runtime = conf.parent / "run"
+    binary = _need(server)
+    argv = {
+        "nginx": [binary, "-t", "-q", "-c", str(conf), "-e", str(runtime / "nginx-startup.log")],
+        "apache": [binary, "-t", "-f", str(conf)],
+        "haproxy": [binary, "-c", "-f", str(conf)],
+        "caddy": [binary, "validate", "--config", str(conf), "--adapter", "caddyfile"],
+    }[server]
+    env = _caddy_env(runtime) if server == "caddy" else None
+    return subprocess.run(argv, capture_output=True, text=True, timeout=60, env=env, check=False)
+
+
+# --- validators ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["http", "https"])
+@pytest.mark.parametrize("server", SERVERS)
+def test_generated_config_passes_validator(server: ProxyServer, tls: bool, tmp_path: Path) -> None:
+    layout = make_layout(tmp_path, tls)
+    conf = layout.config(server)
+    result = validate(server, conf)
+    assert result.returncode == 0, f"{conf.read_text()}\n---\n{result.stdout}{result.stderr}"
+
+
+SEED_NGINX = """
+ server {
+listen 443 ssl;
+server_name project.example.com
+
+ssl on;
+ssl_certificate CERT;
+ssl_certificate_key KEY;
+
+# Docker /v2 and /v1 (for search) requests
+location ~ (/v1/|/v2/) {
+proxy_set_header Host $host:$server_port;
+proxy_set_header X-Real-IP $remote_addr;
+proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+proxy_set_header X-Forwarded-Proto "https";
+proxy_pass http://locahost:8081/repository/docker-repo
+}
+
+# Regular Nexus requests
+location / {
+proxy_set_header Host $host;
+proxy_set_header X-Real-IP $remote_addr;
+proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+proxy_set_header X-Forwarded-Proto "https";
+proxy_pass http://localhost:8081;
+}
+
+}
+"""
+
+
+def test_seed_nginx_example_is_rejected_and_ours_passes(tmp_path: Path) -> None:
+    """The seed's nginx host-mapping example is not valid nginx; the generated one is."""
+    layout = make_layout(tmp_path, tls=True)
+    run = tmp_path / "run"
+    run.mkdir()
+    cert = layout.tls.issued[0] if layout.tls else None
+    assert cert is not None
+    seed = SEED_NGINX.replace("CERT", str(cert.cert)).replace("KEY", str(cert.key))
+    conf = tmp_path / "seed-nginx.conf"
+    conf.write_text(
+        f"pid {run}/seed.pid;\nerror_log {run}/seed-error.log;\nevents {{}}\nhttp {{\n"
+        f"access_log off;\nclient_body_temp_path {run}/body;\nproxy_temp_path {run}/proxy;\n"
+        f"fastcgi_temp_path {run}/fastcgi;\nuwsgi_temp_path {run}/uwsgi;\n"
+        f"scgi_temp_path {run}/scgi;\n{seed}\n}}\n"
+    )
+    rejected = validate("nginx", conf)
+    assert rejected.returncode != 0
+    assert "emerg" in rejected.stderr
+    ours = validate("nginx", layout.config("nginx"))
+    assert ours.returncode == 0, ours.stderr
+
+
+# --- the echo backend standing in for Portway's main listener ---------------------------
+
+
+class EchoBackend:
+    """Records each request (method, raw path, headers, body length) and answers with it.
+
+    Runs its own event loop in a thread. `received[test_id]` grows while a body streams in,
+    so a test can tell a streaming proxy from a buffering one.
+    """
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.received: dict[str, int] = {}
+        self._loop = asyncio.new_event_loop()
+        self._ready = threading.Event()
+        self._stop: asyncio.Event | None = None
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    async def _handle(self, request: web.Request) -> web.Response:
+        test_id = request.headers.get("X-Test-Id", "")
+        length = 0
+        async for chunk in request.content.iter_any():
+            length += len(chunk)
+            self.received[test_id] = length
+        record = {
+            "method": request.method,
+            "raw_path": request.raw_path,
+            "version": f"{request.version.major}.{request.version.minor}",
+            "headers": [[k, v] for k, v in request.headers.items()],
+            "body_length": length,
+        }
+        return web.json_response(
+            record, headers={"Docker-Distribution-API-Version": "registry/2.0"}
+        )
+
+    async def _serve(self) -> None:
+        app = web.Application(client_max_size=0)
+        app.router.add_route("*", "/{tail:.*}", self._handle)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", self.port).start()
+        self._stop = asyncio.Event()
+        self._ready.set()
+        await self._stop.wait()
+        await runner.cleanup()
+
+    def _run(self) -> None:
+        self._loop.run_until_complete(self._serve())
+
+    def __enter__(self) -> EchoBackend:
+        self._thread.start()
+        assert self._ready.wait(10), "echo backend did not start"
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._stop is not None:
+            self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(10)
+
+
+# --- a raw HTTP/1.1 client: exact request targets, chunked bodies, any Host and SNI -------
+
+
+@dataclass
+class Response:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+    def echo(self) -> dict[str, Any]:
+        data: dict[str, Any] = json.loads(self.body)
+        data["header_map"] = {k.lower(): v for k, v in data["headers"]}
+        return data
+
+
+def _read_response(sock: socket.socket | ssl.SSLSocket) -> Response:
+    data = b""
+    while chunk := sock.recv(65536):
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split()[1])
+    headers = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    if headers.get("transfer-encoding", "").lower() == "chunked":
+        decoded, rest = b"", body
+        while True:
+            size_line, _, rest = rest.partition(b"\r\n")
+            size = int(size_line.split(b";")[0], 16)
+            if size == 0:
+                break
+            decoded, rest = decoded + rest[:size], rest[size + 2 :]
+        body = decoded
+    return Response(status, headers, body)
+
+
+def request(
+    port: int,
+    method: str,
+    target: str,
+    host: str,
+    *,
+    sni: str | None = None,
+    ca: Path | None = None,
+    headers: dict[str, str] | None = None,
+    chunks: int = 0,
+    after_first_chunk: Any = None,
+) -> Response:
+    """Send one request to 127.0.0.1:port with the given Host (and SNI when `ca` is set).
+
+    With `chunks`, the body is `chunks` MiB sent with chunked transfer encoding, and
+    `after_first_chunk()` runs between the first MiB and the rest.
+    """
+    raw = socket.create_connection(("127.0.0.1", port), timeout=60)
+    sock: socket.socket | ssl.SSLSocket = raw
+    if ca is not None:
+        context = ssl.create_default_context(cafile=str(ca))
+        server_name = sni or host.rpartition(":")[0] or host
+        if server_name not in {"project.example.com", "project-push.example.com"} and not (
+            server_name.endswith(".docker.example.com")
+        ):
+            context.check_hostname = False  # an unknown name gets the default certificate
+        sock = context.wrap_socket(raw, server_hostname=server_name)
+    with sock:
+        lines = [f"{method} {target} HTTP/1.1", f"Host: {host}", "Connection: close"]
+        lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
+        if chunks:
+            lines.append("Transfer-Encoding: chunked")
+        sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
+        block = b"\xab" * MIB
+        for index in range(chunks):
+            sock.sendall(b"%x\r\n" % len(block) + block + b"\r\n")
+            if index == 0 and after_first_chunk is not None:
+                after_first_chunk()
+        if chunks:
+            sock.sendall(b"0\r\n\r\n")
+        return _read_response(sock)
+
+
+# --- running the real proxies -----------------------------------------------------------
+
+
+def _port_open(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def start_proxy(server: ProxyServer, conf: Path, ports: list[int]) -> ManagedProcess:
+    binary = _need(server)
+    runtime = conf.parent / "run"
+    argv = {
+        "nginx": [
+            binary,
+            "-c",
+            str(conf),
+            "-e",
+            str(runtime / "nginx-startup.log"),
+            "-g",
+            "daemon off;",
+        ],
+        "apache": [binary, "-f", str(conf), "-DFOREGROUND"],
+        "haproxy": [binary, "-db", "-f", str(conf)],
+        "caddy": [binary, "run", "--config", str(conf), "--adapter", "caddyfile"],
+    }[server]
+    env = _caddy_env(runtime) if server == "caddy" else None
+    proc = ManagedProcess(argv, runtime / f"{server}.out", env=env, cwd=conf.parent)
+    proc.start()
+    proc.wait_until(lambda: all(_port_open(p) for p in ports), 30, "listening ports")
+    return proc
+
+
+@pytest.fixture(params=[False, True], ids=["http", "https"])
+def tls(request: pytest.FixtureRequest) -> bool:
+    value: bool = request.param
+    return value
+
+
+@pytest.fixture
+def echo_layout(tmp_path: Path, tls: bool) -> Iterator[tuple[Layout, EchoBackend]]:
+    layout = make_layout(tmp_path, tls)
+    with EchoBackend(layout.backend_port) as backend:
+        yield layout, backend
+
+
+@pytest.mark.parametrize("server", SERVERS)
+def test_proxy_behaviour(server: ProxyServer, echo_layout: tuple[Layout, EchoBackend]) -> None:
+    layout, backend = echo_layout
+    conf = layout.config(server)
+    ports = [layout.push_port, layout.pull_port, layout.host_port]
+    proc = start_proxy(server, conf, ports)
+    try:
+        _check_sites(server, layout, backend)
+    except AssertionError:
+        print(conf.read_text())
+        print(proc.log()[-3000:])
+        for log in sorted((layout.root / "run").glob("*.log")):
+            print(f"--- {log.name}\n{log.read_text(errors='replace')[-3000:]}")
+        raise
+    finally:
+        proc.stop()
+
+
+def _check_sites(server: ProxyServer, layout: Layout, backend: EchoBackend) -> None:
+    scheme = "https" if layout.tls else "http"
+    ca = layout.tls.ca_cert if layout.tls else None
+    h = layout.host_port
+    sites = [
+        # (port, Host header as the client sends it, repository the path must land in)
+        (layout.push_port, f"project.example.com:{layout.push_port}", PUSH_REPO),
+        (layout.pull_port, f"project.example.com:{layout.pull_port}", PULL_REPO),
+        (h, f"project-push.example.com:{h}", PUSH_REPO),
+        (h, f"project.example.com:{h}", PULL_REPO),
+        (h, f"team-a.docker.example.com:{h}", "team-a"),
+    ]
+    if server != "caddy":
+        # Caddy has no lower-case function for placeholders: it passes the label as typed.
+        sites.append((h, f"Team-B.Docker.Example.com:{h}", "team-b"))
+    for port, host, repo in sites:
+        what = f"{host} -> {repo}"
+        test_id = f"{port}-{host}"
+        streamed: list[bool] = []
+
+        def saw_first_bytes(test_id: str = test_id, streamed: list[bool] = streamed) -> None:
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                if backend.received.get(test_id, 0) > 0:
+                    streamed.append(True)
+                    return
+                time.sleep(0.01)
+            streamed.append(False)
+
+        push = request(
+            port,
+            "POST",
+            "/v2/team%2Fimg/blobs/uploads/?mount=sha256%3Aab&from=x",
+            host,
+            ca=ca,
+            chunks=10,
+            after_first_chunk=saw_first_bytes,
+            headers={
+                "X-Test-Id": test_id,
+                # Forgeries a proxy must not let through to a server that trusts it.
+                "X-Forwarded-Host": "evil.example",
+                "X-Forwarded-Prefix": "/evil",
+                "Forwarded": "for=1.2.3.4;host=evil.example;proto=http",
+            },
+        )
+        assert push.status == 200, (what, push.status, push.body[:500])
+        echo = push.echo()
+        assert echo["raw_path"] == (
+            f"/repository/{repo}/v2/team%2Fimg/blobs/uploads/?mount=sha256%3Aab&from=x"
+        ), what
+        assert echo["method"] == "POST"
+        assert echo["body_length"] == 10 * MIB, what
+        assert streamed == [True], f"{what}: the proxy buffered the request body"
+        assert echo["version"] == "1.1", what
+        sent = echo["header_map"]
+        assert sent["host"] == host, what
+        assert sent["x-forwarded-host"] == host, what
+        assert sent["x-forwarded-proto"] == scheme, what
+        assert sent["x-forwarded-port"] == str(port), what
+        assert "127.0.0.1" in sent["x-forwarded-for"], what
+        assert "x-forwarded-prefix" not in sent, what
+        assert "forwarded" not in sent, what
+        assert push.headers.get("docker-distribution-api-version") == "registry/2.0", what
+
+        for target, expected in [
+            ("/v2", f"/repository/{repo}/v2"),
+            ("/v2/", f"/repository/{repo}/v2/"),
+            (
+                "/v2/a%2Fb/tags/list?n=10&last=x%2Fy",
+                f"/repository/{repo}/v2/a%2Fb/tags/list?n=10&last=x%2Fy",
+            ),
+            ("/v1/search?q=busybox", f"/repository/{repo}/v1/search?q=busybox"),
+            # Not Docker paths: to the main listener unchanged.
+            ("/service/rest/v1/status?x=%2F", "/service/rest/v1/status?x=%2F"),
+            ("/repository/other/v2/x%2Fy/tags/list", "/repository/other/v2/x%2Fy/tags/list"),
+            ("/v2x/not-docker", "/v2x/not-docker"),
+        ]:
+            got = request(port, "GET", target, host, ca=ca)
+            assert got.status == 200, (what, target, got.status, got.body[:300])
+            assert got.echo()["raw_path"] == expected, (what, target)
+            assert got.headers.get("docker-distribution-api-version") == "registry/2.0"
+
+    # A host name no mapping claims passes through untouched: Portway routes it itself
+    # (repository paths, its own host mappings).
+    other = f"other.example.com:{h}"
+    got = request(h, "PUT", "/v2/docker-hosted/img/manifests/v1", other, ca=ca, chunks=1)
+    assert got.status == 200, (other, got.status, got.body[:300])
+    echo = got.echo()
+    assert echo["raw_path"] == "/v2/docker-hosted/img/manifests/v1"
+    assert echo["body_length"] == MIB
+    assert echo["header_map"]["x-forwarded-host"] == other
+
+
+# --- plan building and the command line ---------------------------------------------------
+
+
+def test_plan_picks_certificate_per_host_and_notes_portway_connectors(tmp_path: Path) -> None:
+    issued = init_tls(tmp_path, ["*.example.com", "project.example.com", "*.docker.example.com"])
+    settings = parse_settings(
+        {
+            "repository": [{"name": "r1", "type": "hosted"}],
+            "connector": [
+                {"listen": "0.0.0.0:8086", "repository": "r1", "served_by": "proxy"},
+                {"listen": "0.0.0.0:8087", "repository": "r1"},
+            ],
+            "host": [
+                {"name": "project.example.com", "repository": "r1"},
+                {"name": "other.example.com", "repository": "r1"},
+                {"name": "*.docker.example.com"},
+            ],
+        },
+        environ={},
+    )
+    pairs = tuple(CertPair(i.cert, i.key) for i in issued.issued)
+    plan = build_plan(settings, ProxyOptions(certs=pairs))
+    assert plan.upstream.url == "http://127.0.0.1:8081"
+    by_name = {site.name: site.tls for site in plan.sites}
+    assert by_name["project.example.com"] == pairs[1]  # exact name beats the wildcard
+    assert by_name["other.example.com"] == pairs[0]
+    assert by_name["*.docker.example.com"] == pairs[2]
+    assert [listener.port for listener in plan.listeners] == [8086, 443]
+    assert len(plan.notes) == 1 and "8087" in plan.notes[0]
+    http_plan = build_plan(settings, ProxyOptions(upstream="http://10.0.0.5:9000"))
+    assert [listener.port for listener in http_plan.listeners] == [8086, 80]
+    assert http_plan.upstream.address == "10.0.0.5:9000"
+
+
+def test_plan_refuses_what_cannot_work(tmp_path: Path) -> None:
+    settings = parse_settings(
+        {
+            "repository": [{"name": "r1", "type": "hosted"}],
+            "connector": [{"listen": "0.0.0.0:443", "repository": "r1", "served_by": "proxy"}],
+            "host": [{"name": "a.example.com", "repository": "r1"}],
+        },
+        environ={},
+    )
+    with pytest.raises(ProxyConfigError, match="443"):
+        build_plan(settings, ProxyOptions(https_port=443, http_port=443))
+    with pytest.raises(ProxyConfigError, match="plain HTTP"):
+        build_plan(settings, ProxyOptions(upstream="https://127.0.0.1:8081", http_port=80))
+    with pytest.raises(ProxyConfigError, match="nothing to proxy"):
+        build_plan(parse_settings({}, environ={}))
+    with pytest.raises(ProxyConfigError, match="not found"):
+        build_plan(settings, ProxyOptions(certs=(CertPair(tmp_path / "x", tmp_path / "y"),)))
+
+
+def test_cli_writes_config(tmp_path: Path) -> None:
+    layout = make_layout(tmp_path, tls=True)
+    assert layout.tls is not None
+    config = tmp_path / "portway.toml"
+    config.write_text(
+        f'[server]\nlisten = "127.0.0.1:{layout.backend_port}"\n'
+        '[[repository]]\nname = "r1"\ntype = "hosted"\n'
+        f'[[connector]]\nlisten = "127.0.0.1:{layout.push_port}"\nrepository = "r1"\n'
+        'served_by = "proxy"\n'
+        '[[host]]\nname = "project.example.com"\nrepository = "r1"\n'
+    )
+    out = tmp_path / "nginx.conf"
+    tls = layout.tls.issued[0]
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")]),
+    }
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "portway",
+            "proxy-config",
+            "nginx",
+            "--config",
+            str(config),
+            "--tls-cert",
+            str(tls.cert),
+            "--tls-key",
+            str(tls.key),
+            "--https-port",
+            str(layout.host_port),
+            "--runtime-dir",
+            str(tmp_path / "run"),
+            "--output",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=False,
+    )
+    assert run.returncode == 0, run.stderr
+    text = out.read_text()
+    assert "/repository/r1$request_uri" in text
+    assert f"ssl_certificate {tls.cert};" in text
+    (tmp_path / "run").mkdir()
+    assert validate("nginx", out).returncode == 0
+    bad = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "portway",
+            "proxy-config",
+            "haproxy",
+            "--config",
+            str(config),
+            "--tls-cert",
+            str(tls.cert),
+            "--tls-key",
+            str(tls.key),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=False,
+    )
+    assert bad.returncode == 2
+    assert "COMBINED.pem" in bad.stderr
