@@ -2,14 +2,14 @@
 
 from .breaker import BreakerState, UpstreamBreaker
 from .challenge import Challenge, parse_challenges
-from .client import (
+from .client import UpstreamRegistry
+from .content import (
     PingResult,
     SearchPage,
     TagPage,
     UpstreamBlob,
     UpstreamManifest,
     UpstreamManifestInfo,
-    UpstreamRegistry,
 )
 from .errors import (
     UpstreamBlockedError,

@@ -8,15 +8,13 @@ counted and a blocked upstream is not contacted at all.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import parse_qs, urljoin, urlsplit
+from urllib.parse import urljoin, urlsplit
 
 import aiohttp
 from multidict import CIMultiDict
@@ -24,13 +22,26 @@ from multidict import CIMultiDict
 from .auth import UpstreamAuth
 from .breaker import BreakerState, UpstreamBreaker
 from .challenge import parse_challenges
+from .content import (
+    GENERIC_TYPES,
+    PingResult,
+    SearchPage,
+    TagPage,
+    UpstreamBlob,
+    UpstreamManifest,
+    UpstreamManifestInfo,
+    hasher_for,
+    int_or,
+    is_digest,
+    media_type_of,
+    next_last_from_link,
+    verified_digest,
+)
 from .errors import (
-    UpstreamDigestMismatchError,
     UpstreamError,
     UpstreamNotFoundError,
     UpstreamRateLimitedError,
     UpstreamServerError,
-    UpstreamTimeoutError,
     UpstreamTruncatedError,
     UpstreamUnauthorizedError,
     from_client_exception,
@@ -43,141 +54,13 @@ DOCKER_HUB_INDEX = "https://index.docker.io"  # where Docker Hub answers /v1/sea
 
 MAX_MANIFEST_SIZE = 4 * 1024 * 1024  # distribution's own limit
 MAX_ERROR_BODY = 64 * 1024
-BLOB_CHUNK_SIZE = 64 * 1024
 
 _NAME = re.compile(
     r"^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*$"
 )
 _TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$")
-_DIGEST = re.compile(r"^([a-z0-9]+(?:[.+_-][a-z0-9]+)*):([a-zA-Z0-9=_-]+)$")
-_HASHES = {"sha256": hashlib.sha256, "sha512": hashlib.sha512}
 _NOT_FOUND_CODES = {"MANIFEST_UNKNOWN", "BLOB_UNKNOWN", "NAME_UNKNOWN", "NOT_FOUND"}
-_GENERIC_TYPES = {"", "application/json", "text/plain", "application/octet-stream"}
 _REDIRECTS = {301, 302, 303, 307, 308}
-
-
-@dataclass(frozen=True)
-class UpstreamManifest:
-    body: bytes
-    media_type: str
-    digest: str
-
-    @property
-    def size(self) -> int:
-        return len(self.body)
-
-
-@dataclass(frozen=True)
-class UpstreamManifestInfo:
-    """What a HEAD tells: enough to see whether a cached tag is still current."""
-
-    digest: str | None  # None when the upstream sent no Docker-Content-Digest
-    media_type: str | None
-    size: int | None
-
-
-@dataclass(frozen=True)
-class TagPage:
-    name: str
-    tags: list[str]
-    next_last: str | None  # pass as ``last`` for the next page; None on the last page
-
-
-@dataclass(frozen=True)
-class SearchPage:
-    query: str
-    num_results: int
-    num_pages: int
-    page: int
-    page_size: int
-    results: list[dict[str, Any]] = field(default_factory=list)
-
-
-@dataclass(frozen=True)
-class PingResult:
-    api_version: str | None  # Docker-Distribution-API-Version, e.g. "registry/2.0"
-    auth_scheme: str | None  # "basic", "bearer" or None (anonymous)
-
-
-def is_digest(reference: str) -> bool:
-    return _DIGEST.match(reference) is not None
-
-
-def compute_digest(data: bytes, algorithm: str = "sha256") -> str:
-    hasher = _hasher(algorithm)()
-    hasher.update(data)
-    return f"{algorithm}:{hasher.hexdigest()}"
-
-
-def _hasher(algorithm: str) -> Callable[[], hashlib._Hash]:
-    try:
-        return _HASHES[algorithm]
-    except KeyError:
-        raise ValueError(f"unsupported digest algorithm {algorithm!r}") from None
-
-
-class UpstreamBlob:
-    """An open blob response. Iterate it for bytes; with ``verify`` the iteration raises
-    ``UpstreamDigestMismatchError`` at the end if the bytes do not hash to the digest, and
-    ``UpstreamTruncatedError`` when fewer bytes than announced arrived."""
-
-    def __init__(
-        self,
-        registry: UpstreamRegistry,
-        response: aiohttp.ClientResponse,
-        digest: str,
-        verify: bool,
-        what: str,
-    ) -> None:
-        self._registry = registry
-        self._response = response
-        self.digest = digest
-        self.verify = verify
-        self.size: int | None = response.content_length
-        self.media_type: str | None = response.headers.get("Content-Type")
-        self.url = str(response.url)
-        self._what = what
-
-    def __aiter__(self) -> AsyncIterator[bytes]:
-        return self.iter_chunks()
-
-    async def iter_chunks(self, chunk_size: int = BLOB_CHUNK_SIZE) -> AsyncIterator[bytes]:
-        algorithm = self.digest.split(":", 1)[0]
-        hasher = _hasher(algorithm)() if self.verify else None
-        received = 0
-        try:
-            async for chunk in self._response.content.iter_chunked(chunk_size):
-                received += len(chunk)
-                if hasher is not None:
-                    hasher.update(chunk)
-                yield chunk
-        except TimeoutError as exc:
-            stalled = UpstreamTimeoutError(
-                self.url,
-                f"{self._what} stalled: no data for {self._registry.read_timeout:g} s"
-                f" after {received} bytes",
-            )
-            raise self._registry._failed(stalled) from exc
-        except (aiohttp.ClientError, OSError) as exc:
-            raise self._registry._failed(
-                from_client_exception(self.url, exc, timeout=self._registry.read_timeout)
-            ) from exc
-        if self.size is not None and received != self.size:
-            raise self._registry._failed(
-                UpstreamTruncatedError(
-                    self.url, f"{self._what} ended after {received} of {self.size} bytes"
-                )
-            )
-        if hasher is not None and f"{algorithm}:{hasher.hexdigest()}" != self.digest:
-            raise UpstreamDigestMismatchError(
-                self.url,
-                f"{self._what} arrived with digest {algorithm}:{hasher.hexdigest()}"
-                f" ({received} bytes), not the one requested; discarded",
-            )
-
-    async def read(self) -> bytes:
-        """The whole blob in memory: for tests and small blobs (config) only."""
-        return b"".join([chunk async for chunk in self])
 
 
 class UpstreamRegistry:
@@ -293,9 +176,9 @@ class UpstreamRegistry:
                 )
             header_digest = resp.headers.get("Docker-Content-Digest")
             content_type = resp.headers.get("Content-Type", "")
-        digest = _verified_digest(url, what, body, ref, header_digest)
+        digest = verified_digest(url, what, body, ref, header_digest)
         return UpstreamManifest(
-            body=body, media_type=_media_type(content_type, body), digest=digest
+            body=body, media_type=media_type_of(content_type, body), digest=digest
         )
 
     async def head_manifest(
@@ -313,7 +196,7 @@ class UpstreamRegistry:
             content_type = resp.headers.get("Content-Type", "").split(";")[0].strip()
             return UpstreamManifestInfo(
                 digest=digest,
-                media_type=content_type if content_type not in _GENERIC_TYPES else None,
+                media_type=content_type if content_type not in GENERIC_TYPES else None,
                 size=resp.content_length,
             )
 
@@ -329,13 +212,13 @@ class UpstreamRegistry:
         name = self.remote_name(image)
         if not is_digest(digest):
             raise ValueError(f"{digest!r} is not a digest")
-        _hasher(digest.split(":", 1)[0])
+        hasher_for(digest.split(":", 1)[0])
         url = f"{self.remote_url}/v2/{name}/blobs/{digest}"
         what = f"blob {digest} of {name}"
         async with self._request(
             "GET", url, scope=_pull(name), what=what, timeout=self._blob_timeout
         ) as resp:
-            yield UpstreamBlob(self, resp, digest, verify, what)
+            yield UpstreamBlob(resp, digest, verify, what, self.read_timeout, self._failed)
 
     async def list_tags(self, image: str, n: int | None = None, last: str | None = None) -> TagPage:
         name = self.remote_name(image)
@@ -355,7 +238,7 @@ class UpstreamRegistry:
             isinstance(tags, list) and all(isinstance(t, str) for t in tags)
         ):
             raise self._failed(UpstreamServerError(url, "answered a malformed tag list"))
-        return TagPage(name=name, tags=list(tags or []), next_last=_next_last(link))
+        return TagPage(name=name, tags=list(tags or []), next_last=next_last_from_link(link))
 
     async def search(self, q: str, n: int = 25, page: int = 1) -> SearchPage | None:
         """Docker's ``/v1/search``; None when the upstream offers none (distribution)."""
@@ -376,10 +259,10 @@ class UpstreamRegistry:
         results = [r for r in doc.get("results") or [] if isinstance(r, dict)]
         return SearchPage(
             query=str(doc.get("query", q)),
-            num_results=_int(doc.get("num_results"), len(results)),
-            num_pages=_int(doc.get("num_pages"), 1),
-            page=_int(doc.get("page"), page),
-            page_size=_int(doc.get("page_size"), n),
+            num_results=int_or(doc.get("num_results"), len(results)),
+            num_pages=int_or(doc.get("num_pages"), 1),
+            page=int_or(doc.get("page"), page),
+            page_size=int_or(doc.get("page_size"), n),
             results=results,
         )
 
@@ -546,58 +429,3 @@ def _origin(url: str) -> tuple[str, str, int | None]:
     parts = urlsplit(url)
     port = parts.port or {"http": 80, "https": 443}.get(parts.scheme)
     return parts.scheme, (parts.hostname or "").lower(), port
-
-
-def _verified_digest(
-    url: str, what: str, body: bytes, reference: str, header_digest: str | None
-) -> str:
-    """The manifest's digest; raises when the body does not match what was asked or told."""
-    expected = [d for d in (reference if is_digest(reference) else None, header_digest) if d]
-    algorithm = expected[0].split(":", 1)[0] if expected else "sha256"
-    if algorithm not in _HASHES:
-        algorithm = "sha256"
-    actual = compute_digest(body, algorithm)
-    for claimed in expected:
-        if claimed.split(":", 1)[0] != algorithm:
-            continue  # a header in another algorithm than the reference: nothing to compare
-        if claimed != actual:
-            source = "requested" if claimed == reference else "announced by Docker-Content-Digest"
-            raise UpstreamDigestMismatchError(
-                url, f"{what} arrived with digest {actual}, not the {claimed} {source}; discarded"
-            )
-    return actual
-
-
-def _media_type(content_type: str, body: bytes) -> str:
-    media_type = content_type.split(";")[0].strip()
-    if media_type not in _GENERIC_TYPES:
-        return media_type
-    try:
-        doc = json.loads(body)
-    except ValueError:
-        return media_type or "application/octet-stream"
-    if isinstance(doc, dict):
-        declared = doc.get("mediaType")
-        if isinstance(declared, str) and declared:
-            return declared
-        if doc.get("schemaVersion") == 1:
-            return "application/vnd.docker.distribution.manifest.v1+prettyjws"
-    return media_type or "application/json"
-
-
-def _next_last(link: str | None) -> str | None:
-    if not link:
-        return None
-    for part in link.split(","):
-        target, _, rest = part.partition(";")
-        if 'rel="next"' not in rest.replace(" ", "") and "rel=next" not in rest.replace(" ", ""):
-            continue
-        query = urlsplit(target.strip().strip("<>")).query
-        values = parse_qs(query).get("last")
-        if values:
-            return values[0]
-    return None
-
-
-def _int(value: object, default: int) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) else default
