@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from aiohttp import web
+from multidict import CIMultiDict
 
 from portway.http.v2.call import V2Call, read_limited
+from portway.oci.digest import Digest
 from portway.oci.manifest import MAX_MANIFEST_BYTES, parse_accept
 
 
@@ -35,12 +37,15 @@ async def put(call: V2Call, reference: str) -> web.StreamResponse:
     digest, subject = await call.repo.writable().put_manifest(
         call.image, reference, body, content_type, extra_tags
     )
-    headers = {
-        "Location": call.url(f"/manifests/{digest}"),
-        "Docker-Content-Digest": digest,
-    }
+    headers = CIMultiDict(
+        {"Location": call.url(f"/manifests/{digest}"), "Docker-Content-Digest": digest}
+    )
     if subject:
         headers["OCI-Subject"] = subject
+    # One OCI-Tag per tag this request set (the spec's answer to `?tag=` on a PUT by digest).
+    applied = extra_tags if Digest.is_digest(reference) else [reference, *extra_tags]
+    for tag in dict.fromkeys(applied):
+        headers.add("OCI-Tag", tag)
     return web.Response(status=201, headers=headers)
 
 
