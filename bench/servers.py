@@ -37,6 +37,7 @@ class Target:
     port: int
     api: str
     ref: str
+    single_post: bool = False  # takes a monolithic upload as one POST ?digest= with the body
 
     @property
     def base(self) -> str:
@@ -228,12 +229,12 @@ def start_portway(
         api = f"/v2/{HOSTED}/"
     else:
         raise ValueError(f"unknown Portway layout {layout!r}")
-    return server, Target(name, "127.0.0.1", port, api, f"127.0.0.1:{port}/{HOSTED}")
+    return server, Target(name, "127.0.0.1", port, api, f"127.0.0.1:{port}/{HOSTED}", True)
 
 
 def connector_target(port: int, name: str) -> Target:
     """A connector maps its port's root /v2/<image>/... to its repository."""
-    return Target(name, "127.0.0.1", port, "/v2/", f"127.0.0.1:{port}")
+    return Target(name, "127.0.0.1", port, "/v2/", f"127.0.0.1:{port}", True)
 
 
 # --------------------------------------------------------------------------- distribution

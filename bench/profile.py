@@ -1,0 +1,143 @@
+"""Profile Portway under wrk load with py-spy and print the hot spots.
+
+    .venv/bin/python bench/profile.py [--what manifest|blob] [--duration 15] [--svg FILE]
+
+Starts Portway alone (fresh data folder), pushes a small image, runs wrk (2 threads, 64
+connections) against a manifest GET by tag (or a 1 KiB blob GET) while `py-spy record` samples
+the server and its workers, then prints the functions with the most samples, by own time and
+by inclusive time. Needs py-spy in the venv (`.venv/bin/pip install py-spy`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import re
+import secrets
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+from pathlib import Path
+
+from data import OCI_MANIFEST
+from ops import check_get, push_small_image, wrk
+from servers import start_portway
+
+FRAME = re.compile(r"^(?P<func>.*?) \((?P<file>[^()]*?)(?::\d+)?\)$")
+
+
+def short(frame: str) -> str:
+    m = FRAME.match(frame)
+    if not m:
+        return frame
+    file = m.group("file")
+    for marker in ("site-packages/", "/src/", "lib/python3"):
+        if marker in file:
+            file = file.split(marker, 1)[1]
+            break
+    return f"{m.group('func')} ({file})"
+
+
+def summarize(raw: str, top: int) -> tuple[int, list[tuple[str, int]], list[tuple[str, int]]]:
+    own: collections.Counter[str] = collections.Counter()
+    inclusive: collections.Counter[str] = collections.Counter()
+    total = 0
+    for line in raw.splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not stack or not count_text.isdigit():
+            continue
+        count = int(count_text)
+        frames = [short(f) for f in stack.split(";") if not f.startswith(("process ", "thread "))]
+        if not frames:
+            continue
+        total += count
+        own[frames[-1]] += count
+        for f in set(frames):
+            inclusive[f] += count
+    return total, own.most_common(top), inclusive.most_common(top)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--what", choices=("manifest", "blob"), default="manifest")
+    p.add_argument("--duration", type=int, default=15, help="seconds of load and sampling")
+    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--rate", type=int, default=200, help="py-spy samples per second")
+    p.add_argument("--top", type=int, default=25)
+    p.add_argument("--svg", type=Path, help="also write a flame graph here")
+    args = p.parse_args(argv)
+    pyspy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    if not Path(pyspy).exists():
+        print("py-spy not found: .venv/bin/pip install py-spy", file=sys.stderr)
+        return 2
+    workdir = Path(tempfile.mkdtemp(prefix="portway-profile-"))
+    server = None
+    try:
+        server, t = start_portway(workdir, workers=args.workers)
+        img = push_small_image(t, "bench/small", secrets.token_hex(4))
+        if args.what == "manifest":
+            path = t.path(img.image, f"manifests/{img.tag}")
+            check_get(t, path, img.manifest, OCI_MANIFEST)
+            headers = {"Accept": OCI_MANIFEST}
+        else:
+            path = t.path(img.image, f"blobs/{img.layer_digest}")
+            check_get(t, path, img.layer)
+            headers = {}
+        raw_out = workdir / "profile.txt"
+        cmd = [
+            pyspy,
+            "record",
+            "--pid",
+            str(server.proc.pid),
+            "--subprocesses",
+            "--function",
+            "--rate",
+            str(args.rate),
+            "--duration",
+            str(args.duration),
+            "--nonblocking",
+            "--format",
+            "raw",
+            "--output",
+            str(raw_out),
+        ]
+        spy = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        result: dict[str, float] = {}
+
+        def load() -> None:
+            result["rps"] = wrk(t.base + path, args.duration, headers=headers).requests_per_s
+
+        loader = threading.Thread(target=load)
+        loader.start()
+        loader.join()
+        _, err = spy.communicate(timeout=args.duration + 60)
+        if spy.returncode != 0 or not raw_out.exists():
+            print(f"py-spy failed: {err.strip()}", file=sys.stderr)
+            return 1
+        total, own, incl = summarize(raw_out.read_text(), args.top)
+        if args.svg:
+            svg_cmd = [*cmd[:-4], "--format", "flamegraph", "--output", str(args.svg)]
+            print("(flame graph: rerun with)", " ".join(svg_cmd), file=sys.stderr)
+        print(
+            f"wrk {args.what} GET: {result.get('rps', 0):,.0f} req/s under py-spy "
+            f"(sampling slows the server; compare ratios, not the rate)"
+        )
+        print(f"{total} samples\n\nown time:")
+        for name, n in own:
+            print(f"  {100 * n / total:5.1f}%  {name}")
+        print("\ninclusive time:")
+        for name, n in incl:
+            print(f"  {100 * n / total:5.1f}%  {name}")
+    finally:
+        if server is not None:
+            server.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
