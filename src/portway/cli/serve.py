@@ -16,21 +16,22 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.set_defaults(func=run)
 
 
-def prepare(settings: Settings) -> bool:
-    """Create the database and the repositories once, before any worker starts.
-    Returns True on the very first start (a new data directory)."""
-    from portway.http.app import build_context, open_stores
+def prepare(settings: Settings) -> tuple[bool, str | None]:
+    """Create the database, the repositories and the admin once, before any worker starts.
+    Returns (first start?, the admin's new password when it was just created)."""
+    from portway.http.app import build_context, open_stores, security
 
     first = not (settings.server.data_dir / "portway.db").exists()
     meta, blobs = open_stores(settings)
     try:
-        build_context(settings, meta, blobs)
+        authorizer, password = security(settings, meta)
+        build_context(settings, meta, blobs, authorizer)
     finally:
         meta.close()
-    return first
+    return first, password
 
 
-def banner(settings: Settings, first: bool) -> str:
+def banner(settings: Settings, first: bool, admin_password: str | None = None) -> str:
     host, port = settings.server.listen.rsplit(":", 1)
     shown = "localhost" if host in ("0.0.0.0", "::", "[::]") else host
     lines = [f"Portway serving on {settings.server.listen} (data: {settings.server.data_dir})"]
@@ -42,13 +43,27 @@ def banner(settings: Settings, first: bool) -> str:
     for conn in settings.connector:
         if conn.repository:
             lines.append(f"  connector {conn.listen} -> {conn.repository} ({conn.served_by})")
+    if admin_password:
+        lines += [
+            "",
+            f"Created user 'admin' with password: {admin_password}",
+            f"  (also in {settings.server.data_dir / 'admin.password'}; shown only this once)",
+        ]
+    if not settings.security.enabled:
+        lines.append("Security is off ([security] enabled = false): anyone may push and pull.")
     if first:
         routed = next((r.name for r in settings.repository if r.path_routing), None)
         if routed:
             ref = f"{shown}:{port}/{routed}/hello:1.0"
+            login = (
+                [f"  docker login {shown}:{port} -u admin   # password above"]
+                if settings.security.enabled
+                else []
+            )
             lines += [
                 "",
                 "Try it (loopback addresses count as insecure registries for Docker):",
+                *login,
                 f"  docker tag hello-world {ref} && docker push {ref}",
                 f"  docker pull {ref}",
                 f"  skopeo copy --dest-tls-verify=false docker-archive:img.tar docker://{ref}",
@@ -68,6 +83,6 @@ def run(args: argparse.Namespace) -> int:
         update["data_dir"] = args.data_dir.resolve()
     if update:
         settings = settings.model_copy(update={"server": server.model_copy(update=update)})
-    first = prepare(settings)
-    print(banner(settings, first), flush=True)
+    first, password = prepare(settings)
+    print(banner(settings, first, password), flush=True)
     return serve(settings, settings.server.workers)

@@ -10,6 +10,7 @@ from aiohttp import web
 
 from portway.config import Settings
 from portway.db.store import MetadataStore
+from portway.http.auth import SecurityAuthorizer, remember_route, token_endpoint
 from portway.http.context import CONTEXT_KEY, AppContext, Authorizer
 from portway.http.errors import add_api_version, error_middleware
 from portway.http.forwarded import TrustedProxies, client_origin
@@ -30,10 +31,32 @@ def open_stores(settings: Settings) -> tuple[MetadataStore, BlobStore]:
     return meta, blobs
 
 
+def security(settings: Settings, meta: MetadataStore) -> tuple[Authorizer | None, str | None]:
+    """The authorizer for `[security]`, and the admin's first password (first start only)."""
+    if not settings.security.enabled:
+        return None, None
+    from portway.auth.service import AuthService
+    from portway.auth.store import UserStore
+
+    store = UserStore(meta.engine)
+    store.ensure_builtin_roles()
+    password = store.ensure_admin(settings.server.data_dir)
+    auth = AuthService.create(
+        store,
+        settings.server.data_dir,
+        settings.repository,
+        issuer="portway",
+        token_ttl=settings.security.token_ttl,
+    )
+    return SecurityAuthorizer(auth, settings.security.service), password
+
+
 def build_context(
     settings: Settings, meta: MetadataStore, blobs: BlobStore, authorizer: Authorizer | None = None
 ) -> AppContext:
     repos = build_repositories(settings, meta, blobs)
+    if authorizer is None:
+        authorizer = security(settings, meta)[0]
     ctx = AppContext(
         settings=settings,
         repos=repos,
@@ -63,7 +86,10 @@ async def handle(request: web.Request) -> web.StreamResponse:
     if route.via == "path" and origin.forwarded:
         # A proxy mapped a root (or X-Forwarded-Prefix) onto /repository/<repo>/.
         route = replace(route, prefix=origin.prefix or "")
+    remember_route(request, route)
     rest = route.rest
+    if rest == "/v2/token":
+        return await token_endpoint(request, ctx, route)
     if rest in ("/v2", "/v2/"):
         if request.method not in ("GET", "HEAD"):
             raise RegistryError("UNSUPPORTED", status=405)

@@ -135,6 +135,24 @@ class HostedRepository:
         return guard
 
     # -- manifests ---------------------------------------------------------------------
+    def moves_tags(
+        self, image: str, reference: str, body: bytes, extra_tags: Sequence[str]
+    ) -> bool:
+        """Would this push point an existing tag at another manifest (an overwrite)?"""
+        names = list(extra_tags) if Digest.is_digest(reference) else [reference, *extra_tags]
+        if not names:
+            return False
+        algorithm = reference.partition(":")[0] if Digest.is_digest(reference) else "sha256"
+        try:
+            new = str(Digest.of(body, algorithm))
+        except ValueError:
+            return False
+        for tag in names:
+            current = self.meta.tag_digest(self.repo_id, image, tag)
+            if current is not None and current != new:
+                return True
+        return False
+
     async def put_manifest(
         self,
         image: str,

@@ -43,7 +43,7 @@ class V2Call:
         return full
 
     async def authorize(self, *actions: str) -> None:
-        await self.ctx.authorizer.authorize(self.request, self.repo.name, self.image, actions)
+        await self.ctx.authorizer.authorize(self.request, self.repo.name, self.url_name, actions)
 
 
 def content_length(request: web.Request) -> int | None:

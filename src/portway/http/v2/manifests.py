@@ -34,9 +34,10 @@ async def put(call: V2Call, reference: str) -> web.StreamResponse:
     body = await read_limited(call.request, MAX_MANIFEST_BYTES)
     content_type = call.request.headers.get("Content-Type", "").split(";", 1)[0].strip() or None
     extra_tags = call.request.query.getall("tag", [])
-    digest, subject = await call.repo.writable().put_manifest(
-        call.image, reference, body, content_type, extra_tags
-    )
+    repo = call.repo.writable()
+    if repo.moves_tags(call.image, reference, body, extra_tags):
+        await call.authorize("edit")  # overwriting a tag is `edit`, not just `add`
+    digest, subject = await repo.put_manifest(call.image, reference, body, content_type, extra_tags)
     headers = CIMultiDict(
         {"Location": call.url(f"/manifests/{digest}"), "Docker-Content-Digest": digest}
     )

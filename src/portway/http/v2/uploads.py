@@ -85,7 +85,7 @@ async def _mount(call: V2Call, digest: Digest, source: str) -> bool:
         return False
     src_repo, src_image = found
     try:
-        await call.ctx.authorizer.authorize(call.request, src_repo.name, src_image, ("pull",))
+        await call.ctx.authorizer.authorize(call.request, src_repo.name, source, ("pull",))
     except RegistryError:
         return False
     if not await src_repo.has_blob(src_image, digest):

@@ -1,0 +1,279 @@
+"""Security on the HTTP side: who is asking (Basic or bearer), may they do it here, and the
+token endpoint (`<route>/v2/token`) the `WWW-Authenticate` challenge sends Docker clients to.
+
+The realm is built for the URL the client came through (connector, host mapping, repository
+path, behind a proxy), and every token is bound to the repository it was issued for.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from aiohttp import web
+
+from portway.auth.privileges import ACTIONS, BROWSE, READ, Principal, allowed_actions
+from portway.auth.scopes import Scope, ScopeError, parse_scopes
+from portway.auth.service import AuthError, AuthService, Grant, InvalidCredentials, LoginLocked
+from portway.http.context import CONTEXT_KEY, AppContext
+from portway.http.forwarded import client_origin
+from portway.http.routing import Route
+from portway.oci.errors import RegistryError
+
+# Handler vocabulary -> Portway privileges.
+_ACTION_MAP = {"pull": READ, "push": "add", "delete": "delete", "edit": "edit", "catalog": BROWSE}
+_GRANTS = "portway.grants"
+_PRINCIPAL = "portway.principal"
+_ROUTE = "portway.route"
+
+
+def remember_route(request: web.Request, route: Route) -> None:
+    request[_ROUTE] = route
+
+
+def _client_addr(request: web.Request) -> str | None:
+    return request.remote
+
+
+def _realm(request: web.Request, ctx: AppContext) -> str:
+    route: Route | None = request.get(_ROUTE)
+    prefix = route.prefix if route else ""
+    if route is not None and route.external_url:
+        return route.external_url.rstrip("/") + prefix + "/v2/token"
+    return client_origin(request, ctx.trusted).url(prefix + "/v2/token")
+
+
+def _docker_actions(actions: tuple[str, ...]) -> str:
+    docker = []
+    if any(a in ("pull", "catalog") for a in actions):
+        docker.append("pull")
+    if "push" in actions or "edit" in actions:
+        docker.append("push")
+    if "delete" in actions:
+        docker.append("delete")
+    return ",".join(docker or ["pull"])
+
+
+class SecurityAuthorizer:
+    """The Authorizer used when `[security] enabled = true`."""
+
+    def __init__(self, auth: AuthService, service: str) -> None:
+        self.auth = auth
+        self.service = service
+
+    # -- identity ----------------------------------------------------------------------
+    def _credentials(self, request: web.Request) -> tuple[str, str]:
+        header = request.headers.get("Authorization", "").strip()
+        scheme, _, value = header.partition(" ")
+        return scheme.lower(), value.strip()
+
+    def _grant(self, request: web.Request, repository: str | None) -> Grant:
+        cache: dict[str | None, Grant] = request.setdefault(_GRANTS, {})
+        if repository in cache:
+            return cache[repository]
+        scheme, value = self._credentials(request)
+        try:
+            if scheme == "bearer":
+                grant = self.auth.verify_bearer(value, repository, self.service)
+            else:
+                principal = self.auth.authenticate_basic(
+                    request.headers.get("Authorization"), _client_addr(request)
+                )
+                request[_PRINCIPAL] = principal
+                grant = self.auth.authorize(principal, repository)
+        except LoginLocked as exc:
+            raise RegistryError(
+                "TOOMANYREQUESTS",
+                exc.message,
+                status=429,
+                headers={"Retry-After": str(exc.retry_after)},
+            ) from None
+        except AuthError as exc:
+            raise self._challenge(
+                request,
+                repository,
+                None,
+                (),
+                exc.message,
+                "invalid_token" if scheme == "bearer" else None,
+            ) from None
+        cache[repository] = grant
+        return grant
+
+    def principal(self, request: web.Request) -> Principal | None:
+        principal: Principal | None = request.get(_PRINCIPAL)
+        if principal is not None:
+            return principal
+        grants: dict[str | None, Grant] = request.get(_GRANTS, {})
+        for grant in grants.values():
+            principal = self.auth.principal_of(grant)
+            if principal is not None:
+                request[_PRINCIPAL] = principal
+                return principal
+        return None
+
+    # -- decisions ---------------------------------------------------------------------
+    def _challenge(
+        self,
+        request: web.Request,
+        repository: str | None,
+        image: str | None,
+        actions: tuple[str, ...],
+        message: str = "authentication required",
+        error: str | None = None,
+    ) -> RegistryError:
+        ctx = request.app[CONTEXT_KEY]
+        scope = None
+        if image is not None:
+            scope = f"repository:{image}:{_docker_actions(actions)}"
+        elif "catalog" in actions:
+            scope = "registry:catalog:*"
+        header = AuthService.challenge(_realm(request, ctx), self.service, scope, error)
+        detail = (
+            [{"Type": "repository", "Name": image, "Action": a} for a in actions] if image else None
+        )
+        return RegistryError("UNAUTHORIZED", message, detail, headers={"WWW-Authenticate": header})
+
+    async def authorize(
+        self,
+        request: web.Request,
+        repository: str | None,
+        image: str | None,
+        actions: tuple[str, ...],
+    ) -> None:
+        grant = self._grant(request, repository)
+        if not actions:
+            # GET /v2/: any valid identity; no credentials gets the challenge (docker login).
+            scheme, _ = self._credentials(request)
+            if grant.anonymous and scheme != "bearer":
+                raise self._challenge(request, repository, None, ())
+            return
+        if "catalog" in actions:
+            if not grant.catalog and grant.access is not None:
+                raise self._challenge(
+                    request, repository, None, actions, error="insufficient_scope"
+                )
+            if repository is not None and not grant.permits(BROWSE):
+                raise self._refuse(request, grant, repository, None, actions)
+            return
+        needed = [_ACTION_MAP[a] for a in actions]
+        if all(grant.permits(a, image) for a in needed):
+            return
+        raise self._refuse(request, grant, repository, image, actions)
+
+    def _refuse(
+        self,
+        request: web.Request,
+        grant: Grant,
+        repository: str | None,
+        image: str | None,
+        actions: tuple[str, ...],
+    ) -> RegistryError:
+        scheme, _ = self._credentials(request)
+        if grant.anonymous:
+            return self._challenge(request, repository, image, actions)
+        principal = self.principal(request)
+        allowed = (
+            allowed_actions(principal, repository) if principal and repository else frozenset()
+        )
+        if READ not in allowed and BROWSE not in allowed:
+            # No existence leak: the same answer as for a repository that does not exist.
+            return RegistryError("NAME_UNKNOWN", "repository or image not found")
+        wanted = {_ACTION_MAP[a] for a in actions}
+        if scheme == "bearer" and wanted <= allowed:
+            # The user may, the token does not say so: get a token with this scope.
+            return self._challenge(request, repository, image, actions, error="insufficient_scope")
+        return RegistryError(
+            "DENIED",
+            "requested access to the resource is denied",
+            detail={"repository": repository, "actions": sorted(wanted & ACTIONS)},
+        )
+
+    def visible(self, request: web.Request, repository: str) -> bool:
+        principal = self.principal(request)
+        if principal is None:
+            principal = self.auth.anonymous()
+        return BROWSE in allowed_actions(principal, repository)
+
+
+# -- token endpoint ------------------------------------------------------------------------
+def _bound_repository(ctx: AppContext, route: Route, scopes: list[Scope]) -> str | None:
+    """The repository a token is for: the route's, or on a shared host the repository the
+    first repository scope names (`<repo>/<image>`)."""
+    if route.repository is not None:
+        return route.repository
+    for scope in scopes:
+        if scope.type == "repository":
+            repo = scope.name.partition("/")[0]
+            cfg = ctx.settings.repo(repo)
+            if cfg is not None and cfg.path_routing:
+                return repo
+            return None
+    return None
+
+
+def _token_response(body: dict[str, Any]) -> web.Response:
+    return web.Response(
+        body=json.dumps(body).encode(),
+        content_type="application/json",
+        headers={"Cache-Control": "no-store", "Pragma": "no-cache"},
+    )
+
+
+async def token_endpoint(request: web.Request, ctx: AppContext, route: Route) -> web.Response:
+    authorizer = ctx.authorizer
+    if not isinstance(authorizer, SecurityAuthorizer):
+        raise RegistryError("UNSUPPORTED", "security is off: no tokens needed", status=404)
+    auth = authorizer.auth
+    client = _client_addr(request)
+    if request.method == "POST":
+        form = await request.post()
+        fields = {k: str(v) for k, v in form.items()}
+        scope_values = [str(v) for v in form.getall("scope", [])]
+    elif request.method == "GET":
+        fields = {k: v for k, v in request.query.items()}
+        scope_values = request.query.getall("scope", [])
+    else:
+        raise RegistryError("UNSUPPORTED", status=405)
+    try:
+        scopes = parse_scopes(scope_values)
+    except ScopeError as exc:
+        raise RegistryError("UNSUPPORTED", str(exc), status=400) from None
+    bound = _bound_repository(ctx, route, scopes)
+    if route.repository is None and bound is not None:
+        scopes = [s for s in scopes if s.type != "repository" or s.name.startswith(bound + "/")]
+    service = fields.get("service") or authorizer.service
+    try:
+        if request.method == "POST":
+            grant_type = fields.get("grant_type", "")
+            if grant_type == "refresh_token":
+                body = auth.refresh(fields.get("refresh_token", ""), service, scopes, bound, client)
+                return _token_response(body)
+            if grant_type != "password":
+                raise RegistryError(
+                    "UNSUPPORTED", "grant_type must be password or refresh_token", status=400
+                )
+            principal = auth.authenticate_password(
+                fields.get("username", ""), fields.get("password", ""), client
+            )
+            offline = fields.get("access_type") == "offline"
+        else:
+            principal = auth.authenticate_basic(request.headers.get("Authorization"), client)
+            offline = fields.get("offline_token", "").lower() == "true"
+    except LoginLocked as exc:
+        raise RegistryError(
+            "TOOMANYREQUESTS",
+            exc.message,
+            status=429,
+            headers={"Retry-After": str(exc.retry_after)},
+        ) from None
+    except InvalidCredentials as exc:
+        raise RegistryError(
+            "UNAUTHORIZED",
+            exc.message,
+            headers={"WWW-Authenticate": AuthService.basic_challenge(_realm(request, ctx))},
+        ) from None
+    except AuthError as exc:
+        raise RegistryError("UNAUTHORIZED", exc.message) from None
+    body = auth.issue_token(principal, service, scopes, bound, client, offline_token=offline)
+    return _token_response(body)
