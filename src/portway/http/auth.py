@@ -16,7 +16,7 @@ from portway.auth.privileges import ACTIONS, BROWSE, READ, Principal, allowed_ac
 from portway.auth.scopes import Scope, ScopeError, parse_scopes
 from portway.auth.service import AuthError, AuthService, Grant, InvalidCredentials, LoginLocked
 from portway.http.context import CONTEXT_KEY, AppContext
-from portway.http.forwarded import client_origin
+from portway.http.forwarded import client_address, client_origin
 from portway.http.routing import Route
 from portway.oci.errors import RegistryError
 
@@ -32,7 +32,7 @@ def remember_route(request: web.Request, route: Route) -> None:
 
 
 def _client_addr(request: web.Request) -> str | None:
-    return request.remote
+    return client_address(request, request.app[CONTEXT_KEY].trusted)
 
 
 def _realm(request: web.Request, ctx: AppContext) -> str:
@@ -187,6 +187,21 @@ class SecurityAuthorizer:
             "DENIED",
             "requested access to the resource is denied",
             detail={"repository": repository, "actions": sorted(wanted & ACTIONS)},
+        )
+
+    def audit(
+        self, request: web.Request, event: str, repository: str, detail: dict[str, str]
+    ) -> None:
+        if self.auth.audit is None:
+            return
+        grants: dict[str | None, Grant] = request.get(_GRANTS, {})
+        who = next((g.principal for g in grants.values()), None)
+        self.auth.audit.write(
+            event,
+            principal=who,
+            client=_client_addr(request),
+            repository=repository,
+            detail=detail,
         )
 
     def visible(self, request: web.Request, repository: str) -> bool:

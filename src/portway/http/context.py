@@ -28,6 +28,10 @@ class Authorizer(Protocol):
 
     def visible(self, request: web.Request, repository: str) -> bool: ...
 
+    def audit(
+        self, request: web.Request, event: str, repository: str, detail: dict[str, str]
+    ) -> None: ...
+
 
 class AllowAll:
     """Open access: what the embedded default does until security is configured."""
@@ -43,6 +47,11 @@ class AllowAll:
 
     def visible(self, request: web.Request, repository: str) -> bool:
         return True
+
+    def audit(
+        self, request: web.Request, event: str, repository: str, detail: dict[str, str]
+    ) -> None:
+        return None
 
 
 @dataclass

@@ -106,3 +106,19 @@ def _port_of(host: str) -> int | None:
 
 def _strip_port(host: str) -> str:
     return host[: host.rindex(":")] if _port_of(host) is not None else host
+
+
+def client_address(request: web.Request, trusted: TrustedProxies) -> str | None:
+    """The client's address: the peer, or what a trusted proxy says it forwarded for."""
+    peer = request.remote
+    if not trusted.trusts(peer):
+        return peer
+    if "Forwarded" in request.headers:
+        value = _parse_forwarded(request.headers["Forwarded"]).get("for")
+        if value:
+            return value.strip("[]").split("]:")[0]
+    xff = request.headers.get("X-Forwarded-For", "")
+    if xff:
+        return xff.split(",", 1)[0].strip() or peer
+    real = request.headers.get("X-Real-IP", "").strip()
+    return real or peer

@@ -85,6 +85,8 @@ async def run_worker(settings: Settings) -> None:
         access_log=logging.getLogger("portway.access")
         if settings.server.log_level == "debug"
         else None,
+        max_line_size=settings.security.max_header_bytes,
+        max_field_size=settings.security.max_header_bytes,
     )
     await runner.setup()
     stop = asyncio.Event()

@@ -62,4 +62,5 @@ async def get(call: V2Call, digest_text: str) -> web.StreamResponse:
 async def delete(call: V2Call, digest_text: str) -> web.StreamResponse:
     await call.authorize("delete")
     await call.repo.writable().delete_blob(call.image, Digest.parse(digest_text))
+    call.audit("delete", blob=digest_text)
     return web.Response(status=202)

@@ -42,6 +42,11 @@ class V2Call:
             return self.external_url.rstrip("/") + full
         return full
 
+    def audit(self, event: str, **detail: str) -> None:
+        self.ctx.authorizer.audit(
+            self.request, event, self.repo.name, {"image": self.url_name, **detail}
+        )
+
     async def authorize(self, *actions: str) -> None:
         await self.ctx.authorizer.authorize(self.request, self.repo.name, self.url_name, actions)
 

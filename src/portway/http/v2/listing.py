@@ -28,23 +28,25 @@ def _page_size(request: web.Request) -> int | None:
     return None if n is None else min(n, MAX_PAGE)
 
 
-def _next_link(base: str, n: int | None, items: list[str]) -> dict[str, str]:
-    if n is None or n == 0 or len(items) < n:
-        return {}
-    return {"Link": f'<{base}?{urlencode({"n": n, "last": items[-1]})}>; rel="next"'}
+def _page(base: str, n: int | None, items: list[str]) -> tuple[list[str], dict[str, str]]:
+    """Cut a page of `n` from `items` (fetched with one extra, to know whether more follow);
+    a `Link` to the next page only when there is one."""
+    if n is None or len(items) <= n:
+        return items, {}
+    items = items[:n]
+    return items, {"Link": f'<{base}?{urlencode({"n": n, "last": items[-1]})}>; rel="next"'}
 
 
 async def tags(call: V2Call) -> web.StreamResponse:
     await call.authorize("pull")
     n = _page_size(call.request)
     last = call.request.query.get("last")
-    names = [] if n == 0 else await call.repo.list_tags(call.image, last, n)
     if n == 0:
         await call.repo.list_tags(call.image, None, 1)  # NAME_UNKNOWN still applies
-    return _json(
-        {"name": call.url_name, "tags": names},
-        _next_link(call.url("/tags/list"), n, names),
-    )
+        return _json({"name": call.url_name, "tags": []})
+    found = await call.repo.list_tags(call.image, last, None if n is None else n + 1)
+    names, headers = _page(call.url("/tags/list"), n, found)
+    return _json({"name": call.url_name, "tags": names}, headers)
 
 
 async def referrers(call: V2Call, digest_text: str) -> web.StreamResponse:
@@ -68,10 +70,11 @@ async def catalog(
     n = _page_size(request)
     last = request.query.get("last")
     names: list[str]
+    want_total = None if n is None else n + 1  # one extra tells whether a next page exists
     if n == 0:
         names = []
     elif repository is not None:
-        names = await ctx.repos[repository].catalog(last, n)
+        names = await ctx.repos[repository].catalog(last, want_total)
     else:
         names = []
         for repo_name in ctx.routes.path_routed():
@@ -82,9 +85,10 @@ async def catalog(
             inner_last = None
             if last is not None and last.partition("/")[0] == repo_name:
                 inner_last = last.partition("/")[2]
-            want = None if n is None else n - len(names)
+            want = None if want_total is None else want_total - len(names)
             images = await ctx.repos[repo_name].catalog(inner_last, want)
             names.extend(f"{repo_name}/{image}" for image in images)
-            if n is not None and len(names) >= n:
+            if want_total is not None and len(names) >= want_total:
                 break
-    return _json({"repositories": names}, _next_link(f"{base}/v2/_catalog", n, names))
+    names, headers = _page(f"{base}/v2/_catalog", n or None, names)
+    return _json({"repositories": names}, headers)

@@ -43,6 +43,7 @@ async def put(call: V2Call, reference: str) -> web.StreamResponse:
     )
     if subject:
         headers["OCI-Subject"] = subject
+    call.audit("push", reference=reference, digest=digest)
     # One OCI-Tag per tag this request set (the spec's answer to `?tag=` on a PUT by digest).
     applied = extra_tags if Digest.is_digest(reference) else [reference, *extra_tags]
     for tag in dict.fromkeys(applied):
@@ -53,4 +54,5 @@ async def put(call: V2Call, reference: str) -> web.StreamResponse:
 async def delete(call: V2Call, reference: str) -> web.StreamResponse:
     await call.authorize("delete")
     await call.repo.writable().delete_manifest(call.image, reference)
+    call.audit("delete", reference=reference)
     return web.Response(status=202)
