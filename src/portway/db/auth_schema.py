@@ -61,9 +61,7 @@ role_includes = Table(
 user_roles = Table(
     "user_roles",
     metadata,
-    Column(
-        "username", String(128), ForeignKey("users.name", ondelete="CASCADE"), primary_key=True
-    ),
+    Column("username", String(128), ForeignKey("users.name", ondelete="CASCADE"), primary_key=True),
     Column("role", String(64), ForeignKey("roles.name", ondelete="CASCADE"), primary_key=True),
 )
 
@@ -71,9 +69,7 @@ refresh_tokens = Table(
     "refresh_tokens",
     metadata,
     Column("jti", String(64), primary_key=True),
-    Column(
-        "username", String(128), ForeignKey("users.name", ondelete="CASCADE"), nullable=False
-    ),
+    Column("username", String(128), ForeignKey("users.name", ondelete="CASCADE"), nullable=False),
     Column("repository", String(128), nullable=False),
     Column("issued", DateTime(timezone=True), nullable=False),
     Column("expires", DateTime(timezone=True), nullable=False),
