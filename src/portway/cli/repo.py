@@ -65,6 +65,13 @@ def show_repo(args: argparse.Namespace) -> int:
         "images": meta.list_images(repo_id, None, None),
         "routes": _routes_of(ctx, cfg.name),
     }
+    if cfg.type == "proxy":
+        from portway.maintenance.proxy_state import read_state
+
+        info["upstream"] = read_state(ctx.settings.server.data_dir, cfg.name) or {
+            "blocked": False,
+            "note": "no state published yet (server not running or upstream not used)",
+        }
     print(json.dumps(info, indent=2))
     meta.close()
     return 0

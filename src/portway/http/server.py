@@ -24,6 +24,7 @@ from aiohttp import web
 from portway.config import Settings, TlsConfig, split_listen
 from portway.http.app import build_app, build_context, open_stores
 from portway.http.context import AppContext
+from portway.maintenance.proxy_state import publish_loop
 
 log = logging.getLogger("portway.server")
 PURGE_INTERVAL = 600.0
@@ -96,9 +97,13 @@ async def run_worker(settings: Settings) -> None:
     try:
         opened = await open_listeners(runner, ctx)
         log.info("worker %d listening on %s", os.getpid(), ", ".join(f"{s}:{p}" for s, p in opened))
-        purge = asyncio.create_task(_purge_loop(ctx))
+        tasks = [
+            asyncio.create_task(_purge_loop(ctx)),
+            asyncio.create_task(publish_loop(ctx.repos, settings.server.data_dir)),
+        ]
         await stop.wait()
-        purge.cancel()
+        for task in tasks:
+            task.cancel()
     finally:
         await runner.cleanup()
         for repo in ctx.repos.values():
