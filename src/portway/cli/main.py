@@ -22,7 +22,11 @@ COMMAND_MODULES = (
 def build_parser() -> argparse.ArgumentParser:
     import importlib
 
-    parser = argparse.ArgumentParser(prog="portway", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="portway",
+        description="Portway: hosted, proxy and group container repositories behind ports, "
+        "host names and paths.",
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMAND_MODULES:
         try:
