@@ -418,3 +418,59 @@ def test_pushed_images_survive_restart_and_crash(
     podman = container_storage.podman
     pulled = podman("pull", "--quiet", "--tls-verify=false", f"{name}:v1").stdout.split()[-1]
     assert "sha256:" + pulled == oci_image.image_id
+
+
+def test_login_then_push_and_pull_with_security_on(
+    portway_factory: Callable[..., PortwayServer],
+    dockerd: Dockerd,
+    oci_image: OciImage,
+    container_storage: ContainerStorage,
+    tmp_path: Path,
+) -> None:
+    """What a user of `make serve` does: log in as admin (password in the data dir), push, pull."""
+    server = portway_factory(security={"enabled": True})
+    password = server.admin_password()
+    assert password, "security on, yet no <data>/admin.password"
+    creds = f"admin:{password}"
+    name = server.image("secure/app")
+
+    anonymous = skopeo("copy", NO_TLS_DEST, oci_image.ref, f"docker://{name}:anon", check=False)
+    assert anonymous.returncode != 0
+    assert "unauthorized" in anonymous.output.lower() or "401" in anonymous.output
+
+    wrong = skopeo(
+        "copy",
+        NO_TLS_DEST,
+        "--dest-creds",
+        "admin:wrong",
+        oci_image.ref,
+        f"docker://{name}:x",
+        check=False,
+    )
+    assert wrong.returncode != 0
+
+    pushed, _ = push(oci_image.ref, f"docker://{name}:v1", tmp_path / "d", "--dest-creds", creds)
+    assert pushed == oci_image.manifest_digest
+    raw = skopeo("inspect", "--raw", "--tls-verify=false", "--creds", creds, f"docker://{name}:v1")
+    assert sha256(raw.stdout.encode()) == pushed
+
+    podman = container_storage.podman
+    podman(
+        "login", "--tls-verify=false", "-u", "admin", "--password-stdin", server.host, check=False
+    )  # no stdin given: must fail, not hang
+    podman("login", "--tls-verify=false", "-u", "admin", "-p", password, server.host)
+    pulled = podman("pull", "--quiet", "--tls-verify=false", f"{name}:v1").stdout.split()[-1]
+    assert "sha256:" + pulled == oci_image.image_id
+
+    docker = dockerd.docker
+    assert docker("pull", f"{name}:v1", check=False).returncode != 0
+    docker("login", "-u", "admin", "--password-stdin", server.host, input=password)
+    try:
+        docker("pull", f"{name}:v1")
+        image_id = docker("image", "inspect", "--format", "{{.Id}}", f"{name}:v1").stdout.strip()
+        assert image_id == oci_image.image_id
+        docker("tag", f"{name}:v1", f"{name}:docker")
+        docker("push", f"{name}:docker")
+    finally:
+        docker("logout", server.host, check=False)
+        docker("rmi", "--force", oci_image.image_id, check=False)

@@ -92,9 +92,11 @@ class Dockerd:
     def log(self) -> str:
         return self.process.log()
 
-    def docker(self, *args: str, check: bool = True, timeout: float = 300) -> CommandResult:
+    def docker(
+        self, *args: str, check: bool = True, timeout: float = 300, input: str | None = None
+    ) -> CommandResult:
         """Run `docker ARGS` against this daemon with its private client config."""
-        return run([self.cli, *args], env=self.env(), check=check, timeout=timeout)
+        return run([self.cli, *args], env=self.env(), check=check, timeout=timeout, input=input)
 
     def load_oci(self, layout_ref: str, name: str, work_dir: Path) -> str:
         """Load an `oci:DIR:TAG` image into the daemon as `name` (a `repo:tag`); returns `name`.
