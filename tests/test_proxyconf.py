@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +23,7 @@ import pytest
 from aiohttp import web
 
 import portway
-from portway.config import Settings, parse_settings
+from portway.config import Settings, load_settings, parse_settings
 from portway.proxyconf import (
     SERVERS,
     CertPair,
@@ -33,6 +34,7 @@ from portway.proxyconf import (
     render,
 )
 from portway.tls.ca import TlsInitResult, init_tls
+from support.engines import skopeo
 from support.ports import free_ports
 from support.process import ManagedProcess
 
@@ -646,3 +648,85 @@ def test_cli_writes_config(tmp_path: Path) -> None:
     )
     assert bad.returncode == 2
     assert "COMBINED.pem" in bad.stderr
+
+
+# --- end to end: a real Portway behind each proxy, real skopeo through it -----------------
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("tls", [False, True], ids=["http", "https"])
+@pytest.mark.parametrize("server", SERVERS)
+def test_skopeo_push_and_pull_through_proxy(
+    server: ProxyServer,
+    tls: bool,
+    tmp_path: Path,
+    portway_factory: Any,
+    oci_image: Any,
+) -> None:
+    """The seed's port mapping: push to one port (hosted), pull from another (group)."""
+    _need(server)
+    if shutil.which("skopeo") is None:
+        pytest.skip("skopeo is not installed")
+    push_port, pull_port = free_ports(2)
+    portway = portway_factory(
+        repositories=[
+            {"name": PUSH_REPO, "type": "hosted"},
+            {"name": PULL_REPO, "type": "group", "members": [PUSH_REPO]},
+        ],
+        connectors=[
+            {"listen": f"127.0.0.1:{push_port}", "repository": PUSH_REPO, "served_by": "proxy"},
+            {"listen": f"127.0.0.1:{pull_port}", "repository": PULL_REPO, "served_by": "proxy"},
+        ],
+    )
+    root = tmp_path / "proxy"
+    (root / "run").mkdir(parents=True)
+    certs: tuple[CertPair, ...] = ()
+    flags_dest, flags_src = ["--dest-tls-verify=false"], ["--src-tls-verify=false"]
+    if tls:
+        issued = init_tls(root / "tls", ["127.0.0.1"]).issued[0]
+        pem = issued.combined
+        certs = (CertPair(pem, pem) if server == "haproxy" else CertPair(issued.cert, issued.key),)
+        trust = root / "trust"
+        trust.mkdir()
+        shutil.copy(root / "tls" / "ca.crt", trust / "ca.crt")
+        flags_dest, flags_src = [f"--dest-cert-dir={trust}"], [f"--src-cert-dir={trust}"]
+    options = ProxyOptions(certs=certs, runtime_dir=root / "run", caddy_offline=True)
+    conf = root / f"{server}.conf"
+    conf.write_text(render(server, build_plan(load_settings(portway.config_path), options)))
+    proc = start_proxy(server, conf, [push_port, pull_port])
+    try:
+        pushed = root / "digest"
+        skopeo(
+            "copy",
+            *flags_dest,
+            "--digestfile",
+            str(pushed),
+            oci_image.ref,
+            f"docker://127.0.0.1:{push_port}/proxied/img:v1",
+        )
+        digest = pushed.read_text().strip()
+        out = root / "pulled"
+        skopeo(
+            "copy",
+            *flags_src,
+            f"docker://127.0.0.1:{pull_port}/proxied/img@{digest}",
+            f"oci:{out}:pulled",
+        )
+        assert (out / "index.json").exists()
+        # It landed in the hosted repository, as Portway's Nexus-style path shows.
+        tags = _get_json(f"{portway.url}/repository/{PUSH_REPO}/v2/proxied/img/tags/list")
+        assert tags["tags"] == ["v1"]
+    except Exception:
+        print(conf.read_text())
+        print(proc.log()[-3000:])
+        for log in sorted((root / "run").glob("*.log")):
+            print(f"--- {log.name}\n{log.read_text(errors='replace')[-3000:]}")
+        raise
+    finally:
+        proc.stop()
+
+
+def _get_json(url: str) -> dict[str, Any]:
+    with urllib.request.urlopen(url, timeout=10) as response:
+        data: dict[str, Any] = json.loads(response.read())
+    return data
