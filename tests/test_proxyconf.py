@@ -730,3 +730,18 @@ def _get_json(url: str) -> dict[str, Any]:
     with urllib.request.urlopen(url, timeout=10) as response:
         data: dict[str, Any] = json.loads(response.read())
     return data
+
+
+@pytest.mark.parametrize("server", ["apache", "haproxy", "caddy"])
+def test_default_system_paths_pass_validator(server: ProxyServer, tmp_path: Path) -> None:
+    """Without --runtime-dir the files follow Debian's layout and still validate.
+
+    (nginx is left out: its check creates the log and temporary folders it names.)
+    """
+    layout = make_layout(tmp_path, tls=False)
+    (tmp_path / "run").mkdir()
+    conf = tmp_path / f"{server}-system.conf"
+    options = ProxyOptions(http_port=layout.host_port, caddy_offline=True)
+    conf.write_text(render(server, build_plan(layout.settings, options)))
+    result = validate(server, conf)
+    assert result.returncode == 0, f"{conf.read_text()}\n---\n{result.stdout}{result.stderr}"

@@ -66,7 +66,7 @@ def runtime_paths(plan: ProxyPlan, server: ProxyServer) -> dict[str, Path]:
         }
     defaults = {
         "nginx": ("/run", "/run/nginx-portway.pid", "/var/log/nginx", "/var/lib/nginx"),
-        "apache": ("/run/apache2", "/run/apache2/portway.pid", "/var/log/apache2", "/etc/apache2"),
+        "apache": ("/run", "/run/apache2-portway.pid", "/var/log/apache2", "/etc/apache2"),
         "haproxy": ("/run", "/run/haproxy-portway.pid", "/var/log", "/var/lib/haproxy"),
         "caddy": ("/var/lib/caddy", "/run/caddy-portway.pid", "/var/log/caddy", "/var/lib/caddy"),
     }
