@@ -233,6 +233,7 @@ class HostedRepository:
 
     async def link_existing(self, image: str, digest: Digest) -> bool:
         """Link a blob the store already holds (mount, or a re-push) into this image."""
+        self._check_writable()
         size = await self.blobs.stat(digest)
         if size is None:
             return False
