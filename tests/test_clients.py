@@ -131,26 +131,50 @@ def test_skopeo_docker_v2s2_push_pull(
     assert files == oci_image.files
 
 
+DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
+
+
+def dir_files(out: Path, manifest: dict[str, object]) -> dict[str, str]:
+    """Files inside every layer of an image pulled with `skopeo copy ... dir:OUT`."""
+    files: dict[str, str] = {}
+    layers = manifest["layers"]
+    assert isinstance(layers, list)
+    for layer in layers:
+        blob = (out / layer["digest"].removeprefix("sha256:")).read_bytes()
+        assert sha256(blob) == layer["digest"]
+        files.update(files_in_layer(blob))
+    return files
+
+
+@pytest.mark.parametrize("list_format", ["oci", "v2s2"])
 def test_skopeo_multiarch_index(
-    registry: Registry, multiarch_image: MultiArchImage, tmp_path: Path
+    registry: Registry, multiarch_image: MultiArchImage, tmp_path: Path, list_format: str
 ) -> None:
-    name = registry.image("skopeo/multi")
-    pushed, _ = push(multiarch_image.ref, f"docker://{name}:multi", tmp_path / "digest", "--all")
-    assert pushed == multiarch_image.index_digest
+    name = registry.image(f"skopeo/multi-{list_format}")
+    extra = ["--all"] if list_format == "oci" else ["--all", "--format", "v2s2"]
+    pushed, _ = push(multiarch_image.ref, f"docker://{name}:multi", tmp_path / "digest", *extra)
+    if list_format == "oci":
+        assert pushed == multiarch_image.index_digest
 
     raw = raw_manifest(f"docker://{name}:multi")
     assert sha256(raw) == pushed
     index = json.loads(raw)
-    assert index["mediaType"] == OCI_INDEX
+    assert index["mediaType"] == (OCI_INDEX if list_format == "oci" else DOCKER_LIST)
     children = {
         (m["platform"]["architecture"], m["platform"]["os"]): m["digest"]
         for m in index["manifests"]
     }
-    assert children == multiarch_image.manifest_digests
+    assert children.keys() == multiarch_image.manifest_digests.keys()
+    if list_format == "oci":
+        assert children == multiarch_image.manifest_digests
 
     for image in multiarch_image.images:
-        child = raw_manifest(f"docker://{name}@{image.manifest_digest}")
-        assert sha256(child) == image.manifest_digest
+        child_digest = children[(image.architecture, image.os)]
+        child = raw_manifest(f"docker://{name}@{child_digest}")
+        assert sha256(child) == child_digest
+        assert [layer["digest"] for layer in json.loads(child)["layers"]] == [
+            layer.digest for layer in image.layers
+        ]
         arch = json.loads(
             skopeo(
                 "inspect",
@@ -164,14 +188,15 @@ def test_skopeo_multiarch_index(
         assert arch["Architecture"] == image.architecture
         assert arch["Layers"] == [layer.digest for layer in image.layers]
 
+        out = tmp_path / f"child-{image.architecture}"
+        skopeo("copy", NO_TLS_SRC, f"docker://{name}@{child_digest}", f"dir:{out}")
+        pulled = (out / "manifest.json").read_bytes()
+        assert sha256(pulled) == child_digest
+        assert dir_files(out, json.loads(pulled)) == image.files
+
     out = tmp_path / "pulled"
-    skopeo("copy", "--all", NO_TLS_SRC, f"docker://{name}@{pushed}", f"oci:{out}:multi")
-    digest, pulled_index = read_layout_manifest(out, "multi")
-    assert digest == pushed
-    for image in multiarch_image.images:
-        blob = out / "blobs" / "sha256" / image.manifest_digest.removeprefix("sha256:")
-        assert layout_files(out, json.loads(blob.read_bytes())) == image.files
-    assert len(pulled_index["manifests"]) == len(multiarch_image.images)
+    skopeo("copy", "--all", NO_TLS_SRC, f"docker://{name}@{pushed}", f"dir:{out}")
+    assert sha256((out / "manifest.json").read_bytes()) == pushed
 
 
 def test_skopeo_repush_existing_layers(
