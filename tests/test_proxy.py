@@ -1,0 +1,349 @@
+"""Proxy repositories against real upstreams: CNCF distribution (anonymous, htpasswd, token
+mode) and another Portway; a fault server only for what a real registry will not do on demand
+(pausing mid-body, 429, 503, corrupted bodies)."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import hashlib
+import json
+import os
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+from aiohttp import web
+
+from proxy_support import (
+    ACCEPT,
+    Relay,
+    blob_gets,
+    blob_is_cached,
+    cached_blob_files,
+    get_blob,
+    get_manifest,
+    manifest_requests,
+    oci_error,
+    proxy,
+    v2,
+    wait_for,
+)
+from support.distribution import Distribution
+from support.dockerd import Dockerd
+from support.engines import ContainerStorage, skopeo
+from support.images import MultiArchImage, OciImage, make_oci_layout
+from support.server import PortwayServer
+from upstream_support import (
+    BackgroundLoop,
+    FaultServer,
+    Pusher,
+    TokenService,
+    basic_auth,
+    bearer_auth,
+    fixed,
+    sha256,
+)
+
+from conftest import PortwayFactory
+
+NO_TLS = ("--src-tls-verify=false", "--dest-tls-verify=false")
+
+
+@dataclass
+class Upstream:
+    registry: Distribution
+    image: OciImage  # team/app:v1
+    multiarch: MultiArchImage  # team/multi:multi
+    token: TokenService | None = None
+
+    @property
+    def url(self) -> str:
+        return self.registry.url
+
+
+def _seed(registry: Distribution, image: OciImage, multi: MultiArchImage, creds: str = "") -> None:
+    auth = ("--dest-creds", creds) if creds else ()
+    skopeo("copy", "--quiet", *NO_TLS, *auth, image.ref, f"docker://{registry.host}/team/app:v1")
+    skopeo(
+        "copy", "--quiet", "--all", *NO_TLS, *auth, multi.ref,
+        f"docker://{registry.host}/team/multi:multi",
+    )
+
+
+@pytest.fixture(scope="module")
+def loop_thread() -> Iterator[BackgroundLoop]:
+    loop = BackgroundLoop()
+    yield loop
+    loop.close()
+
+
+@pytest.fixture(scope="module")
+def anonymous(
+    tmp_path_factory: pytest.TempPathFactory, oci_image: OciImage, multiarch_image: MultiArchImage
+) -> Iterator[Upstream]:
+    registry = Distribution(tmp_path_factory.mktemp("anon")).start()
+    _seed(registry, oci_image, multiarch_image)
+    yield Upstream(registry, oci_image, multiarch_image)
+    registry.stop()
+
+
+@pytest.fixture
+def faults(loop_thread: BackgroundLoop) -> Iterator[FaultServer]:
+    server = FaultServer(loop_thread)
+    server.server.start()
+    yield server
+    server.server.stop()
+
+
+def pull(server: PortwayServer, repository: str, ref: str, dest: Path, *extra: str) -> float:
+    """skopeo copy from Portway into an OCI layout; returns the seconds it took."""
+    started = time.perf_counter()
+    skopeo(
+        "copy", "--quiet", *NO_TLS, *extra,
+        f"docker://{server.image(ref, repository)}", f"oci:{dest}:pulled",
+    )
+    return time.perf_counter() - started
+
+
+def pulled_manifest_digest(dest: Path) -> str:
+    index = json.loads((dest / "index.json").read_text())
+    digest: str = index["manifests"][-1]["digest"]
+    return digest
+
+
+# -- cold and warm pulls ----------------------------------------------------------------------
+
+
+def test_cold_then_warm_pull_with_skopeo(
+    anonymous: Upstream, portway_factory: PortwayFactory, tmp_path: Path
+) -> None:
+    server = portway_factory(repositories=[proxy("hub", anonymous.url)])
+    cold = pull(server, "hub", "team/app:v1", tmp_path / "cold")
+    assert pulled_manifest_digest(tmp_path / "cold") == anonymous.image.manifest_digest
+    for layer in anonymous.image.layers:
+        assert blob_is_cached(server, layer.digest)
+    gets_after_cold = blob_gets(anonymous.registry.access_log(), anonymous.image.layers[0].digest)
+    warm = pull(server, "hub", "team/app:v1", tmp_path / "warm")
+    assert pulled_manifest_digest(tmp_path / "warm") == anonymous.image.manifest_digest
+    # a warm pull asks the upstream for no blob
+    log = anonymous.registry.access_log()
+    assert blob_gets(log, anonymous.image.layers[0].digest) == gets_after_cold == 1
+    print(f"\nskopeo pull through proxy: cold {cold:.2f} s, warm {warm:.2f} s")
+
+
+def test_pull_by_digest_and_multiarch_index(
+    anonymous: Upstream, portway_factory: PortwayFactory, tmp_path: Path
+) -> None:
+    server = portway_factory(repositories=[proxy("hub", anonymous.url)])
+    by_digest = f"team/app@{anonymous.image.manifest_digest}"
+    skopeo(
+        "copy", "--quiet", *NO_TLS, f"docker://{server.image(by_digest, 'hub')}",
+        f"oci:{tmp_path / 'd'}:x",
+    )
+    assert pulled_manifest_digest(tmp_path / "d") == anonymous.image.manifest_digest
+
+    multi = anonymous.multiarch
+    pull(server, "hub", "team/multi:multi", tmp_path / "all", "--all")
+    assert pulled_manifest_digest(tmp_path / "all") == multi.index_digest
+    for image in multi.images:
+        for layer in image.layers:
+            assert blob_is_cached(server, layer.digest)
+    # the index is answered by digest as well, from the cache now
+    resp = get_manifest(server, "hub", "team/multi", multi.index_digest)
+    assert resp.status_code == 200 and resp.headers["Docker-Content-Digest"] == multi.index_digest
+    assert "image.index" in resp.headers["Content-Type"]
+
+
+def test_basic_credentials_upstream(
+    tmp_path: Path,
+    portway_factory: PortwayFactory,
+    oci_image: OciImage,
+    multiarch_image: MultiArchImage,
+) -> None:
+    registry = Distribution(tmp_path / "htpasswd", htpasswd=("alice", "s3cret")).start()
+    try:
+        _seed(registry, oci_image, multiarch_image, creds="alice:s3cret")
+        server = portway_factory(
+            repositories=[
+                proxy("good", registry.url, remote_username="alice", remote_password="s3cret"),
+                proxy("bad", registry.url, remote_username="alice", remote_password="wrong"),
+            ]
+        )
+        pull(server, "good", "team/app:v1", tmp_path / "good")
+        assert pulled_manifest_digest(tmp_path / "good") == oci_image.manifest_digest
+        resp = get_manifest(server, "bad", "team/app", "v1")
+        assert resp.status_code == 502, resp.text
+        code, message = oci_error(resp)
+        assert code == "UPSTREAM_UNAVAILABLE" and "credentials" in message
+    finally:
+        registry.stop()
+
+
+def test_token_mode_upstream(
+    tmp_path: Path,
+    portway_factory: PortwayFactory,
+    loop_thread: BackgroundLoop,
+    oci_image: OciImage,
+) -> None:
+    service = TokenService(tmp_path / "token", users={"bob": "hunter2"}).start(loop_thread)
+    registry = Distribution(tmp_path / "registry", extra_config=service.registry_config())
+    registry.start()
+    try:
+        token = service.issue("bob", ["repository:team/app:pull,push"], lifetime=600)
+        skopeo(
+            "copy", "--quiet", *NO_TLS, "--dest-registry-token", token, oci_image.ref,
+            f"docker://{registry.host}/team/app:v1",
+        )
+        server = portway_factory(
+            repositories=[
+                proxy("tok", registry.url, remote_username="bob", remote_password="hunter2")
+            ]
+        )
+        pull(server, "tok", "team/app:v1", tmp_path / "a")
+        assert pulled_manifest_digest(tmp_path / "a") == oci_image.manifest_digest
+        # one token per scope, reused for the manifest and every blob
+        assert service.hits("repository:team/app:pull") == 1
+        assert all(r.account == "bob" for r in service.requests)
+    finally:
+        registry.stop()
+        service.stop()
+
+
+def test_portway_as_upstream_with_podman(
+    portway_factory: PortwayFactory,
+    container_storage: ContainerStorage,
+    oci_image: OciImage,
+) -> None:
+    origin = portway_factory()  # the default hosted repository `docker-hosted`
+    skopeo("copy", "--quiet", *NO_TLS, oci_image.ref, f"docker://{origin.image('team/app:v1')}")
+    server = portway_factory(
+        repositories=[proxy("mirror", origin.repository_url("docker-hosted"))]
+    )
+    ref = server.image("team/app:v1", "mirror")
+    container_storage.podman("pull", "--tls-verify=false", "-q", ref)
+    out = container_storage.podman("image", "inspect", "--format", "{{.Id}}", ref)
+    assert out.stdout.strip() == oci_image.config_digest.removeprefix("sha256:")
+    # warm: served from the cache even with the origin gone
+    origin.stop()
+    container_storage.podman("rmi", "-f", ref)
+    container_storage.podman("pull", "--tls-verify=false", "-q", ref)
+
+
+def test_docker_pull_through_proxy(
+    anonymous: Upstream, portway_factory: PortwayFactory, dockerd: Dockerd
+) -> None:
+    server = portway_factory(repositories=[proxy("hub", anonymous.url)])
+    ref = server.image("team/app:v1", "hub")
+    dockerd.docker("pull", "-q", ref)
+    out = dockerd.docker("image", "inspect", "--format", "{{.Id}}", ref)
+    assert out.stdout.strip() == anonymous.image.config_digest
+    dockerd.docker("rmi", ref)
+
+
+# -- single flight, stream while caching ------------------------------------------------------
+
+BIG = 50 * 1024 * 1024
+
+
+def test_twenty_concurrent_cold_pulls_make_one_upstream_get(
+    anonymous: Upstream, portway_factory: PortwayFactory
+) -> None:
+    data = os.urandom(BIG)
+    digest = Pusher(anonymous.url).push_blob("team/big", data)
+    server = portway_factory(repositories=[proxy("hub", anonymous.url)])
+    url = v2(server, "hub", f"team/big/blobs/{digest}")
+    barrier = threading.Barrier(20)
+
+    def one(_: int) -> tuple[int, str]:
+        barrier.wait()
+        with requests.get(url, stream=True, timeout=120) as resp:
+            hasher = hashlib.sha256()
+            for chunk in resp.iter_content(1 << 20):
+                hasher.update(chunk)
+            return resp.status_code, "sha256:" + hasher.hexdigest()
+
+    with concurrent.futures.ThreadPoolExecutor(20) as pool:
+        results = list(pool.map(one, range(20)))
+    assert results == [(200, digest)] * 20
+    assert blob_gets(anonymous.registry.access_log(), digest) == 1
+    wait_for(lambda: blob_is_cached(server, digest), what="the blob in the cache")
+    assert get_blob(server, "hub", "team/big", digest).content == data
+    assert blob_gets(anonymous.registry.access_log(), digest) == 1
+
+
+def _paused_blob(data: bytes, release: asyncio.Event, sent_half: threading.Event) -> Any:
+    """Send the first half of `data`, then wait for `release` before the rest."""
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(status=200)
+        response.content_length = len(data)
+        response.content_type = "application/octet-stream"
+        await response.prepare(request)
+        if request.method == "HEAD":
+            return response
+        half = len(data) // 2
+        await response.write(data[:half])
+        sent_half.set()
+        await release.wait()
+        await response.write(data[half:])
+        await response.write_eof()
+        return response
+
+    return handler
+
+
+def test_first_client_is_served_while_the_upstream_still_sends(
+    faults: FaultServer, loop_thread: BackgroundLoop, portway_factory: PortwayFactory
+) -> None:
+    data = os.urandom(4 * 1024 * 1024)
+    digest = sha256(data)
+    release = loop_thread.run(_make_event())
+    sent_half = threading.Event()
+    faults.route(f"/v2/team/slow/blobs/{digest}", _paused_blob(data, release, sent_half))
+    server = portway_factory(repositories=[proxy("hub", faults.url)])
+    with requests.get(v2(server, "hub", f"team/slow/blobs/{digest}"), stream=True, timeout=30) as r:
+        assert r.status_code == 200
+        assert int(r.headers["Content-Length"]) == len(data)
+        first = r.raw.read(len(data) // 4)
+        # a quarter of the blob arrived while the upstream holds back the second half
+        assert len(first) == len(data) // 4 and sent_half.is_set()
+        assert not blob_is_cached(server, digest)
+        loop_thread.loop.call_soon_threadsafe(release.set)
+        rest = r.raw.read()
+    assert first + rest == data
+    wait_for(lambda: blob_is_cached(server, digest), what="the blob in the cache")
+
+
+async def _make_event() -> asyncio.Event:
+    return asyncio.Event()
+
+
+def test_client_hanging_up_does_not_abort_the_cache_fill(
+    faults: FaultServer, loop_thread: BackgroundLoop, portway_factory: PortwayFactory
+) -> None:
+    data = os.urandom(4 * 1024 * 1024)
+    digest = sha256(data)
+    release = loop_thread.run(_make_event())
+    sent_half = threading.Event()
+    path = f"/v2/team/slow/blobs/{digest}"
+    faults.route(path, _paused_blob(data, release, sent_half))
+    server = portway_factory(repositories=[proxy("hub", faults.url)])
+    host, port = server.host.split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        request = f"GET /repository/hub/v2/team/slow/blobs/{digest} HTTP/1.1\r\nHost: {host}\r\n\r\n"
+        sock.sendall(request.encode())
+        assert sock.recv(65536)  # headers and the first bytes, then the client leaves
+        assert sent_half.wait(10)
+    loop_thread.loop.call_soon_threadsafe(release.set)
+    wait_for(lambda: blob_is_cached(server, digest), what="the blob in the cache")
+    assert faults.hits.count(path) == 1
+    assert get_blob(server, "hub", "team/slow", digest).content == data
+    assert faults.hits.count(path) == 1
