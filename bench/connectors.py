@@ -74,9 +74,9 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("--quick", action="store_true", help="1 round of 3 s per side")
-    p.add_argument("--rounds", type=int, help="wrk rounds per side (default 3)")
-    p.add_argument("--duration", type=int, help="seconds per wrk run (default 10)")
+    p.add_argument("--quick", action="store_true", help="2 rounds of 3 s per side")
+    p.add_argument("--rounds", type=int, help="wrk rounds per side (default 5)")
+    p.add_argument("--duration", type=int, help="seconds per wrk run (default 6)")
     p.add_argument("--connectors", type=int, default=100, help="connectors on the big side")
     p.add_argument("--workers", type=int, default=1)
     p.add_argument(
@@ -86,8 +86,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--out", type=Path)
     args = p.parse_args(argv)
-    rounds = args.rounds or (1 if args.quick else 3)
-    duration = args.duration or (3 if args.quick else 10)
+    rounds = args.rounds or (2 if args.quick else 5)
+    duration = args.duration or (3 if args.quick else 6)
     workdir = Path(tempfile.mkdtemp(prefix="portway-bench-conn-"))
     nonce = secrets.token_hex(4)
     servers: list[ServerProcess] = []

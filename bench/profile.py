@@ -1,6 +1,6 @@
 """Profile Portway under wrk load with py-spy and print the hot spots.
 
-    .venv/bin/python bench/profile.py [--what manifest|blob] [--duration 15] [--svg FILE]
+    .venv/bin/python bench/profile.py [--what manifest|blob] [--duration 15]
 
 Starts Portway alone (fresh data folder), pushes a small image, runs wrk (2 threads, 64
 connections) against a manifest GET by tag (or a 1 KiB blob GET) while `py-spy record` samples
@@ -68,7 +68,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--rate", type=int, default=200, help="py-spy samples per second")
     p.add_argument("--top", type=int, default=25)
-    p.add_argument("--svg", type=Path, help="also write a flame graph here")
     args = p.parse_args(argv)
     pyspy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     if not Path(pyspy).exists():
@@ -119,9 +118,6 @@ def main(argv: list[str] | None = None) -> int:
             print(f"py-spy failed: {err.strip()}", file=sys.stderr)
             return 1
         total, own, incl = summarize(raw_out.read_text(), args.top)
-        if args.svg:
-            svg_cmd = [*cmd[:-4], "--format", "flamegraph", "--output", str(args.svg)]
-            print("(flame graph: rerun with)", " ".join(svg_cmd), file=sys.stderr)
         print(
             f"wrk {args.what} GET: {result.get('rps', 0):,.0f} req/s under py-spy "
             f"(sampling slows the server; compare ratios, not the rate)"

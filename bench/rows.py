@@ -47,8 +47,22 @@ class BenchConfig:
 
 @dataclass
 class Measurement:
+    """A row's value on one side, and what the server spent on it.
+
+    `work` is the amount done in the timed part, in the row's cost unit (GB moved, requests,
+    images), and `cpu_s` the server's CPU seconds over that same part; their quotient is a
+    cost per unit of work that holds up on a busy machine, where rates do not.
+    """
+
     value: float
     detail: dict[str, Any] = field(default_factory=dict)
+    work: float | None = None
+    cpu_s: float | None = None
+
+    def cost(self, scale: float) -> float | None:
+        if not self.work or self.cpu_s is None:
+            return None
+        return self.cpu_s / self.work * scale
 
 
 @dataclass
@@ -58,6 +72,7 @@ class Context:
     workdir: Path
     cache: Path
     nonce: str
+    cpu_probes: dict[str, Callable[[], float]] = field(default_factory=dict)
     state: dict[str, dict[str, Any]] = field(default_factory=dict)
     closers: list[Callable[[], None]] = field(default_factory=list)
 
@@ -67,6 +82,11 @@ class Context:
         """A number not used before in this run (unique blob suffixes, image names, folders)."""
         self._seq += 1
         return self._seq
+
+    def server_cpu(self, t: Target) -> float | None:
+        """Cumulative CPU seconds of the server behind `t` (None when it is not ours)."""
+        probe = self.cpu_probes.get(t.name)
+        return probe() if probe is not None else None
 
     def of(self, t: Target) -> dict[str, Any]:
         return self.state.setdefault(t.name, {})
@@ -86,6 +106,8 @@ class Row:
     higher_is_better: bool
     target: float | None  # ratio Portway/distribution the issue asks for
     fn: RowFn
+    cost_unit: str = ""  # server CPU per unit of work, e.g. "CPU s/GB"
+    cost_scale: float = 1.0
 
     def met(self, ratio: float) -> bool | None:
         if self.target is None:
@@ -101,19 +123,28 @@ class Row:
 ROWS: dict[str, Row] = {}
 
 
+COST_UNITS = {"MB/s": ("CPU s/GB", 1.0), "req/s": ("CPU us/req", 1e6), "s": ("CPU s/image", 1.0)}
+
+
 def row(
     name: str, *, title: str, unit: str, higher_is_better: bool = True, target: float | None = None
 ) -> Callable[[RowFn], RowFn]:
     def register(fn: RowFn) -> RowFn:
         if name in ROWS:
             raise ValueError(f"row {name!r} registered twice")
-        ROWS[name] = Row(name, title, unit, higher_is_better, target, fn)
+        cost_unit, cost_scale = COST_UNITS.get(unit, ("", 1.0))
+        ROWS[name] = Row(name, title, unit, higher_is_better, target, fn, cost_unit, cost_scale)
         return fn
 
     return register
 
 
 # --------------------------------------------------------------------------- blob transfers
+
+
+def _cpu_delta(ctx: Context, t: Target, before: float | None) -> float | None:
+    after = ctx.server_cpu(t)
+    return None if before is None or after is None else after - before
 
 
 def _settle_disk() -> None:
@@ -125,6 +156,7 @@ def _push(ctx: Context, t: Target, mode: str, concurrency: int, label: str) -> M
     cfg = ctx.config
     image = f"bench/{label}"
     _settle_disk()
+    cpu0 = ctx.server_cpu(t)
     r = ctx.client.call(
         {
             "op": "push",
@@ -139,6 +171,7 @@ def _push(ctx: Context, t: Target, mode: str, concurrency: int, label: str) -> M
             "tag": f"{ctx.nonce}/{t.name}/{label}/{ctx.seq()}",
         }
     )
+    cpu = _cpu_delta(ctx, t, cpu0)
     ctx.of(t).setdefault("pushed", []).append((image, r["digests"]))
     return Measurement(
         r["bytes"] / r["seconds"] / 1e6,
@@ -149,6 +182,8 @@ def _push(ctx: Context, t: Target, mode: str, concurrency: int, label: str) -> M
             "concurrency": concurrency,
             "mode": mode,
         },
+        work=r["bytes"] / 1e9,
+        cpu_s=cpu,
     )
 
 
@@ -180,12 +215,16 @@ def _pushed(ctx: Context, t: Target) -> tuple[str, list[str]]:
 def _pull(ctx: Context, t: Target, concurrency: int) -> Measurement:
     image, digests = _pushed(ctx, t)
     base = {"op": "pull", "host": t.host, "port": t.port, "api": t.api, "image": image}
+    cpu0 = ctx.server_cpu(t)
     r = ctx.client.call({**base, "digests": digests, "concurrency": concurrency})
+    cpu = _cpu_delta(ctx, t, cpu0)
     # Untimed: one blob read back and hashed, so a fast wrong answer cannot win.
     ctx.client.call({**base, "digests": digests[:1], "concurrency": 1, "verify": True})
     return Measurement(
         r["bytes"] / r["seconds"] / 1e6,
         {"seconds": round(r["seconds"], 3), "bytes": r["bytes"], "concurrency": concurrency},
+        work=r["bytes"] / 1e9,
+        cpu_s=cpu,
     )
 
 
@@ -209,9 +248,11 @@ def _small(ctx: Context, t: Target) -> Any:
     return st["small"]
 
 
-def _wrk(ctx: Context, url: str, headers: dict[str, str] | None = None) -> Measurement:
+def _wrk(ctx: Context, t: Target, url: str, headers: dict[str, str] | None = None) -> Measurement:
     cfg = ctx.config
+    cpu0 = ctx.server_cpu(t)
     r = wrk(url, cfg.wrk_duration, cfg.wrk_threads, cfg.wrk_connections, headers)
+    cpu = _cpu_delta(ctx, t, cpu0)
     return Measurement(
         r.requests_per_s,
         {
@@ -220,6 +261,8 @@ def _wrk(ctx: Context, url: str, headers: dict[str, str] | None = None) -> Measu
             "socket_errors": r.socket_errors,
             "duration_s": cfg.wrk_duration,
         },
+        work=r.requests,
+        cpu_s=cpu,
     )
 
 
@@ -228,7 +271,7 @@ def row_manifest_get(ctx: Context, t: Target) -> Measurement:
     img = _small(ctx, t)
     path = t.path(img.image, f"manifests/{img.tag}")
     check_get(t, path, img.manifest, OCI_MANIFEST)
-    return _wrk(ctx, t.base + path, {"Accept": OCI_MANIFEST})
+    return _wrk(ctx, t, t.base + path, {"Accept": OCI_MANIFEST})
 
 
 @row("small-blob-get", title="1 KiB blob GET (wrk -c64)", unit="req/s", target=8.0)
@@ -236,13 +279,13 @@ def row_small_blob_get(ctx: Context, t: Target) -> Measurement:
     img = _small(ctx, t)
     path = t.path(img.image, f"blobs/{img.layer_digest}")
     check_get(t, path, img.layer)
-    return _wrk(ctx, t.base + path)
+    return _wrk(ctx, t, t.base + path)
 
 
 # --------------------------------------------------------------------------- skopeo images
 
 
-def _image_push_once(ctx: Context, t: Target) -> tuple[float, str]:
+def _image_push_once(ctx: Context, t: Target) -> tuple[float, float | None]:
     rep = ctx.seq()
     cfg = ctx.config
     prefixes = layer_prefixes(ctx.cache, cfg.image_layers, cfg.layer_size)
@@ -251,10 +294,16 @@ def _image_push_once(ctx: Context, t: Target) -> tuple[float, str]:
     )
     ref = f"{t.ref}/bench/image{rep}:{layout.tag}"
     _settle_disk()
+    cpu0 = ctx.server_cpu(t)
     seconds = skopeo_copy(f"oci:{layout.path}:{layout.tag}", f"docker://{ref}")
+    cpu = _cpu_delta(ctx, t, cpu0)
     ctx.of(t).setdefault("images", []).append(ref)
     ctx.of(t)["image_bytes"] = layout.total_bytes
-    return seconds, ref
+    return seconds, cpu
+
+
+def _sum(values: list[float | None]) -> float | None:
+    return None if any(v is None for v in values) else sum(v for v in values if v is not None)
 
 
 @row(
@@ -265,10 +314,13 @@ def _image_push_once(ctx: Context, t: Target) -> tuple[float, str]:
     target=0.8,
 )
 def row_image_push(ctx: Context, t: Target) -> Measurement:
-    times = [_image_push_once(ctx, t)[0] for _ in range(ctx.config.image_reps)]
+    runs = [_image_push_once(ctx, t) for _ in range(ctx.config.image_reps)]
+    times = [r[0] for r in runs]
     return Measurement(
         statistics.median(times),
         {"runs_s": [round(x, 3) for x in times], "image_bytes": ctx.of(t)["image_bytes"]},
+        work=len(runs),
+        cpu_s=_sum([r[1] for r in runs]),
     )
 
 
@@ -285,8 +337,16 @@ def row_image_pull(ctx: Context, t: Target) -> Measurement:
         _image_push_once(ctx, t)
         refs = ctx.of(t)["images"]
     times = []
+    cpus: list[float | None] = []
     for rep in range(ctx.config.image_reps):
         dest = ctx.workdir / "pulled" / f"{t.name}-{ctx.seq()}"
         dest.parent.mkdir(parents=True, exist_ok=True)
+        cpu0 = ctx.server_cpu(t)
         times.append(skopeo_copy(f"docker://{refs[rep % len(refs)]}", f"oci:{dest}:bench"))
-    return Measurement(statistics.median(times), {"runs_s": [round(x, 3) for x in times]})
+        cpus.append(_cpu_delta(ctx, t, cpu0))
+    return Measurement(
+        statistics.median(times),
+        {"runs_s": [round(x, 3) for x in times]},
+        work=len(times),
+        cpu_s=_sum(cpus),
+    )

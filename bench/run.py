@@ -93,6 +93,23 @@ def ratio_of(rowdef: Row, res: dict[str, Any]) -> float | None:
     return float(p["value"]) / float(d["value"])
 
 
+def render(head: list[str], body: list[list[str]], markdown: bool) -> list[str]:
+    if markdown:
+        lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * len(head)) + "|"]
+        lines += ["| " + " | ".join(c) + " |" for c in body]
+        return lines
+    widths = [max(len(r[i]) for r in [head, *body]) for i in range(len(head))]
+    lines = [
+        "  ".join(
+            c.ljust(w) if i < 2 else c.rjust(w)
+            for i, (c, w) in enumerate(zip(r, widths, strict=True))
+        )
+        for r in [head, *body]
+    ]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return lines
+
+
 def table_lines(results: dict[str, dict[str, Any]], markdown: bool) -> list[str]:
     head = ["row", "unit", "Portway", "distribution", "ratio", "target", "met"]
     body = []
@@ -110,20 +127,32 @@ def table_lines(results: dict[str, dict[str, Any]], markdown: bool) -> list[str]
             "-" if met is None else ("yes" if met else "no"),
         ]
         body.append(cells)
-    if markdown:
-        lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * len(head)) + "|"]
-        lines += ["| " + " | ".join(c) + " |" for c in body]
-        return lines
-    widths = [max(len(r[i]) for r in [head, *body]) for i in range(len(head))]
-    lines = [
-        "  ".join(
-            c.ljust(w) if i < 2 else c.rjust(w)
-            for i, (c, w) in enumerate(zip(r, widths, strict=True))
+    return render(head, body, markdown)
+
+
+def cost_lines(results: dict[str, dict[str, Any]], markdown: bool) -> list[str]:
+    """Server CPU per unit of work: what each side spent, whatever else the machine did."""
+    head = ["row", "server CPU", "Portway", "distribution", "Portway/distribution"]
+    body = []
+    for name, res in results.items():
+        rowdef = ROWS[name]
+        costs = []
+        for side in SIDES:
+            v = res.get(side)
+            costs.append(v.get("cost") if isinstance(v, dict) else None)
+        if all(c is None for c in costs):
+            continue
+        p, d = costs
+        body.append(
+            [
+                name,
+                rowdef.cost_unit,
+                "-" if p is None else f"{p:.3g}",
+                "-" if d is None else f"{d:.3g}",
+                f"{p / d:.2f}x" if p is not None and d else "-",
+            ]
         )
-        for r in [head, *body]
-    ]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return lines
+    return render(head, body, markdown)
 
 
 def measure_row(
@@ -165,9 +194,15 @@ def measure_row(
             res[side] = None
         else:
             values = [m.value for m in runs[side]]
+            costs = [c for m in runs[side] if (c := m.cost(rowdef.cost_scale)) is not None]
             res[side] = {
                 "value": statistics.median(values),
-                "runs": [{"value": m.value, **m.detail} for m in runs[side]],
+                "cost": statistics.median(costs) if costs else None,
+                "cost_unit": rowdef.cost_unit,
+                "runs": [
+                    {"value": m.value, "server_cpu_s": m.cpu_s, "work": m.work, **m.detail}
+                    for m in runs[side]
+                ],
             }
     return res
 
@@ -263,6 +298,7 @@ def main(argv: list[str] | None = None) -> int:
         servers.append(s2)
         targets: dict[str, Target] = {"portway": t1, "distribution": t2}
         ctx = Context(cfg, client, workdir, cache, secrets.token_hex(4))
+        ctx.cpu_probes = {side: s.cpu_seconds for side, s in zip(SIDES, servers, strict=True)}
         for i, name in enumerate(names):
             rowdef = ROWS[name]
             res = measure_row(ctx, rowdef, targets, args.repeat, first=i)
@@ -288,7 +324,11 @@ def main(argv: list[str] | None = None) -> int:
         print("SELF-CHECK: both columns are distribution; ratios should be near 1.")
     print("\n".join(table_lines(results, markdown=False)))
     print()
+    print("\n".join(cost_lines(results, markdown=False)))
+    print()
     print("\n".join(table_lines(results, markdown=True)))
+    print()
+    print("\n".join(cost_lines(results, markdown=True)))
     print(f"\n{elapsed:.0f} s in all; server RSS at the end (KiB): {rss}")
     record = {
         "when": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),

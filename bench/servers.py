@@ -134,6 +134,21 @@ class ServerProcess:
                         total += int(line.split()[1])
         return total
 
+    def cpu_seconds(self) -> float:
+        """User + system CPU time of the server and its live (and reaped) children."""
+        tick = os.sysconf("SC_CLK_TCK")
+        total = 0
+        for i, pid in enumerate(self.pids()):
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            except (OSError, IndexError):
+                continue
+            # After the command: state is field 3, utime 14, stime 15, cutime 16, cstime 17.
+            total += int(fields[11]) + int(fields[12])
+            if i == 0:
+                total += int(fields[13]) + int(fields[14])
+        return total / tick
+
     def pids(self) -> list[int]:
         return [self.proc.pid, *_children(self.proc.pid)]
 
