@@ -33,6 +33,7 @@ from portway.auth.audit import AuditLog
 from portway.auth.keys import KeyRing
 from portway.auth.privileges import (
     ACTIONS,
+    BROWSE,
     PORTWAY_TO_DOCKER,
     Principal,
     allowed_actions,
@@ -288,6 +289,10 @@ class AuthService:
             if scope.is_catalog:
                 if "*" in scope.actions:
                     access.append(Access("registry", "catalog", ("*",)))
+                    # On a repository's own route the catalog lists that repository's
+                    # images: the token carries `browse` there when the principal has it.
+                    if repository_route:
+                        actions |= allowed_actions(principal, repository_route) & {BROWSE}
                 continue
             if scope.type != "repository" or not repository_route:
                 continue

@@ -149,6 +149,11 @@ class SecurityAuthorizer:
                 raise self._challenge(request, repository, None, ())
             return
         if "catalog" in actions:
+            scheme, _ = self._credentials(request)
+            if grant.anonymous and scheme != "bearer":
+                # Ask for credentials first: a client that has some gets its own listing,
+                # not anonymous's (it would never send them after a 200).
+                raise self._challenge(request, repository, None, actions)
             if not grant.catalog and grant.access is not None:
                 raise self._challenge(
                     request, repository, None, actions, error="insufficient_scope"
@@ -206,6 +211,12 @@ class SecurityAuthorizer:
 
     def visible(self, request: web.Request, repository: str) -> bool:
         principal = self.principal(request)
+        if principal is None and request.headers.get("Authorization"):
+            # Not decided yet (/v1/search): the request's own credentials, checked as for
+            # any request on this route (a token bound elsewhere is refused, not ignored).
+            route: Route | None = request.get(_ROUTE)
+            self._grant(request, route.repository if route else None)
+            principal = self.principal(request)
         if principal is None:
             principal = self.auth.anonymous()
         return BROWSE in allowed_actions(principal, repository)
