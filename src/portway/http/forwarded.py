@@ -117,8 +117,12 @@ def client_address(request: web.Request, trusted: TrustedProxies) -> str | None:
         value = _parse_forwarded(request.headers["Forwarded"]).get("for")
         if value:
             return value.strip("[]").split("]:")[0]
-    xff = request.headers.get("X-Forwarded-For", "")
+    xff = [a.strip() for a in request.headers.get("X-Forwarded-For", "").split(",") if a.strip()]
+    # Proxies append: the client is the rightmost address that is not one of our proxies.
+    for addr in reversed(xff):
+        if not trusted.trusts(addr):
+            return addr
     if xff:
-        return xff.split(",", 1)[0].strip() or peer
+        return xff[0]
     real = request.headers.get("X-Real-IP", "").strip()
     return real or peer
