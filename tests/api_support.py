@@ -229,6 +229,7 @@ def raw_exchange(
     body: bytes = b"",
     *,
     read_reply: bool = True,
+    half_close: bool = True,
     timeout: float = 10.0,
 ) -> bytes:
     """Send a request head (request line + headers, no blank line) and `body`, then half-close
@@ -236,7 +237,8 @@ def raw_exchange(
     host, port = server.host.split(":")
     with socket.create_connection((host, int(port)), timeout=timeout) as sock:
         sock.sendall(head.rstrip("\r\n").encode() + b"\r\n\r\n" + body)
-        sock.shutdown(socket.SHUT_WR)
+        if half_close:
+            sock.shutdown(socket.SHUT_WR)
         if not read_reply:
             return b""
         chunks = []

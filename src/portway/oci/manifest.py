@@ -119,6 +119,10 @@ def parse_manifest(
         doc = json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise _invalid(f"not valid JSON ({exc.__class__.__name__})") from None
+    except RecursionError:
+        raise _invalid("JSON nested too deeply") from None
+    except ValueError:  # e.g. an integer beyond Python's digit limit
+        raise _invalid("JSON value out of range") from None
     if not isinstance(doc, dict):
         raise _invalid("not a JSON object")
     declared = doc.get("mediaType")

@@ -63,7 +63,14 @@ def content_length(request: web.Request) -> int | None:
 async def body_chunks(request: web.Request) -> AsyncIterator[bytes]:
     """The request body as it arrives, without holding it whole."""
     while True:
-        chunk = await request.content.readany()
+        try:
+            chunk = await request.content.readany()
+        except ConnectionResetError:
+            # The client went away mid-body. Callers cut back what they wrote; the answer
+            # goes nowhere, but raising a RegistryError keeps it a quiet, ordinary refusal.
+            raise RegistryError(
+                "BLOB_UPLOAD_INVALID", "the client closed the connection mid-body"
+            ) from None
         if not chunk:
             break
         yield chunk
