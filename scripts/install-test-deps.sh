@@ -30,8 +30,9 @@ PACKAGES=(
 
 missing=()
 for pkg in "${PACKAGES[@]}"; do
-  status=$(dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null || true)
-  if [[ "$status" != "install ok installed" ]] || ! dpkg -s "$pkg" >/dev/null 2>&1; then
+  # `dpkg -s` also succeeds for a removed package whose config files remain: check the state.
+  status=$(dpkg -s "$pkg" 2>/dev/null || true)
+  if [[ "$status" != *$'\nStatus: install ok installed\n'* ]]; then
     missing+=("$pkg")
   fi
 done
@@ -47,5 +48,7 @@ if [[ $(id -u) -ne 0 ]]; then
 fi
 
 echo "install-test-deps: installing ${missing[*]}"
-apt-get update
-DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${missing[@]}"
+# Wait for another apt/dpkg run (unattended upgrades on a fresh machine) instead of failing.
+lock=(-o DPkg::Lock::Timeout=600)
+apt-get "${lock[@]}" update
+DEBIAN_FRONTEND=noninteractive apt-get "${lock[@]}" install -y --no-install-recommends "${missing[@]}"
