@@ -8,7 +8,7 @@ registry.
 from __future__ import annotations
 
 import os
-import warnings
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -33,7 +33,7 @@ def pytest_configure(config: pytest.Config) -> None:
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     leftovers = stop_all()
     if leftovers:
-        warnings.warn(f"processes left running by tests were stopped: {leftovers}", stacklevel=1)
+        print(f"\nconftest: stopped processes the tests left running: {leftovers}", file=sys.stderr)
 
 
 def _show_log(name: str, text: str, lines: int = 60) -> None:
