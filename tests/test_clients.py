@@ -25,8 +25,10 @@ from support.images import (
     OciImage,
     files_in_docker_archive,
     files_in_layer,
+    make_oci_layout,
     read_layout_manifest,
 )
+from support.runner import CommandResult
 from support.server import PortwayServer
 
 Registry = PortwayServer | Distribution
@@ -498,3 +500,49 @@ def test_login_then_push_and_pull_with_security_on(
     finally:
         docker("logout", server.host, check=False)
         docker("rmi", "--force", oci_image.image_id, check=False)
+
+
+def test_write_policies_as_clients_see_them(
+    portway_factory: Callable[..., PortwayServer],
+    oci_image: OciImage,
+    tmp_path: Path,
+) -> None:
+    """allow_once keeps tags, allow_latest lets only `latest` move, deny refuses every push."""
+    server = portway_factory(
+        repositories=[
+            {"name": "once", "type": "hosted", "path_routing": True, "write_policy": "allow_once"},
+            {
+                "name": "latest-only",
+                "type": "hosted",
+                "path_routing": True,
+                "write_policy": "allow_latest",
+            },
+            {"name": "frozen", "type": "hosted", "path_routing": True, "write_policy": "deny"},
+        ]
+    )
+    other = make_oci_layout(tmp_path / "other", "v1", layers=1, layer_size=64 * 1024, seed=7)
+    first, second = oci_image.ref, other.ref
+
+    def copy(source: str, ref: str) -> CommandResult:
+        return skopeo("copy", NO_TLS_DEST, source, f"docker://{ref}", check=False)
+
+    once = server.image("app", repository="once")
+    assert copy(first, f"{once}:v1").returncode == 0
+    assert copy(first, f"{once}:v1").returncode == 0, "the same manifest again is no overwrite"
+    refused = copy(second, f"{once}:v1")
+    assert refused.returncode != 0
+    assert "denied" in refused.output.lower(), refused.output
+    assert sha256(raw_manifest(f"docker://{once}:v1")) == oci_image.manifest_digest
+    assert copy(second, f"{once}:v2").returncode == 0
+
+    latest = server.image("app", repository="latest-only")
+    for tag in ("latest", "v1"):
+        assert copy(first, f"{latest}:{tag}").returncode == 0
+    assert copy(second, f"{latest}:latest").returncode == 0
+    assert sha256(raw_manifest(f"docker://{latest}:latest")) == other.manifest_digest
+    assert copy(second, f"{latest}:v1").returncode != 0
+    assert sha256(raw_manifest(f"docker://{latest}:v1")) == oci_image.manifest_digest
+
+    frozen = copy(first, f"{server.image('app', repository='frozen')}:v1")
+    assert frozen.returncode != 0
+    assert "denied" in frozen.output.lower(), frozen.output
