@@ -11,6 +11,7 @@ import json
 import os
 import socket
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -347,3 +348,207 @@ def test_client_hanging_up_does_not_abort_the_cache_fill(
     assert faults.hits.count(path) == 1
     assert get_blob(server, "hub", "team/slow", digest).content == data
     assert faults.hits.count(path) == 1
+
+
+# -- faults -----------------------------------------------------------------------------------
+
+
+def test_upstream_killed_mid_blob_caches_nothing_then_recovers(
+    anonymous: Upstream, portway_factory: PortwayFactory, tmp_path: Path
+) -> None:
+    data = os.urandom(8 * 1024 * 1024)
+    digest = Pusher(anonymous.url).push_blob("team/killed", data)
+    relay = Relay(tmp_path, anonymous.registry.port, rate=2 * 1024 * 1024).start()
+    try:
+        server = portway_factory(repositories=[proxy("hub", relay.url)])
+        url = v2(server, "hub", f"team/killed/blobs/{digest}")
+        with requests.get(url, stream=True, timeout=30) as resp:
+            assert resp.status_code == 200
+            assert resp.raw.read(256 * 1024)
+            relay.kill()  # the upstream dies with most of the blob unsent
+            with pytest.raises((requests.RequestException, OSError, Exception)):
+                rest = resp.raw.read()
+                assert len(rest) + 256 * 1024 == len(data), "a short body must be an error"
+                raise AssertionError("the whole blob arrived although the upstream died")
+        time.sleep(0.5)
+        assert not blob_is_cached(server, digest)
+        spool = server.data_dir / "storage" / "uploads" / "spool"
+        assert not spool.exists() or not any(spool.iterdir())
+        head = requests.head(url, timeout=30)
+        assert head.status_code != 200
+        relay.start()  # the upstream is back on the same address
+        again = get_blob(server, "hub", "team/killed", digest)
+        assert again.status_code == 200 and sha256(again.content) == digest
+        wait_for(lambda: blob_is_cached(server, digest), what="the blob in the cache")
+    finally:
+        relay.stop()
+
+
+def test_upstream_stopped_cached_images_pull_uncached_get_a_clear_error(
+    tmp_path: Path, portway_factory: PortwayFactory, oci_image: OciImage,
+    multiarch_image: MultiArchImage,
+) -> None:
+    registry = Distribution(tmp_path / "upstream").start()
+    _seed(registry, oci_image, multiarch_image)
+    # every tag is stale at once, so each pull asks the upstream first
+    server = portway_factory(repositories=[proxy("hub", registry.url, metadata_max_age=0)])
+    pull(server, "hub", "team/app:v1", tmp_path / "cold")
+    registry.stop()
+
+    pull(server, "hub", "team/app:v1", tmp_path / "stale")
+    assert pulled_manifest_digest(tmp_path / "stale") == oci_image.manifest_digest
+    assert "serving cached team/app:v1" in server.log()
+    by_digest = get_manifest(server, "hub", "team/app", oci_image.manifest_digest)
+    assert by_digest.status_code == 200
+
+    resp = get_manifest(server, "hub", "team/multi", "multi")
+    assert resp.status_code == 502, resp.text
+    code, message = oci_error(resp)
+    assert code == "UPSTREAM_UNAVAILABLE"
+    assert "hub" in message and registry.host in message, message
+    failed = skopeo(
+        "copy", *NO_TLS, f"docker://{server.image('team/multi:multi', 'hub')}",
+        f"oci:{tmp_path / 'x'}:x", check=False,
+    )
+    # skopeo shows the status, not the error body, for a failed manifest GET
+    assert failed.returncode != 0 and "502" in failed.stderr
+
+    # after repeated failures the upstream is no longer asked, and the CLI says so
+    for _ in range(6):
+        get_manifest(server, "hub", "team/multi", "multi")
+    blocked = get_manifest(server, "hub", "team/multi", "multi")
+    assert blocked.status_code == 502
+    assert "not contacted until" in oci_error(blocked)[1]
+
+    def shows_blocked() -> bool:
+        out = subprocess.run(
+            [sys.executable, "-m", "portway", "repo", "show", "hub",
+             "--config", str(server.config_path)],
+            capture_output=True, text=True, check=True,
+        )
+        upstream = json.loads(out.stdout).get("upstream", {})
+        return bool(upstream.get("blocked")) and upstream.get("consecutive_failures", 0) >= 5
+
+    wait_for(shows_blocked, timeout=10, what="`portway repo show` reporting the block")
+
+
+def test_rate_limited_and_unavailable_upstreams(
+    faults: FaultServer, portway_factory: PortwayFactory
+) -> None:
+    faults.route(
+        "/v2/team/app/manifests/v1",
+        fixed(429, b'{"errors":[{"code":"TOOMANYREQUESTS","message":"slow down"}]}',
+              {"Retry-After": "30", "Content-Type": "application/json"}),
+    )
+    faults.route("/v2/team/down/manifests/v1", fixed(503, b"maintenance"))
+    faults.route("/v2/team/down/blobs/" + "sha256:" + "a" * 64, fixed(503, b"maintenance"))
+    server = portway_factory(
+        repositories=[proxy("limited", faults.url), proxy("down", faults.url)]
+    )
+    resp = get_manifest(server, "limited", "team/app", "v1")
+    assert resp.status_code == 429, resp.text
+    code, message = oci_error(resp)
+    assert code == "TOOMANYREQUESTS" and "429" in message and "30" in message
+    # the upstream asked for 30 s of quiet: the next request does not reach it
+    hits = len(faults.hits)
+    again = get_manifest(server, "limited", "team/app", "v1")
+    assert again.status_code in (429, 502) and len(faults.hits) == hits
+
+    resp = get_manifest(server, "down", "team/down", "v1")
+    assert resp.status_code == 502, resp.text
+    code, message = oci_error(resp)
+    assert code == "UPSTREAM_UNAVAILABLE" and "503" in message
+    blob = get_blob(server, "down", "team/down", "sha256:" + "a" * 64)
+    assert blob.status_code == 502 and "503" in oci_error(blob)[1]
+
+
+def test_corrupted_upstream_body_is_never_cached(
+    faults: FaultServer, portway_factory: PortwayFactory
+) -> None:
+    good = os.urandom(512 * 1024)
+    digest = sha256(good)
+    bad = bytearray(good)
+    bad[1000] ^= 0xFF
+    path = f"/v2/team/app/blobs/{digest}"
+    faults.route(path, fixed(200, bytes(bad), {"Content-Type": "application/octet-stream"}))
+    server = portway_factory(repositories=[proxy("hub", faults.url)])
+    # the digest is checked before the last bytes go out: the client sees a short body
+    with pytest.raises(requests.exceptions.ChunkedEncodingError):
+        get_blob(server, "hub", "team/app", digest)
+    time.sleep(0.3)
+    assert not blob_is_cached(server, digest)
+    faults.route(path, fixed(200, good, {"Content-Type": "application/octet-stream"}))
+    again = get_blob(server, "hub", "team/app", digest)
+    assert again.status_code == 200 and again.content == good
+    assert faults.hits.count(path) == 2
+    wait_for(lambda: blob_is_cached(server, digest), what="the good blob in the cache")
+
+
+def test_negative_cache_remembers_upstream_404(
+    faults: FaultServer, portway_factory: PortwayFactory
+) -> None:
+    server = portway_factory(
+        repositories=[
+            proxy("remember", faults.url),
+            proxy("forget", faults.url, negative_cache_ttl=0),
+        ]
+    )
+    path = "/v2/team/none/manifests/v1"
+    for repo in ("remember", "remember", "forget", "forget"):
+        resp = get_manifest(server, repo, "team/none", "v1")
+        assert resp.status_code == 404 and oci_error(resp)[0] == "MANIFEST_UNKNOWN"
+    assert faults.hits.count(path) == 3
+
+
+def test_tags_are_refreshed_after_metadata_max_age(
+    tmp_path: Path, portway_factory: PortwayFactory
+) -> None:
+    registry = Distribution(tmp_path / "upstream").start()
+    try:
+        pusher = Pusher(registry.url)
+        first = pusher.push_image("team/app", "v1", seed=1)
+        server = portway_factory(
+            repositories=[
+                proxy("fresh", registry.url, metadata_max_age=0),
+                proxy("sticky", registry.url),
+            ]
+        )
+        for repo in ("fresh", "sticky"):
+            resp = get_manifest(server, repo, "team/app", "v1")
+            assert resp.headers["Docker-Content-Digest"] == first.digest
+        heads_before = registry.access_log().count('"HEAD /v2/team/app/manifests/v1')
+        # unchanged upstream: the refresh is one HEAD, no new GET
+        assert get_manifest(server, "fresh", "team/app", "v1").status_code == 200
+        log = registry.access_log()
+        assert log.count('"HEAD /v2/team/app/manifests/v1') == heads_before + 1
+        assert log.count('"GET /v2/team/app/manifests/v1') == 2
+        second = pusher.push_image("team/app", "v1", seed=2)
+        fresh = get_manifest(server, "fresh", "team/app", "v1")
+        assert fresh.headers["Docker-Content-Digest"] == second.digest
+        sticky = get_manifest(server, "sticky", "team/app", "v1")
+        assert sticky.headers["Docker-Content-Digest"] == first.digest
+    finally:
+        registry.stop()
+
+
+def test_push_to_a_proxy_is_refused(
+    anonymous: Upstream, portway_factory: PortwayFactory, oci_image: OciImage, tmp_path: Path
+) -> None:
+    server = portway_factory(repositories=[proxy("hub", anonymous.url)])
+    resp = requests.post(v2(server, "hub", "team/new/blobs/uploads/"), timeout=10)
+    assert resp.status_code in (403, 405), resp.text
+    code, message = oci_error(resp)
+    assert code in ("DENIED", "UNSUPPORTED")
+    assert "proxy" in message and anonymous.url in message
+    put = requests.put(
+        v2(server, "hub", "team/new/manifests/v1"),
+        data=b"{}",
+        headers={"Content-Type": "application/vnd.oci.image.manifest.v1+json"},
+        timeout=10,
+    )
+    assert put.status_code in (403, 405) and oci_error(put)[0] in ("DENIED", "UNSUPPORTED")
+    failed = skopeo(
+        "copy", *NO_TLS, oci_image.ref, f"docker://{server.image('team/new:v1', 'hub')}",
+        check=False,
+    )
+    assert failed.returncode != 0 and "proxy" in failed.stderr

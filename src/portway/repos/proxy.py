@@ -279,8 +279,15 @@ class ProxyRepository:
         verified. Runs in its own task: a client hanging up does not stop it."""
         async with self.upstream.open_blob(image, str(digest)) as blob:
             spool.set_size(blob.size)
+            # The last chunk is held back until the digest verified (the iteration ends
+            # without error): a client never receives the whole of a corrupted blob.
+            held: bytes | None = None
             async for chunk in blob:
-                await spool.write(chunk)
+                if held is not None:
+                    await spool.write(held)
+                held = chunk
+            if held is not None:
+                await spool.write(held)
         await self.blobs.publish_file(spool.path, digest)
         await self.meta.link_blob(self.repo_id, image, str(digest), spool.written)
 
@@ -326,6 +333,13 @@ class ProxyRepository:
         }
 
 
+class BlobCutShortError(ConnectionResetError):
+    """The upstream failed after the client's response had started: the only honest answer
+    left is to cut the client's connection, so it sees a short body instead of waiting.
+    A ``ConnectionError`` is what the error middleware lets through for aiohttp to close the
+    connection (an OCI error body cannot follow bytes already sent)."""
+
+
 async def _guarded(reader: SpoolReader, repository: str) -> AsyncIterator[bytes]:
     """Stream a spool to a client, closing the reader however the client leaves."""
     try:
@@ -333,7 +347,7 @@ async def _guarded(reader: SpoolReader, repository: str) -> AsyncIterator[bytes]
             yield chunk
     except UpstreamError as err:
         log.warning("proxy %s: upstream failed mid-blob: %s", repository, err)
-        raise
+        raise BlobCutShortError(f"upstream failed mid-blob: {err}") from err
     finally:
         with contextlib.suppress(Exception):
             reader.close()

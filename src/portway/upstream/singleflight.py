@@ -176,6 +176,11 @@ class SpoolReader:
             os.close(self._fd)
             self._fd = None
 
+    def __del__(self) -> None:
+        # A reader handed out but never iterated (a HEAD answered from the size alone, a
+        # stream the server dropped before starting it) must not leak its descriptor.
+        self.close()
+
     async def __aenter__(self) -> SpoolReader:
         return self
 
