@@ -17,7 +17,8 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def error_response(err: RegistryError) -> web.Response:
-    headers = {"Content-Type": "application/json", **err.headers}
+    extra = {k: v for k, v in err.headers.items() if k.lower() != "content-length"}
+    headers = {"Content-Type": "application/json", **extra}
     return web.Response(status=err.status, body=json.dumps(err.body()).encode(), headers=headers)
 
 

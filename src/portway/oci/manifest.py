@@ -212,3 +212,24 @@ def parse_accept(values: list[str]) -> list[str]:
             if media:
                 out.append(media)
     return out
+
+
+def default_platform_child(index_body: bytes, accept: list[str]) -> str | None:
+    """The digest of an index's linux/amd64 entry whose media type the client accepts."""
+    try:
+        doc = json.loads(index_body)
+    except ValueError:
+        return None
+    for entry in doc.get("manifests", []) if isinstance(doc, dict) else []:
+        if not isinstance(entry, dict):
+            continue
+        platform = entry.get("platform") or {}
+        if (
+            isinstance(platform, dict)
+            and platform.get("os") == "linux"
+            and platform.get("architecture") == "amd64"
+            and negotiate(str(entry.get("mediaType", "")), accept)
+            and isinstance(entry.get("digest"), str)
+        ):
+            return str(entry["digest"])
+    return None

@@ -6,8 +6,17 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from portway.http.v2.call import V2Call, read_limited
+from portway.oci import mediatypes as mt
 from portway.oci.digest import Digest
-from portway.oci.manifest import MAX_MANIFEST_BYTES, parse_accept
+from portway.oci.errors import RegistryError
+from portway.oci.manifest import (
+    MAX_MANIFEST_BYTES,
+    default_platform_child,
+    negotiate,
+    parse_accept,
+)
+
+MAX_TAGS_PER_PUT = 100
 
 
 def _headers(digest: str, media_type: str, size: int) -> dict[str, str]:
@@ -23,6 +32,12 @@ async def get(call: V2Call, reference: str) -> web.StreamResponse:
     await call.authorize("pull")
     accept = parse_accept(call.request.headers.getall("Accept", []))
     manifest = await call.repo.get_manifest(call.image, reference, accept)
+    if not negotiate(manifest.media_type, accept) and manifest.media_type in mt.INDEXES:
+        # A client that takes no index (old Docker): serve the linux/amd64 image, as
+        # distribution does; otherwise the stored manifest as it is.
+        child = default_platform_child(manifest.body, accept)
+        if child is not None:
+            manifest = await call.repo.get_manifest(call.image, child, accept)
     headers = _headers(manifest.digest, manifest.media_type, len(manifest.body))
     if call.request.method == "HEAD":
         return web.Response(status=200, headers=headers)
@@ -34,6 +49,10 @@ async def put(call: V2Call, reference: str) -> web.StreamResponse:
     body = await read_limited(call.request, MAX_MANIFEST_BYTES)
     content_type = call.request.headers.get("Content-Type", "").split(";", 1)[0].strip() or None
     extra_tags = call.request.query.getall("tag", [])
+    if len(extra_tags) > MAX_TAGS_PER_PUT:
+        raise RegistryError(
+            "TAG_INVALID", f"at most {MAX_TAGS_PER_PUT} tags per manifest push", status=414
+        )
     repo = call.repo.writable()
     if repo.moves_tags(call.image, reference, body, extra_tags):
         await call.authorize("edit")  # overwriting a tag is `edit`, not just `add`
