@@ -223,6 +223,29 @@ def test_index_of_pushed_children(api: Api, index_type: str, child_type: str) ->
     assert child.status_code == 200 and child.headers["Content-Type"] == child_type
 
 
+def test_client_without_index_support_gets_the_amd64_image(api: Api) -> None:
+    """An old client that accepts only Docker schema 2 images gets the linux/amd64 entry of a
+    manifest list instead of the list; a client that accepts lists gets the list."""
+    image = unique("no-index")
+    children = {}
+    for arch in ("arm64", "amd64"):
+        digest, body = api.push_image(image, None, media_type=DOCKER_MANIFEST)
+        children[arch] = {
+            **descriptor(DOCKER_MANIFEST, body, digest),
+            "platform": {"os": "linux", "architecture": arch},
+        }
+    index = canonical(
+        {"schemaVersion": 2, "mediaType": DOCKER_LIST, "manifests": list(children.values())}
+    )
+    assert api.put_manifest(image, "multi", index, DOCKER_LIST).status_code == 201
+    old = api.get(image, "manifests/multi", headers={"Accept": DOCKER_MANIFEST})
+    assert old.status_code == 200
+    assert old.headers["Content-Type"] == DOCKER_MANIFEST
+    assert old.headers["Docker-Content-Digest"] == children["amd64"]["digest"]
+    new = api.get(image, "manifests/multi", headers={"Accept": f"{DOCKER_LIST}, {DOCKER_MANIFEST}"})
+    assert new.headers["Docker-Content-Digest"] == sha256(index)
+
+
 def test_index_with_a_missing_child(api: Api) -> None:
     image = unique("index-missing")
     digest, body = api.push_image(image, None)
