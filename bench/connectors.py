@@ -39,7 +39,7 @@ from servers import (
 TOLERANCE = 0.05
 
 
-def _wait_ports(ports: list[int], timeout: float = 30.0) -> None:
+def wait_ports(ports: list[int], timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     pending = list(ports)
     while pending and time.monotonic() < deadline:
@@ -66,7 +66,7 @@ def start_side(
         return server, target, time.monotonic() - t0
     ports = free_ports(count)
     server, _ = start_portway(workdir, workers=workers, connectors=ports, name=name)
-    _wait_ports(ports)
+    wait_ports(ports)
     return server, connector_target(ports[0], name), time.monotonic() - t0
 
 
@@ -93,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     servers: list[ServerProcess] = []
     sides = {"1 connector": 1, f"{args.connectors} connectors": args.connectors}
     runs: dict[str, list[float]] = {k: [] for k in sides}
+    cpu_us: dict[str, list[float]] = {k: [] for k in sides}
     info: dict[str, dict[str, Any]] = {}
     try:
         targets: dict[str, Target] = {}
@@ -112,9 +113,17 @@ def main(argv: list[str] | None = None) -> int:
             order = list(targets) if r % 2 == 0 else list(targets)[::-1]
             for label in order:
                 t = targets[label]
+                server = servers[list(targets).index(label)]
+                cpu0 = server.cpu_seconds()
                 res = wrk(t.base + paths[label], duration, headers={"Accept": OCI_MANIFEST})
+                per_req = (server.cpu_seconds() - cpu0) / max(res.requests, 1) * 1e6
                 runs[label].append(res.requests_per_s)
-                print(f"  round {r + 1} {label:16} {res.requests_per_s:10,.0f} req/s", flush=True)
+                cpu_us[label].append(per_req)
+                print(
+                    f"  round {r + 1} {label:16} {res.requests_per_s:10,.0f} req/s "
+                    f"{per_req:8.0f} server CPU us/req",
+                    flush=True,
+                )
         for label, server in zip(targets, servers, strict=True):
             info[label]["rss_kib_after"] = server.rss_kib()
     finally:
@@ -123,25 +132,30 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(workdir, ignore_errors=True)
     one, many = list(sides)
     med = {k: statistics.median(v) for k, v in runs.items()}
+    med_cpu = {k: statistics.median(v) for k, v in cpu_us.items()}
     ratio = med[many] / med[one]
+    cpu_ratio = med_cpu[many] / med_cpu[one]
     met = ratio >= 1 - TOLERANCE
     print()
     if args.self_check:
         print("SELF-CHECK: both sides are distribution; this shows the method's noise.")
     lines = [
-        "| server | manifest GET req/s (median) | rounds | start-up s | RSS idle MiB |",
-        "|---|---|---|---|---|",
+        "| server | manifest GET req/s (median) | rounds | server CPU us/req (median) "
+        "| start-up s | RSS idle MiB |",
+        "|---|---|---|---|---|---|",
     ]
     for k in sides:
         lines.append(
             f"| {k} | {med[k]:,.0f} | {', '.join(f'{x:,.0f}' for x in runs[k])} | "
-            f"{info[k]['startup_s']:.2f} | {info[k]['rss_kib_idle'] / 1024:.0f} |"
+            f"{med_cpu[k]:.0f} | {info[k]['startup_s']:.2f} | "
+            f"{info[k]['rss_kib_idle'] / 1024:.0f} |"
         )
     print("\n".join(lines))
     print(
         f"\nratio {many} / {one}: {ratio:.3f} (target ≥ {1 - TOLERANCE:.2f}): "
         f"{'met' if met else 'NOT met'}"
     )
+    print(f"server CPU per request, {many} / {one}: {cpu_ratio:.3f}")
     record = {
         "when": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "command": "bench/connectors.py " + " ".join(sys.argv[1:] if argv is None else argv),
@@ -150,6 +164,8 @@ def main(argv: list[str] | None = None) -> int:
         "duration_s": duration,
         "machine": machine(),
         "runs": runs,
+        "server_cpu_us_per_req": cpu_us,
+        "cpu_ratio": cpu_ratio,
         "median": med,
         "servers": info,
         "ratio": ratio,

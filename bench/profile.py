@@ -21,9 +21,10 @@ import tempfile
 import threading
 from pathlib import Path
 
+from connectors import wait_ports
 from data import OCI_MANIFEST
 from ops import check_get, push_small_image, wrk
-from servers import start_portway
+from servers import connector_target, free_ports, start_portway
 
 FRAME = re.compile(r"^(?P<func>.*?) \((?P<file>[^()]*?)(?::\d+)?\)$")
 
@@ -66,6 +67,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--what", choices=("manifest", "blob"), default="manifest")
     p.add_argument("--duration", type=int, default=15, help="seconds of load and sampling")
     p.add_argument("--workers", type=int, default=1)
+    p.add_argument(
+        "--connectors", type=int, default=0, help="open N connectors; load goes through the first"
+    )
     p.add_argument("--rate", type=int, default=200, help="py-spy samples per second")
     p.add_argument("--top", type=int, default=25)
     args = p.parse_args(argv)
@@ -76,7 +80,11 @@ def main(argv: list[str] | None = None) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="portway-profile-"))
     server = None
     try:
-        server, t = start_portway(workdir, workers=args.workers)
+        ports = free_ports(args.connectors)
+        server, t = start_portway(workdir, workers=args.workers, connectors=ports)
+        if ports:
+            wait_ports(ports)
+            t = connector_target(ports[0], "portway")
         img = push_small_image(t, "bench/small", secrets.token_hex(4))
         if args.what == "manifest":
             path = t.path(img.image, f"manifests/{img.tag}")
