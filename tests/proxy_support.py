@@ -79,12 +79,12 @@ def blob_is_cached(server: PortwayServer, digest: str) -> bool:
 
 def blob_gets(access_log: str, digest: str) -> int:
     """How many `GET .../blobs/DIGEST` lines a distribution access log holds."""
-    pattern = re.compile(r'"GET [^"]*/blobs/' + re.escape(digest) + r' HTTP')
+    pattern = re.compile(r'"GET [^"]*/blobs/' + re.escape(digest) + r" HTTP")
     return len(pattern.findall(access_log))
 
 
 def manifest_requests(access_log: str, name: str) -> int:
-    pattern = re.compile(r'"(?:GET|HEAD) /v2/' + re.escape(name) + r'/manifests/')
+    pattern = re.compile(r'"(?:GET|HEAD) /v2/' + re.escape(name) + r"/manifests/")
     return len(pattern.findall(access_log))
 
 

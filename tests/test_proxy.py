@@ -23,15 +23,13 @@ import pytest
 import requests
 from aiohttp import web
 
+from conftest import PortwayFactory
 from proxy_support import (
-    ACCEPT,
     Relay,
     blob_gets,
     blob_is_cached,
-    cached_blob_files,
     get_blob,
     get_manifest,
-    manifest_requests,
     oci_error,
     proxy,
     v2,
@@ -40,20 +38,16 @@ from proxy_support import (
 from support.distribution import Distribution
 from support.dockerd import Dockerd
 from support.engines import ContainerStorage, skopeo
-from support.images import MultiArchImage, OciImage, make_oci_layout
+from support.images import MultiArchImage, OciImage
 from support.server import PortwayServer
 from upstream_support import (
     BackgroundLoop,
     FaultServer,
     Pusher,
     TokenService,
-    basic_auth,
-    bearer_auth,
     fixed,
     sha256,
 )
-
-from conftest import PortwayFactory
 
 NO_TLS = ("--src-tls-verify=false", "--dest-tls-verify=false")
 
@@ -74,7 +68,12 @@ def _seed(registry: Distribution, image: OciImage, multi: MultiArchImage, creds:
     auth = ("--dest-creds", creds) if creds else ()
     skopeo("copy", "--quiet", *NO_TLS, *auth, image.ref, f"docker://{registry.host}/team/app:v1")
     skopeo(
-        "copy", "--quiet", "--all", *NO_TLS, *auth, multi.ref,
+        "copy",
+        "--quiet",
+        "--all",
+        *NO_TLS,
+        *auth,
+        multi.ref,
         f"docker://{registry.host}/team/multi:multi",
     )
 
@@ -108,8 +107,12 @@ def pull(server: PortwayServer, repository: str, ref: str, dest: Path, *extra: s
     """skopeo copy from Portway into an OCI layout; returns the seconds it took."""
     started = time.perf_counter()
     skopeo(
-        "copy", "--quiet", *NO_TLS, *extra,
-        f"docker://{server.image(ref, repository)}", f"oci:{dest}:pulled",
+        "copy",
+        "--quiet",
+        *NO_TLS,
+        *extra,
+        f"docker://{server.image(ref, repository)}",
+        f"oci:{dest}:pulled",
     )
     return time.perf_counter() - started
 
@@ -146,7 +149,10 @@ def test_pull_by_digest_and_multiarch_index(
     server = portway_factory(repositories=[proxy("hub", anonymous.url)])
     by_digest = f"team/app@{anonymous.image.manifest_digest}"
     skopeo(
-        "copy", "--quiet", *NO_TLS, f"docker://{server.image(by_digest, 'hub')}",
+        "copy",
+        "--quiet",
+        *NO_TLS,
+        f"docker://{server.image(by_digest, 'hub')}",
         f"oci:{tmp_path / 'd'}:x",
     )
     assert pulled_manifest_digest(tmp_path / "d") == anonymous.image.manifest_digest
@@ -200,7 +206,12 @@ def test_token_mode_upstream(
     try:
         token = service.issue("bob", ["repository:team/app:pull,push"], lifetime=600)
         skopeo(
-            "copy", "--quiet", *NO_TLS, "--dest-registry-token", token, oci_image.ref,
+            "copy",
+            "--quiet",
+            *NO_TLS,
+            "--dest-registry-token",
+            token,
+            oci_image.ref,
             f"docker://{registry.host}/team/app:v1",
         )
         server = portway_factory(
@@ -225,9 +236,7 @@ def test_portway_as_upstream_with_podman(
 ) -> None:
     origin = portway_factory()  # the default hosted repository `docker-hosted`
     skopeo("copy", "--quiet", *NO_TLS, oci_image.ref, f"docker://{origin.image('team/app:v1')}")
-    server = portway_factory(
-        repositories=[proxy("mirror", origin.repository_url("docker-hosted"))]
-    )
+    server = portway_factory(repositories=[proxy("mirror", origin.repository_url("docker-hosted"))])
     ref = server.image("team/app:v1", "mirror")
     container_storage.podman("pull", "--tls-verify=false", "-q", ref)
     out = container_storage.podman("image", "inspect", "--format", "{{.Id}}", ref)
@@ -339,7 +348,9 @@ def test_client_hanging_up_does_not_abort_the_cache_fill(
     server = portway_factory(repositories=[proxy("hub", faults.url)])
     host, port = server.host.split(":")
     with socket.create_connection((host, int(port)), timeout=10) as sock:
-        request = f"GET /repository/hub/v2/team/slow/blobs/{digest} HTTP/1.1\r\nHost: {host}\r\n\r\n"
+        request = (
+            f"GET /repository/hub/v2/team/slow/blobs/{digest} HTTP/1.1\r\nHost: {host}\r\n\r\n"
+        )
         sock.sendall(request.encode())
         assert sock.recv(65536)  # headers and the first bytes, then the client leaves
         assert sent_half.wait(10)
@@ -385,7 +396,9 @@ def test_upstream_killed_mid_blob_caches_nothing_then_recovers(
 
 
 def test_upstream_stopped_cached_images_pull_uncached_get_a_clear_error(
-    tmp_path: Path, portway_factory: PortwayFactory, oci_image: OciImage,
+    tmp_path: Path,
+    portway_factory: PortwayFactory,
+    oci_image: OciImage,
     multiarch_image: MultiArchImage,
 ) -> None:
     registry = Distribution(tmp_path / "upstream").start()
@@ -407,8 +420,11 @@ def test_upstream_stopped_cached_images_pull_uncached_get_a_clear_error(
     assert code == "UPSTREAM_UNAVAILABLE"
     assert "hub" in message and registry.host in message, message
     failed = skopeo(
-        "copy", *NO_TLS, f"docker://{server.image('team/multi:multi', 'hub')}",
-        f"oci:{tmp_path / 'x'}:x", check=False,
+        "copy",
+        *NO_TLS,
+        f"docker://{server.image('team/multi:multi', 'hub')}",
+        f"oci:{tmp_path / 'x'}:x",
+        check=False,
     )
     # skopeo shows the status, not the error body, for a failed manifest GET
     assert failed.returncode != 0 and "502" in failed.stderr
@@ -422,9 +438,19 @@ def test_upstream_stopped_cached_images_pull_uncached_get_a_clear_error(
 
     def shows_blocked() -> bool:
         out = subprocess.run(
-            [sys.executable, "-m", "portway", "repo", "show", "hub",
-             "--config", str(server.config_path)],
-            capture_output=True, text=True, check=True,
+            [
+                sys.executable,
+                "-m",
+                "portway",
+                "repo",
+                "show",
+                "hub",
+                "--config",
+                str(server.config_path),
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
         )
         upstream = json.loads(out.stdout).get("upstream", {})
         return bool(upstream.get("blocked")) and upstream.get("consecutive_failures", 0) >= 5
@@ -437,14 +463,15 @@ def test_rate_limited_and_unavailable_upstreams(
 ) -> None:
     faults.route(
         "/v2/team/app/manifests/v1",
-        fixed(429, b'{"errors":[{"code":"TOOMANYREQUESTS","message":"slow down"}]}',
-              {"Retry-After": "30", "Content-Type": "application/json"}),
+        fixed(
+            429,
+            b'{"errors":[{"code":"TOOMANYREQUESTS","message":"slow down"}]}',
+            {"Retry-After": "30", "Content-Type": "application/json"},
+        ),
     )
     faults.route("/v2/team/down/manifests/v1", fixed(503, b"maintenance"))
     faults.route("/v2/team/down/blobs/" + "sha256:" + "a" * 64, fixed(503, b"maintenance"))
-    server = portway_factory(
-        repositories=[proxy("limited", faults.url), proxy("down", faults.url)]
-    )
+    server = portway_factory(repositories=[proxy("limited", faults.url), proxy("down", faults.url)])
     resp = get_manifest(server, "limited", "team/app", "v1")
     assert resp.status_code == 429, resp.text
     code, message = oci_error(resp)
@@ -548,7 +575,10 @@ def test_push_to_a_proxy_is_refused(
     )
     assert put.status_code in (403, 405) and oci_error(put)[0] in ("DENIED", "UNSUPPORTED")
     failed = skopeo(
-        "copy", *NO_TLS, oci_image.ref, f"docker://{server.image('team/new:v1', 'hub')}",
+        "copy",
+        *NO_TLS,
+        oci_image.ref,
+        f"docker://{server.image('team/new:v1', 'hub')}",
         check=False,
     )
     assert failed.returncode != 0 and "proxy" in failed.stderr
