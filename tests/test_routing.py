@@ -238,6 +238,9 @@ METHODS = [
         visible_prefix="/repository/beta",
     ),
     Method("connector", "conn", "127.0.0.1:{port}", "gamma"),
+    # A connector bound to a repository wins over a host mapping of the same name (the seed:
+    # project.example.com:8086 pushes, project.example.com itself pulls from the group).
+    Method("connector-over-host", "conn", "registry.example.test:{port}", "gamma"),
     Method("host", "main", "registry.example.test:{port}", "delta"),
     Method("host-no-port", "main", "Registry.Example.Test", "delta"),
     Method("wildcard", "main", "beta.docker.example.test:{port}", "beta"),

@@ -2,8 +2,10 @@
 
 Access methods, in the order they are tried:
   1. Nexus path   /repository/<repo>/v2/...   (what reverse proxies target)
-  2. Host mapping Host: name (exact, or first label of a wildcard domain) -> repository
-  3. Connector    a listener port bound to one repository
+  2. Connector    a listener port bound to one repository (the seed's port mapping: one host
+                  name, a push port and a pull port, so the port decides, not the Host header)
+  3. Host mapping Host: name (exact, or first label of a wildcard domain) -> repository, on
+                  the main listener and on connectors bound to no repository
   4. Repository path /v2/<repo>/<image>/... for repositories with path_routing = true
 """
 
@@ -90,10 +92,10 @@ class RouteTable:
             if repo not in self.repositories:
                 return None
             return Route(repo, "/" + rest if sep else "/", f"/repository/{repo}", "path")
-        binding = self._host_binding(host)
-        if binding is not None:
-            return Route(binding.repository, path, "", "host", binding.external_url)
         bound = self.ports.get(port)
         if bound is not None and bound.repository is not None:
             return Route(bound.repository, path, "", "connector", bound.external_url)
+        binding = self._host_binding(host)
+        if binding is not None:
+            return Route(binding.repository, path, "", "host", binding.external_url)
         return Route(None, path, "", "shared", bound.external_url if bound else None)
