@@ -246,3 +246,61 @@ def test_sigkill_during_concurrent_pushes_leaves_a_consistent_store(
     got = reg.get_manifest("crash/after", "ok")
     assert got.status == 200 and got.body == body
     assert _pull_ok(reg, "crash/after", sha256(fresh), len(fresh))
+
+
+def test_closing_put_racing_an_unfinished_patch_never_publishes_a_growing_file(
+    portway_factory: Callable[..., PortwayServer],
+) -> None:
+    """A client (buggy or hostile) closes a session with PUT while its own PATCH is still
+    streaming. Whatever the answers, the published blob must never change afterwards."""
+    server = portway_factory(workers=1)
+    reg = Registry(server.repository_url())
+    image = "race/put-during-patch"
+    head = random.Random(5).randbytes(MiB)
+    location = reg.start_upload(image)
+    location, reply = reg.patch(location, 0, head, len(head))
+    assert reply.status == 202
+    upload_file = server.data_dir / "storage" / "uploads" / location.rstrip("/").rsplit("/")[-1]
+    assert upload_file.stat().st_size == len(head)
+
+    # a PATCH announcing 8 MiB that sends 3 MiB, then stalls
+    tail = random.Random(6).randbytes(8 * MiB)
+    conn = reg.connect()
+    conn.putrequest("PATCH", location)
+    conn.putheader("Content-Length", str(len(tail)))
+    conn.putheader("Content-Range", f"{len(head)}-{len(head) + len(tail) - 1}")
+    conn.putheader("Content-Type", "application/octet-stream")
+    conn.endheaders()
+    conn.send(tail[: 3 * MiB])
+    deadline = time.monotonic() + 10
+    while upload_file.stat().st_size == len(head) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.3)
+    on_disk = upload_file.read_bytes()
+    assert len(on_disk) > len(head)
+
+    # close the session with the digest of what is on disk right now
+    put = reg.finish_upload(location, sha256(on_disk))
+    conn.send(tail[3 * MiB :])
+    try:
+        patch_status = conn.getresponse().status
+    except OSError:
+        patch_status = None
+    finally:
+        conn.close()
+    print(f"\nPUT during PATCH: PUT {put.status}, PATCH {patch_status}")
+    assert put.status in (201, 400, 404, 416), put.body[:300]
+    if put.status != 201 and patch_status == 202:
+        # the PATCH won: the session holds everything and closes normally
+        done = reg.finish_upload(location, sha256(head + tail))
+        assert done.status == 201, done.body[:300]
+        assert _pull_ok(reg, image, sha256(head + tail), len(head) + len(tail))
+
+    # whatever was accepted, every visible blob is whole and matches its name
+    for digest in {sha256(on_disk), sha256(head + tail)}:
+        found = reg.head_blob(image, digest)
+        if found.status == 200:
+            size = int(found.header("Content-Length") or -1)
+            assert _pull_ok(reg, image, digest, size), digest
+    _count, bad = _blob_files_match_their_names(server.data_dir)
+    assert not bad, f"blob files whose content does not match their name: {bad}"

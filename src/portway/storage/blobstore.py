@@ -19,7 +19,7 @@ from typing import Any
 
 from portway.oci.digest import Digest
 from portway.oci.errors import RegistryError
-from portway.storage.filesystem import FilesystemBackend, FileWriter
+from portway.storage.filesystem import FilesystemBackend, FileWriter, ObjectBusy
 
 WRITE_BATCH = 1024 * 1024  # bytes handed to the writer thread at once
 _HASH_CACHE_LIMIT = 4096
@@ -81,8 +81,7 @@ class BlobStore:
         On any failure (client gone, short body) the data is cut back to where it was, so the
         session stays usable and nothing half-written counts.
         """
-        key = self.upload_key(upload_id)
-        writer = await self.backend.writer(key, append=True)
+        writer = await self._open_session(upload_id)
         start = writer.size
         cached = self._hashes.get(upload_id)
         hashers = cached[1:] if cached is not None and cached[0] == start else None
@@ -95,11 +94,9 @@ class BlobStore:
                     f"request body has {written} bytes, Content-Length said {expected_length}",
                 )
         except BaseException:
+            with contextlib.suppress(OSError):
+                writer.truncate_sync(start)  # still under the lock: nobody saw the tail
             await writer.close(sync=False)
-            path = self.backend.local_path(key)
-            if path is not None:
-                with contextlib.suppress(FileNotFoundError):
-                    os.truncate(path, start)
             self._hashes.pop(upload_id, None)
             raise
         await writer.close(sync=False)
@@ -110,26 +107,47 @@ class BlobStore:
         return start + written
 
     async def commit(self, upload_id: str, digest: Digest, size: int | None = None) -> int:
-        """Verify the session's data against `digest` and publish it as that blob."""
+        """Verify the session's data against `digest` and publish it as that blob.
+
+        The session file stays locked from the size check to the rename, so no request still
+        appending to it (on any worker) can change what was verified.
+        """
         key = self.upload_key(upload_id)
-        info = await self.backend.stat(key)
-        if info is None:
-            raise RegistryError("BLOB_UPLOAD_UNKNOWN")
-        if size is not None and info.size != size:
-            raise RegistryError("SIZE_INVALID", f"upload has {info.size} bytes, expected {size}")
-        cached = self._hashes.pop(upload_id, None)
-        if cached is not None and cached[0] == info.size and digest.algorithm == "sha256":
-            actual = cached[1].hexdigest()
-        else:
-            actual = await asyncio.to_thread(self._hash_file, key, digest.algorithm)
-        if actual != digest.hex:
+        holder = await self._open_session(upload_id)
+        try:
+            total = holder.size
+            if size is not None and total != size:
+                raise RegistryError("SIZE_INVALID", f"upload has {total} bytes, expected {size}")
+            cached = self._hashes.pop(upload_id, None)
+            sync = asyncio.ensure_future(asyncio.to_thread(os.fsync, holder.fileno()))
+            try:
+                if cached is not None and cached[0] == total and digest.algorithm == "sha256":
+                    actual = cached[1].hexdigest()
+                else:  # another worker appended, or sha512: read the data back
+                    actual = await asyncio.to_thread(self._hash_file, key, digest.algorithm)
+            finally:
+                await asyncio.shield(sync)
+            if actual != digest.hex:
+                raise RegistryError(
+                    "DIGEST_INVALID",
+                    f"uploaded content has digest {digest.algorithm}:{actual}, not {digest}",
+                )
+            await self.backend.move(key, self.blob_key(digest))
+        finally:
+            await holder.close(sync=False)
+        return total
+
+    async def _open_session(self, upload_id: str) -> FileWriter:
+        """The session's file, opened for appending and locked against other requests."""
+        try:
+            return await self.backend.writer(self.upload_key(upload_id), append=True)
+        except ObjectBusy:
             raise RegistryError(
-                "DIGEST_INVALID",
-                f"uploaded content has digest {digest.algorithm}:{actual}, not {digest}",
-            )
-        await asyncio.to_thread(_fsync_path, self.backend.local_path(key))
-        await self.backend.move(key, self.blob_key(digest))
-        return info.size
+                "BLOB_UPLOAD_INVALID",
+                f"upload {upload_id} is busy: another request is writing or closing it",
+            ) from None
+        except FileNotFoundError:
+            raise RegistryError("BLOB_UPLOAD_UNKNOWN", f"upload {upload_id} not found") from None
 
     def _hash_file(self, key: str, algorithm: str) -> str:
         hasher = hashlib.new(algorithm)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import os
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -12,16 +13,51 @@ from portway.storage.backend import ObjectInfo
 READ_CHUNK = 1024 * 1024
 
 
+class ObjectBusy(Exception):
+    """Another writer (in this process or another worker) holds the object."""
+
+
 class FileWriter:
-    """Writes go to the file from a worker thread, so hashing and disk I/O overlap the socket."""
+    """Writes go to the file from a worker thread, so hashing and disk I/O overlap the socket.
+
+    An appending writer holds an exclusive `flock` on the file until `close`, and only on the
+    file still at its path: a session being committed (renamed into the blob tree) or written
+    by another request cannot be appended to, so a published blob never changes.
+    """
 
     def __init__(self, path: Path, append: bool) -> None:
-        self._file = open(path, "ab" if append else "wb")  # noqa: SIM115 - closed in close()
-        self._size = self._file.tell()
+        if not append:
+            self._file = open(path, "wb")  # noqa: SIM115 - closed in close()
+            self._size = 0
+            return
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND)  # no O_CREAT: a moved file stays moved
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise ObjectBusy(str(path)) from None
+            held = os.fstat(fd)
+            current = os.stat(path)  # FileNotFoundError when it was moved away meanwhile
+            if (held.st_ino, held.st_dev) != (current.st_ino, current.st_dev):
+                raise FileNotFoundError(str(path))
+        except BaseException:
+            os.close(fd)
+            raise
+        self._file = os.fdopen(fd, "ab")
+        self._size = held.st_size
 
     @property
     def size(self) -> int:
         return self._size
+
+    def fileno(self) -> int:
+        return self._file.fileno()
+
+    def truncate_sync(self, size: int) -> None:
+        """Cut the file back to `size` bytes (under the lock, unlike a truncate by path)."""
+        self._file.flush()
+        os.ftruncate(self._file.fileno(), size)
+        self._size = size
 
     async def write(self, data: bytes) -> None:
         await asyncio.to_thread(self._file.write, data)
