@@ -13,7 +13,8 @@ from portway.http.routing import Route
 from portway.oci.errors import RegistryError
 from portway.repos.search import page_of
 
-MAX_RESULTS = 100
+MAX_RESULTS = 100  # page size cap
+ALL_RESULTS = 10_000  # what one repository contributes to a merged search
 
 
 def _int(request: web.Request, key: str, default: int, low: int, high: int) -> int:
@@ -37,24 +38,40 @@ async def handle_v1(
     query = request.query.get("q", "")
     n = _int(request, "n", 25, 1, MAX_RESULTS)
     page = _int(request, "page", 1, 1, 100000)
-    names = [route.repository] if route.repository else ctx.routes.path_routed()
-    results: list[dict[str, Any]] = []
-    for repo_name in names:
-        repo = ctx.repos[repo_name]
-        if not repo.config.v1_enabled:
-            if route.repository:
-                raise RegistryError(
-                    "UNSUPPORTED",
-                    f"search is turned off for repository {repo_name!r}",
-                    status=404,
-                )
-            continue
-        if not ctx.authorizer.visible(request, repo_name):
-            continue
-        found = await repo.search(query, n * page if route.repository else MAX_RESULTS, 1)
-        for entry in found["results"] if found else []:
-            if route.repository is None:
-                entry = {**entry, "name": f"{repo_name}/{entry['name']}"}
-            results.append(entry)
-    body = page_of(query, results, n, page)
+    if route.repository is not None:
+        if ctx.authorizer.visible(request, route.repository):
+            body = await _search_one(ctx, route.repository, query, n, page)
+        else:
+            body = page_of(query, [], n, page)  # no existence leak: an empty answer
+    else:
+        body = await _search_shared(request, ctx, query, n, page)
     return web.Response(body=json.dumps(body).encode(), content_type="application/json")
+
+
+async def _search_one(
+    ctx: AppContext, repo_name: str, query: str, n: int, page: int
+) -> dict[str, Any]:
+    """One repository answers its own page (its `num_results` counts every match)."""
+    repo = ctx.repos[repo_name]
+    if not repo.config.v1_enabled:
+        raise RegistryError(
+            "UNSUPPORTED", f"search is turned off for repository {repo_name!r}", status=404
+        )
+    found = await repo.search(query, n, page)
+    return found if found is not None else page_of(query, [], n, page)
+
+
+async def _search_shared(
+    request: web.Request, ctx: AppContext, query: str, n: int, page: int
+) -> dict[str, Any]:
+    """A shared host: every path-routed repository the caller may see, names prefixed with
+    the repository (`<repo>/<image>`, what a client pulls there), paged together."""
+    results: list[dict[str, Any]] = []
+    for repo_name in ctx.routes.path_routed():
+        repo = ctx.repos[repo_name]
+        if not repo.config.v1_enabled or not ctx.authorizer.visible(request, repo_name):
+            continue
+        found = await repo.search(query, ALL_RESULTS, 1)
+        for entry in found["results"] if found else []:
+            results.append({**entry, "name": f"{repo_name}/{entry['name']}"})
+    return page_of(query, results, n, page)

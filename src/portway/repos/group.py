@@ -23,6 +23,7 @@ log = logging.getLogger("portway.group")
 
 # Errors that mean "this member does not have it": try the next member.
 _ABSENT = frozenset({"MANIFEST_UNKNOWN", "BLOB_UNKNOWN", "NAME_UNKNOWN"})
+ALL_RESULTS = 10_000  # what one member contributes to a merged search, before paging
 
 
 def resolution_order(group: str, members_of: Mapping[str, Sequence[str]]) -> list[str]:
@@ -152,7 +153,7 @@ class GroupRepository:
             if not member.config.v1_enabled:
                 continue
             try:
-                found = await member.search(query, n * page, 1)
+                found = await member.search(query, ALL_RESULTS, 1)
             except RegistryError as err:
                 log.warning("group %s: search in %s: %s", self.name, member.name, err.message)
                 continue
