@@ -204,15 +204,17 @@ class AuthService:
         check is audited. With `cache`, a success is remembered for a few seconds (keyed by an
         HMAC, never the password) so Basic on every request does not cost an argon2 each.
         """
+        # The lock comes first, even before the cache: otherwise, while a user was logging in
+        # from elsewhere, a guesser on a locked address would learn that a guess was right.
+        locked = self.limiter.check(user, client_addr)
+        if locked is not None:
+            self._audit("login", user, client_addr, None, "locked", {"by": locked.key})
+            raise LoginLocked(locked.retry_after)
         key = hmac.new(self._basic_key, f"{user}\0{password}".encode(), hashlib.sha256).digest()
         if cache:
             hit = self._cached(key)
             if hit is not None:
                 return hit
-        locked = self.limiter.check(user, client_addr)
-        if locked is not None:
-            self._audit("login", user, client_addr, None, "locked", {"by": locked.key})
-            raise LoginLocked(locked.retry_after)
         principal = self.store.authenticate(user, password)
         if principal is None:
             self.limiter.failure(user, client_addr)

@@ -168,6 +168,53 @@ def role_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _keyring(args: argparse.Namespace) -> object:
+    from portway.auth.keys import KeyRing
+
+    return KeyRing.in_data_dir(load_settings(args.config).server.data_dir)
+
+
+def key_rotate(args: argparse.Namespace) -> int:
+    from portway.auth.audit import AuditLog
+    from portway.auth.keys import KeyRing
+
+    ring = _keyring(args)
+    assert isinstance(ring, KeyRing)
+    ring.load()
+    kid = ring.rotate()
+    data_dir = load_settings(args.config).server.data_dir
+    AuditLog(data_dir / "audit.log").write("key.rotate", principal="cli", detail={"kid": kid})
+    print(kid)
+    return 0
+
+
+def key_list(args: argparse.Namespace) -> int:
+    from portway.auth.keys import KeyRing
+
+    ring = _keyring(args)
+    assert isinstance(ring, KeyRing)
+    current = ring.current.kid
+    for kid in ring.kids():
+        print(f"{kid}{'  (current)' if kid == current else ''}")
+    return 0
+
+
+def key_remove(args: argparse.Namespace) -> int:
+    from portway.auth.audit import AuditLog
+    from portway.auth.keys import KeyFolderError, KeyRing
+
+    ring = _keyring(args)
+    assert isinstance(ring, KeyRing)
+    try:
+        ring.remove(args.kid)
+    except KeyFolderError as exc:
+        print(f"portway: {exc}", file=sys.stderr)
+        return 1
+    data_dir = load_settings(args.config).server.data_dir
+    AuditLog(data_dir / "audit.log").write("key.remove", principal="cli", detail={"kid": args.kid})
+    return 0
+
+
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     def common(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
         p.add_argument("--config", type=Path, help="TOML configuration file (default: embedded)")
@@ -215,3 +262,21 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("name")
     p.set_defaults(func=role_delete)
     common(rs.add_parser("list", help="list roles")).set_defaults(func=role_list)
+
+    key = sub.add_parser(
+        "key",
+        help="token signing keys",
+        description="Token signing keys in <data>/keys. Running servers take a rotation or a "
+        "removal within a minute (or at once on restart); tokens signed by a removed key are "
+        "refused from then on.",
+    )
+    ks = key.add_subparsers(dest="key_command", required=True, metavar="ACTION")
+    common(ks.add_parser("rotate", help="new signing key (old ones keep verifying)")).set_defaults(
+        func=key_rotate
+    )
+    common(ks.add_parser("list", help="list keys, the signing one marked")).set_defaults(
+        func=key_list
+    )
+    p = common(ks.add_parser("remove", help="stop accepting tokens signed by KID"))
+    p.add_argument("kid")
+    p.set_defaults(func=key_remove)
