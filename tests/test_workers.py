@@ -7,6 +7,8 @@ import random
 import re
 import signal
 import socket
+import subprocess
+import sys
 import time
 from collections import defaultdict
 from collections.abc import Callable
@@ -146,3 +148,30 @@ def test_sigkill_of_the_parent_takes_the_workers_down(two_workers: PortwayServer
     # and the same data directory serves again on the same port
     server.start()
     assert Registry(server.repository_url()).request("GET", "/v2/").status in (200, 401)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_second_server_on_a_taken_port_fails_instead_of_sharing_it(
+    two_workers: PortwayServer, workers: int
+) -> None:
+    """SO_REUSEPORT would let a second server (same user) silently join the first one's
+    listening group and take half its connections; it must refuse to start instead."""
+    second = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "portway",
+            "serve",
+            "--config",
+            str(two_workers.config_path),
+            "--workers",
+            str(workers),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=two_workers.root,
+    )
+    assert second.returncode != 0, second.stderr[-2000:]
+    assert "in use" in (second.stdout + second.stderr).lower(), second.stderr[-2000:]
+    assert two_workers.alive()

@@ -15,6 +15,7 @@ import logging
 import multiprocessing
 import os
 import signal
+import socket
 import ssl
 import sys
 from typing import Any
@@ -38,8 +39,14 @@ def _ssl_context(tls: TlsConfig | tuple[TlsConfig, ...] | None) -> ssl.SSLContex
     return build_ssl_context(tls)
 
 
-async def open_listeners(runner: web.AppRunner, ctx: AppContext) -> list[tuple[str, int]]:
-    """Open the main listener and every connector Portway serves; returns (scheme, port)s."""
+async def open_listeners(
+    runner: web.AppRunner, ctx: AppContext, *, reuse_port: bool = True
+) -> list[tuple[str, int]]:
+    """Open the main listener and every connector Portway serves; returns (scheme, port)s.
+
+    `reuse_port` only with several workers: a lone process binds plainly, so a port another
+    server already holds fails loudly instead of being silently shared with it.
+    """
     settings = ctx.settings
     plan: list[tuple[str, str | None, Any, str | None]] = [
         (settings.server.listen, None, settings.server.tls, None)
@@ -51,7 +58,9 @@ async def open_listeners(runner: web.AppRunner, ctx: AppContext) -> list[tuple[s
     for listen, repository, tls, external_url in plan:
         host, port = split_listen(listen)
         context = _ssl_context(tls)
-        site = web.TCPSite(runner, host, port, ssl_context=context, reuse_port=True, backlog=1024)
+        site = web.TCPSite(
+            runner, host, port, ssl_context=context, reuse_port=reuse_port, backlog=1024
+        )
         await site.start()
         sockets = getattr(site._server, "sockets", None)
         real_port = int(sockets[0].getsockname()[1]) if sockets else port
@@ -76,7 +85,7 @@ async def _purge_loop(ctx: AppContext) -> None:
                     log.exception("upload purge failed")
 
 
-async def run_worker(settings: Settings) -> None:
+async def run_worker(settings: Settings, *, reuse_port: bool = True) -> None:
     meta, blobs = open_stores(settings)
     ctx = build_context(settings, meta, blobs)
     app = build_app(ctx)
@@ -95,7 +104,7 @@ async def run_worker(settings: Settings) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     try:
-        opened = await open_listeners(runner, ctx)
+        opened = await open_listeners(runner, ctx, reuse_port=reuse_port)
         log.info("worker %d listening on %s", os.getpid(), ", ".join(f"{s}:{p}" for s, p in opened))
         tasks = [
             asyncio.create_task(_purge_loop(ctx)),
@@ -134,14 +143,35 @@ def configure_logging(settings: Settings) -> None:
     )
 
 
+def _port_taken(listen: str) -> str | None:
+    """Why `listen` cannot be bound by a plain socket (no SO_REUSEPORT), or None.
+
+    Workers bind with SO_REUSEPORT, which would quietly join the listening group of any other
+    process of the same user on that port; checking first turns that into an error.
+    """
+    host, port = split_listen(listen)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            return exc.strerror or str(exc)
+    return None
+
+
 def serve(settings: Settings, workers: int) -> int:
     configure_logging(settings)
     if workers <= 1:
-        asyncio.run(run_worker(settings))
+        asyncio.run(run_worker(settings, reuse_port=False))
         return 0
     for listen in [settings.server.listen, *(c.listen for c in settings.connector)]:
         if split_listen(listen)[1] == 0:
             log.error("with several workers every listener needs a fixed port (%s)", listen)
+            return 2
+        busy = _port_taken(listen)
+        if busy is not None:
+            log.error("cannot listen on %s: %s", listen, busy)
             return 2
     spawn = multiprocessing.get_context("spawn")
     procs = [
