@@ -25,6 +25,7 @@ from proxy_support import (
     v2,
 )
 from support.distribution import Distribution
+from support.dockerd import Dockerd
 from support.engines import ContainerStorage, skopeo
 from support.images import OciImage, make_oci_layout
 from support.ports import free_port
@@ -176,6 +177,7 @@ def test_cold_and_warm_pull_through_a_group(
     tmp_path: Path,
     container_storage: ContainerStorage,
     oci_image: OciImage,
+    dockerd: Dockerd,
 ) -> None:
     server = portway_factory(
         repositories=[hosted("h"), proxy("hub", upstream.url), group("g", ["h", "hub"])]
@@ -199,6 +201,11 @@ def test_cold_and_warm_pull_through_a_group(
     container_storage.podman("pull", "--tls-verify=false", "-q", ref)
     out = container_storage.podman("image", "inspect", "--format", "{{.Id}}", ref)
     assert out.stdout.strip() == oci_image.config_digest.removeprefix("sha256:")
+    by_digest = server.image(f"library/real@{oci_image.manifest_digest}", "g")
+    dockerd.docker("pull", "-q", by_digest)
+    out = dockerd.docker("image", "inspect", "--format", "{{.Id}}", by_digest)
+    assert out.stdout.strip() == oci_image.config_digest
+    dockerd.docker("rmi", by_digest)
 
 
 # -- push through the writable member ---------------------------------------------------------

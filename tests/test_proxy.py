@@ -367,9 +367,9 @@ def test_client_hanging_up_does_not_abort_the_cache_fill(
 def test_upstream_killed_mid_blob_caches_nothing_then_recovers(
     anonymous: Upstream, portway_factory: PortwayFactory, tmp_path: Path
 ) -> None:
-    data = os.urandom(8 * 1024 * 1024)
+    data = os.urandom(4 * 1024 * 1024)
     digest = Pusher(anonymous.url).push_blob("team/killed", data)
-    relay = Relay(tmp_path, anonymous.registry.port, rate=2 * 1024 * 1024).start()
+    relay = Relay(tmp_path, anonymous.registry.port, rate=4 * 1024 * 1024).start()
     try:
         server = portway_factory(repositories=[proxy("hub", relay.url)])
         url = v2(server, "hub", f"team/killed/blobs/{digest}")

@@ -249,8 +249,8 @@ class ProxyRepository:
         return BlobBody(digest=digest, size=total, stream=_guarded(reader, self.name))
 
     async def _follow(self, image: str, digest: Digest) -> SpoolReader:
-        if self.breaker.is_blocked() or self._negative_hit(image, str(digest)):
-            pass  # the fill below raises the right error through the breaker
+        # A blocked upstream needs no check here: the fill's first request raises
+        # UpstreamBlockedError, which every reader gets.
         key = f"{image}@{digest}"
 
         async def fill(spool: Spool) -> None:
