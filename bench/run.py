@@ -33,6 +33,7 @@ from servers import REPO_ROOT, ServerProcess, Target, start_distribution, start_
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SIDES = ("portway", "distribution")
+LABELS = ("Portway", "distribution")
 
 
 def machine() -> dict[str, Any]:
@@ -86,8 +87,8 @@ def fmt(value: float | None, unit: str) -> str:
     return f"{value:,.0f}" if value >= 100 else f"{value:.1f}"
 
 
-def ratio_of(rowdef: Row, res: dict[str, Any]) -> float | None:
-    p, d = res.get("portway"), res.get("distribution")
+def ratio_of(res: dict[str, Any], sides: tuple[str, str] = SIDES) -> float | None:
+    p, d = res.get(sides[0]), res.get(sides[1])
     if not isinstance(p, dict) or not isinstance(d, dict) or not d["value"]:
         return None
     return float(p["value"]) / float(d["value"])
@@ -110,34 +111,45 @@ def render(head: list[str], body: list[list[str]], markdown: bool) -> list[str]:
     return lines
 
 
-def table_lines(results: dict[str, dict[str, Any]], markdown: bool) -> list[str]:
-    head = ["row", "unit", "Portway", "distribution", "ratio", "target", "met"]
+def table_lines(
+    results: dict[str, dict[str, Any]],
+    markdown: bool,
+    sides: tuple[str, str] = SIDES,
+    labels: tuple[str, str] = LABELS,
+    with_targets: bool = True,
+) -> list[str]:
+    head = ["row", "unit", *labels, "ratio"]
+    if with_targets:
+        head += ["target", "met"]
     body = []
     for name, res in results.items():
         rowdef = ROWS[name]
         cells = [f"{name} ({rowdef.title})" if markdown else name, rowdef.unit]
-        for side in SIDES:
+        for side in sides:
             v = res.get(side)
             cells.append(fmt(v["value"], rowdef.unit) if isinstance(v, dict) else "ERR")
-        r = ratio_of(rowdef, res)
-        met = rowdef.met(r) if r is not None else None
-        cells += [
-            f"{r:.2f}x" if r is not None else "-",
-            rowdef.target_text(),
-            "-" if met is None else ("yes" if met else "no"),
-        ]
+        r = ratio_of(res, sides)
+        cells.append(f"{r:.2f}x" if r is not None else "-")
+        if with_targets:
+            met = rowdef.met(r) if r is not None else None
+            cells += [rowdef.target_text(), "-" if met is None else ("yes" if met else "no")]
         body.append(cells)
     return render(head, body, markdown)
 
 
-def cost_lines(results: dict[str, dict[str, Any]], markdown: bool) -> list[str]:
+def cost_lines(
+    results: dict[str, dict[str, Any]],
+    markdown: bool,
+    sides: tuple[str, str] = SIDES,
+    labels: tuple[str, str] = LABELS,
+) -> list[str]:
     """Server CPU per unit of work: what each side spent, whatever else the machine did."""
-    head = ["row", "server CPU", "Portway", "distribution", "Portway/distribution"]
+    head = ["row", "server CPU", *labels, f"{labels[0]}/{labels[1]}"]
     body = []
     for name, res in results.items():
         rowdef = ROWS[name]
         costs = []
-        for side in SIDES:
+        for side in sides:
             v = res.get(side)
             costs.append(v.get("cost") if isinstance(v, dict) else None)
         if all(c is None for c in costs):
@@ -159,12 +171,13 @@ def measure_row(
     ctx: Context, rowdef: Row, targets: dict[str, Target], repeat: int, first: int
 ) -> dict[str, Any]:
     """Measure one row `repeat` times on each side; the value is the median of the runs."""
-    runs: dict[str, list[Measurement]] = {side: [] for side in SIDES}
+    sides = tuple(targets)
+    runs: dict[str, list[Measurement]] = {side: [] for side in sides}
     errors: dict[str, str] = {}
     skipped: set[str] = set()
     for k in range(repeat):
         # Alternate which side goes first, so neither always inherits the other's aftermath.
-        order = SIDES if (first + k) % 2 == 0 else SIDES[::-1]
+        order = sides if (first + k) % 2 == 0 else sides[::-1]
         for side in order:
             if side in errors or side in skipped:
                 continue
@@ -187,7 +200,7 @@ def measure_row(
                 flush=True,
             )
     res: dict[str, Any] = {}
-    for side in SIDES:
+    for side in sides:
         if side in errors:
             res[side] = errors[side]
         elif not runs[side]:
@@ -302,7 +315,7 @@ def main(argv: list[str] | None = None) -> int:
         for i, name in enumerate(names):
             rowdef = ROWS[name]
             res = measure_row(ctx, rowdef, targets, args.repeat, first=i)
-            ratio = ratio_of(rowdef, res)
+            ratio = ratio_of(res)
             res["ratio"] = ratio
             res["met"] = rowdef.met(ratio) if ratio is not None else None
             results[name] = res

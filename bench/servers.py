@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import signal
 import socket
@@ -187,6 +188,7 @@ def portway_config(
     workers: int,
     connectors: Sequence[int] = (),
     log_level: str = "warning",
+    proxied: Sequence[int] = (),
 ) -> str:
     lines = [
         "[server]",
@@ -211,7 +213,20 @@ def portway_config(
             f'repository = "{HOSTED}"',
             "",
         ]
+    for pport in proxied:  # a reverse proxy owns these ports (portway proxy-config)
+        lines += [
+            "[[connector]]",
+            f'listen = "127.0.0.1:{pport}"',
+            f'repository = "{HOSTED}"',
+            'served_by = "proxy"',
+            "",
+        ]
     return "\n".join(lines)
+
+
+def venv_python() -> str:
+    python = REPO_ROOT / ".venv" / "bin" / "python"
+    return str(python) if python.exists() else sys.executable
 
 
 def start_portway(
@@ -219,6 +234,7 @@ def start_portway(
     *,
     workers: int = 1,
     connectors: Sequence[int] = (),
+    proxied: Sequence[int] = (),
     layout: str = "path",
     cpus: str | None = None,
     name: str = "portway",
@@ -229,11 +245,8 @@ def start_portway(
     home = workdir / name
     home.mkdir(parents=True, exist_ok=True)
     config = home / "portway.toml"
-    config.write_text(portway_config(port, home / "data", workers, connectors))
-    python = str(REPO_ROOT / ".venv" / "bin" / "python")
-    if not Path(python).exists():
-        python = sys.executable
-    argv = [python, "-m", "portway", "serve", "--config", str(config)]
+    config.write_text(portway_config(port, home / "data", workers, connectors, proxied=proxied))
+    argv = [venv_python(), "-m", "portway", "serve", "--config", str(config)]
     if workers != 1:
         argv += ["--workers", str(workers)]
     server = ServerProcess(name, argv, home, env={"PYTHONUNBUFFERED": "1"}, cpus=cpus)
@@ -297,3 +310,63 @@ def start_distribution(
     server = ServerProcess(name, [binary, "serve", str(config)], home, cpus=cpus)
     server.wait_ready(f"http://127.0.0.1:{port}/v2/")
     return server, Target(name, "127.0.0.1", port, "/v2/", f"127.0.0.1:{port}")
+
+
+# --------------------------------------------------------------------------- nginx
+
+
+def start_nginx(
+    workdir: Path,
+    portway_config_file: Path,
+    port: int,
+    name: str = "nginx",
+    extra: Sequence[str] = (),
+) -> tuple[ServerProcess, Target]:
+    """nginx with the configuration `portway proxy-config nginx` renders for the Portway config
+    (whose connector on `port` has served_by = "proxy"), in the foreground as our child.
+    `extra` directives (e.g. "proxy_buffer_size 256k") go at the top of the http block, for
+    trying a change to the generated configuration."""
+    binary = shutil.which("nginx")
+    if binary is None:
+        raise RuntimeError("nginx not found (Debian package `nginx`)")
+    home = workdir / name
+    runtime = home / "run"
+    runtime.mkdir(parents=True, exist_ok=True)
+    conf = home / "nginx.conf"
+    render = subprocess.run(
+        [
+            venv_python(),
+            "-m",
+            "portway",
+            "proxy-config",
+            "nginx",
+            "--config",
+            str(portway_config_file),
+            "--runtime-dir",
+            str(runtime),
+            "--output",
+            str(conf),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=home,
+    )
+    if render.returncode != 0:
+        raise RuntimeError(f"portway proxy-config nginx failed: {render.stderr.strip()}")
+    if extra:
+        text = conf.read_text()
+        added = "".join(f"    {d.rstrip(';')};\n" for d in extra)
+        conf.write_text(
+            re.sub(r"^http \{\n", lambda m: m.group(0) + added, text, count=1, flags=re.M)
+        )
+    errlog = runtime / "startup-error.log"
+    check = subprocess.run(
+        [binary, "-t", "-q", "-c", str(conf), "-e", str(errlog)], capture_output=True, text=True
+    )
+    if check.returncode != 0:
+        raise RuntimeError(f"nginx -t refused the generated config: {check.stderr.strip()}")
+    server = ServerProcess(
+        name, [binary, "-c", str(conf), "-e", str(errlog), "-g", "daemon off;"], home
+    )
+    server.wait_ready(f"http://127.0.0.1:{port}/v2/")
+    return server, connector_target(port, name)
