@@ -344,12 +344,17 @@ class AuthService:
         scopes: Sequence[Scope],
         repository_route: str | None,
         client_addr: str | None,
+        *,
+        refresh_route: str | None | bool = True,
     ) -> dict[str, Any]:
         """OAuth2 `grant_type=refresh_token`: a new access token for the refresh token's user,
         on the refresh token's repository only; refused once the user is disabled, the password
         changed, or the token revoked. The same refresh token comes back in the body."""
+        # The refresh token belongs to the route it was issued on; on a shared host that
+        # route serves no single repository while the new access token is for one.
+        bound: str | None = repository_route if refresh_route is True else refresh_route or None
         try:
-            claims = self.tokens.verify(refresh_token, repository_route, kind="refresh")
+            claims = self.tokens.verify(refresh_token, bound, kind="refresh")
         except TokenError as exc:
             self._audit(
                 "token.refresh",
@@ -360,7 +365,7 @@ class AuthService:
                 {"reason": exc.reason},
             )
             raise InvalidToken("invalid refresh token") from None
-        if not self.store.refresh_valid(claims.jti, claims.subject, repository_route):
+        if not self.store.refresh_valid(claims.jti, claims.subject, bound):
             self._audit(
                 "token.refresh",
                 claims.subject,

@@ -273,7 +273,14 @@ async def token_endpoint(request: web.Request, ctx: AppContext, route: Route) ->
         if request.method == "POST":
             grant_type = fields.get("grant_type", "")
             if grant_type == "refresh_token":
-                body = auth.refresh(fields.get("refresh_token", ""), service, scopes, bound, client)
+                body = auth.refresh(
+                    fields.get("refresh_token", ""),
+                    service,
+                    scopes,
+                    bound,
+                    client,
+                    refresh_route=route.repository,
+                )
                 return _token_response(body)
             if grant_type != "password":
                 raise RegistryError(

@@ -260,8 +260,11 @@ class HostedRepository:
         state: UploadState,
         chunks: AsyncIterator[bytes],
         expected_length: int | None,
+        expected_offset: int | None = None,
     ) -> UploadState:
-        size = await self.blobs.append(state.id, chunks, expected_length=expected_length)
+        size = await self.blobs.append(
+            state.id, chunks, expected_length=expected_length, expected_offset=expected_offset
+        )
         await self.meta.touch_upload(state.id)
         return UploadState(state.id, state.image, size)
 

@@ -74,15 +74,28 @@ class BlobStore:
         return None if info is None else info.size
 
     async def append(
-        self, upload_id: str, chunks: AsyncIterator[bytes], *, expected_length: int | None = None
+        self,
+        upload_id: str,
+        chunks: AsyncIterator[bytes],
+        *,
+        expected_length: int | None = None,
+        expected_offset: int | None = None,
     ) -> int:
         """Append a request body to the session; returns the new size.
 
-        On any failure (client gone, short body) the data is cut back to where it was, so the
-        session stays usable and nothing half-written counts.
+        `expected_offset` (a chunk's Content-Range start) is checked under the session lock,
+        so two racing chunks for the same offset cannot both be accepted. On any failure
+        (client gone, short body) the data is cut back to where it was, so the session stays
+        usable and nothing half-written counts.
         """
         writer = await self._open_session(upload_id)
         start = writer.size
+        if expected_offset is not None and start != expected_offset:
+            await writer.close(sync=False)
+            raise RegistryError(
+                "RANGE_INVALID",
+                f"chunk starts at {expected_offset} but the upload is at offset {start}",
+            )
         cached = self._hashes.get(upload_id)
         hashers = cached[1:] if cached is not None and cached[0] == start else None
         written = 0
@@ -189,7 +202,12 @@ class BlobStore:
         target = self.backend.local_path(self.blob_key(digest))
         assert target is not None
         target.parent.mkdir(parents=True, exist_ok=True)
-        await asyncio.to_thread(os.replace, path, target)
+
+        def _move() -> None:
+            os.replace(path, target)
+            _fsync_path(target.parent)  # the rename itself survives a crash
+
+        await asyncio.to_thread(_move)
 
     async def put_bytes(self, data: bytes, digest: Digest) -> int:
         async def once() -> AsyncIterator[bytes]:

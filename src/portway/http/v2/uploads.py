@@ -129,8 +129,26 @@ async def patch(call: V2Call, upload_id: str) -> web.StreamResponse:
     state = await repo.upload_state(call.image, upload_id)
     declared = _check_content_range(call, state)
     expected = declared if declared is not None else content_length(call.request)
-    state = await repo.append_upload(state, body_chunks(call.request), expected)
+    state = await _append(call, state, declared is not None, expected)
     return web.Response(status=202, headers=_session_headers(call, state))
+
+
+async def _append(
+    call: V2Call, state: UploadState, ranged: bool, length: int | None
+) -> UploadState:
+    """Append the body; a ranged chunk is re-checked against the offset under the lock."""
+    repo = call.repo.writable()
+    try:
+        return await repo.append_upload(
+            state, body_chunks(call.request), length, state.offset if ranged else None
+        )
+    except RegistryError as err:
+        if err.code != "RANGE_INVALID":
+            raise
+        current = await repo.upload_state(call.image, state.id)
+        raise RegistryError(
+            "RANGE_INVALID", err.message, headers=_refusal_headers(call, current)
+        ) from None
 
 
 async def finish(call: V2Call, upload_id: str) -> web.StreamResponse:
@@ -144,7 +162,7 @@ async def finish(call: V2Call, upload_id: str) -> web.StreamResponse:
     declared = _check_content_range(call, state)
     length = declared if declared is not None else content_length(call.request)
     if length or (length is None and call.request.body_exists):
-        state = await repo.append_upload(state, body_chunks(call.request), length)
+        state = await _append(call, state, declared is not None, length)
     await repo.finish_upload(state, digest)
     return _blob_created(call, digest)
 
