@@ -345,7 +345,7 @@ class AuthService:
         repository_route: str | None,
         client_addr: str | None,
         *,
-        refresh_route: str | None | bool = True,
+        refresh_route: str | bool | None = True,  # True: the same as repository_route
     ) -> dict[str, Any]:
         """OAuth2 `grant_type=refresh_token`: a new access token for the refresh token's user,
         on the refresh token's repository only; refused once the user is disabled, the password
