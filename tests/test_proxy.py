@@ -247,6 +247,35 @@ def test_portway_as_upstream_with_podman(
     container_storage.podman("pull", "--tls-verify=false", "-q", ref)
 
 
+def test_secured_portway_upstream_with_token_dance(
+    portway_factory: PortwayFactory, oci_image: OciImage, tmp_path: Path
+) -> None:
+    origin = portway_factory(security={"enabled": True})
+    password = origin.admin_password()
+    assert password
+    skopeo(
+        "copy",
+        "--quiet",
+        *NO_TLS,
+        "--dest-creds",
+        f"admin:{password}",
+        oci_image.ref,
+        f"docker://{origin.image('team/app:v1')}",
+    )
+    url = origin.repository_url("docker-hosted")
+    server = portway_factory(
+        repositories=[
+            proxy("mirror", url, remote_username="admin", remote_password=password),
+            proxy("anon", url),
+        ]
+    )
+    pull(server, "mirror", "team/app:v1", tmp_path / "a")
+    assert pulled_manifest_digest(tmp_path / "a") == oci_image.manifest_digest
+    refused = get_manifest(server, "anon", "team/app", "v1")
+    assert refused.status_code == 502, refused.text
+    assert "credentials" in oci_error(refused)[1] or "401" in oci_error(refused)[1]
+
+
 def test_docker_pull_through_proxy(
     anonymous: Upstream, portway_factory: PortwayFactory, dockerd: Dockerd
 ) -> None:
@@ -287,6 +316,28 @@ def test_twenty_concurrent_cold_pulls_make_one_upstream_get(
     wait_for(lambda: blob_is_cached(server, digest), what="the blob in the cache")
     assert get_blob(server, "hub", "team/big", digest).content == data
     assert blob_gets(anonymous.registry.access_log(), digest) == 1
+
+
+def test_concurrent_cold_manifest_pulls_make_one_upstream_get(
+    tmp_path: Path, portway_factory: PortwayFactory
+) -> None:
+    registry = Distribution(tmp_path / "upstream").start()
+    try:
+        image = Pusher(registry.url).push_image("team/app", "v1", seed=5)
+        server = portway_factory(repositories=[proxy("hub", registry.url)])
+        barrier = threading.Barrier(20)
+
+        def one(_: int) -> str:
+            barrier.wait()
+            resp = get_manifest(server, "hub", "team/app", "v1")
+            assert resp.status_code == 200
+            return sha256(resp.content)
+
+        with concurrent.futures.ThreadPoolExecutor(20) as pool:
+            assert set(pool.map(one, range(20))) == {image.digest}
+        assert registry.access_log().count('"GET /v2/team/app/manifests/v1 ') == 1
+    finally:
+        registry.stop()
 
 
 def _paused_blob(data: bytes, release: asyncio.Event, sent_half: threading.Event) -> Any:
