@@ -332,6 +332,10 @@ def test_audit_trail_and_no_secrets_in_logs(server: PortwayServer) -> None:
     ]
     assert deletes and deletes[0]["principal"] == "alice" and deletes[0]["repository"] == REPO
     assert any(r["event"] == "user.add" for r in records)
+    # A token of team A's route replayed on team B's: refused and audited with the client.
+    refused_token(pull_with(server, tokens[0], index=1))
+    replays = [r for r in _audit(server) if r["event"] == "token.replay"]
+    assert replays and replays[-1]["repository"] == "team-b-hosted" and replays[-1]["client"]
 
     secrets = [ALICE[1], "typo-" + ALICE[1], CAROL[1], *tokens]
     audit_text = (server.data_dir / "audit.log").read_text()

@@ -384,7 +384,11 @@ class AuthService:
         return body
 
     def verify_bearer(
-        self, token: str, repository_route: str | None, service: str | None = None
+        self,
+        token: str,
+        repository_route: str | None,
+        service: str | None = None,
+        client_addr: str | None = None,
     ) -> Grant:
         """The grant of a bearer token presented on `repository_route` (the route's repository,
         None for a route serving none). Raises InvalidToken; the reason goes to the audit log
@@ -393,7 +397,12 @@ class AuthService:
             claims = self.tokens.verify(token, repository_route, audience=service)
         except TokenWrongRepository as exc:
             self._audit(
-                "token.replay", None, None, repository_route, "denied", {"reason": exc.reason}
+                "token.replay",
+                None,
+                client_addr,
+                repository_route,
+                "denied",
+                {"reason": exc.reason},
             )
             raise InvalidToken("token not valid for this repository") from None
         except TokenError:

@@ -74,7 +74,9 @@ class SecurityAuthorizer:
         scheme, value = self._credentials(request)
         try:
             if scheme == "bearer":
-                grant = self.auth.verify_bearer(value, repository, self.service)
+                grant = self.auth.verify_bearer(
+                    value, repository, self.service, _client_addr(request)
+                )
             else:
                 principal = self.auth.authenticate_basic(
                     request.headers.get("Authorization"), _client_addr(request)
