@@ -92,6 +92,7 @@ def test_same_tag_in_two_hosted_members_first_wins(portway_factory: PortwayFacto
             hosted("h2"),
             group("g", ["h1", "h2"]),
             group("r", ["h2", "h1"]),
+            group("outer", ["r", "g"]),
         ]
     )
     one = _pusher(server, "h1").push_image("team/app", "v1", seed=1)
@@ -99,6 +100,8 @@ def test_same_tag_in_two_hosted_members_first_wins(portway_factory: PortwayFacto
     only_two = _pusher(server, "h2").push_image("team/app", "v2", seed=3)
     assert digest_of(server, "g", "team/app", "v1") == one.digest
     assert digest_of(server, "r", "team/app", "v1") == two.digest
+    # a group member is flattened in place: outer = r, g = h2, h1
+    assert digest_of(server, "outer", "team/app", "v1") == two.digest
     assert digest_of(server, "g", "team/app", "v2") == only_two.digest
     # blobs and manifests by digest resolve in any member
     assert digest_of(server, "g", "team/app", two.digest) == two.digest

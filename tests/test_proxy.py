@@ -464,6 +464,8 @@ def test_upstream_stopped_cached_images_pull_uncached_get_a_clear_error(
     assert "serving cached team/app:v1" in server.log()
     by_digest = get_manifest(server, "hub", "team/app", oci_image.manifest_digest)
     assert by_digest.status_code == 200
+    tags = requests.get(v2(server, "hub", "team/app/tags/list"), timeout=10)
+    assert tags.status_code == 200 and tags.json()["tags"] == ["v1"]  # the cached ones
 
     resp = get_manifest(server, "hub", "team/multi", "multi")
     assert resp.status_code == 502, resp.text
