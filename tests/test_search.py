@@ -3,12 +3,14 @@ raw HTTP and with `docker search` against a real dockerd."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import requests
 
 from conftest import PortwayFactory
 from proxy_support import group, hosted, oci_error, proxy
+from support.distribution import Distribution
 from support.dockerd import Dockerd
 from support.server import PortwayServer
 from upstream_support import Pusher
@@ -119,6 +121,20 @@ def test_proxy_forwards_search_to_an_upstream_that_has_it(
     server = portway_factory(repositories=[proxy("mirror", origin.repository_url("h"))])
     doc = search(server, "mirror", q="team").json()
     assert sorted(names(doc)) == ["team/app", "team/db"]
+
+
+def test_proxy_of_an_upstream_without_search_answers_empty(
+    portway_factory: PortwayFactory, tmp_path: Path
+) -> None:
+    registry = Distribution(tmp_path / "upstream").start()
+    try:
+        Pusher(registry.url).push_image("team/app", "v1")
+        server = portway_factory(repositories=[proxy("hub", registry.url)])
+        resp = search(server, "hub", q="team")
+        assert resp.status_code == 200
+        assert resp.json()["results"] == [] and resp.json()["num_results"] == 0
+    finally:
+        registry.stop()
 
 
 def test_docker_search(portway_factory: PortwayFactory, dockerd: Dockerd) -> None:
