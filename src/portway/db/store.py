@@ -350,6 +350,20 @@ class MetadataStore:
         )
         return int(self._one(stmt)[0])
 
+    def image_descriptions(self, repo_id: int) -> dict[str, str]:
+        """image -> `org.opencontainers.image.description` from its newest annotated manifest."""
+        stmt = (
+            select(manifests.c.image, manifests.c.annotations)
+            .where(manifests.c.repo_id == repo_id, manifests.c.annotations.is_not(None))
+            .order_by(manifests.c.created)
+        )
+        out: dict[str, str] = {}
+        for image, raw in self._conn().execute(stmt):
+            text = json.loads(raw).get("org.opencontainers.image.description")
+            if isinstance(text, str) and text:
+                out[image] = text
+        return out
+
     def referrers(self, repo_id: int, image: str, subject: str) -> list[ReferrerRow]:
         stmt = (
             select(

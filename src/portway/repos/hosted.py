@@ -104,8 +104,13 @@ class HostedRepository:
         return self.meta.list_images(self.repo_id, last, n)
 
     async def search(self, query: str, n: int, page: int) -> dict[str, Any] | None:
-        names = [i for i in self.meta.list_images(self.repo_id, None, None) if matches(query, i)]
-        return page_of(query, [result(i) for i in names], n, page)
+        described = self.meta.image_descriptions(self.repo_id)
+        found = [
+            result(image, described.get(image, ""))
+            for image in self.meta.list_images(self.repo_id, None, None)
+            if matches(query, image) or (image in described and matches(query, described[image]))
+        ]
+        return page_of(query, found, n, page)
 
     async def referrers(
         self, image: str, digest: Digest, artifact_type: str | None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 
 from aiohttp import web
@@ -10,6 +11,7 @@ from portway.http.v2.call import V2Call
 from portway.oci.digest import Digest
 from portway.oci.errors import RegistryError
 
+log = logging.getLogger("portway.http")
 _RANGE_RE = re.compile(r"^bytes=(\d*)-(\d*)$")
 
 
@@ -34,7 +36,6 @@ def check_range(header: str, size: int) -> None:
 async def get(call: V2Call, digest_text: str) -> web.StreamResponse:
     await call.authorize("pull")
     digest = Digest.parse(digest_text)
-    blob = await call.repo.open_blob(call.image, digest)
     headers = {
         "Docker-Content-Digest": str(digest),
         "ETag": f'"{digest}"',
@@ -42,8 +43,9 @@ async def get(call: V2Call, digest_text: str) -> web.StreamResponse:
         "Content-Type": "application/octet-stream",
     }
     if call.request.method == "HEAD":
-        headers["Content-Length"] = str(blob.size)
+        headers["Content-Length"] = str(await call.repo.stat_blob(call.image, digest))
         return web.Response(status=200, headers=headers)
+    blob = await call.repo.open_blob(call.image, digest)
     range_header = call.request.headers.get("Range")
     if range_header:
         check_range(range_header, blob.size)
@@ -53,8 +55,15 @@ async def get(call: V2Call, digest_text: str) -> web.StreamResponse:
     response.content_length = blob.size
     await response.prepare(call.request)
     assert blob.stream is not None
-    async for chunk in blob.stream:
-        await response.write(chunk)
+    try:
+        async for chunk in blob.stream:
+            await response.write(chunk)
+    except Exception as exc:
+        # Headers are gone already: the only honest signal left is a cut connection.
+        log.warning("blob %s of %s cut short: %s", digest, call.url_name, exc)
+        if call.request.transport is not None:
+            call.request.transport.close()
+        raise ConnectionResetError(f"blob {digest} cut short") from exc
     await response.write_eof()
     return response
 
