@@ -19,11 +19,12 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from pathlib import Path
 
 from connectors import wait_ports
-from data import OCI_MANIFEST
-from ops import check_get, push_small_image, wrk
+from data import OCI_MANIFEST, blob_files, default_cache_dir
+from ops import TransferClient, check_get, push_small_image, wrk
 from servers import connector_target, free_ports, start_portway
 
 FRAME = re.compile(r"^(?P<func>.*?) \((?P<file>[^()]*?)(?::\d+)?\)$")
@@ -64,7 +65,12 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("--what", choices=("manifest", "blob"), default="manifest")
+    p.add_argument(
+        "--what",
+        choices=("manifest", "blob", "push", "chunked"),
+        default="manifest",
+        help="wrk on a manifest or 1 KiB blob GET, or 64 MiB blob pushes (monolithic/chunked)",
+    )
     p.add_argument("--duration", type=int, default=15, help="seconds of load and sampling")
     p.add_argument("--workers", type=int, default=1)
     p.add_argument(
@@ -79,6 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     workdir = Path(tempfile.mkdtemp(prefix="portway-profile-"))
     server = None
+    client: TransferClient | None = None
     try:
         ports = free_ports(args.connectors)
         server, t = start_portway(workdir, workers=args.workers, connectors=ports)
@@ -86,7 +93,10 @@ def main(argv: list[str] | None = None) -> int:
             wait_ports(ports)
             t = connector_target(ports[0], "portway")
         img = push_small_image(t, "bench/small", secrets.token_hex(4))
-        if args.what == "manifest":
+        if args.what in ("push", "chunked"):
+            client = TransferClient(blob_files(default_cache_dir(), 8, 64 << 20))
+            path, headers = "", {}
+        elif args.what == "manifest":
             path = t.path(img.image, f"manifests/{img.tag}")
             check_get(t, path, img.manifest, OCI_MANIFEST)
             headers = {"Accept": OCI_MANIFEST}
@@ -116,7 +126,30 @@ def main(argv: list[str] | None = None) -> int:
         result: dict[str, float] = {}
 
         def load() -> None:
-            result["rps"] = wrk(t.base + path, args.duration, headers=headers).requests_per_s
+            if client is None:
+                result["rate"] = wrk(t.base + path, args.duration, headers=headers).requests_per_s
+                return
+            mode = "monolithic" if args.what == "push" else "chunked"
+            moved = seconds = 0.0
+            deadline = time.monotonic() + args.duration
+            while time.monotonic() < deadline:
+                r = client.call(
+                    {
+                        "op": "push",
+                        "host": t.host,
+                        "port": t.port,
+                        "api": t.api,
+                        "image": "bench/profile",
+                        "mode": mode,
+                        "chunk": 8 << 20,
+                        "count": 8,
+                        "concurrency": 1,
+                        "tag": secrets.token_hex(8),
+                    }
+                )
+                moved += r["bytes"]
+                seconds += r["seconds"]
+            result["rate"] = moved / seconds / 1e6 if seconds else 0.0
 
         loader = threading.Thread(target=load)
         loader.start()
@@ -126,8 +159,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"py-spy failed: {err.strip()}", file=sys.stderr)
             return 1
         total, own, incl = summarize(raw_out.read_text(), args.top)
+        unit = "MB/s" if client is not None else "req/s"
         print(
-            f"wrk {args.what} GET: {result.get('rps', 0):,.0f} req/s under py-spy "
+            f"{args.what}: {result.get('rate', 0):,.0f} {unit} under py-spy "
             f"(sampling slows the server; compare ratios, not the rate)"
         )
         print(f"{total} samples\n\nown time:")
@@ -137,6 +171,8 @@ def main(argv: list[str] | None = None) -> int:
         for name, n in incl:
             print(f"  {100 * n / total:5.1f}%  {name}")
     finally:
+        if client is not None:
+            client.close()
         if server is not None:
             server.stop()
         shutil.rmtree(workdir, ignore_errors=True)
