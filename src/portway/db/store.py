@@ -176,20 +176,18 @@ class MetadataStore:
         )
         return None if row is None else ManifestRow(row[0], row[1], row[2])
 
-    def missing_manifests(self, repo_id: int, image: str, digests: Sequence[str]) -> list[str]:
+    def _missing(self, table: Any, repo_id: int, image: str, digests: Sequence[str]) -> list[str]:
+        """The digests of `digests` that `table` has no row for in this image."""
         if not digests:
             return []
-        have = {
-            r[0]
-            for r in self._conn().execute(
-                select(manifests.c.digest).where(
-                    manifests.c.repo_id == repo_id,
-                    manifests.c.image == image,
-                    manifests.c.digest.in_(set(digests)),
-                )
-            )
-        }
+        stmt = select(table.c.digest).where(
+            table.c.repo_id == repo_id, table.c.image == image, table.c.digest.in_(set(digests))
+        )
+        have = {r[0] for r in self._conn().execute(stmt)}
         return [d for d in digests if d not in have]
+
+    def missing_manifests(self, repo_id: int, image: str, digests: Sequence[str]) -> list[str]:
+        return self._missing(manifests, repo_id, image, digests)
 
     async def put_manifest(
         self, repo_id: int, image: str, new: NewManifest, tag_names: Sequence[str], guard: TagGuard
@@ -397,19 +395,7 @@ class MetadataStore:
         return None if row is None else int(row[0])
 
     def missing_blobs(self, repo_id: int, image: str, digests: Sequence[str]) -> list[str]:
-        if not digests:
-            return []
-        have = {
-            r[0]
-            for r in self._conn().execute(
-                select(blob_links.c.digest).where(
-                    blob_links.c.repo_id == repo_id,
-                    blob_links.c.image == image,
-                    blob_links.c.digest.in_(set(digests)),
-                )
-            )
-        }
-        return [d for d in digests if d not in have]
+        return self._missing(blob_links, repo_id, image, digests)
 
     async def link_blob(self, repo_id: int, image: str, digest: str, size: int) -> None:
         def run(conn: Connection) -> None:

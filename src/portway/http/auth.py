@@ -31,6 +31,12 @@ def remember_route(request: web.Request, route: Route) -> None:
     request[_ROUTE] = route
 
 
+def _too_many(exc: LoginLocked) -> RegistryError:
+    return RegistryError(
+        "TOOMANYREQUESTS", exc.message, status=429, headers={"Retry-After": str(exc.retry_after)}
+    )
+
+
 def _client_addr(request: web.Request) -> str | None:
     return client_address(request, request.app[CONTEXT_KEY].trusted)
 
@@ -84,12 +90,7 @@ class SecurityAuthorizer:
                 request[_PRINCIPAL] = principal
                 grant = self.auth.authorize(principal, repository)
         except LoginLocked as exc:
-            raise RegistryError(
-                "TOOMANYREQUESTS",
-                exc.message,
-                status=429,
-                headers={"Retry-After": str(exc.retry_after)},
-            ) from None
+            raise _too_many(exc) from None
         except AuthError as exc:
             raise self._challenge(
                 request,
@@ -296,12 +297,7 @@ async def token_endpoint(request: web.Request, ctx: AppContext, route: Route) ->
             principal = auth.authenticate_basic(request.headers.get("Authorization"), client)
             offline = fields.get("offline_token", "").lower() == "true"
     except LoginLocked as exc:
-        raise RegistryError(
-            "TOOMANYREQUESTS",
-            exc.message,
-            status=429,
-            headers={"Retry-After": str(exc.retry_after)},
-        ) from None
+        raise _too_many(exc) from None
     except InvalidCredentials as exc:
         raise RegistryError(
             "UNAUTHORIZED",
