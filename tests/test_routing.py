@@ -723,3 +723,27 @@ def test_location_is_relative_without_external_url(site: Site) -> None:
 def test_unknown_repository_on_nexus_path(site: Site) -> None:
     answer = call(site.server.port, "GET", "/repository/nope/v2/", site.server.host, site.admin)
     assert answer.status == 404
+
+
+# --- the /etc/hosts editor the host-mapping tests use -------------------------------------
+
+
+def test_hosts_editor_restores_the_file(tmp_path: Path) -> None:
+    from support.hosts import etc_hosts, resolves_locally
+
+    hosts, lock = tmp_path / "hosts", tmp_path / "lock"
+    original = b"127.0.0.1 localhost\n::1 localhost ip6-localhost"  # no final newline
+    hosts.write_bytes(original)
+    with etc_hosts("a.example.test", "b.example.test", path=hosts, lock=lock) as added:
+        assert added == ["a.example.test", "b.example.test"]
+        assert resolves_locally("a.example.test", hosts)
+        with etc_hosts("a.example.test", path=hosts, lock=lock) as again:
+            assert again == []  # nested: already there
+    assert hosts.read_bytes() == original
+
+    # Someone else edits the file meanwhile: only our lines go, theirs stay.
+    with etc_hosts("c.example.test", path=hosts, lock=lock):
+        hosts.write_bytes(hosts.read_bytes() + b"10.0.0.1 theirs.example.test\n")
+    text = hosts.read_text()
+    assert "theirs.example.test" in text
+    assert "c.example.test" not in text
