@@ -11,6 +11,7 @@ import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 from aiohttp import web
@@ -207,3 +208,42 @@ def test_mismatched_key_fails_at_build(tmp_path: Path) -> None:
     one, two = result.issued
     with pytest.raises(ssl.SSLError):
         build_ssl_context(TlsConfig(cert=one.cert, key=two.key))
+
+
+def test_main_listener_serves_https_and_skopeo_trusts_the_ca(
+    tmp_path: Path, portway_factory: Any, oci_image: Any
+) -> None:
+    """`[server] tls` turns the main listener into HTTPS: the registry answers there with the
+    certificate `portway tls init` made, and skopeo pushes with only the CA trusted."""
+    result = init_tls(tmp_path / "tls", ["127.0.0.1"])
+    cert = result.directory / "127.0.0.1.crt"
+    key = result.directory / "127.0.0.1.key"
+    server = portway_factory(server={"tls": {"cert": str(cert), "key": str(key)}})
+    assert server.url.startswith("https://")
+    context = ssl.create_default_context(cafile=str(result.ca_cert))
+    with (
+        socket.create_connection(("127.0.0.1", server.port), timeout=5) as raw,
+        context.wrap_socket(raw, server_hostname="127.0.0.1") as tls,
+    ):
+        tls.sendall(b"GET /v2/ HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        reply = tls.recv(4096)
+    assert reply.startswith(b"HTTP/1.1 200")
+    assert b"Docker-Distribution-API-Version: registry/2.0" in reply
+    certs = tmp_path / "certs"
+    certs.mkdir()
+    (certs / "ca.crt").write_bytes(result.ca_cert.read_bytes())
+    dest = f"docker://{server.host}/docker-hosted/tls-check:1"
+    run = subprocess.run(
+        ["skopeo", "copy", "--dest-cert-dir", str(certs), oci_image.ref, dest],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 0, run.stderr
+    plain = subprocess.run(
+        ["skopeo", "inspect", "--cert-dir", str(tmp_path), dest],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert plain.returncode != 0  # without the CA, the certificate is not trusted

@@ -59,6 +59,8 @@ class PortwayServer:
         self.hosts = [dict(h) for h in hosts]
         self.workers = workers
         self.server_extra = dict(server or {})
+        if "tls" in self.server_extra:  # the main listener speaks HTTPS
+            self.url = f"https://{self.host}"
         # Security is on by default in Portway; tests that exercise it pass `security=`.
         self.security = dict(security) if security is not None else {"enabled": False}
         self.config_path.write_text(toml.dumps(self._config()))
