@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import shutil
 import signal
 import socket
@@ -310,63 +309,3 @@ def start_distribution(
     server = ServerProcess(name, [binary, "serve", str(config)], home, cpus=cpus)
     server.wait_ready(f"http://127.0.0.1:{port}/v2/")
     return server, Target(name, "127.0.0.1", port, "/v2/", f"127.0.0.1:{port}")
-
-
-# --------------------------------------------------------------------------- nginx
-
-
-def start_nginx(
-    workdir: Path,
-    portway_config_file: Path,
-    port: int,
-    name: str = "nginx",
-    extra: Sequence[str] = (),
-) -> tuple[ServerProcess, Target]:
-    """nginx with the configuration `portway proxy-config nginx` renders for the Portway config
-    (whose connector on `port` has served_by = "proxy"), in the foreground as our child.
-    `extra` directives (e.g. "proxy_buffer_size 256k") go at the top of the http block, for
-    trying a change to the generated configuration."""
-    binary = shutil.which("nginx")
-    if binary is None:
-        raise RuntimeError("nginx not found (Debian package `nginx`)")
-    home = workdir / name
-    runtime = home / "run"
-    runtime.mkdir(parents=True, exist_ok=True)
-    conf = home / "nginx.conf"
-    render = subprocess.run(
-        [
-            venv_python(),
-            "-m",
-            "portway",
-            "proxy-config",
-            "nginx",
-            "--config",
-            str(portway_config_file),
-            "--runtime-dir",
-            str(runtime),
-            "--output",
-            str(conf),
-        ],
-        capture_output=True,
-        text=True,
-        cwd=home,
-    )
-    if render.returncode != 0:
-        raise RuntimeError(f"portway proxy-config nginx failed: {render.stderr.strip()}")
-    if extra:
-        text = conf.read_text()
-        added = "".join(f"    {d.rstrip(';')};\n" for d in extra)
-        conf.write_text(
-            re.sub(r"^http \{\n", lambda m: m.group(0) + added, text, count=1, flags=re.M)
-        )
-    errlog = runtime / "startup-error.log"
-    check = subprocess.run(
-        [binary, "-t", "-q", "-c", str(conf), "-e", str(errlog)], capture_output=True, text=True
-    )
-    if check.returncode != 0:
-        raise RuntimeError(f"nginx -t refused the generated config: {check.stderr.strip()}")
-    server = ServerProcess(
-        name, [binary, "-c", str(conf), "-e", str(errlog), "-g", "daemon off;"], home
-    )
-    server.wait_ready(f"http://127.0.0.1:{port}/v2/")
-    return server, connector_target(port, name)
