@@ -42,9 +42,24 @@ def short(frame: str) -> str:
     return f"{m.group('func')} ({file})"
 
 
-def summarize(raw: str, top: int) -> tuple[int, list[tuple[str, int]], list[tuple[str, int]]]:
+def _package(frame: str) -> str:
+    """`sqlalchemy`, `aiohttp`, `asyncio`, `portway.db`, ... from a shortened frame."""
+    m = FRAME.match(frame)
+    if not m:
+        return "?"
+    parts = m.group("file").split("/")
+    if parts[0] == "portway" and len(parts) > 2:
+        return f"portway.{parts[1]}"
+    return parts[0].removesuffix(".py")
+
+
+def summarize(
+    raw: str, top: int
+) -> tuple[int, list[tuple[str, int]], list[tuple[str, int]], list[tuple[str, int]]]:
     own: collections.Counter[str] = collections.Counter()
     inclusive: collections.Counter[str] = collections.Counter()
+    threads: collections.Counter[str] = collections.Counter()
+    packages: collections.Counter[str] = collections.Counter()
     total = 0
     for line in raw.splitlines():
         stack, _, count_text = line.rpartition(" ")
@@ -55,10 +70,12 @@ def summarize(raw: str, top: int) -> tuple[int, list[tuple[str, int]], list[tupl
         if not frames:
             continue
         total += count
+        threads[frames[-1] if len(frames) < 3 else " > ".join(frames[:3])] += count
         own[frames[-1]] += count
+        packages[_package(frames[-1])] += count
         for f in set(frames):
             inclusive[f] += count
-    return total, own.most_common(top), inclusive.most_common(top)
+    return total, own.most_common(top), inclusive.most_common(top), packages.most_common(8)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -158,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
         if spy.returncode != 0 or not raw_out.exists():
             print(f"py-spy failed: {err.strip()}", file=sys.stderr)
             return 1
-        total, own, incl = summarize(raw_out.read_text(), args.top)
+        total, own, incl, roots = summarize(raw_out.read_text(), args.top)
         unit = "MB/s" if client is not None else "req/s"
         print(
             f"{args.what}: {result.get('rate', 0):,.0f} {unit} under py-spy "
@@ -166,6 +183,9 @@ def main(argv: list[str] | None = None) -> int:
         )
         print(f"{total} samples\n\nown time:")
         for name, n in own:
+            print(f"  {100 * n / total:5.1f}%  {name}")
+        print("\nown time by package:")
+        for name, n in roots:
             print(f"  {100 * n / total:5.1f}%  {name}")
         print("\ninclusive time:")
         for name, n in incl:
