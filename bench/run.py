@@ -236,7 +236,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--only", nargs="+", metavar="ROW", choices=sorted(ROWS), help="run only these rows"
     )
     p.add_argument("--list", action="store_true", help="list the rows and exit")
-    p.add_argument("--workers", type=int, default=1, help="Portway worker processes (default 1)")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        help="Portway worker processes (default 0: Portway's default, one per CPU)",
+    )
     p.add_argument(
         "--layout",
         choices=("path", "nexus"),

@@ -246,7 +246,7 @@ def start_portway(
     config = home / "portway.toml"
     config.write_text(portway_config(port, home / "data", workers, connectors, proxied=proxied))
     argv = [venv_python(), "-m", "portway", "serve", "--config", str(config)]
-    if workers != 1:
+    if workers:
         argv += ["--workers", str(workers)]
     server = ServerProcess(name, argv, home, env={"PYTHONUNBUFFERED": "1"}, cpus=cpus)
     server.wait_ready(f"http://127.0.0.1:{port}/v2/")

@@ -41,7 +41,8 @@ class ServerConfig(_Strict):
     listen: str = "0.0.0.0:8081"
     data_dir: Path = Path("./portway-data")
     trusted_proxies: tuple[str, ...] = ("127.0.0.1/32", "::1/128")
-    workers: int = Field(default=1, ge=1, le=64)
+    # Worker processes sharing the listeners; 0 means one per CPU (the default).
+    workers: int = Field(default=0, ge=0, le=64)
     tls: TlsConfig | tuple[TlsConfig, ...] | None = None
     upload_session_ttl: int = Field(default=86400, ge=60, description="seconds")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
@@ -208,6 +209,10 @@ class Settings(_Strict):
         if clash:
             raise ValueError(f"two listeners on the same address: {sorted(clash)}")
         return self
+
+    @property
+    def worker_count(self) -> int:
+        return self.server.workers or max(1, os.cpu_count() or 1)
 
     def repo(self, name: str) -> RepositoryConfig | None:
         return next((r for r in self.repository if r.name == name), None)

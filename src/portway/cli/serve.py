@@ -11,7 +11,12 @@ from portway.config import Settings, load_settings
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("serve", help="run the registry")
     p.add_argument("--config", type=Path, help="TOML configuration file (default: embedded)")
-    p.add_argument("--workers", type=int, default=None, help="worker processes (SO_REUSEPORT)")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="worker processes sharing the ports (default: one per CPU)",
+    )
     p.add_argument("--data-dir", type=Path, default=None, help="data directory")
     p.set_defaults(func=run)
 
@@ -85,4 +90,4 @@ def run(args: argparse.Namespace) -> int:
         settings = settings.model_copy(update={"server": server.model_copy(update=update)})
     first, password = prepare(settings)
     print(banner(settings, first, password), flush=True)
-    return serve(settings, settings.server.workers)
+    return serve(settings, settings.worker_count)

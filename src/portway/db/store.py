@@ -60,6 +60,8 @@ class NewManifest:
     refs: Sequence[tuple[str, bool]]  # (digest, is_manifest)
 
 
+CACHE_ENTRIES = 20000
+
 TagGuard = Callable[[str, str | None], None]  # (tag, digest it points at now) -> raise to refuse
 
 
@@ -97,6 +99,12 @@ class MetadataStore:
         self._read_engine = read_engine
         self._write_engine = write_engine
         self._reader: Connection | None = None
+        # Hot lookups (manifest by tag or digest, blob link size) cached in process. The cache
+        # is dropped whenever the database changed since the last look — SQLite's
+        # `data_version` moves on any commit by another connection: this process's writer
+        # or another worker — so a cached answer is never staler than the database.
+        self._cache: dict[tuple[object, ...], Any] = {}
+        self._data_version: object = None
 
     @classmethod
     def open_sqlite(cls, path: Path) -> MetadataStore:
@@ -125,6 +133,24 @@ class MetadataStore:
     def _one(self, stmt: Any) -> Any:
         return self._conn().execute(stmt).first()
 
+    def _cached(self, key: tuple[object, ...], load: Callable[[], T]) -> T:
+        conn = self._conn()
+        dbapi = conn.connection.dbapi_connection
+        version = dbapi.execute("PRAGMA data_version").fetchone()[0] if dbapi else None
+        if version is None or version != self._data_version:
+            self._cache.clear()
+            self._data_version = version
+        try:
+            return self._cache[key]  # type: ignore[no-any-return]
+        except KeyError:
+            pass
+        value = load()
+        if version is not None:
+            if len(self._cache) >= CACHE_ENTRIES:
+                self._cache.clear()
+            self._cache[key] = value
+        return value
+
     async def _write(self, fn: Callable[[Connection], T]) -> T:
         def run() -> T:
             with self._write_engine.begin() as conn:
@@ -150,6 +176,9 @@ class MetadataStore:
 
     # -- manifests and tags ------------------------------------------------------------
     def manifest_by_tag(self, repo_id: int, image: str, tag: str) -> ManifestRow | None:
+        return self._cached(("t", repo_id, image, tag), lambda: self._by_tag(repo_id, image, tag))
+
+    def _by_tag(self, repo_id: int, image: str, tag: str) -> ManifestRow | None:
         row = self._one(
             select(manifests.c.digest, manifests.c.media_type, manifests.c.body)
             .select_from(
@@ -167,6 +196,11 @@ class MetadataStore:
         return None if row is None else ManifestRow(row[0], row[1], row[2])
 
     def manifest_by_digest(self, repo_id: int, image: str, digest: str) -> ManifestRow | None:
+        return self._cached(
+            ("m", repo_id, image, digest), lambda: self._by_digest(repo_id, image, digest)
+        )
+
+    def _by_digest(self, repo_id: int, image: str, digest: str) -> ManifestRow | None:
         row = self._one(
             select(manifests.c.digest, manifests.c.media_type, manifests.c.body).where(
                 manifests.c.repo_id == repo_id,
@@ -385,6 +419,11 @@ class MetadataStore:
 
     # -- blob links --------------------------------------------------------------------
     def blob_size(self, repo_id: int, image: str, digest: str) -> int | None:
+        return self._cached(
+            ("b", repo_id, image, digest), lambda: self._blob_size(repo_id, image, digest)
+        )
+
+    def _blob_size(self, repo_id: int, image: str, digest: str) -> int | None:
         row = self._one(
             select(blob_links.c.size).where(
                 blob_links.c.repo_id == repo_id,

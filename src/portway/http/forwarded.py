@@ -11,6 +11,13 @@ from aiohttp import web
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 _DEFAULT_PORTS = {"http": 80, "https": 443}
+_FORWARDING_HEADERS = (
+    "Forwarded",
+    "X-Forwarded-Proto",
+    "X-Forwarded-Host",
+    "X-Forwarded-Port",
+    "X-Forwarded-Prefix",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,7 +75,7 @@ def client_origin(request: web.Request, trusted: TrustedProxies) -> Origin:
     headers = request.headers
     own_scheme = request.scheme
     own_host = request.host
-    if not trusted.trusts(request.remote):
+    if not any(h in headers for h in _FORWARDING_HEADERS) or not trusted.trusts(request.remote):
         return Origin(own_scheme, own_host, False)
     fwd = _parse_forwarded(headers["Forwarded"]) if "Forwarded" in headers else {}
     x_proto = headers.get("X-Forwarded-Proto", "").split(",", 1)[0].strip().lower()

@@ -12,6 +12,7 @@ from portway.oci.digest import Digest
 from portway.oci.errors import RegistryError
 
 log = logging.getLogger("portway.http")
+SMALL_BLOB = 64 * 1024
 _RANGE_RE = re.compile(r"^bytes=(\d*)-(\d*)$")
 
 
@@ -50,6 +51,17 @@ async def get(call: V2Call, digest_text: str) -> web.StreamResponse:
     if range_header:
         check_range(range_header, blob.size)
     if blob.path is not None:
+        if blob.size <= SMALL_BLOB and not range_header:
+            # Configs and small layers: one read on the loop beats a thread-pool round trip.
+            try:
+                with open(blob.path, "rb") as f:
+                    data = f.read(SMALL_BLOB + 1)
+            except FileNotFoundError:
+                raise RegistryError(
+                    "BLOB_UNKNOWN", f"blob {digest} is missing from storage"
+                ) from None
+            if len(data) == blob.size:
+                return web.Response(body=data, headers=headers)
         return web.FileResponse(blob.path, headers=headers)
     response = web.StreamResponse(status=200, headers=headers)
     response.content_length = blob.size
