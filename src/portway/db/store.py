@@ -486,13 +486,32 @@ class MetadataStore:
             else UploadRow(row.id, row.repo_id, row.image, row.created, row.updated)
         )
 
-    async def touch_upload(self, upload_id: str) -> None:
-        now = time.time()
-        await self._write(
-            lambda conn: conn.execute(
-                uploads.update().where(uploads.c.id == upload_id).values(updated=now)
-            )
-        )
+    async def finish_upload(
+        self, upload_id: str, repo_id: int, image: str, digest: str, size: int
+    ) -> None:
+        """Link the committed blob and close the session in one transaction."""
+
+        def run(conn: Connection) -> None:
+            exists = conn.execute(
+                select(blob_links.c.size).where(
+                    blob_links.c.repo_id == repo_id,
+                    blob_links.c.image == image,
+                    blob_links.c.digest == digest,
+                )
+            ).first()
+            if exists is None:
+                conn.execute(
+                    insert(blob_links).values(
+                        repo_id=repo_id,
+                        image=image,
+                        digest=digest,
+                        size=size,
+                        created=time.time(),
+                    )
+                )
+            conn.execute(delete(uploads).where(uploads.c.id == upload_id))
+
+        await self._write(run)
 
     async def delete_upload(self, upload_id: str) -> None:
         await self._write(
@@ -500,5 +519,6 @@ class MetadataStore:
         )
 
     def expired_uploads(self, older_than: float) -> list[str]:
-        stmt = select(uploads.c.id).where(uploads.c.updated < older_than)
+        """Sessions opened before `older_than` (their data may have been written since)."""
+        stmt = select(uploads.c.id).where(uploads.c.created < older_than)
         return [r[0] for r in self._conn().execute(stmt)]

@@ -245,6 +245,15 @@ class HostedRepository:
         await self.meta.link_blob(self.repo_id, image, str(digest), size)
         return True
 
+    async def push_blob(
+        self, image: str, chunks: AsyncIterator[bytes], digest: Digest, length: int | None
+    ) -> int:
+        """A monolithic upload: no session to record, one commit for the link."""
+        self._check_writable()
+        size = await self.blobs.ingest(chunks, digest, length)
+        await self.meta.link_blob(self.repo_id, image, str(digest), size)
+        return size
+
     async def start_upload(self, image: str) -> UploadState:
         self._check_writable()
         upload_id = await self.blobs.new_upload()
@@ -270,7 +279,7 @@ class HostedRepository:
         size = await self.blobs.append(
             state.id, chunks, expected_length=expected_length, expected_offset=expected_offset
         )
-        await self.meta.touch_upload(state.id)
+        # No database write per chunk: the data file's mtime says when the session was used.
         return UploadState(state.id, state.image, size)
 
     async def finish_upload(self, state: UploadState, digest: Digest) -> int:
@@ -280,8 +289,7 @@ class HostedRepository:
             if exc.code in ("DIGEST_INVALID", "SIZE_INVALID"):
                 await self.cancel_upload(state)
             raise
-        await self.meta.link_blob(self.repo_id, state.image, str(digest), size)
-        await self.meta.delete_upload(state.id)
+        await self.meta.finish_upload(state.id, self.repo_id, state.image, str(digest), size)
         return size
 
     async def cancel_upload(self, state: UploadState) -> None:
@@ -289,11 +297,17 @@ class HostedRepository:
         await self.meta.delete_upload(state.id)
 
     async def purge_uploads(self, max_age: float) -> int:
-        expired = self.meta.expired_uploads(time.time() - max_age)
-        for upload_id in expired:
+        """Drop sessions whose data was last written more than `max_age` seconds ago."""
+        cutoff = time.time() - max_age
+        purged = 0
+        for upload_id in self.meta.expired_uploads(cutoff):
+            used = await self.blobs.upload_mtime(upload_id)
+            if used is not None and used >= cutoff:
+                continue
             await self.blobs.abort(upload_id)
             await self.meta.delete_upload(upload_id)
-        return len(expired)
+            purged += 1
+        return purged
 
 
 def referrer_entries(

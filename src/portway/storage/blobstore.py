@@ -69,6 +69,10 @@ class BlobStore:
         while len(self._hashes) > _HASH_CACHE_LIMIT:
             self._hashes.pop(next(iter(self._hashes)))
 
+    async def upload_mtime(self, upload_id: str) -> float | None:
+        info = await self.backend.stat(self.upload_key(upload_id))
+        return None if info is None else info.mtime
+
     async def upload_size(self, upload_id: str) -> int | None:
         info = await self.backend.stat(self.upload_key(upload_id))
         return None if info is None else info.size

@@ -59,15 +59,9 @@ async def start(call: V2Call) -> web.StreamResponse:
             return _blob_created(call, digest)
     if "digest" in query:
         digest = Digest.parse(query["digest"])
-        state = await repo.start_upload(call.image)
-        try:
-            state = await repo.append_upload(
-                state, body_chunks(call.request), content_length(call.request)
-            )
-        except BaseException:
-            await repo.cancel_upload(state)
-            raise
-        await repo.finish_upload(state, digest)
+        await repo.push_blob(
+            call.image, body_chunks(call.request), digest, content_length(call.request)
+        )
         return _blob_created(call, digest)
     await _drain(call.request)
     state = await repo.start_upload(call.image)

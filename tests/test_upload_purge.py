@@ -1,0 +1,52 @@
+"""Stale upload sessions are purged by the age of their data, not of their session row."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from portway.config import RepositoryConfig
+from portway.db.store import MetadataStore
+from portway.repos.hosted import HostedRepository
+from portway.storage.blobstore import BlobStore
+from portway.storage.filesystem import FilesystemBackend
+
+
+async def _body(data: bytes) -> AsyncIterator[bytes]:
+    yield data
+
+
+def test_purge_keeps_sessions_still_receiving_data(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        meta = MetadataStore.open_sqlite(tmp_path / "portway.db")
+        blobs = BlobStore(FilesystemBackend(tmp_path / "storage"))
+        cfg = RepositoryConfig(name="docker-hosted", type="hosted")
+        repo = HostedRepository(cfg, meta.ensure_repository(cfg.name, cfg.type), meta, blobs)
+        old = await repo.start_upload("app")
+        busy = await repo.start_upload("app")
+        await repo.append_upload(busy, _body(b"x" * 10), 10)
+        hour_ago = time.time() - 3600
+        os.utime(tmp_path / "storage" / "uploads" / old.id, (hour_ago, hour_ago))
+        # Both session rows are "old"; only one data file is.
+        purged = await _purge_with_old_rows(repo, meta, max_age=60)
+        assert purged == 1
+        assert meta.get_upload(old.id) is None
+        assert not (tmp_path / "storage" / "uploads" / old.id).exists()
+        state = await repo.upload_state("app", busy.id)
+        assert state.offset == 10
+        meta.close()
+
+    asyncio.run(scenario())
+
+
+async def _purge_with_old_rows(repo: HostedRepository, meta: MetadataStore, max_age: int) -> int:
+    from sqlalchemy import update
+
+    from portway.db.schema import uploads
+
+    with meta.engine.begin() as conn:
+        conn.execute(update(uploads).values(created=time.time() - 3600))
+    return await repo.purge_uploads(max_age)
