@@ -230,18 +230,19 @@ def _fsync_path(path: Path | None) -> None:
         os.close(fd)
 
 
-def _write_batch(writer: FileWriter, hashers: tuple[Any, ...] | None, data: bytes) -> None:
+def _write_batch(writer: FileWriter, hashers: tuple[Any, ...] | None, batch: list[bytes]) -> None:
     if hashers is not None:
         for h in hashers:
-            h.update(data)
-    writer.write_sync(data)
+            for chunk in batch:
+                h.update(chunk)
+    writer.writev_sync(batch)
 
 
 async def _pump(
     chunks: AsyncIterator[bytes], writer: FileWriter, hashers: tuple[Any, ...] | None
 ) -> int:
-    """Read chunks into ~1 MiB batches; hash and write each batch in a thread while the next
-    batch is read from the socket (hashlib and file writes release the GIL)."""
+    """Read chunks into batches of ~WRITE_BATCH bytes; hash and write each batch in a thread
+    (hashlib and writev release the GIL) while the next one is read from the socket."""
     written = 0
     pending: asyncio.Future[None] | None = None
     batch: list[bytes] = []
@@ -252,18 +253,16 @@ async def _pump(
             batch.append(chunk)
             batch_len += len(chunk)
             if batch_len >= WRITE_BATCH:
-                data = b"".join(batch)
-                batch, batch_len = [], 0
                 if pending is not None:
                     await pending
-                pending = loop.run_in_executor(None, _write_batch, writer, hashers, data)
-                written += len(data)
+                pending = loop.run_in_executor(None, _write_batch, writer, hashers, batch)
+                written += batch_len
+                batch, batch_len = [], 0
         if batch:
-            data = b"".join(batch)
             if pending is not None:
                 await pending
-            pending = loop.run_in_executor(None, _write_batch, writer, hashers, data)
-            written += len(data)
+            pending = loop.run_in_executor(None, _write_batch, writer, hashers, batch)
+            written += batch_len
     finally:
         if pending is not None:
             await asyncio.shield(pending)
