@@ -360,6 +360,9 @@ class MetadataStore:
         return [r[0] for r in self._conn().execute(stmt)]
 
     def image_exists(self, repo_id: int, image: str) -> bool:
+        return self._cached(("i", repo_id, image), lambda: self._image_exists(repo_id, image))
+
+    def _image_exists(self, repo_id: int, image: str) -> bool:
         stmt = (
             select(manifests.c.digest)
             .where(manifests.c.repo_id == repo_id, manifests.c.image == image)

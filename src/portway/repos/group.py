@@ -175,6 +175,9 @@ class GroupRepository:
 
 
 async def _holds(member: Repository, image: str) -> bool:
+    holds = getattr(member, "holds_image", None)
+    if holds is not None:
+        return bool(holds(image))
     try:
         await member.list_tags(image, None, 1)
     except RegistryError:

@@ -79,6 +79,9 @@ class HostedRepository:
             )
         return found
 
+    def holds_image(self, image: str) -> bool:
+        return self.meta.image_exists(self.repo_id, image)
+
     async def has_blob(self, image: str, digest: Digest) -> bool:
         return self.meta.blob_size(self.repo_id, image, str(digest)) is not None
 

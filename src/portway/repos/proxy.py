@@ -10,6 +10,7 @@ When the upstream is down or rate-limited, cached content (stale tags included) 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import time
@@ -29,7 +30,7 @@ from portway.repos.base import BlobBody, Manifest
 from portway.storage.blobstore import BlobStore
 from portway.upstream.breaker import BreakerState, UpstreamBreaker
 from portway.upstream.client import UpstreamRegistry
-from portway.upstream.errors import UpstreamError
+from portway.upstream.errors import UpstreamDigestMismatchError, UpstreamError
 from portway.upstream.singleflight import SharedDownloads, SingleFlight, Spool, SpoolReader
 
 if TYPE_CHECKING:
@@ -276,18 +277,36 @@ class ProxyRepository:
 
     async def _fill(self, image: str, digest: Digest, spool: Spool) -> None:
         """Download once into the spool; publish into the cache only after the digest
-        verified. Runs in its own task: a client hanging up does not stop it."""
-        async with self.upstream.open_blob(image, str(digest)) as blob:
+        verified. Runs in its own task: a client hanging up does not stop it. The digest is
+        computed in a worker thread while the loop writes the previous chunk to the spool."""
+        loop = asyncio.get_running_loop()
+        hasher = digest.hasher()
+        async with self.upstream.open_blob(image, str(digest), verify=False) as blob:
             spool.set_size(blob.size)
-            # The last chunk is held back until the digest verified (the iteration ends
-            # without error): a client never receives the whole of a corrupted blob.
+            # The last chunk is held back until the digest verified: a client never
+            # receives the whole of a corrupted blob.
             held: bytes | None = None
+            hashing: asyncio.Future[None] | None = None
             async for chunk in blob:
                 if held is not None:
                     await spool.write(held)
+                if hashing is not None:
+                    await hashing
+                hashing = loop.run_in_executor(None, hasher.update, chunk)
                 held = chunk
+            if hashing is not None:
+                await hashing
+            if hasher.hexdigest() != digest.hex:
+                raise UpstreamDigestMismatchError(
+                    blob.url,
+                    f"blob arrived with digest {digest.algorithm}:{hasher.hexdigest()}, not "
+                    f"{digest}; discarded",
+                )
             if held is not None:
                 await spool.write(held)
+        # Verified: release the readers now; the cache commit (fsync, rename, link) need not
+        # hold up the clients' responses.
+        spool.finish()
         await self.blobs.publish_file(spool.path, digest)
         await self.meta.link_blob(self.repo_id, image, str(digest), spool.written)
 

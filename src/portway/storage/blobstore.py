@@ -201,17 +201,21 @@ class BlobStore:
 
     async def publish_file(self, path: Path, digest: Digest) -> None:
         """Adopt a fully written local file whose digest the caller verified as it streamed
-        (a proxy's cache fill): fsync it, then move it atomically into place."""
-        await asyncio.to_thread(_fsync_path, path)
+        (a proxy's cache fill): fsync it, then give it its blob name atomically. A hard link,
+        not a rename: readers still opening the file by its old path keep finding it."""
         target = self.backend.local_path(self.blob_key(digest))
         assert target is not None
-        target.parent.mkdir(parents=True, exist_ok=True)
 
-        def _move() -> None:
-            os.replace(path, target)
-            _fsync_path(target.parent)  # the rename itself survives a crash
+        def _publish() -> None:
+            _fsync_path(path)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.link(path, target)
+            except FileExistsError:
+                return  # the same content is there already
+            _fsync_path(target.parent)  # the new name survives a crash
 
-        await asyncio.to_thread(_move)
+        await asyncio.to_thread(_publish)
 
     async def put_bytes(self, data: bytes, digest: Digest) -> int:
         async def once() -> AsyncIterator[bytes]:

@@ -21,7 +21,7 @@ from .errors import (
     from_client_exception,
 )
 
-BLOB_CHUNK_SIZE = 64 * 1024
+BLOB_CHUNK_SIZE = 1024 * 1024  # iter_chunked yields what has arrived, up to this
 DIGEST = re.compile(r"^([a-z0-9]+(?:[.+_-][a-z0-9]+)*):([a-zA-Z0-9=_-]+)$")
 HASHES = {"sha256": hashlib.sha256, "sha512": hashlib.sha512}
 GENERIC_TYPES = {"", "application/json", "text/plain", "application/octet-stream"}
