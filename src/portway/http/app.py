@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import replace
 from urllib.parse import unquote
 
@@ -108,7 +107,3 @@ def build_app(ctx: AppContext) -> web.Application:
     app.on_response_prepare.append(add_api_version)
     app.router.add_route("*", "/{tail:.*}", handle)
     return app
-
-
-def describe_routes(ctx: AppContext) -> str:
-    return json.dumps({"repositories": sorted(ctx.repos), "path_routing": ctx.routes.path_routed()})

@@ -22,20 +22,6 @@ class Descriptor:
     annotations: dict[str, str] | None = None
     platform: dict[str, Any] | None = None
 
-    def to_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            "mediaType": self.media_type,
-            "digest": str(self.digest),
-            "size": self.size,
-        }
-        if self.artifact_type:
-            out["artifactType"] = self.artifact_type
-        if self.annotations:
-            out["annotations"] = self.annotations
-        if self.platform:
-            out["platform"] = self.platform
-        return out
-
 
 @dataclass(frozen=True, slots=True)
 class ParsedManifest:

@@ -217,12 +217,6 @@ class BlobStore:
 
         await asyncio.to_thread(_publish)
 
-    async def put_bytes(self, data: bytes, digest: Digest) -> int:
-        async def once() -> AsyncIterator[bytes]:
-            yield data
-
-        return await self.ingest(once(), digest)
-
 
 def _fsync_path(path: Path | None) -> None:
     if path is None:
