@@ -9,6 +9,7 @@ import concurrent.futures
 import hashlib
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -635,3 +636,70 @@ def test_push_to_a_proxy_is_refused(
         check=False,
     )
     assert failed.returncode != 0 and "proxy" in failed.stderr
+
+
+FOREIGN_LAYER = "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip"
+
+
+@pytest.mark.parametrize(
+    ("cache", "allowed", "served"),
+    [(True, True, True), (True, False, False), (False, True, False)],
+    ids=["cached-from-allowed-url", "url-not-allowed", "caching-off"],
+)
+def test_foreign_layers(
+    faults: FaultServer,
+    portway_factory: PortwayFactory,
+    cache: bool,
+    allowed: bool,
+    served: bool,
+) -> None:
+    """A non-distributable layer stays a URL in the manifest; with `cache_foreign_layers` and
+    a URL the allow-list accepts, the proxy fetches it from that URL, verifies and caches it."""
+    layer = os.urandom(300 * 1024)
+    digest = sha256(layer)
+    faults.route("/layers/base.tar.gz", fixed(200, layer, {"Content-Type": "application/gzip"}))
+    url = f"{faults.url}/layers/base.tar.gz"
+    upstream = portway_factory()
+    pusher = Pusher(upstream.repository_url("docker-hosted"))
+    config = b'{"architecture":"amd64","os":"windows","rootfs":{"type":"layers"}}'
+    manifest = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+            "config": {
+                "mediaType": "application/vnd.docker.container.image.v1+json",
+                "digest": pusher.push_blob("win/app", config),
+                "size": len(config),
+            },
+            "layers": [
+                {"mediaType": FOREIGN_LAYER, "digest": digest, "size": len(layer), "urls": [url]}
+            ],
+        }
+    ).encode()
+    pusher.push_manifest(
+        "win/app", "1", manifest, "application/vnd.docker.distribution.manifest.v2+json"
+    )
+    pattern = re.escape(faults.url) + "/layers/.*" if allowed else r"https://cdn\.invalid/.*"
+    server = portway_factory(
+        repositories=[
+            proxy(
+                "hub",
+                upstream.repository_url("docker-hosted"),
+                cache_foreign_layers=cache,
+                foreign_layer_urls=[pattern],
+            )
+        ]
+    )
+    got = get_manifest(server, "hub", "win/app", "1")
+    assert got.status_code == 200 and json.loads(got.content)["layers"][0]["urls"] == [url]
+    blob = get_blob(server, "hub", "win/app", digest)
+    if not served:
+        assert blob.status_code == 404 and oci_error(blob)[0] == "BLOB_UNKNOWN"
+        assert "/layers/base.tar.gz" not in faults.hits
+        return
+    assert blob.status_code == 200 and blob.content == layer
+    wait_for(lambda: blob_is_cached(server, digest), what="the foreign layer in the cache")
+    faults.route("/layers/base.tar.gz", fixed(404))
+    again = get_blob(server, "hub", "win/app", digest)
+    assert again.status_code == 200 and again.content == layer
+    assert faults.hits.count("/layers/base.tar.gz") == 1

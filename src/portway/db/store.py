@@ -210,6 +210,12 @@ class MetadataStore:
         )
         return None if row is None else ManifestRow(row[0], row[1], row[2])
 
+    def manifest_bodies(self, repo_id: int, image: str) -> list[bytes]:
+        stmt = select(manifests.c.body).where(
+            manifests.c.repo_id == repo_id, manifests.c.image == image
+        )
+        return [bytes(r[0]) for r in self._conn().execute(stmt)]
+
     def _missing(self, table: Any, repo_id: int, image: str, digests: Sequence[str]) -> list[str]:
         """The digests of `digests` that `table` has no row for in this image."""
         if not digests:

@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
+import re
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
@@ -30,7 +32,12 @@ from portway.repos.base import BlobBody, Manifest
 from portway.storage.blobstore import BlobStore
 from portway.upstream.breaker import BreakerState, UpstreamBreaker
 from portway.upstream.client import UpstreamRegistry
-from portway.upstream.errors import UpstreamDigestMismatchError, UpstreamError
+from portway.upstream.errors import (
+    UpstreamDigestMismatchError,
+    UpstreamError,
+    UpstreamNotFoundError,
+    UpstreamUnreachableError,
+)
 from portway.upstream.singleflight import SharedDownloads, SingleFlight, Spool, SpoolReader
 
 if TYPE_CHECKING:
@@ -255,7 +262,13 @@ class ProxyRepository:
         key = f"{image}@{digest}"
 
         async def fill(spool: Spool) -> None:
-            await self._fill(image, digest, spool)
+            try:
+                await self._fill(image, digest, spool)
+            except UpstreamError as err:
+                url = self._foreign_url(image, digest) if err.kind == "not_found" else None
+                if url is None:
+                    raise
+                await self._fill_foreign(url, image, digest, spool)
 
         return self.downloads().follow(key, fill)
 
@@ -277,38 +290,72 @@ class ProxyRepository:
 
     async def _fill(self, image: str, digest: Digest, spool: Spool) -> None:
         """Download once into the spool; publish into the cache only after the digest
-        verified. Runs in its own task: a client hanging up does not stop it. The digest is
-        computed in a worker thread while the loop writes the previous chunk to the spool."""
-        loop = asyncio.get_running_loop()
-        hasher = digest.hasher()
+        verified. Runs in its own task: a client hanging up does not stop it."""
         async with self.upstream.open_blob(image, str(digest), verify=False) as blob:
             spool.set_size(blob.size)
-            # The last chunk is held back until the digest verified: a client never
-            # receives the whole of a corrupted blob.
-            held: bytes | None = None
-            hashing: asyncio.Future[None] | None = None
-            async for chunk in blob:
-                if held is not None:
-                    await spool.write(held)
-                if hashing is not None:
-                    await hashing
-                hashing = loop.run_in_executor(None, hasher.update, chunk)
-                held = chunk
-            if hashing is not None:
-                await hashing
-            if hasher.hexdigest() != digest.hex:
-                raise UpstreamDigestMismatchError(
-                    blob.url,
-                    f"blob arrived with digest {digest.algorithm}:{hasher.hexdigest()}, not "
-                    f"{digest}; discarded",
-                )
+            await self._stream(blob, spool, digest, blob.url)
+        await self._commit(spool, image, digest)
+
+    async def _stream(
+        self, chunks: AsyncIterable[bytes], spool: Spool, digest: Digest, source: str
+    ) -> None:
+        """Copy into the spool while a worker thread hashes the previous chunk. The last
+        chunk is held back until the digest verified: no client receives the whole of a
+        corrupted blob."""
+        loop = asyncio.get_running_loop()
+        hasher = digest.hasher()
+        held: bytes | None = None
+        hashing: asyncio.Future[None] | None = None
+        async for chunk in chunks:
             if held is not None:
                 await spool.write(held)
-        # Verified: release the readers now; the cache commit (fsync, rename, link) need not
-        # hold up the clients' responses.
+            if hashing is not None:
+                await hashing
+            hashing = loop.run_in_executor(None, hasher.update, chunk)
+            held = chunk
+        if hashing is not None:
+            await hashing
+        if hasher.hexdigest() != digest.hex:
+            raise UpstreamDigestMismatchError(
+                source,
+                f"blob arrived with digest {digest.algorithm}:{hasher.hexdigest()}, not "
+                f"{digest}; discarded",
+            )
+        if held is not None:
+            await spool.write(held)
+
+    async def _commit(self, spool: Spool, image: str, digest: Digest) -> None:
+        # Verified: release the readers now; the cache commit (fsync, link, database) need
+        # not hold up the clients' responses.
         spool.finish()
         await self.blobs.publish_file(spool.path, digest)
         await self.meta.link_blob(self.repo_id, image, str(digest), spool.written)
+
+    # -- foreign (non-distributable) layers --------------------------------------------
+    def _foreign_url(self, image: str, digest: Digest) -> str | None:
+        """With `cache_foreign_layers`, the first URL of a cached manifest's layer `digest`
+        that the allow-list (`foreign_layer_urls`, regular expressions) accepts."""
+        if not self.config.cache_foreign_layers:
+            return None
+        for body in self.meta.manifest_bodies(self.repo_id, image):
+            for url in foreign_urls(body, str(digest)):
+                if any(re.fullmatch(p, url) for p in self.config.foreign_layer_urls):
+                    return url
+        return None
+
+    async def _fill_foreign(self, url: str, image: str, digest: Digest, spool: Spool) -> None:
+        session = self.upstream.session
+        timeout = aiohttp.ClientTimeout(total=None, connect=10, sock_read=60)
+        try:
+            async with session.get(url, timeout=timeout) as resp:
+                if resp.status != 200:
+                    raise UpstreamNotFoundError(url, f"foreign layer answered {resp.status}")
+                spool.set_size(resp.content_length)
+                await self._stream(resp.content.iter_chunked(1024 * 1024), spool, digest, url)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise UpstreamUnreachableError(url, f"foreign layer: {exc}") from exc
+        log.info("proxy %s: cached foreign layer %s from %s", self.name, digest, url)
+        await self._commit(spool, image, digest)
 
     # -- listings ----------------------------------------------------------------------
     async def list_tags(self, image: str, last: str | None, n: int | None) -> list[str]:
@@ -370,3 +417,17 @@ async def _guarded(reader: SpoolReader, repository: str) -> AsyncIterator[bytes]
     finally:
         with contextlib.suppress(Exception):
             reader.close()
+
+
+def foreign_urls(manifest_body: bytes, digest: str) -> list[str]:
+    """The `urls` a manifest gives for its layer `digest` (a non-distributable layer)."""
+    try:
+        doc = json.loads(manifest_body)
+    except ValueError:
+        return []
+    layers = doc.get("layers") if isinstance(doc, dict) else None
+    for layer in layers if isinstance(layers, list) else []:
+        if isinstance(layer, dict) and layer.get("digest") == digest:
+            urls = layer.get("urls")
+            return [u for u in urls if isinstance(u, str)] if isinstance(urls, list) else []
+    return []

@@ -118,6 +118,11 @@ class UpstreamRegistry:
     def __repr__(self) -> str:
         return f"UpstreamRegistry({self.remote_url!r})"
 
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        """The HTTP session this client uses (for plain downloads such as foreign layers)."""
+        return self._session
+
     # -- names -------------------------------------------------------------------------------
 
     def remote_name(self, image: str) -> str:
