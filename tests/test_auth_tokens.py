@@ -217,10 +217,15 @@ def test_rotation_seen_by_another_worker(tmp_path: Path, clock: Clock) -> None:
     assert worker_2.verify(first, "r").subject == "u"
     worker_1.keys.rotate()
     second = worker_1.issue_access("u", "s", "r", PULL, {"read"}).token
-    with pytest.raises(TokenError, match="unknown signing key"):
-        worker_2.verify(second, "r")  # reread throttled
-    monotonic.now = 10.0
+    # The key folder changed, so the unknown kid makes worker 2 reread it at once.
     assert worker_2.verify(second, "r").subject == "u"
+    # An unknown kid with an unchanged folder is refused without a reread.
+    forged = worker_1.issue_access("u", "s", "r", PULL, {"read"}).token
+    head, _, rest = forged.partition(".")
+    bogus = _b64(json.dumps({**_parts(forged)[0], "kid": "A" * 43}).encode()) + "." + rest
+    assert head != bogus.partition(".")[0]
+    with pytest.raises(TokenError, match="unknown signing key"):
+        worker_2.verify(bogus, "r")
     monotonic.now = 100.0
     assert worker_2.keys.current.kid == worker_1.keys.current.kid  # periodic reread
 

@@ -123,6 +123,7 @@ class KeyRing:
         self._keys: dict[str, SigningKey] = {}
         self._current: str | None = None
         self._loaded_at: float | None = None
+        self._folder_stamp: int | None = None
 
     @classmethod
     def in_data_dir(cls, data_dir: Path, algorithm: Algorithm = "ES256") -> KeyRing:
@@ -140,12 +141,19 @@ class KeyRing:
                 keys[key.kid] = key
         self._keys = keys
         self._loaded_at = self._clock()
+        self._folder_stamp = self._stamp()
         current = self._read_current()
         if current not in keys:
             current = None
         if current is None:
             current = self.rotate() if not keys else max(keys, key=self._mtime)
         self._current = current
+
+    def _stamp(self) -> int | None:
+        try:
+            return self.directory.stat().st_mtime_ns
+        except OSError:
+            return None
 
     def _read(self, path: Path) -> SigningKey | None:
         if not KID_RE.match(path.stem):
@@ -196,7 +204,10 @@ class KeyRing:
         self._ensure_loaded()
         key = self._keys.get(kid)
         loaded_at = self._loaded_at or 0.0
-        if key is None and self._clock() - loaded_at >= self._reload_interval:
+        # Reread for an unknown kid when the folder changed (a rotation by `portway key`),
+        # else at most every reload interval (a forged kid must not make us reread each time).
+        changed = self._stamp() != self._folder_stamp
+        if key is None and (changed or self._clock() - loaded_at >= self._reload_interval):
             with contextlib.suppress(KeyFolderError, OSError):
                 self.load()
             key = self._keys.get(kid)
