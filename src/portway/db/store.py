@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Engine, and_, create_engine, delete, event, func, insert, select
-from sqlalchemy.exc import IntegrityError
 
 from portway.db.migrations import migrate
 from portway.db.schema import blob_links, manifest_refs, manifests, repositories, tags, uploads
@@ -446,22 +445,7 @@ class MetadataStore:
         return self._missing(blob_links, repo_id, image, digests)
 
     async def link_blob(self, repo_id: int, image: str, digest: str, size: int) -> None:
-        def run(conn: Connection) -> None:
-            try:
-                with conn.begin_nested():
-                    conn.execute(
-                        insert(blob_links).values(
-                            repo_id=repo_id,
-                            image=image,
-                            digest=digest,
-                            size=size,
-                            created=time.time(),
-                        )
-                    )
-            except IntegrityError:
-                pass  # already linked
-
-        await self._write(run)
+        await self._write(lambda conn: _link(conn, repo_id, image, digest, size))
 
     async def unlink_blob(self, repo_id: int, image: str, digest: str) -> bool:
         def run(conn: Connection) -> bool:
@@ -501,23 +485,7 @@ class MetadataStore:
         """Link the committed blob and close the session in one transaction."""
 
         def run(conn: Connection) -> None:
-            exists = conn.execute(
-                select(blob_links.c.size).where(
-                    blob_links.c.repo_id == repo_id,
-                    blob_links.c.image == image,
-                    blob_links.c.digest == digest,
-                )
-            ).first()
-            if exists is None:
-                conn.execute(
-                    insert(blob_links).values(
-                        repo_id=repo_id,
-                        image=image,
-                        digest=digest,
-                        size=size,
-                        created=time.time(),
-                    )
-                )
+            _link(conn, repo_id, image, digest, size)
             conn.execute(delete(uploads).where(uploads.c.id == upload_id))
 
         await self._write(run)
@@ -531,3 +499,21 @@ class MetadataStore:
         """Sessions opened before `older_than` (their data may have been written since)."""
         stmt = select(uploads.c.id).where(uploads.c.created < older_than)
         return [r[0] for r in self._conn().execute(stmt)]
+
+
+def _link(conn: Connection, repo_id: int, image: str, digest: str, size: int) -> None:
+    """Link a blob into an image unless it is linked already (writes are serialized by the
+    write transaction, so the check and the insert cannot race)."""
+    exists = conn.execute(
+        select(blob_links.c.size).where(
+            blob_links.c.repo_id == repo_id,
+            blob_links.c.image == image,
+            blob_links.c.digest == digest,
+        )
+    ).first()
+    if exists is None:
+        conn.execute(
+            insert(blob_links).values(
+                repo_id=repo_id, image=image, digest=digest, size=size, created=time.time()
+            )
+        )
