@@ -13,6 +13,7 @@ from portway.oci.digest import Digest
 
 if TYPE_CHECKING:
     from portway.repos.hosted import HostedRepository
+    from portway.upstream.singleflight import SpoolReader
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,12 +25,14 @@ class Manifest:
 
 @dataclass(frozen=True, slots=True)
 class BlobBody:
-    """A blob to send: a local file (sent with sendfile) or a stream."""
+    """A blob to send: a local file (sent with sendfile), a file still being written (a
+    proxy's cache fill, sent with sendfile as it grows), or a stream."""
 
     digest: Digest
     size: int
     path: Path | None = None
     stream: AsyncIterator[bytes] | None = None
+    growing: SpoolReader | None = None
 
 
 class Repository(Protocol):

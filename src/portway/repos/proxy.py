@@ -11,12 +11,11 @@ When the upstream is down or rate-limited, cached content (stale tags included) 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import re
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Sequence
+from collections.abc import AsyncIterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
@@ -254,7 +253,7 @@ class ProxyRepository:
         except BaseException:
             reader.close()
             raise
-        return BlobBody(digest=digest, size=total, stream=_guarded(reader, self.name))
+        return BlobBody(digest=digest, size=total, growing=reader)
 
     async def _follow(self, image: str, digest: Digest) -> SpoolReader:
         # A blocked upstream needs no check here: the fill's first request raises
@@ -397,26 +396,6 @@ class ProxyRepository:
             "page_size": found.page_size,
             "results": found.results,
         }
-
-
-class BlobCutShortError(ConnectionResetError):
-    """The upstream failed after the client's response had started: the only honest answer
-    left is to cut the client's connection, so it sees a short body instead of waiting.
-    A ``ConnectionError`` is what the error middleware lets through for aiohttp to close the
-    connection (an OCI error body cannot follow bytes already sent)."""
-
-
-async def _guarded(reader: SpoolReader, repository: str) -> AsyncIterator[bytes]:
-    """Stream a spool to a client, closing the reader however the client leaves."""
-    try:
-        async for chunk in reader:
-            yield chunk
-    except UpstreamError as err:
-        log.warning("proxy %s: upstream failed mid-blob: %s", repository, err)
-        raise BlobCutShortError(f"upstream failed mid-blob: {err}") from err
-    finally:
-        with contextlib.suppress(Exception):
-            reader.close()
 
 
 def foreign_urls(manifest_body: bytes, digest: str) -> list[str]:

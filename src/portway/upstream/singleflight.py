@@ -21,7 +21,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
 from pathlib import Path
 from types import TracebackType
-from typing import Generic, TypeVar
+from typing import BinaryIO, Generic, TypeVar
 
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
@@ -167,6 +167,27 @@ class SpoolReader:
             if spool.done:
                 return
             await spool.wait_change()
+
+    async def more(self) -> int:
+        """Wait until bytes past `position` are written (returns how many), or the writer
+        finished (returns 0); raises the writer's failure. For callers that send the spool
+        file themselves (sendfile) and then advance `position`."""
+        spool = self.spool
+        while True:
+            available = spool.written - self.position
+            if available > 0:
+                return available
+            if spool.error is not None:
+                raise spool.error
+            if spool.done:
+                return 0
+            await spool.wait_change()
+
+    def open_file(self) -> BinaryIO:
+        """A file object over this reader's own descriptor (valid after the spool moved)."""
+        if self._fd is None:
+            raise RuntimeError("spool reader is closed")
+        return os.fdopen(os.dup(self._fd), "rb")
 
     async def read_all(self) -> bytes:
         return b"".join([chunk async for chunk in self])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 
@@ -10,6 +11,7 @@ from aiohttp import web
 from portway.http.v2.call import V2Call
 from portway.oci.digest import Digest
 from portway.oci.errors import RegistryError
+from portway.upstream.singleflight import SpoolReader
 
 log = logging.getLogger("portway.http")
 SMALL_BLOB = 64 * 1024
@@ -66,6 +68,8 @@ async def get(call: V2Call, digest_text: str) -> web.StreamResponse:
     response = web.StreamResponse(status=200, headers=headers)
     response.content_length = blob.size
     await response.prepare(call.request)
+    if blob.growing is not None:
+        return await _send_growing(call, response, blob.growing, digest)
     assert blob.stream is not None
     try:
         async for chunk in blob.stream:
@@ -76,6 +80,33 @@ async def get(call: V2Call, digest_text: str) -> web.StreamResponse:
         if call.request.transport is not None:
             call.request.transport.close()
         raise ConnectionResetError(f"blob {digest} cut short") from exc
+    await response.write_eof()
+    return response
+
+
+async def _send_growing(
+    call: V2Call, response: web.StreamResponse, reader: SpoolReader, digest: Digest
+) -> web.StreamResponse:
+    """Send a file another task is still writing (a proxy's cache fill), with sendfile for
+    each stretch written so far; a failed fill cuts the connection."""
+    loop = asyncio.get_running_loop()
+    transport = call.request.transport
+    try:
+        with reader.open_file() as f:
+            while count := await reader.more():
+                if transport is None or transport.is_closing():
+                    raise ConnectionResetError("client went away")
+                await loop.sendfile(transport, f, reader.position, count)
+                reader.position += count
+    except ConnectionResetError:
+        raise
+    except Exception as exc:
+        log.warning("blob %s of %s cut short: %s", digest, call.url_name, exc)
+        if transport is not None:
+            transport.close()
+        raise ConnectionResetError(f"blob {digest} cut short") from exc
+    finally:
+        reader.close()
     await response.write_eof()
     return response
 
