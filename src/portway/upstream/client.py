@@ -9,7 +9,6 @@ counted and a blocked upstream is not contacted at all.
 from __future__ import annotations
 
 import json
-import re
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -18,6 +17,8 @@ from urllib.parse import urljoin, urlsplit
 
 import aiohttp
 from multidict import CIMultiDict
+
+from portway.oci.names import NAME_RE, TAG_RE
 
 from .auth import UpstreamAuth
 from .breaker import BreakerState, UpstreamBreaker
@@ -30,7 +31,6 @@ from .content import (
     UpstreamBlob,
     UpstreamManifest,
     UpstreamManifestInfo,
-    hasher_for,
     int_or,
     is_digest,
     media_type_of,
@@ -55,10 +55,6 @@ DOCKER_HUB_INDEX = "https://index.docker.io"  # where Docker Hub answers /v1/sea
 MAX_MANIFEST_SIZE = 4 * 1024 * 1024  # distribution's own limit
 MAX_ERROR_BODY = 64 * 1024
 
-_NAME = re.compile(
-    r"^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*$"
-)
-_TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$")
 _NOT_FOUND_CODES = {"MANIFEST_UNKNOWN", "BLOB_UNKNOWN", "NAME_UNKNOWN", "NOT_FOUND"}
 _REDIRECTS = {301, 302, 303, 307, 308}
 
@@ -127,14 +123,14 @@ class UpstreamRegistry:
 
     def remote_name(self, image: str) -> str:
         """The name to ask the upstream for: ``alpine`` is ``library/alpine`` on Docker Hub."""
-        if not _NAME.match(image):
+        if not NAME_RE.match(image):
             raise ValueError(f"{image!r} is not a valid image name")
         if self.docker_hub and "/" not in image:
             return f"library/{image}"
         return image
 
     def _reference(self, reference: str) -> str:
-        if not (_TAG.match(reference) or is_digest(reference)):
+        if not (TAG_RE.match(reference) or is_digest(reference)):
             raise ValueError(f"{reference!r} is neither a tag nor a digest")
         return reference
 
@@ -216,8 +212,7 @@ class UpstreamRegistry:
         """
         name = self.remote_name(image)
         if not is_digest(digest):
-            raise ValueError(f"{digest!r} is not a digest")
-        hasher_for(digest.split(":", 1)[0])
+            raise ValueError(f"{digest!r} is not a digest this registry can verify")
         url = f"{self.remote_url}/v2/{name}/blobs/{digest}"
         what = f"blob {digest} of {name}"
         async with self._request(

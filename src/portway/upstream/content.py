@@ -3,15 +3,16 @@ checks that keep a corrupted body out of the cache."""
 
 from __future__ import annotations
 
-import hashlib
 import json
-import re
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import aiohttp
+
+from portway.oci.digest import Digest
+from portway.oci.errors import RegistryError
 
 from .errors import (
     UpstreamDigestMismatchError,
@@ -22,8 +23,6 @@ from .errors import (
 )
 
 BLOB_CHUNK_SIZE = 1024 * 1024  # iter_chunked yields what has arrived, up to this
-DIGEST = re.compile(r"^([a-z0-9]+(?:[.+_-][a-z0-9]+)*):([a-zA-Z0-9=_-]+)$")
-HASHES = {"sha256": hashlib.sha256, "sha512": hashlib.sha512}
 GENERIC_TYPES = {"", "application/json", "text/plain", "application/octet-stream"}
 
 
@@ -70,21 +69,16 @@ class PingResult:
     auth_scheme: str | None  # "basic", "bearer" or None (anonymous)
 
 
-def is_digest(reference: str) -> bool:
-    return DIGEST.match(reference) is not None
-
-
-def compute_digest(data: bytes, algorithm: str = "sha256") -> str:
-    hasher = hasher_for(algorithm)()
-    hasher.update(data)
-    return f"{algorithm}:{hasher.hexdigest()}"
-
-
-def hasher_for(algorithm: str) -> Callable[[], hashlib._Hash]:
+def valid_digest(text: str) -> Digest | None:
+    """The digest `text` names, when it is one this registry can verify."""
     try:
-        return HASHES[algorithm]
-    except KeyError:
-        raise ValueError(f"unsupported digest algorithm {algorithm!r}") from None
+        return Digest.parse(text)
+    except RegistryError:
+        return None
+
+
+def is_digest(reference: str) -> bool:
+    return valid_digest(reference) is not None
 
 
 class UpstreamBlob:
@@ -116,7 +110,7 @@ class UpstreamBlob:
 
     async def iter_chunks(self, chunk_size: int = BLOB_CHUNK_SIZE) -> AsyncIterator[bytes]:
         algorithm = self.digest.split(":", 1)[0]
-        hasher = hasher_for(algorithm)() if self.verify else None
+        hasher = Digest.parse(self.digest).hasher() if self.verify else None
         received = 0
         try:
             async for chunk in self._response.content.iter_chunked(chunk_size):
@@ -158,10 +152,9 @@ def verified_digest(
 ) -> str:
     """The manifest's digest; raises when the body does not match what was asked or told."""
     expected = [d for d in (reference if is_digest(reference) else None, header_digest) if d]
-    algorithm = expected[0].split(":", 1)[0] if expected else "sha256"
-    if algorithm not in HASHES:
-        algorithm = "sha256"
-    actual = compute_digest(body, algorithm)
+    first = valid_digest(expected[0]) if expected else None
+    algorithm = first.algorithm if first is not None else "sha256"
+    actual = str(Digest.of(body, algorithm))
     for claimed in expected:
         if claimed.split(":", 1)[0] != algorithm:
             continue  # a header in another algorithm than the reference: nothing to compare
