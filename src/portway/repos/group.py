@@ -8,16 +8,14 @@ from __future__ import annotations
 import heapq
 import logging
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from portway.config import RepositoryConfig
 from portway.oci.digest import Digest
 from portway.oci.errors import RegistryError
 from portway.repos.base import BlobBody, Manifest, Repository
+from portway.repos.hosted import HostedRepository
 from portway.repos.search import page_of
-
-if TYPE_CHECKING:
-    from portway.repos.hosted import HostedRepository
 
 log = logging.getLogger("portway.group")
 
@@ -69,14 +67,10 @@ class GroupRepository:
         (dependency confusion), unless the group allows proxy shadowing."""
         if self.config.allow_proxy_shadowing:
             return self.members
-        held = False
-        for member in self.members:
-            if member.kind == "hosted" and await _holds(member, image):
-                held = True
-                break
-        if not held:
-            return self.members
-        return [m for m in self.members if m.kind == "hosted"]
+        hosted = [m for m in self.members if isinstance(m, HostedRepository)]
+        if any(m.holds_image(image) for m in hosted):
+            return list(hosted)
+        return self.members
 
     # -- manifests ---------------------------------------------------------------------
     async def get_manifest(self, image: str, reference: str, accept: Sequence[str]) -> Manifest:
@@ -172,17 +166,6 @@ class GroupRepository:
                 "repository",
             )
         return self._writable.with_mount_sources(self.members)
-
-
-async def _holds(member: Repository, image: str) -> bool:
-    holds = getattr(member, "holds_image", None)
-    if holds is not None:
-        return bool(holds(image))
-    try:
-        await member.list_tags(image, None, 1)
-    except RegistryError:
-        return False
-    return True
 
 
 def _merge(pages: list[list[str]], n: int | None) -> list[str]:
