@@ -345,16 +345,18 @@ class AuthService:
         repository_route: str | None,
         client_addr: str | None,
         *,
-        refresh_route: str | bool | None = True,  # True: the same as repository_route
+        bind_to: str | None = None,
     ) -> dict[str, Any]:
-        """OAuth2 `grant_type=refresh_token`: a new access token for the refresh token's user,
-        on the refresh token's repository only; refused once the user is disabled, the password
-        changed, or the token revoked. The same refresh token comes back in the body."""
-        # The refresh token belongs to the route it was issued on; on a shared host that
-        # route serves no single repository while the new access token is for one.
-        bound: str | None = repository_route if refresh_route is True else refresh_route or None
+        """OAuth2 `grant_type=refresh_token`: a new access token for the refresh token's user;
+        refused once the user is disabled, the password changed, or the token revoked. The
+        same refresh token comes back in the body.
+
+        The refresh token must belong to `repository_route`, the route the request came
+        through. The new access token is bound to that route's repository, or to `bind_to`
+        on a shared host (a route serving no single repository), where the scope names it.
+        """
         try:
-            claims = self.tokens.verify(refresh_token, bound, kind="refresh")
+            claims = self.tokens.verify(refresh_token, repository_route, kind="refresh")
         except TokenError as exc:
             self._audit(
                 "token.refresh",
@@ -365,7 +367,7 @@ class AuthService:
                 {"reason": exc.reason},
             )
             raise InvalidToken("invalid refresh token") from None
-        if not self.store.refresh_valid(claims.jti, claims.subject, bound):
+        if not self.store.refresh_valid(claims.jti, claims.subject, repository_route):
             self._audit(
                 "token.refresh",
                 claims.subject,
@@ -379,7 +381,8 @@ class AuthService:
         if principal is None:
             raise InvalidToken("invalid refresh token")
         principal = principal.with_roles(public_role(self._public))
-        body = self.issue_token(principal, service, scopes, repository_route, client_addr)
+        issue_for = repository_route if repository_route is not None else bind_to
+        body = self.issue_token(principal, service, scopes, issue_for, client_addr)
         body["refresh_token"] = refresh_token
         return body
 

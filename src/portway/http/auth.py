@@ -280,9 +280,9 @@ async def token_endpoint(request: web.Request, ctx: AppContext, route: Route) ->
                     fields.get("refresh_token", ""),
                     service,
                     scopes,
-                    bound,
+                    route.repository,
                     client,
-                    refresh_route=route.repository,
+                    bind_to=bound,
                 )
                 return _token_response(body)
             if grant_type != "password":
