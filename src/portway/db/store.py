@@ -25,6 +25,8 @@ T = TypeVar("T")
 
 @dataclass(frozen=True, slots=True)
 class ManifestRow:
+    """A stored manifest: what a manifest GET answers with (repositories call it Manifest)."""
+
     digest: str
     media_type: str
     body: bytes
@@ -174,6 +176,12 @@ class MetadataStore:
             return int(pk[0])
 
     # -- manifests and tags ------------------------------------------------------------
+    def manifest(self, repo_id: int, image: str, reference: str) -> ManifestRow | None:
+        """By digest when `reference` is one (validated by the caller), else by tag."""
+        if ":" in reference:
+            return self.manifest_by_digest(repo_id, image, reference)
+        return self.manifest_by_tag(repo_id, image, reference)
+
     def manifest_by_tag(self, repo_id: int, image: str, tag: str) -> ManifestRow | None:
         return self._cached(("t", repo_id, image, tag), lambda: self._by_tag(repo_id, image, tag))
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 
+from portway.oci.digest import Digest
 from portway.oci.errors import RegistryError
 
 _COMPONENT = r"[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*"
@@ -28,3 +29,10 @@ def check_tag(tag: str) -> str:
     if not TAG_RE.match(tag):
         raise RegistryError("TAG_INVALID", f"invalid tag {tag[:140]!r}")
     return tag
+
+
+def check_reference(reference: str) -> str:
+    """A manifest reference, validated: a digest in canonical form, or a tag."""
+    if Digest.is_digest(reference):
+        return str(Digest.parse(reference))
+    return check_tag(reference)

@@ -9,18 +9,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from portway.config import RepositoryConfig
+from portway.db.store import ManifestRow as Manifest  # digest, media type, body
 from portway.oci.digest import Digest
+
+__all__ = ["BlobBody", "Manifest", "Repository"]
 
 if TYPE_CHECKING:
     from portway.repos.hosted import HostedRepository
     from portway.upstream.singleflight import SpoolReader
-
-
-@dataclass(frozen=True, slots=True)
-class Manifest:
-    digest: str
-    media_type: str
-    body: bytes
 
 
 @dataclass(frozen=True, slots=True)

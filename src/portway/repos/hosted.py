@@ -14,7 +14,7 @@ from portway.oci import mediatypes as mt
 from portway.oci.digest import Digest
 from portway.oci.errors import RegistryError
 from portway.oci.manifest import parse_manifest
-from portway.oci.names import check_tag
+from portway.oci.names import check_reference, check_tag
 from portway.repos.base import BlobBody, Manifest, Repository
 from portway.repos.search import matches, page_of, result
 from portway.storage.blobstore import BlobStore
@@ -63,16 +63,8 @@ class HostedRepository:
         return still
 
     # -- reads -------------------------------------------------------------------------
-    def lookup_manifest(self, image: str, reference: str) -> Manifest | None:
-        if Digest.is_digest(reference):
-            digest = Digest.parse(reference)
-            row = self.meta.manifest_by_digest(self.repo_id, image, str(digest))
-        else:
-            row = self.meta.manifest_by_tag(self.repo_id, image, check_tag(reference))
-        return None if row is None else Manifest(row.digest, row.media_type, row.body)
-
     async def get_manifest(self, image: str, reference: str, accept: Sequence[str]) -> Manifest:
-        found = self.lookup_manifest(image, reference)
+        found = self.meta.manifest(self.repo_id, image, check_reference(reference))
         if found is None:
             raise RegistryError(
                 "MANIFEST_UNKNOWN", f"manifest {reference!r} not found in {image!r}"

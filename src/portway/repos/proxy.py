@@ -26,7 +26,7 @@ from portway.oci import mediatypes as mt
 from portway.oci.digest import Digest
 from portway.oci.errors import RegistryError
 from portway.oci.manifest import parse_manifest
-from portway.oci.names import check_tag
+from portway.oci.names import check_reference
 from portway.repos.base import BlobBody, Manifest
 from portway.storage.blobstore import BlobStore
 from portway.upstream.breaker import BreakerState, UpstreamBreaker
@@ -135,13 +135,6 @@ class ProxyRepository:
             self._negative[(image, reference)] = time.monotonic() + self.config.negative_cache_ttl
 
     # -- manifests ---------------------------------------------------------------------
-    def _cached(self, image: str, reference: str) -> Manifest | None:
-        if Digest.is_digest(reference):
-            row = self.meta.manifest_by_digest(self.repo_id, image, reference)
-        else:
-            row = self.meta.manifest_by_tag(self.repo_id, image, reference)
-        return None if row is None else Manifest(row.digest, row.media_type, row.body)
-
     def _fresh(self, image: str, tag: str) -> bool:
         info = self.meta.tag_info(self.repo_id, image, tag)
         if info is None:
@@ -150,12 +143,9 @@ class ProxyRepository:
         return max_age < 0 or time.time() - info[1] < max_age
 
     async def get_manifest(self, image: str, reference: str, accept: Sequence[str]) -> Manifest:
+        reference = check_reference(reference)
         by_digest = Digest.is_digest(reference)
-        if by_digest:
-            reference = str(Digest.parse(reference))
-        else:
-            check_tag(reference)
-        cached = self._cached(image, reference)
+        cached = self.meta.manifest(self.repo_id, image, reference)
         if cached is not None and (by_digest or self._fresh(image, reference)):
             return cached
         if self._negative_hit(image, reference) and cached is None:
