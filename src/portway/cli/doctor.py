@@ -18,7 +18,9 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import urlencode, urljoin, urlsplit
+
+from portway.upstream.challenge import parse_challenges
 
 CHUNK = 10 * 1024 * 1024
 API_HEADER = "Docker-Distribution-API-Version"
@@ -94,12 +96,12 @@ class Client:
 
 def _bearer(client: Client, challenge: str, scope: str, basic: str | None) -> str | None:
     """Fetch a token for `scope` from the challenge's realm (the Docker token dance)."""
-    params = dict(_challenge_params(challenge))
+    params = _challenge_params(challenge)
     realm = params.get("realm")
     if not realm:
         return None
     parts = urlsplit(realm)
-    query = f"service={params.get('service', '')}&scope={scope}"
+    query = urlencode({"service": params.get("service", ""), "scope": scope})
     target = f"{parts.path}?{query}"
     sub = Client(f"{parts.scheme}://{parts.netloc}", True, None, basic)
     reply = sub.request("GET", target, absolute=True)
@@ -109,12 +111,10 @@ def _bearer(client: Client, challenge: str, scope: str, basic: str | None) -> st
     return f"Bearer {token}" if token else None
 
 
-def _challenge_params(header: str) -> Iterator[tuple[str, str]]:
-    _, _, rest = header.partition(" ")
-    for part in rest.split(","):
-        key, sep, value = part.strip().partition("=")
-        if sep:
-            yield key.strip().lower(), value.strip().strip('"')
+def _challenge_params(header: str) -> dict[str, str]:
+    """The parameters of the first challenge in a `WWW-Authenticate` value."""
+    found = parse_challenges([header])
+    return dict(found[0].params) if found else {}
 
 
 def check_root(client: Client) -> tuple[list[Result], str | None]:
@@ -142,7 +142,7 @@ def check_root(client: Client) -> tuple[list[Result], str | None]:
     )
     challenge = reply.headers.get("www-authenticate")
     if reply.status == 401 and challenge:
-        params = dict(_challenge_params(challenge))
+        params = _challenge_params(challenge)
         realm = params.get("realm", "")
         realm_parts = urlsplit(realm)
         same = realm_parts.scheme == client.scheme and realm_parts.netloc == client.netloc
