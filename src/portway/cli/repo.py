@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from portway.config import load_settings
+from portway.http.context import AppContext
+from portway.maintenance.proxy_state import read_state
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -21,66 +26,58 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         action.add_argument("--config", type=Path, default=argparse.SUPPRESS)
 
 
-def _open(args: argparse.Namespace) -> tuple[object, object]:
+@contextmanager
+def _context(args: argparse.Namespace) -> Iterator[AppContext]:
+    """Repositories over the data directory, without security: reading them must not create
+    the admin account (its first password is only ever shown by `portway serve`)."""
     from portway.http.app import build_context, open_stores
+    from portway.http.context import AllowAll
 
     settings = load_settings(args.config)
     meta, blobs = open_stores(settings)
-    return build_context(settings, meta, blobs), meta
+    try:
+        yield build_context(settings, meta, blobs, AllowAll())
+    finally:
+        meta.close()
+
+
+def _images(ctx: AppContext, name: str) -> list[str]:
+    """What a repository holds: a hosted one's images, a proxy's cached ones, a group's merged."""
+    return asyncio.run(ctx.repos[name].catalog(None, None))
 
 
 def list_repos(args: argparse.Namespace) -> int:
-    from portway.db.store import MetadataStore
-    from portway.http.context import AppContext
-
-    ctx, meta = _open(args)
-    assert isinstance(ctx, AppContext) and isinstance(meta, MetadataStore)
-    print(f"{'NAME':<32} {'TYPE':<7} {'PATH-ROUTING':<12} {'POLICY':<12} IMAGES")
-    for cfg in ctx.settings.repository:
-        repo = ctx.repos[cfg.name]
-        images = meta.count_images(getattr(repo, "repo_id", -1))
-        print(
-            f"{cfg.name:<32} {cfg.type:<7} {str(cfg.path_routing).lower():<12} "
-            f"{cfg.write_policy:<12} {images}"
-        )
-    meta.close()
+    with _context(args) as ctx:
+        print(f"{'NAME':<32} {'TYPE':<7} {'PATH-ROUTING':<12} {'POLICY':<12} IMAGES")
+        for cfg in ctx.settings.repository:
+            print(
+                f"{cfg.name:<32} {cfg.type:<7} {str(cfg.path_routing).lower():<12} "
+                f"{cfg.write_policy:<12} {len(_images(ctx, cfg.name))}"
+            )
     return 0
 
 
 def show_repo(args: argparse.Namespace) -> int:
-    from portway.db.store import MetadataStore
-    from portway.http.context import AppContext
-
-    ctx, meta = _open(args)
-    assert isinstance(ctx, AppContext) and isinstance(meta, MetadataStore)
-    cfg = ctx.settings.repo(args.name)
-    if cfg is None:
-        print(f"portway: no repository named {args.name!r}")
-        meta.close()
-        return 1
-    repo = ctx.repos[cfg.name]
-    repo_id = getattr(repo, "repo_id", -1)
-    info = {
-        **cfg.model_dump(mode="json", exclude_none=True, exclude={"remote_password"}),
-        "images": meta.list_images(repo_id, None, None),
-        "routes": _routes_of(ctx, cfg.name),
-    }
-    if cfg.type == "proxy":
-        from portway.maintenance.proxy_state import read_state
-
-        info["upstream"] = read_state(ctx.settings.server.data_dir, cfg.name) or {
-            "blocked": False,
-            "note": "no state published yet (server not running or upstream not used)",
+    with _context(args) as ctx:
+        cfg = ctx.settings.repo(args.name)
+        if cfg is None:
+            print(f"portway: no repository named {args.name!r}")
+            return 1
+        info = {
+            **cfg.model_dump(mode="json", exclude_none=True, exclude={"remote_password"}),
+            "images": _images(ctx, cfg.name),
+            "routes": _routes_of(ctx, cfg.name),
         }
+        if cfg.type == "proxy":
+            info["upstream"] = read_state(ctx.settings.server.data_dir, cfg.name) or {
+                "blocked": False,
+                "note": "no state published yet (server not running or upstream not used)",
+            }
     print(json.dumps(info, indent=2))
-    meta.close()
     return 0
 
 
-def _routes_of(ctx: object, name: str) -> list[str]:
-    from portway.http.context import AppContext
-
-    assert isinstance(ctx, AppContext)
+def _routes_of(ctx: AppContext, name: str) -> list[str]:
     s = ctx.settings
     out = [f"http://{s.server.listen}/repository/{name}/v2/"]
     cfg = s.repo(name)

@@ -392,12 +392,6 @@ class MetadataStore:
             stmt = stmt.limit(n)
         return [r[0] for r in self._conn().execute(stmt)]
 
-    def count_images(self, repo_id: int) -> int:
-        stmt = select(func.count(func.distinct(manifests.c.image))).where(
-            manifests.c.repo_id == repo_id
-        )
-        return int(self._one(stmt)[0])
-
     def image_descriptions(self, repo_id: int) -> dict[str, str]:
         """image -> `org.opencontainers.image.description` from its newest annotated manifest."""
         stmt = (
