@@ -244,8 +244,8 @@ def _loc(loc: tuple[int | str, ...], raw: dict[str, Any]) -> str:
             out += f"[{part}]" + (f"({name})" if name else "")
             node = item
         else:
-            if part in ("tuple[...]", "TlsConfig") or "[" in part or part.endswith("Config"):
-                continue
+            if "[" in part or part.endswith("Config"):
+                continue  # pydantic's name for a union branch, e.g. tuple[TlsConfig, ...]
             out += ("." if out else "") + part
             node = node.get(part) if isinstance(node, dict) else None
     return out or "(top level)"
