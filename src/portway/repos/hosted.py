@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -135,24 +135,6 @@ class HostedRepository:
         return guard
 
     # -- manifests ---------------------------------------------------------------------
-    def moves_tags(
-        self, image: str, reference: str, body: bytes, extra_tags: Sequence[str]
-    ) -> bool:
-        """Would this push point an existing tag at another manifest (an overwrite)?"""
-        names = list(extra_tags) if Digest.is_digest(reference) else [reference, *extra_tags]
-        if not names:
-            return False
-        algorithm = reference.partition(":")[0] if Digest.is_digest(reference) else "sha256"
-        try:
-            new = str(Digest.of(body, algorithm))
-        except ValueError:
-            return False
-        for tag in names:
-            current = self.meta.tag_digest(self.repo_id, image, tag)
-            if current is not None and current != new:
-                return True
-        return False
-
     async def put_manifest(
         self,
         image: str,
@@ -160,8 +142,12 @@ class HostedRepository:
         body: bytes,
         content_type: str | None,
         extra_tags: Sequence[str] = (),
+        on_overwrite: Callable[[], Awaitable[None]] | None = None,
     ) -> tuple[str, str | None]:
-        """Store a manifest; returns (digest, subject digest or None)."""
+        """Store a manifest; returns (digest, subject digest or None).
+
+        `on_overwrite` is awaited first when the push would point an existing tag at another
+        manifest (the caller checks the `edit` privilege there; it raises to refuse)."""
         self._check_writable()
         parsed = parse_manifest(body, content_type, strict=self.config.strict_content_types)
         tag_names = [check_tag(t) for t in extra_tags]
@@ -176,6 +162,11 @@ class HostedRepository:
         else:
             tag_names.insert(0, check_tag(reference))
             digest = Digest.of(body)
+        if on_overwrite is not None and any(
+            self.meta.tag_digest(self.repo_id, image, tag) not in (None, str(digest))
+            for tag in tag_names
+        ):
+            await on_overwrite()
         missing = self.meta.missing_blobs(
             self.repo_id, image, [str(d.digest) for d in parsed.blobs]
         )

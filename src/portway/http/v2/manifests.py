@@ -53,10 +53,14 @@ async def put(call: V2Call, reference: str) -> web.StreamResponse:
         raise RegistryError(
             "TAG_INVALID", f"at most {MAX_TAGS_PER_PUT} tags per manifest push", status=414
         )
-    repo = call.repo.writable()
-    if repo.moves_tags(call.image, reference, body, extra_tags):
-        await call.authorize("edit")  # overwriting a tag is `edit`, not just `add`
-    digest, subject = await repo.put_manifest(call.image, reference, body, content_type, extra_tags)
+    digest, subject = await call.repo.writable().put_manifest(
+        call.image,
+        reference,
+        body,
+        content_type,
+        extra_tags,
+        on_overwrite=lambda: call.authorize("edit"),  # moving a tag is `edit`, not just `add`
+    )
     headers = CIMultiDict(
         {"Location": call.url(f"/manifests/{digest}"), "Docker-Content-Digest": digest}
     )
