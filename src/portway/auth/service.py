@@ -243,11 +243,6 @@ class AuthService:
             while len(self._basic) > 1024:
                 self._basic.popitem(last=False)
 
-    def forget_cached_logins(self) -> None:
-        """Drop remembered Basic logins (after disabling a user or changing a password)."""
-        with self._lock:
-            self._basic.clear()
-
     # -- what ------------------------------------------------------------------------------
 
     def authorize(self, principal: Principal, repository: str | None) -> Grant:

@@ -400,10 +400,6 @@ class UserStore:
                 update(refresh_tokens).where(refresh_tokens.c.jti == jti).values(revoked=True)
             )
 
-    def revoke_user_tokens(self, user: str) -> None:
-        with self.engine.begin() as conn:
-            self._revoke_user(conn, user)
-
     def _revoke_user(self, conn: Connection, user: str) -> None:
         conn.execute(
             update(refresh_tokens).where(refresh_tokens.c.username == user).values(revoked=True)

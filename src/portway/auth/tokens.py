@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import secrets
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -284,8 +284,3 @@ def _access(value: Any) -> tuple[Access, ...]:
         actions = _strings(entry.get("actions", []), "access actions")
         out.append(Access(type_, name, tuple(sorted(actions))))
     return tuple(out)
-
-
-def scopes_text(scopes: Sequence[Scope]) -> str:
-    """Scopes joined the way a challenge or an OAuth2 answer carries them."""
-    return " ".join(str(s) for s in scopes)

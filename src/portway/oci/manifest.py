@@ -33,10 +33,6 @@ class ParsedManifest:
     annotations: dict[str, str] | None = None
     foreign: tuple[Descriptor, ...] = field(default=())  # layers with urls: not required locally
 
-    @property
-    def is_index(self) -> bool:
-        return self.media_type in mt.INDEXES
-
 
 def _invalid(detail: str) -> RegistryError:
     return RegistryError("MANIFEST_INVALID", f"manifest invalid: {detail}", detail=detail)
