@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from portway.repos.base import Repository
+from portway.repos.proxy import ProxyRepository
 
 INTERVAL = 2.0
 
@@ -20,10 +21,10 @@ def state_path(data_dir: Path, repository: str) -> Path:
 
 
 def snapshot(repo: Repository) -> dict[str, Any] | None:
-    state_of = getattr(repo, "breaker_state", None)
-    if state_of is None:
+    """A proxy repository's upstream health as JSON-ready values; None for other kinds."""
+    if not isinstance(repo, ProxyRepository):
         return None
-    state = asdict(state_of())
+    state = asdict(repo.breaker_state())
     return {k: v.isoformat() if hasattr(v, "isoformat") else v for k, v in state.items()}
 
 
