@@ -47,7 +47,7 @@ PUSH_REPO, PULL_REPO = "docker-hosted-project", "docker-group-project"
 def _need(server: str) -> str:
     path = shutil.which(BINARY[server]) or shutil.which(BINARY[server], path="/usr/sbin:/sbin")
     if path is None:
-        pytest.skip(f"{BINARY[server]} is not installed (scripts/install-test-deps.sh)")
+        pytest.fail(f"{BINARY[server]} is not installed (scripts/install-test-deps.sh)")
     return path
 
 
@@ -666,7 +666,7 @@ def test_skopeo_push_and_pull_through_proxy(
     """The seed's port mapping: push to one port (hosted), pull from another (group)."""
     _need(server)
     if shutil.which("skopeo") is None:
-        pytest.skip("skopeo is not installed")
+        pytest.fail("skopeo is not installed (scripts/install-test-deps.sh)")
     push_port, pull_port = free_ports(2)
     portway = portway_factory(
         repositories=[

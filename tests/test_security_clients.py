@@ -30,7 +30,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PortwayServer]:
     if shutil.which("skopeo") is None:
-        pytest.skip("skopeo is not installed")
+        pytest.fail("skopeo is not installed (scripts/install-test-deps.sh)")
     srv = PortwayServer(
         tmp_path_factory.mktemp("security-clients"),
         repositories=[

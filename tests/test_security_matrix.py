@@ -423,7 +423,7 @@ class NginxEnv(Env):
 def _nginx() -> str:
     found = shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin:/sbin")
     if found is None:
-        pytest.skip("nginx is not installed")
+        pytest.fail("nginx is not installed (scripts/install-test-deps.sh)")
     return found
 
 

@@ -68,7 +68,7 @@ pytestmark = pytest.mark.slow
 def _binary(name: str) -> str:
     path = shutil.which(name) or shutil.which(name, path="/usr/sbin:/sbin")
     if path is None:
-        pytest.skip(f"{name} is not installed (scripts/install-test-deps.sh)")
+        pytest.fail(f"{name} is not installed (scripts/install-test-deps.sh)")
     return path
 
 
