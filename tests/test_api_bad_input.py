@@ -137,15 +137,11 @@ def test_invalid_tags(api: Api, tag: str) -> None:
     _digest, body = api.push_image(image, None)
     path = api.path(image, f"manifests/{tag}")
     status, headers, text = raw(api.server, "PUT", path, body, {"Content-Type": OCI_MANIFEST})
-    if "%2F" in tag:  # the path is decoded before it is split: no such endpoint
-        check_oci_error(status, headers, text, {"TAG_INVALID", "NOT_FOUND"}, {400, 404})
-    else:
-        check_oci_error(status, headers, text, {"TAG_INVALID"}, {400})
+    check_oci_error(status, headers, text, {"TAG_INVALID"}, {400})
     status, headers, text = raw(api.server, "GET", path)
-    codes = {"TAG_INVALID", "MANIFEST_UNKNOWN", "NOT_FOUND"}
-    check_oci_error(status, headers, text, codes, {400, 404})
+    check_oci_error(status, headers, text, {"TAG_INVALID"}, {400})
     status, headers, text = raw(api.server, "DELETE", path)
-    check_oci_error(status, headers, text, codes, {400, 404})
+    check_oci_error(status, headers, text, {"TAG_INVALID"}, {400})
     assert api.get(image, "tags/list").json()["tags"] == []
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import replace
-from urllib.parse import unquote
 
 from aiohttp import web
 
@@ -76,7 +75,9 @@ def _local_port(request: web.Request) -> int:
 
 async def handle(request: web.Request) -> web.StreamResponse:
     ctx = request.app[CONTEXT_KEY]
-    path = unquote(request.raw_path.split("?", 1)[0])
+    # Routed on the path as sent: percent-escapes are decoded per name or reference once the
+    # path is split (http/v2/dispatch.py), so "%2F" never adds a path segment.
+    path = request.raw_path.split("?", 1)[0]
     origin = client_origin(request, ctx.trusted)
     host = origin.host if origin.forwarded else request.host
     route = ctx.routes.resolve(_local_port(request), host, path)

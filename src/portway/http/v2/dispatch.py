@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Awaitable, Callable
+from urllib.parse import unquote
 
 from aiohttp import web
 
@@ -68,9 +69,9 @@ async def dispatch_v2(
             raise RegistryError(
                 "UNSUPPORTED", f"{request.method} is not supported here", status=405
             )
-        url_name = m.group("name")
+        url_name = unquote(m.group("name"))
         call = _call(request, ctx, route, url_name)
-        args = [m.group("ref")] if "ref" in m.groupdict() else []
+        args = [unquote(m.group("ref"))] if "ref" in m.groupdict() else []
         return await handler(call, *args)
     raise _not_found(rest)
 
