@@ -14,9 +14,10 @@ from typing import Any
 import jwt
 import pytest
 import requests
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from portway.auth.keys import KeyRing
+from portway.auth.keys import KeyRing, thumbprint
 from portway.auth.tokens import Access, TokenAuthority
 from support.security import (
     OCI_MANIFEST,
@@ -298,6 +299,25 @@ def test_key_rotation(server: PortwayServer) -> None:
     assert pull_with(server, signed_new).status_code == 200
     after = get_token(server, ALICE).json()["token"]
     assert jwt.get_unverified_header(after)["kid"] == new_kid
+
+
+def test_key_remove_kid_beginning_with_dash(server: PortwayServer) -> None:
+    """A kid is base64url: one in 32 begins with "-". `portway key remove KID` takes it all the
+    same, in the order an operator types it (the kid, then --config)."""
+    while True:
+        private = ec.generate_private_key(ec.SECP256R1())
+        kid = thumbprint(private.public_key())
+        if kid.startswith("-"):
+            break
+    pem = private.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    keys = server.data_dir / "keys"
+    (keys / f"{kid}.pem").write_bytes(pem)
+    assert kid in cli(server, "key", "list").stdout
+    cli(server, "key", "remove", kid)  # runs `portway key remove KID --config FILE`
+    assert not (keys / f"{kid}.pem").exists()
+    assert kid not in cli(server, "key", "list").stdout
 
 
 # -- logs --------------------------------------------------------------------------------------

@@ -39,9 +39,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _kid_last(argv: list[str]) -> list[str]:
+    """`portway key remove KID`: a kid is base64url and one in 32 begins with "-", which argparse
+    would read as an option; move it behind `--` so it always parses as the positional KID."""
+    if argv[:2] != ["key", "remove"]:
+        return argv
+    from portway.auth.keys import KID_RE
+
+    kids = [a for a in argv[2:] if a.startswith("-") and len(a) >= 16 and KID_RE.match(a)]
+    if len(kids) != 1 or "--" in argv:
+        return argv
+    return [a for a in argv if a != kids[0]] + ["--", kids[0]]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(_kid_last(list(sys.argv[1:] if argv is None else argv)))
     try:
         code: int = args.func(args)
     except ConfigError as exc:
