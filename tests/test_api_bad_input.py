@@ -349,11 +349,87 @@ def test_garbage_content_length(api: Api, server: PortwayServer, value: str) -> 
         f"POST {api.path(image, 'blobs/uploads/')}?digest={sha256(b'abc')} HTTP/1.1\r\n"
         f"Host: {server.host}\r\nContent-Length: {value}\r\nConnection: close"
     )
-    # aiohttp's parser refuses these before the application sees them (plain-text 400)
+    # The HTTP parser refuses these before any handler runs; the answer is still OCI JSON.
     reply = raw_exchange(server, head, b"abc", half_close=False)
-    status = raw_status(reply)
-    assert status is not None and 400 <= status < 500, reply[:300]
+    _check_parser_refusal(reply, 400)
     assert api.head(image, f"blobs/{sha256(b'abc')}").status_code == 404
+
+
+def _check_parser_refusal(reply: bytes, status: int) -> dict[str, Any]:
+    """A refusal by the HTTP parser: `status`, the registry header, one OCI error, and the
+    connection closed after it (the reply ends with the body)."""
+    head, _, body = reply.partition(b"\r\n\r\n")
+    assert raw_status(reply) == status, reply[:300]
+    lines = {
+        k.strip().lower(): v.strip()
+        for k, _, v in (line.decode().partition(":") for line in head.split(b"\r\n")[1:])
+    }
+    assert lines.get("docker-distribution-api-version") == API_VERSION
+    assert lines.get("content-type") == "application/json"
+    assert reply.startswith(b"HTTP/1.0 ") or lines.get("connection") == "close"
+    (error,) = json.loads(body)["errors"]
+    assert error["code"] == "UNSUPPORTED"
+    assert error["message"].startswith("malformed HTTP request: ")
+    return dict(error)
+
+
+MALFORMED_HTTP = {
+    "bad method": ("G@T /v2/ HTTP/1.1\r\nHost: {host}", b"", 400),
+    "bad version": ("GET /v2/ HTTP/7.1\r\nHost: {host}", b"", 400),
+    "not http": ("hello there", b"", 400),
+    "both lengths": (
+        "POST /v2/x/blobs/uploads/ HTTP/1.1\r\nHost: {host}\r\nContent-Length: 3\r\n"
+        "Transfer-Encoding: chunked",
+        b"3\r\nabc\r\n0\r\n\r\n",
+        400,
+    ),
+    "bad chunk size": (
+        "POST /v2/x/blobs/uploads/ HTTP/1.1\r\nHost: {host}\r\nTransfer-Encoding: chunked",
+        b"zz\r\nabc\r\n0\r\n\r\n",
+        400,
+    ),
+    "header too long": ("GET /v2/ HTTP/1.1\r\nHost: {host}\r\nX-Long: " + "s" * 70000, b"", 431),
+}
+
+
+@pytest.mark.parametrize("case", sorted(MALFORMED_HTTP))
+def test_malformed_http_gets_oci_json(api: Api, server: PortwayServer, case: str) -> None:
+    head, body, status = MALFORMED_HTTP[case]
+    reply = raw_exchange(server, head.format(host=server.host), body, half_close=False)
+    error = _check_parser_refusal(reply, status)
+    assert "s" * 100 not in error["message"]  # an oversized line is not echoed back
+    assert "Traceback" not in server.log()
+
+
+def test_broken_chunk_after_the_handler_started(api: Api, server: PortwayServer) -> None:
+    """A chunk that breaks the framing in a later packet: aiohttp alone leaves the handler
+    waiting for body bytes forever; the upload gets a 400 at once, the connection closes and
+    the session keeps what it had."""
+    image = unique("late-chunk")
+    first = random_bytes(1000)
+    location = api.start_upload(image).headers["Location"]
+    r = api.http.patch(
+        api.absolute(location), data=first, headers={"Content-Range": "0-999"}, timeout=30
+    )
+    assert r.status_code == 202
+    host, port = server.host.split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(
+            f"PATCH {location} HTTP/1.1\r\nHost: {server.host}\r\n"
+            "Transfer-Encoding: chunked\r\n\r\n3e8\r\n".encode()
+            + random_bytes(1000)
+            + b"\r\n"
+        )
+        time.sleep(0.3)  # the handler is reading the body now
+        sock.sendall(b"zz\r\nabc\r\n0\r\n\r\n")
+        chunks = []
+        while chunk := sock.recv(65536):  # returns b"" once the server closes
+            chunks.append(chunk)
+    _check_parser_refusal(b"".join(chunks), 400)
+    status_r = api.http.get(api.absolute(location), timeout=30)
+    assert status_r.status_code == 204
+    assert status_r.headers["Range"] == "0-999"
+    assert "Traceback" not in server.log()
 
 
 # -- clients that disconnect ---------------------------------------------------------------

@@ -6,7 +6,7 @@ import json
 import logging
 from collections.abc import Awaitable, Callable
 
-from aiohttp import web
+from aiohttp import http_exceptions, web
 
 from portway.oci.errors import RegistryError
 
@@ -22,6 +22,18 @@ def error_response(err: RegistryError) -> web.Response:
     return web.Response(status=err.status, body=json.dumps(err.body()).encode(), headers=headers)
 
 
+def parser_error(status: int, exc: BaseException | None, message: str | None) -> RegistryError:
+    """The OCI error for a request aiohttp's parser refused with `status` (a 4xx)."""
+    if isinstance(exc, http_exceptions.LineTooLong):
+        # Its message quotes the line, which may be a credential: name the limit only.
+        return RegistryError(
+            "UNSUPPORTED", "malformed HTTP request: a header line is too long", status=431
+        )
+    text = (message or "").strip()
+    first = text.splitlines()[0].rstrip(":") if text else "cannot parse it"
+    return RegistryError("UNSUPPORTED", f"malformed HTTP request: {first}", status=status)
+
+
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
@@ -35,6 +47,11 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             code = {404: "NOT_FOUND", 413: "SIZE_INVALID"}.get(exc.status, "UNSUPPORTED")
             return error_response(RegistryError(code, exc.reason, status=exc.status))
         raise
+    except http_exceptions.HttpProcessingError as exc:
+        # The body broke the HTTP framing mid-request (see portway.http.protocol).
+        response = error_response(parser_error(400, exc, exc.message))
+        response.force_close()
+        return response
     except (ConnectionResetError, ConnectionError):
         raise
     except Exception:

@@ -25,6 +25,7 @@ from aiohttp import web
 from portway.config import Settings, TlsConfig, split_listen
 from portway.http.app import build_app, build_context, open_stores
 from portway.http.context import AppContext
+from portway.http.protocol import RegistryRunner
 from portway.maintenance.proxy_state import publish_loop
 
 log = logging.getLogger("portway.server")
@@ -89,7 +90,7 @@ async def run_worker(settings: Settings, *, reuse_port: bool = True) -> None:
     meta, blobs = open_stores(settings)
     ctx = build_context(settings, meta, blobs)
     app = build_app(ctx)
-    runner = web.AppRunner(
+    runner = RegistryRunner(
         app,
         handle_signals=False,
         access_log=logging.getLogger("portway.access")
