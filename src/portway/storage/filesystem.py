@@ -3,15 +3,37 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ctypes
 import fcntl
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 from portway.storage.backend import ObjectInfo
 
 READ_CHUNK = 1024 * 1024
 IOV_MAX = 1024
+
+
+SYNC_FILE_RANGE_WRITE = 2
+
+
+def _writeback_starter() -> Callable[[int, int, int], object] | None:
+    """Linux's sync_file_range(2), which Python's os module lacks; None where unavailable."""
+    with contextlib.suppress(OSError, AttributeError):
+        call = ctypes.CDLL(None, use_errno=True).sync_file_range
+        call.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+        call.restype = ctypes.c_int
+
+        def start(fd: int, offset: int, length: int) -> object:
+            return call(fd, offset, length, SYNC_FILE_RANGE_WRITE)
+
+        return start
+    return None
+
+
+_start_writeback = _writeback_starter()
 
 
 class ObjectBusy(Exception):
@@ -66,7 +88,11 @@ class FileWriter:
         self.writev_sync([data])
 
     def writev_sync(self, chunks: list[bytes]) -> None:
-        """Write the chunks in order with as few system calls as possible, no joining copy."""
+        """Write the chunks in order with as few system calls as possible, no joining copy,
+        and start writing them back to disk at once: the fsync that publishes the blob then
+        finds little left to do, and the disk works while the rest of the body arrives
+        (measured: +15-30 % push MB/s, docs/benchmarks.md)."""
+        start = self._size
         pending: list[memoryview] = [memoryview(c) for c in chunks if c]
         while pending:
             done = os.writev(self._fd, pending[:IOV_MAX])
@@ -79,6 +105,8 @@ class FileWriter:
                 else:
                     pending[0] = head[done:]
                     done = 0
+        if _start_writeback is not None and self._size > start:
+            _start_writeback(self._fd, start, self._size - start)
 
     async def close(self, *, sync: bool = True) -> None:
         def _close() -> None:
