@@ -293,13 +293,16 @@ def test_docker_pull_through_proxy(
 BIG = 50 * 1024 * 1024
 
 
+@pytest.mark.parametrize("workers", [1, 2])
 def test_twenty_concurrent_cold_pulls_make_one_upstream_get(
-    anonymous: Upstream, portway_factory: PortwayFactory
+    anonymous: Upstream, portway_factory: PortwayFactory, workers: int
 ) -> None:
+    """With 2 workers the clients' connections spread over both processes: the one that
+    does not fetch mirrors the other's download (and its clients still stream)."""
     data = os.urandom(BIG)
-    digest = Pusher(anonymous.url).push_blob("team/big", data)
-    server = portway_factory(repositories=[proxy("hub", anonymous.url)])
-    url = v2(server, "hub", f"team/big/blobs/{digest}")
+    digest = Pusher(anonymous.url).push_blob(f"team/big{workers}", data)
+    server = portway_factory(repositories=[proxy("hub", anonymous.url)], workers=workers)
+    url = v2(server, "hub", f"team/big{workers}/blobs/{digest}")
     barrier = threading.Barrier(20)
 
     def one(_: int) -> tuple[int, str]:
@@ -315,17 +318,18 @@ def test_twenty_concurrent_cold_pulls_make_one_upstream_get(
     assert results == [(200, digest)] * 20
     assert blob_gets(anonymous.registry.access_log(), digest) == 1
     wait_for(lambda: blob_is_cached(server, digest), what="the blob in the cache")
-    assert get_blob(server, "hub", "team/big", digest).content == data
+    assert get_blob(server, "hub", f"team/big{workers}", digest).content == data
     assert blob_gets(anonymous.registry.access_log(), digest) == 1
 
 
+@pytest.mark.parametrize("workers", [1, 2])
 def test_concurrent_cold_manifest_pulls_make_one_upstream_get(
-    tmp_path: Path, portway_factory: PortwayFactory
+    tmp_path: Path, portway_factory: PortwayFactory, workers: int
 ) -> None:
     registry = Distribution(tmp_path / "upstream").start()
     try:
         image = Pusher(registry.url).push_image("team/app", "v1", seed=5)
-        server = portway_factory(repositories=[proxy("hub", registry.url)])
+        server = portway_factory(repositories=[proxy("hub", registry.url)], workers=workers)
         barrier = threading.Barrier(20)
 
         def one(_: int) -> str:

@@ -11,11 +11,14 @@ When the upstream is down or rate-limited, cached content (stale tags included) 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
+import os
 import re
 import time
 from collections.abc import AsyncIterable, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
@@ -31,6 +34,7 @@ from portway.repos.base import BlobBody, Manifest
 from portway.storage.blobstore import BlobStore
 from portway.upstream.breaker import BreakerState, UpstreamBreaker
 from portway.upstream.client import UpstreamRegistry
+from portway.upstream.crossworker import POLL_MAX, POLL_MIN, SpoolNotice, WorkerLock
 from portway.upstream.errors import (
     UpstreamDigestMismatchError,
     UpstreamError,
@@ -154,7 +158,7 @@ class ProxyRepository:
             )
         try:
             return await self._manifest_flights.do(
-                (image, reference), lambda: self._fetch_manifest(image, reference, cached)
+                (image, reference), lambda: self._fetch_manifest_once(image, reference, cached)
             )
         except UpstreamError as err:
             if err.kind == "not_found":
@@ -173,6 +177,30 @@ class ProxyRepository:
                 )
                 return cached
             raise upstream_unavailable(err, self.name) from None
+
+    def _lock_name(self, kind: str, *parts: str) -> str:
+        key = "\0".join((str(self.repo_id), *parts))
+        return f"{kind}-{hashlib.sha256(key.encode()).hexdigest()}"
+
+    def _locks_dir(self) -> Path:
+        return self.blobs.lock_dir()
+
+    async def _fetch_manifest_once(
+        self, image: str, reference: str, cached: Manifest | None
+    ) -> Manifest:
+        """One worker process at a time asks the upstream for a manifest; a worker that waited
+        finds what the other one stored."""
+        lock = WorkerLock(self._locks_dir(), self._lock_name("m", image, reference))
+        await lock.acquire()
+        try:
+            stored = self.meta.manifest(self.repo_id, image, reference)
+            if stored is not None and (
+                Digest.is_digest(reference) or self._fresh(image, reference)
+            ):
+                return stored
+            return await self._fetch_manifest(image, reference, stored or cached)
+        finally:
+            lock.release()
 
     async def _fetch_manifest(
         self, image: str, reference: str, cached: Manifest | None
@@ -251,15 +279,50 @@ class ProxyRepository:
         key = f"{image}@{digest}"
 
         async def fill(spool: Spool) -> None:
+            name = self._lock_name("b", image, str(digest))
+            lock = WorkerLock(self._locks_dir(), name)
+            notice = SpoolNotice(self._locks_dir(), name)
+            if not lock.try_acquire():
+                await _mirror(lock, notice, spool)
             try:
-                await self._fill(image, digest, spool)
-            except UpstreamError as err:
-                url = self._foreign_url(image, digest) if err.kind == "not_found" else None
-                if url is None:
-                    raise
-                await self._fill_foreign(url, image, digest, spool)
+                if await self._linked(image, digest):
+                    # Another worker fetched and cached it meanwhile: the rest comes from there.
+                    await self._copy_stored(digest, spool)
+                    return
+                if spool.written:
+                    raise UpstreamUnreachableError(
+                        self.config.remote_url or "",
+                        "the worker fetching this blob failed before it was cached",
+                    )
+                try:
+                    await self._fill(image, digest, spool, notice)
+                except UpstreamError as err:
+                    url = self._foreign_url(image, digest) if err.kind == "not_found" else None
+                    if url is None:
+                        raise
+                    await self._fill_foreign(url, image, digest, spool, notice)
+            finally:
+                notice.withdraw()
+                lock.release()
 
         return self.downloads().follow(key, fill)
+
+    async def _linked(self, image: str, digest: Digest) -> bool:
+        return (
+            self.meta.blob_size(self.repo_id, image, str(digest)) is not None
+            and await self.blobs.stat(digest) is not None
+        )
+
+    async def _copy_stored(self, digest: Digest, spool: Spool) -> None:
+        path = self.blobs.local_path(digest)
+        assert path is not None  # proxy caches live on a local filesystem (spool + link)
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            if not spool.started:
+                spool.set_size(os.fstat(fd).st_size)
+            await _copy_growing(fd, spool)
+        finally:
+            os.close(fd)
 
     async def _wait_size(self, reader: SpoolReader, digest: Digest) -> int:
         try:
@@ -277,11 +340,12 @@ class ProxyRepository:
             size = reader.position
         return size
 
-    async def _fill(self, image: str, digest: Digest, spool: Spool) -> None:
+    async def _fill(self, image: str, digest: Digest, spool: Spool, notice: SpoolNotice) -> None:
         """Download once into the spool; publish into the cache only after the digest
         verified. Runs in its own task: a client hanging up does not stop it."""
         async with self.upstream.open_blob(image, str(digest), verify=False) as blob:
             spool.set_size(blob.size)
+            notice.publish(spool.path, blob.size)
             await self._stream(blob, spool, digest, blob.url)
         await self._commit(spool, image, digest)
 
@@ -332,7 +396,9 @@ class ProxyRepository:
                     return url
         return None
 
-    async def _fill_foreign(self, url: str, image: str, digest: Digest, spool: Spool) -> None:
+    async def _fill_foreign(
+        self, url: str, image: str, digest: Digest, spool: Spool, notice: SpoolNotice
+    ) -> None:
         session = self.upstream.session
         timeout = aiohttp.ClientTimeout(total=None, connect=10, sock_read=60)
         try:
@@ -340,6 +406,7 @@ class ProxyRepository:
                 if resp.status != 200:
                     raise UpstreamNotFoundError(url, f"foreign layer answered {resp.status}")
                 spool.set_size(resp.content_length)
+                notice.publish(spool.path, resp.content_length)
                 await self._stream(resp.content.iter_chunked(1024 * 1024), spool, digest, url)
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise UpstreamUnreachableError(url, f"foreign layer: {exc}") from exc
@@ -386,6 +453,38 @@ class ProxyRepository:
             "page_size": found.page_size,
             "results": found.results,
         }
+
+
+async def _mirror(lock: WorkerLock, notice: SpoolNotice, spool: Spool) -> None:
+    """Another worker holds `lock` and fetches the blob: copy its spool file into ours as it
+    grows (our clients are served meanwhile), until the lock is ours."""
+    source: int | None = None
+    delay = POLL_MIN
+    try:
+        while not lock.try_acquire():
+            if source is None and (found := notice.read()) is not None:
+                try:
+                    source = os.open(found[0], os.O_RDONLY)
+                except FileNotFoundError:
+                    pass  # finished and removed just now: the lock tells what became of it
+                else:
+                    if not spool.started:
+                        spool.set_size(found[1])
+            moved = await _copy_growing(source, spool) if source is not None else 0
+            delay = POLL_MIN if moved else min(delay * 2, POLL_MAX)
+            await asyncio.sleep(delay)
+    finally:
+        if source is not None:
+            os.close(source)
+
+
+async def _copy_growing(source: int, spool: Spool) -> int:
+    """Append what `source` holds past the spool's length; returns the bytes copied."""
+    copied = 0
+    while data := os.pread(source, 1024 * 1024, spool.written):
+        await spool.write(data)
+        copied += len(data)
+    return copied
 
 
 def foreign_urls(manifest_body: bytes, digest: str) -> list[str]:

@@ -192,6 +192,13 @@ class BlobStore:
                 await self.abort(upload_id)
             raise
 
+    def lock_dir(self) -> Path:
+        """A folder for the lock files worker processes coordinate through."""
+        path = self.backend.local_path("locks")
+        assert path is not None
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
     def spool_dir(self) -> Path:
         """A folder on the blob store's filesystem for files `publish_file` will adopt."""
         path = self.backend.local_path("uploads/spool")
