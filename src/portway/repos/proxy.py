@@ -18,7 +18,6 @@ import os
 import re
 import time
 from collections.abc import AsyncIterable, Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
@@ -182,15 +181,12 @@ class ProxyRepository:
         key = "\0".join((str(self.repo_id), *parts))
         return f"{kind}-{hashlib.sha256(key.encode()).hexdigest()}"
 
-    def _locks_dir(self) -> Path:
-        return self.blobs.lock_dir()
-
     async def _fetch_manifest_once(
         self, image: str, reference: str, cached: Manifest | None
     ) -> Manifest:
         """One worker process at a time asks the upstream for a manifest; a worker that waited
         finds what the other one stored."""
-        lock = WorkerLock(self._locks_dir(), self._lock_name("m", image, reference))
+        lock = WorkerLock(self.blobs.lock_dir(), self._lock_name("m", image, reference))
         await lock.acquire()
         try:
             stored = self.meta.manifest(self.repo_id, image, reference)
@@ -280,8 +276,8 @@ class ProxyRepository:
 
         async def fill(spool: Spool) -> None:
             name = self._lock_name("b", image, str(digest))
-            lock = WorkerLock(self._locks_dir(), name)
-            notice = SpoolNotice(self._locks_dir(), name)
+            lock = WorkerLock(self.blobs.lock_dir(), name)
+            notice = SpoolNotice(self.blobs.lock_dir(), name)
             if not lock.try_acquire():
                 await _mirror(lock, notice, spool)
             try:

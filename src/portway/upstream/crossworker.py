@@ -24,9 +24,9 @@ POLL_MAX = 0.05  # and when nothing moved for a while
 
 
 class WorkerLock:
-    """An exclusive lock on `<directory>/<name>.lock` among processes (and among lock objects
-    of one process: each holds its own descriptor). The holder removes the file when it
-    releases; an inode check after locking keeps that safe."""
+    """An exclusive lock on `<directory>/<name>.lock` (the folder must exist) among processes,
+    and among lock objects of one process: each holds its own descriptor. The holder removes
+    the file when it releases; an inode check after locking keeps that safe."""
 
     def __init__(self, directory: Path, name: str) -> None:
         self.path = directory / f"{name}.lock"
@@ -39,7 +39,6 @@ class WorkerLock:
     def try_acquire(self) -> bool:
         if self._fd is not None:
             return True
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         while True:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
             try:
