@@ -20,6 +20,7 @@ from portway.auth.privileges import Privilege, Role
 from portway.auth.ratelimit import LoginLimiter
 from portway.auth.scopes import parse_scopes
 from portway.auth.service import (
+    GENERATION_CHECK,
     AuthService,
     Grant,
     InvalidCredentials,
@@ -155,6 +156,30 @@ def test_basic_logins_remembered_briefly(world: World) -> None:
     assert sum(r["event"] == "login" for r in world.audit()) == 2
     with pytest.raises(InvalidCredentials):  # a different password is never a cache hit
         world.auth.authenticate_basic(basic("dev-a", "pw-a "), "x")
+
+
+def test_security_changes_end_remembered_logins(world: World) -> None:
+    """A login remembered for 30 s is checked again once users or roles change (in any
+    process: the generation lives in the database), within GENERATION_CHECK seconds."""
+    header = basic("dev-a", "pw-a")
+    assert world.auth.authenticate_basic(header, "x").name == "dev-a"
+    other_process = UserStore(world.store.engine, PasswordHasher(FAST_TEST_PARAMS))
+    other_process.disable_user("dev-a")
+    world.mono.now += GENERATION_CHECK
+    with pytest.raises(InvalidCredentials):
+        world.auth.authenticate_basic(header, "x")
+    other_process.disable_user("dev-a", False)
+    world.mono.now += GENERATION_CHECK
+    assert world.auth.authenticate_basic(header, "x").name == "dev-a"
+    # A role losing a privilege: the remembered principal is rebuilt without it.
+    before = world.auth.authenticate_basic(header, "x")
+    assert "add" in world.auth.authorize(before, "team-a-x").actions
+    other_process.put_role(
+        Role("team-a", privileges=(Privilege("team-a-*", frozenset({"browse", "read"})),))
+    )
+    world.mono.now += GENERATION_CHECK
+    principal = world.auth.authenticate_basic(header, "x")
+    assert "add" not in world.auth.authorize(principal, "team-a-x").actions
 
 
 def test_grant_is_intersection_of_requested_and_allowed(world: World) -> None:

@@ -226,6 +226,29 @@ def test_refresh_token(server: PortwayServer) -> None:
     assert denied.status_code == 401 and "access_token" not in denied.text
 
 
+def test_disabled_user_is_refused_within_a_second(server: PortwayServer) -> None:
+    """Basic logins are remembered for 30 s; `portway user disable` (another process) still
+    takes effect within the security generation check (1 s), and enabling again too."""
+    dave = ("dave", "dave-Quite-Secret-3")
+    cli(server, "user", "add", dave[0], "--password", dave[1], "--role", "team-a")
+    url = f"http://127.0.0.1:{server.connector_port(0)}/v2/app/tags/list"
+
+    def status() -> int:
+        return requests.get(url, auth=dave, timeout=30).status_code
+
+    assert status() == 200 and status() == 200  # the second one from the remembered login
+    cli(server, "user", "disable", dave[0])
+    started = time.monotonic()
+    while status() != 401:
+        assert time.monotonic() - started < 5, "a disabled user still pulls"
+        time.sleep(0.1)
+    cli(server, "user", "enable", dave[0])
+    started = time.monotonic()
+    while status() != 200:
+        assert time.monotonic() - started < 5, "an enabled user is still refused"
+        time.sleep(0.1)
+
+
 # -- keys ------------------------------------------------------------------------------------
 
 

@@ -49,6 +49,7 @@ from portway.auth.tokens import Access, TokenAuthority, TokenError, TokenWrongRe
 from portway.config import RepositoryConfig
 
 MAX_AUTH_HEADER = 8192
+GENERATION_CHECK = 1.0  # seconds between looks at the security generation (see _generation)
 _CHALLENGE_SAFE = re.compile(r"[\x00-\x1f\x7f]")
 
 
@@ -139,11 +140,14 @@ class AuthService:
         self._public: frozenset[str] = frozenset()
         self.set_repositories(repositories)
         self._basic_ttl = basic_cache_ttl
-        self._basic: OrderedDict[bytes, tuple[float, Principal]] = OrderedDict()
+        # key -> (expires, principal, security generation when cached)
+        self._basic: OrderedDict[bytes, tuple[float, Principal, int]] = OrderedDict()
         self._basic_key = secrets.token_bytes(32)
         self._anon_ttl = anonymous_cache_ttl
-        self._anon: tuple[float, Principal] | None = None
+        self._anon: tuple[float, Principal, int] | None = None
         self._lock = threading.Lock()
+        self._generation_value = 0
+        self._generation_checked = -GENERATION_CHECK
 
     @classmethod
     def create(
@@ -169,11 +173,12 @@ class AuthService:
     def anonymous(self) -> Principal:
         """The principal of requests without credentials (cached for a few seconds)."""
         now = self._clock()
+        generation = self._generation()
         cached = self._anon
-        if cached is not None and cached[0] > now:
+        if cached is not None and cached[0] > now and cached[2] == generation:
             return cached[1]
         principal = anonymous_principal(self.store.anonymous_roles(), self._public)
-        self._anon = (now + self._anon_ttl, principal)
+        self._anon = (now + self._anon_ttl, principal, generation)
         return principal
 
     def authenticate_basic(self, header: str | None, client_addr: str | None) -> Principal:
@@ -211,8 +216,10 @@ class AuthService:
             self._audit("login", user, client_addr, None, "locked", {"by": locked.key})
             raise LoginLocked(locked.retry_after)
         key = hmac.new(self._basic_key, f"{user}\0{password}".encode(), hashlib.sha256).digest()
+        # Read before the check: a change landing during it makes the entry stale, not wrong.
+        generation = self._generation() if cache else 0
         if cache:
-            hit = self._cached(key)
+            hit = self._cached(key, generation)
             if hit is not None:
                 return hit
         principal = self.store.authenticate(user, password)
@@ -224,22 +231,32 @@ class AuthService:
         self._audit("login", user, client_addr, None, "success", None)
         principal = principal.with_roles(public_role(self._public))
         if cache:
-            self._remember(key, principal)
+            self._remember(key, principal, generation)
         return principal
 
-    def _cached(self, key: bytes) -> Principal | None:
+    def _generation(self) -> int:
+        """The store's security generation, read at most every GENERATION_CHECK seconds: a
+        user disabled or a role changed (by any worker or `portway user|role`) takes effect
+        within that time, and a request costs no extra query."""
+        now = self._clock()
+        if now >= self._generation_checked + GENERATION_CHECK:
+            self._generation_value = self.store.generation()
+            self._generation_checked = now
+        return self._generation_value
+
+    def _cached(self, key: bytes, generation: int) -> Principal | None:
         with self._lock:
             hit = self._basic.get(key)
             if hit is None:
                 return None
-            if hit[0] <= self._clock():
+            if hit[0] <= self._clock() or hit[2] != generation:
                 del self._basic[key]
                 return None
             return hit[1]
 
-    def _remember(self, key: bytes, principal: Principal) -> None:
+    def _remember(self, key: bytes, principal: Principal, generation: int) -> None:
         with self._lock:
-            self._basic[key] = (self._clock() + self._basic_ttl, principal)
+            self._basic[key] = (self._clock() + self._basic_ttl, principal, generation)
             while len(self._basic) > 1024:
                 self._basic.popitem(last=False)
 

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import secrets
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -32,6 +33,7 @@ from portway.db.auth_schema import (
     role_includes,
     role_privileges,
     roles,
+    security_state,
     user_roles,
     users,
 )
@@ -82,6 +84,24 @@ class UserStore:
     def _now(self) -> datetime:
         return datetime.fromtimestamp(self._clock(), UTC)
 
+    @contextlib.contextmanager
+    def _change(self) -> Iterator[Connection]:
+        """A transaction that changes users or roles: it also bumps the security generation,
+        so every worker's cached logins are checked again on their next use."""
+        with self.engine.begin() as conn:
+            bumped = conn.execute(
+                update(security_state).values(generation=security_state.c.generation + 1)
+            )
+            if bumped.rowcount == 0:
+                conn.execute(insert(security_state).values(id=1, generation=1))
+            yield conn
+
+    def generation(self) -> int:
+        """Changes to users and roles so far (any worker, any `portway user|role` command)."""
+        with self.engine.connect() as conn:
+            value = conn.execute(select(security_state.c.generation)).scalar()
+        return int(value or 0)
+
     # -- users -----------------------------------------------------------------------------
 
     def add_user(
@@ -97,7 +117,7 @@ class UserStore:
         password_hash = self.hasher.hash(password)
         now = self._now()
         try:
-            with self.engine.begin() as conn:
+            with self._change() as conn:
                 conn.execute(
                     insert(users).values(
                         name=name,
@@ -116,7 +136,7 @@ class UserStore:
         if not password:
             raise StoreError("the password must not be empty")
         password_hash = self.hasher.hash(password)
-        with self.engine.begin() as conn:
+        with self._change() as conn:
             done = conn.execute(
                 update(users)
                 .where(users.c.name == name)
@@ -128,7 +148,7 @@ class UserStore:
 
     def disable_user(self, name: str, disabled: bool = True) -> None:
         """Disable (or enable) a user; disabling revokes the user's refresh tokens."""
-        with self.engine.begin() as conn:
+        with self._change() as conn:
             done = conn.execute(update(users).where(users.c.name == name).values(disabled=disabled))
             if done.rowcount == 0:
                 raise StoreError(f"no user {name!r}")
@@ -136,7 +156,7 @@ class UserStore:
                 self._revoke_user(conn, name)
 
     def delete_user(self, name: str) -> None:
-        with self.engine.begin() as conn:
+        with self._change() as conn:
             conn.execute(delete(refresh_tokens).where(refresh_tokens.c.username == name))
             conn.execute(delete(user_roles).where(user_roles.c.username == name))
             if conn.execute(delete(users).where(users.c.name == name)).rowcount == 0:
@@ -167,7 +187,7 @@ class UserStore:
             ]
 
     def set_user_roles(self, name: str, roles_: Iterable[str]) -> None:
-        with self.engine.begin() as conn:
+        with self._change() as conn:
             if conn.execute(select(users.c.name).where(users.c.name == name)).first() is None:
                 raise StoreError(f"no user {name!r}")
             self._set_roles(conn, name, roles_)
@@ -232,7 +252,7 @@ class UserStore:
     # -- roles -----------------------------------------------------------------------------
 
     def ensure_builtin_roles(self) -> None:
-        with self.engine.begin() as conn:
+        with self._change() as conn:
             for role in BUILTIN_ROLES:
                 exists = conn.execute(select(roles.c.name).where(roles.c.name == role.name)).first()
                 if exists is None:
@@ -244,7 +264,7 @@ class UserStore:
 
     def put_role(self, role: Role) -> None:
         """Create or replace a role (its privileges, admin privileges and included roles)."""
-        with self.engine.begin() as conn:
+        with self._change() as conn:
             row = conn.execute(select(roles.c.builtin).where(roles.c.name == role.name)).first()
             if row is not None and row.builtin and role.name == ADMIN_ROLE:
                 raise StoreError(f"the built-in role {role.name!r} cannot be changed")
@@ -287,7 +307,7 @@ class UserStore:
         conn.execute(delete(roles).where(roles.c.name == name))
 
     def delete_role(self, name: str) -> None:
-        with self.engine.begin() as conn:
+        with self._change() as conn:
             row = conn.execute(select(roles.c.builtin).where(roles.c.name == name)).first()
             if row is None:
                 raise StoreError(f"no role {name!r}")
@@ -345,7 +365,7 @@ class UserStore:
         now = self._now()
         data_dir.mkdir(parents=True, exist_ok=True)
         try:
-            with self.engine.begin() as conn:
+            with self._change() as conn:
                 conn.execute(
                     insert(users).values(
                         name=ADMIN_USER,

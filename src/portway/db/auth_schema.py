@@ -8,6 +8,7 @@ from sqlalchemy import (
     DateTime,
     ForeignKey,
     Index,
+    Integer,
     String,
     Table,
     Text,
@@ -76,4 +77,13 @@ refresh_tokens = Table(
     Column("revoked", Boolean, nullable=False, default=False),
     Index("ix_refresh_tokens_username", "username"),
     Index("ix_refresh_tokens_expires", "expires"),
+)
+
+# One row: how many times users or roles changed. Workers compare it with the value they saw
+# when they cached a login, so a disabled user or a changed role takes effect at once.
+security_state = Table(
+    "security_state",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("generation", Integer, nullable=False, default=0),
 )

@@ -31,8 +31,16 @@ def load_table_modules() -> None:
                 raise
 
 
+def _v2_security_state(conn: Connection) -> None:
+    load_table_modules()
+    from portway.db.auth_schema import security_state
+
+    security_state.create(conn, checkfirst=True)  # a fresh database has it from step 1
+
+
 MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [
     (1, _v1_initial),
+    (2, _v2_security_state),
 ]
 
 

@@ -1,0 +1,34 @@
+"""Schema migrations: a database made by an older Portway is brought up to date in place."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sqlalchemy import create_engine, inspect, select, text
+
+from portway.auth.passwords import FAST_TEST_PARAMS, PasswordHasher
+from portway.auth.store import UserStore
+from portway.db import schema
+from portway.db.migrations import MIGRATIONS, migrate
+
+
+def test_version_1_database_gains_the_security_generation(tmp_path: Path) -> None:
+    engine = create_engine(f"sqlite:///{tmp_path / 'meta.db'}")
+    migrate(engine)
+    store = UserStore(engine, PasswordHasher(FAST_TEST_PARAMS))
+    store.add_user("alice", "pw")
+    # Make it look like a database from before step 2.
+    with engine.begin() as conn:
+        conn.execute(text("DROP TABLE security_state"))
+        conn.execute(schema.schema_version.delete().where(schema.schema_version.c.version >= 2))
+    assert migrate(engine) == MIGRATIONS[-1][0]
+    assert "security_state" in inspect(engine).get_table_names()
+    with engine.connect() as conn:
+        versions = [row[0] for row in conn.execute(select(schema.schema_version.c.version))]
+    assert versions == [version for version, _ in MIGRATIONS]
+    assert store.generation() == 0
+    store.disable_user("alice")
+    assert store.generation() == 1
+    assert store.authenticate("alice", "pw") is None
+    assert migrate(engine) == MIGRATIONS[-1][0]  # a second run changes nothing
+    assert store.generation() == 1
