@@ -50,3 +50,28 @@ async def _purge_with_old_rows(repo: HostedRepository, meta: MetadataStore, max_
     with meta.engine.begin() as conn:
         conn.execute(update(uploads).values(created=time.time() - 3600))
     return await repo.purge_uploads(max_age)
+
+
+def test_leftover_spool_and_lock_files_are_purged_unless_in_use(tmp_path: Path) -> None:
+    """A worker killed while a proxy fetched leaves its spool file, notice and lock file: they
+    go once untouched for the session lifetime; a lock another worker holds stays."""
+    from portway.upstream.crossworker import SpoolNotice, WorkerLock
+
+    blobs = BlobStore(FilesystemBackend(tmp_path / "storage"))
+    old = time.time() - 7200
+    spool = blobs.spool_dir() / "spool-dead"
+    spool.write_bytes(b"partial")
+    fresh = blobs.spool_dir() / "spool-busy"
+    fresh.write_bytes(b"growing")
+    SpoolNotice(blobs.lock_dir(), "b-dead").publish(spool, 100)
+    (blobs.lock_dir() / "b-dead.lock").write_bytes(b"")
+    held = WorkerLock(blobs.lock_dir(), "b-held")
+    assert held.try_acquire()
+    for path in (spool, blobs.lock_dir() / "b-dead.spool", blobs.lock_dir() / "b-dead.lock"):
+        os.utime(path, (old, old))
+    os.utime(held.path, (old, old))
+
+    assert asyncio.run(blobs.purge_leftovers(3600)) == 3
+    assert not spool.exists() and fresh.exists()
+    assert sorted(p.name for p in blobs.lock_dir().iterdir()) == ["b-held.lock"]
+    held.release()

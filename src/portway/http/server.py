@@ -27,6 +27,7 @@ from portway.http.app import build_app, build_context, open_stores
 from portway.http.context import AppContext
 from portway.http.protocol import RegistryRunner
 from portway.maintenance.proxy_state import publish_loop
+from portway.storage.blobstore import BlobStore
 
 log = logging.getLogger("portway.server")
 PURGE_INTERVAL = 600.0
@@ -70,12 +71,17 @@ async def open_listeners(
     return opened
 
 
-async def _purge_loop(ctx: AppContext) -> None:
+async def _purge_loop(ctx: AppContext, blobs: BlobStore) -> None:
     from portway.repos.hosted import HostedRepository
 
     ttl = ctx.settings.server.upload_session_ttl
     while True:
         await asyncio.sleep(PURGE_INTERVAL)
+        try:
+            if count := await blobs.purge_leftovers(ttl):
+                log.info("removed %d spool or lock file(s) left by stopped workers", count)
+        except Exception:  # pragma: no cover - never let the janitor kill a worker
+            log.exception("spool purge failed")
         for repo in ctx.repos.values():
             if isinstance(repo, HostedRepository):
                 try:
@@ -108,7 +114,7 @@ async def run_worker(settings: Settings, *, reuse_port: bool = True) -> None:
         opened = await open_listeners(runner, ctx, reuse_port=reuse_port)
         log.info("worker %d listening on %s", os.getpid(), ", ".join(f"{s}:{p}" for s, p in opened))
         tasks = [
-            asyncio.create_task(_purge_loop(ctx)),
+            asyncio.create_task(_purge_loop(ctx, blobs)),
             asyncio.create_task(publish_loop(ctx.repos, settings.server.data_dir)),
         ]
         await stop.wait()

@@ -281,6 +281,7 @@ class ProxyRepository:
             if not lock.try_acquire():
                 await _mirror(lock, notice, spool)
             try:
+                notice.withdraw()  # one left by a worker killed while it fetched
                 if await self._linked(image, digest):
                     # Another worker fetched and cached it meanwhile: the rest comes from there.
                     await self._copy_stored(digest, spool)

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import hashlib
 import os
+import time
 import uuid as uuidlib
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -191,6 +192,37 @@ class BlobStore:
             with contextlib.suppress(Exception):
                 await self.abort(upload_id)
             raise
+
+    async def purge_leftovers(self, max_age: float) -> int:
+        """Remove spool files and proxy lock files a killed worker left behind, once untouched
+        for `max_age` seconds; a file still locked (a fetch in progress) stays. Returns how
+        many went."""
+        return await asyncio.to_thread(self._purge_leftovers, time.time() - max_age)
+
+    def _purge_leftovers(self, cutoff: float) -> int:
+        import fcntl
+
+        removed = 0
+        for folder in (self.spool_dir(), self.lock_dir()):
+            for path in folder.iterdir():
+                try:
+                    if path.stat().st_mtime >= cutoff:
+                        continue
+                    if path.suffix == ".lock":
+                        fd = os.open(path, os.O_RDWR)
+                        try:
+                            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                            path.unlink()  # as a holder would (see WorkerLock.release)
+                        except BlockingIOError:
+                            continue
+                        finally:
+                            os.close(fd)
+                    else:
+                        path.unlink()
+                    removed += 1
+                except FileNotFoundError:
+                    continue
+        return removed
 
     def lock_dir(self) -> Path:
         """A folder for the lock files worker processes coordinate through."""
