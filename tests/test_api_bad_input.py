@@ -432,6 +432,47 @@ def test_broken_chunk_after_the_handler_started(api: Api, server: PortwayServer)
     assert "Traceback" not in server.log()
 
 
+@pytest.fixture(scope="module")
+def impatient(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PortwayServer]:
+    with running_server(tmp_path_factory, "api-body-idle", server={"body_idle_timeout": 1}) as s:
+        yield s
+
+
+def test_stalled_chunk_is_refused_and_frees_the_session(impatient: PortwayServer) -> None:
+    """A PATCH whose body stops arriving: after `body_idle_timeout` the client gets a 400
+    at once, the session keeps what it had and takes the next chunk (its lock is free)."""
+    api = Api(impatient)
+    image = unique("stall")
+    first = random_bytes(1000)
+    location = api.start_upload(image).headers["Location"]
+    r = api.http.patch(
+        api.absolute(location), data=first, headers={"Content-Range": "0-999"}, timeout=30
+    )
+    assert r.status_code == 202
+    host, port = impatient.host.split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(
+            f"PATCH {location} HTTP/1.1\r\nHost: {impatient.host}\r\n"
+            "Content-Range: 1000-5999\r\nContent-Length: 5000\r\n\r\n".encode()
+            + random_bytes(2000)
+        )
+        started = time.monotonic()
+        reply = sock.recv(65536)  # the answer comes without the client closing anything
+        waited = time.monotonic() - started
+    assert raw_status(reply) == 400, reply[:300]
+    assert b"BLOB_UPLOAD_INVALID" in reply and b"sent nothing for 1 s" in reply
+    assert 0.5 < waited < 8
+    status_r = api.http.get(api.absolute(location), timeout=30)
+    assert status_r.headers["Range"] == "0-999"
+    rest = random_bytes(500)
+    r = api.http.patch(
+        api.absolute(location), data=rest, headers={"Content-Range": "1000-1499"}, timeout=30
+    )
+    assert r.status_code == 202, r.text
+    r = api.http.put(api.absolute(location), params={"digest": sha256(first + rest)}, timeout=30)
+    assert r.status_code == 201
+
+
 # -- clients that disconnect ---------------------------------------------------------------
 def _disconnect_mid_body(server: PortwayServer, head: str, sent: bytes) -> None:
     """Send the head and part of a body, then reset the connection without reading."""

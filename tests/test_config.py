@@ -25,6 +25,7 @@ def _error(tmp_path: Path, text: str) -> str:
         ('[server]\nlisten = "127.0.0.1:8081"\nlsiten = "x"\n', "server.lsiten: unknown key"),
         ('[server]\nlisten = "8081"\n', "server.listen: expected HOST:PORT"),
         ("[server]\nworkers = -1\n", "server.workers"),
+        ("[server]\nbody_idle_timeout = 0\n", "server.body_idle_timeout"),
         ('[[repository]]\nname = "Bad_Name"\ntype = "hosted"\n', "repository[0](Bad_Name).name"),
         (
             '[[repository]]\nname = "x"\ntype = "hosted"\nwrite_policy = "sometimes"\n',

@@ -41,7 +41,10 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except RegistryError as err:
         if err.status >= 500:
             log.warning("%s %s -> %s %s", request.method, request.path, err.code, err.message)
-        return error_response(err)
+        response = error_response(err)
+        if err.close_connection:
+            response.force_close()
+        return response
     except web.HTTPException as exc:
         if exc.status >= 400 and exc.status != 405:
             code = {404: "NOT_FOUND", 413: "SIZE_INVALID"}.get(exc.status, "UNSUPPORTED")

@@ -70,8 +70,11 @@ class RegistryError(Exception):
         *,
         status: int | None = None,
         headers: dict[str, str] | None = None,
+        close_connection: bool = False,
     ) -> None:
         self.code = code
+        # True when the rest of the request cannot be read (a stalled body): answer, then close
+        self.close_connection = close_connection
         self.message = message or MESSAGES.get(code, code.lower())
         self.detail = detail
         self.status = status or STATUS.get(code, 400)

@@ -3,13 +3,14 @@ names things, so every URL we hand back is the client's own."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from urllib.parse import quote
 
 from aiohttp import web
 
-from portway.http.context import AppContext
+from portway.http.context import CONTEXT_KEY, AppContext
 from portway.oci.errors import RegistryError
 from portway.repos.base import Repository
 
@@ -61,10 +62,19 @@ def content_length(request: web.Request) -> int | None:
 
 
 async def body_chunks(request: web.Request) -> AsyncIterator[bytes]:
-    """The request body as it arrives, without holding it whole."""
+    """The request body as it arrives, without holding it whole; a body that stalls for
+    `[server] body_idle_timeout` seconds is refused."""
+    idle = request.app[CONTEXT_KEY].settings.server.body_idle_timeout
     while True:
         try:
-            chunk = await request.content.readany()
+            async with asyncio.timeout(idle):
+                chunk = await request.content.readany()
+        except TimeoutError:
+            raise RegistryError(
+                "BLOB_UPLOAD_INVALID",
+                f"the request body sent nothing for {idle:g} s",
+                close_connection=True,
+            ) from None
         except ConnectionResetError:
             # The client went away mid-body. Callers cut back what they wrote; the answer
             # goes nowhere, but raising a RegistryError keeps it a quiet, ordinary refusal.
