@@ -451,6 +451,50 @@ def test_upstream_killed_mid_blob_caches_nothing_then_recovers(
         relay.stop()
 
 
+def test_upstream_killed_mid_blob_with_two_workers(
+    anonymous: Upstream, portway_factory: PortwayFactory, tmp_path: Path
+) -> None:
+    """Clients on both workers, one fetching and one mirroring: when the upstream dies mid-blob
+    every client gets a short body, nothing is cached, no lock or spool is left, and the next
+    pull (upstream back) works."""
+    data = os.urandom(4 * 1024 * 1024)
+    digest = Pusher(anonymous.url).push_blob("team/killed2", data)
+    relay = Relay(tmp_path, anonymous.registry.port, rate=2 * 1024 * 1024).start()
+    try:
+        server = portway_factory(repositories=[proxy("hub", relay.url)], workers=2)
+        url = v2(server, "hub", f"team/killed2/blobs/{digest}")
+        responses = [requests.get(url, stream=True, timeout=30) for _ in range(8)]
+        try:
+            for resp in responses:
+                assert resp.status_code == 200
+                assert resp.raw.read(64 * 1024)
+            relay.kill()  # the upstream dies with most of the blob unsent
+            for resp in responses:
+                try:
+                    got = 64 * 1024 + len(resp.raw.read())
+                except (requests.RequestException, OSError, Exception):
+                    continue  # a cut connection: the error a client must see
+                assert got < len(data), "the whole blob arrived although the upstream died"
+        finally:
+            for resp in responses:
+                resp.close()
+        storage = server.data_dir / "storage"
+        wait_for(
+            lambda: (
+                not any((storage / "locks").iterdir())
+                and not any((storage / "uploads" / "spool").iterdir())
+            ),
+            what="locks and spools released",
+        )
+        assert not blob_is_cached(server, digest)
+        relay.start()
+        again = get_blob(server, "hub", "team/killed2", digest)
+        assert again.status_code == 200 and sha256(again.content) == digest
+        wait_for(lambda: blob_is_cached(server, digest), what="the blob in the cache")
+    finally:
+        relay.stop()
+
+
 def test_upstream_stopped_cached_images_pull_uncached_get_a_clear_error(
     tmp_path: Path,
     portway_factory: PortwayFactory,
