@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import hashlib
 import os
 import time
@@ -200,8 +201,6 @@ class BlobStore:
         return await asyncio.to_thread(self._purge_leftovers, time.time() - max_age)
 
     def _purge_leftovers(self, cutoff: float) -> int:
-        import fcntl
-
         removed = 0
         for folder in (self.spool_dir(), self.lock_dir()):
             for path in folder.iterdir():
