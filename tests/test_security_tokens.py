@@ -325,7 +325,7 @@ def test_key_rotation(server: PortwayServer) -> None:
 
 
 def test_key_remove_kid_beginning_with_dash(server: PortwayServer) -> None:
-    """A kid is base64url: one in 32 begins with "-". `portway key remove KID` takes it all the
+    """A kid is base64url: one in 64 begins with "-". `portway key remove KID` takes it all the
     same, in the order an operator types it (the kid, then --config)."""
     while True:
         private = ec.generate_private_key(ec.SECP256R1())

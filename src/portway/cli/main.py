@@ -40,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _kid_last(argv: list[str]) -> list[str]:
-    """`portway key remove KID`: a kid is base64url and one in 32 begins with "-", which argparse
+    """`portway key remove KID`: a kid is base64url and one in 64 begins with "-", which argparse
     would read as an option; move it behind `--` so it always parses as the positional KID."""
     if argv[:2] != ["key", "remove"]:
         return argv
