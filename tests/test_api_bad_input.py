@@ -298,23 +298,20 @@ def test_truncated_manifest(api: Api, server: PortwayServer) -> None:
     assert api.head(image, "manifests/v1").status_code == 404
 
 
-def test_truncated_chunk_keeps_the_session_where_it_was(api: Api, server: PortwayServer) -> None:
-    image = unique("trunc-chunk")
+def _session_at_1000(api: Api, image: str) -> tuple[str, bytes]:
+    """An upload session holding its first 1000 bytes: (Location, those bytes)."""
     first = random_bytes(1000)
-    r = api.start_upload(image)
-    location = r.headers["Location"]
+    location = api.start_upload(image).headers["Location"]
     r = api.http.patch(
         api.absolute(location), data=first, headers={"Content-Range": "0-999"}, timeout=30
     )
     assert r.status_code == 202
-    head = (
-        f"PATCH {location} HTTP/1.1\r\nHost: {server.host}\r\n"
-        "Content-Type: application/octet-stream\r\nContent-Range: 1000-5999\r\n"
-        "Content-Length: 5000\r\nConnection: close"
-    )
-    reply = raw_exchange(server, head, random_bytes(2000))
-    status = raw_status(reply)
-    assert status is None or 400 <= status < 500, reply[:300]
+    return location, first
+
+
+def _still_at_1000_and_usable(api: Api, image: str, location: str, first: bytes) -> None:
+    """A failed chunk left the session at 1000 bytes and unlocked: the next chunk and the
+    closing PUT work, and the blob holds exactly what was accepted."""
     status_r = api.http.get(api.absolute(location), timeout=30)
     assert status_r.status_code == 204
     assert status_r.headers["Range"] == "0-999"
@@ -326,6 +323,20 @@ def test_truncated_chunk_keeps_the_session_where_it_was(api: Api, server: Portwa
     r = api.http.put(api.absolute(location), params={"digest": sha256(first + rest)}, timeout=30)
     assert r.status_code == 201
     assert api.get(image, f"blobs/{sha256(first + rest)}").content == first + rest
+
+
+def test_truncated_chunk_keeps_the_session_where_it_was(api: Api, server: PortwayServer) -> None:
+    image = unique("trunc-chunk")
+    location, first = _session_at_1000(api, image)
+    head = (
+        f"PATCH {location} HTTP/1.1\r\nHost: {server.host}\r\n"
+        "Content-Type: application/octet-stream\r\nContent-Range: 1000-5999\r\n"
+        "Content-Length: 5000\r\nConnection: close"
+    )
+    reply = raw_exchange(server, head, random_bytes(2000))
+    status = raw_status(reply)
+    assert status is None or 400 <= status < 500, reply[:300]
+    _still_at_1000_and_usable(api, image, location, first)
 
 
 def test_truncated_chunked_transfer_encoding(api: Api, server: PortwayServer) -> None:
@@ -406,12 +417,7 @@ def test_broken_chunk_after_the_handler_started(api: Api, server: PortwayServer)
     waiting for body bytes forever; the upload gets a 400 at once, the connection closes and
     the session keeps what it had."""
     image = unique("late-chunk")
-    first = random_bytes(1000)
-    location = api.start_upload(image).headers["Location"]
-    r = api.http.patch(
-        api.absolute(location), data=first, headers={"Content-Range": "0-999"}, timeout=30
-    )
-    assert r.status_code == 202
+    location, first = _session_at_1000(api, image)
     host, port = server.host.split(":")
     with socket.create_connection((host, int(port)), timeout=10) as sock:
         sock.sendall(
@@ -426,9 +432,7 @@ def test_broken_chunk_after_the_handler_started(api: Api, server: PortwayServer)
         while chunk := sock.recv(65536):  # returns b"" once the server closes
             chunks.append(chunk)
     _check_parser_refusal(b"".join(chunks), 400)
-    status_r = api.http.get(api.absolute(location), timeout=30)
-    assert status_r.status_code == 204
-    assert status_r.headers["Range"] == "0-999"
+    _still_at_1000_and_usable(api, image, location, first)
     assert "Traceback" not in server.log()
 
 
@@ -443,12 +447,7 @@ def test_stalled_chunk_is_refused_and_frees_the_session(impatient: PortwayServer
     at once, the session keeps what it had and takes the next chunk (its lock is free)."""
     api = Api(impatient)
     image = unique("stall")
-    first = random_bytes(1000)
-    location = api.start_upload(image).headers["Location"]
-    r = api.http.patch(
-        api.absolute(location), data=first, headers={"Content-Range": "0-999"}, timeout=30
-    )
-    assert r.status_code == 202
+    location, first = _session_at_1000(api, image)
     host, port = impatient.host.split(":")
     with socket.create_connection((host, int(port)), timeout=10) as sock:
         sock.sendall(
@@ -462,15 +461,7 @@ def test_stalled_chunk_is_refused_and_frees_the_session(impatient: PortwayServer
     assert raw_status(reply) == 400, reply[:300]
     assert b"BLOB_UPLOAD_INVALID" in reply and b"sent nothing for 1 s" in reply
     assert 0.5 < waited < 8
-    status_r = api.http.get(api.absolute(location), timeout=30)
-    assert status_r.headers["Range"] == "0-999"
-    rest = random_bytes(500)
-    r = api.http.patch(
-        api.absolute(location), data=rest, headers={"Content-Range": "1000-1499"}, timeout=30
-    )
-    assert r.status_code == 202, r.text
-    r = api.http.put(api.absolute(location), params={"digest": sha256(first + rest)}, timeout=30)
-    assert r.status_code == 201
+    _still_at_1000_and_usable(api, image, location, first)
 
 
 # -- clients that disconnect ---------------------------------------------------------------
