@@ -115,21 +115,32 @@ class UserStore:
         if not password:
             raise StoreError("the password must not be empty")
         password_hash = self.hasher.hash(password)
-        now = self._now()
         try:
             with self._change() as conn:
-                conn.execute(
-                    insert(users).values(
-                        name=name,
-                        password_hash=password_hash,
-                        disabled=disabled,
-                        created=now,
-                        password_changed=now,
-                    )
-                )
-                self._set_roles(conn, name, roles_)
+                self._insert_user(conn, name, password_hash, roles_, disabled=disabled)
         except IntegrityError:
             raise StoreError(f"user {name!r} already exists") from None
+
+    def _insert_user(
+        self,
+        conn: Connection,
+        name: str,
+        password_hash: str,
+        roles_: Iterable[str],
+        *,
+        disabled: bool,
+    ) -> None:
+        now = self._now()
+        conn.execute(
+            insert(users).values(
+                name=name,
+                password_hash=password_hash,
+                disabled=disabled,
+                created=now,
+                password_changed=now,
+            )
+        )
+        self._set_roles(conn, name, roles_)
 
     def set_password(self, name: str, password: str) -> None:
         """Change a password; the user's refresh tokens stop working."""
@@ -362,20 +373,10 @@ class UserStore:
             return None
         password = secrets.token_urlsafe(18)
         password_hash = self.hasher.hash(password)
-        now = self._now()
         data_dir.mkdir(parents=True, exist_ok=True)
         try:
             with self._change() as conn:
-                conn.execute(
-                    insert(users).values(
-                        name=ADMIN_USER,
-                        password_hash=password_hash,
-                        disabled=False,
-                        created=now,
-                        password_changed=now,
-                    )
-                )
-                conn.execute(insert(user_roles).values(username=ADMIN_USER, role=ADMIN_ROLE))
+                self._insert_user(conn, ADMIN_USER, password_hash, [ADMIN_ROLE], disabled=False)
                 # Written inside the transaction: if the file cannot be written, no admin
                 # exists whose password nobody knows.
                 _write_secret(data_dir / ADMIN_PASSWORD_FILE, password + "\n")
