@@ -148,12 +148,16 @@ class UpstreamRegistry:
                 auth_scheme=self.auth.scheme,
             )
 
+    def _manifest_target(self, image: str, reference: str) -> tuple[str, str, str, str]:
+        """(remote name, reference, URL, how errors name it) of a manifest."""
+        name, ref = self.remote_name(image), self._reference(reference)
+        what = f"manifest {name}{'@' if is_digest(ref) else ':'}{ref}"
+        return name, ref, f"{self.remote_url}/v2/{name}/manifests/{ref}", what
+
     async def get_manifest(
         self, image: str, reference: str, accept: Sequence[str]
     ) -> UpstreamManifest:
-        name, ref = self.remote_name(image), self._reference(reference)
-        url = f"{self.remote_url}/v2/{name}/manifests/{ref}"
-        what = f"manifest {name}{'@' if is_digest(ref) else ':'}{ref}"
+        name, ref, url, what = self._manifest_target(image, reference)
         async with self._request("GET", url, scope=_pull(name), accept=accept, what=what) as resp:
             if resp.content_length is not None and resp.content_length > MAX_MANIFEST_SIZE:
                 raise self._failed(
@@ -161,14 +165,14 @@ class UpstreamRegistry:
                 )
             try:
                 body = await resp.content.read(MAX_MANIFEST_SIZE + 1)
-                if len(body) > MAX_MANIFEST_SIZE:
-                    raise UpstreamServerError(
-                        url, f"{what} is larger than {MAX_MANIFEST_SIZE} bytes"
-                    )
             except (TimeoutError, aiohttp.ClientError, OSError) as exc:
                 raise self._failed(
                     from_client_exception(url, exc, timeout=self.read_timeout)
                 ) from exc
+            if len(body) > MAX_MANIFEST_SIZE:
+                raise self._failed(
+                    UpstreamServerError(url, f"{what} is larger than {MAX_MANIFEST_SIZE} bytes")
+                )
             if resp.content_length is not None and len(body) != resp.content_length:
                 raise self._failed(
                     UpstreamTruncatedError(
@@ -185,9 +189,7 @@ class UpstreamRegistry:
     async def head_manifest(
         self, image: str, reference: str, accept: Sequence[str]
     ) -> UpstreamManifestInfo:
-        name, ref = self.remote_name(image), self._reference(reference)
-        url = f"{self.remote_url}/v2/{name}/manifests/{ref}"
-        what = f"manifest {name}{'@' if is_digest(ref) else ':'}{ref}"
+        name, ref, url, what = self._manifest_target(image, reference)
         async with self._request("HEAD", url, scope=_pull(name), accept=accept, what=what) as resp:
             digest = resp.headers.get("Docker-Content-Digest")
             if digest is not None and not is_digest(digest):
