@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Engine, and_, create_engine, delete, event, func, insert, select
+from sqlalchemy.sql import ColumnElement, Select
 
 from portway.db.migrations import migrate
 from portway.db.schema import blob_links, manifest_refs, manifests, repositories, tags, uploads
@@ -365,12 +366,7 @@ class MetadataStore:
 
     def list_tags(self, repo_id: int, image: str, last: str | None, n: int | None) -> list[str]:
         stmt = select(tags.c.name).where(tags.c.repo_id == repo_id, tags.c.image == image)
-        if last is not None:
-            stmt = stmt.where(tags.c.name > last)
-        stmt = stmt.order_by(tags.c.name)
-        if n is not None:
-            stmt = stmt.limit(n)
-        return [r[0] for r in self._conn().execute(stmt)]
+        return self._page(stmt, tags.c.name, last, n)
 
     def image_exists(self, repo_id: int, image: str) -> bool:
         return self._cached(("i", repo_id, image), lambda: self._image_exists(repo_id, image))
@@ -385,9 +381,15 @@ class MetadataStore:
 
     def list_images(self, repo_id: int, last: str | None, n: int | None) -> list[str]:
         stmt = select(manifests.c.image).where(manifests.c.repo_id == repo_id).distinct()
+        return self._page(stmt, manifests.c.image, last, n)
+
+    def _page(
+        self, stmt: Select[Any], column: ColumnElement[str], last: str | None, n: int | None
+    ) -> list[str]:
+        """Names after `last` in order, at most `n` (the spec's `last`/`n` pagination)."""
         if last is not None:
-            stmt = stmt.where(manifests.c.image > last)
-        stmt = stmt.order_by(manifests.c.image)
+            stmt = stmt.where(column > last)
+        stmt = stmt.order_by(column)
         if n is not None:
             stmt = stmt.limit(n)
         return [r[0] for r in self._conn().execute(stmt)]
