@@ -558,7 +558,8 @@ def test_rate_limited_and_unavailable_upstreams(
     # the upstream asked for 30 s of quiet: the next request does not reach it
     hits = len(faults.hits)
     again = get_manifest(server, "limited", "team/app", "v1")
-    assert again.status_code in (429, 502) and len(faults.hits) == hits
+    assert again.status_code == 502 and len(faults.hits) == hits, again.text
+    assert oci_error(again)[0] == "UPSTREAM_UNAVAILABLE" and "blocked" in oci_error(again)[1]
 
     resp = get_manifest(server, "down", "team/down", "v1")
     assert resp.status_code == 502, resp.text
@@ -642,9 +643,9 @@ def test_push_to_a_proxy_is_refused(
 ) -> None:
     server = portway_factory(repositories=[proxy("hub", anonymous.url)])
     resp = requests.post(v2(server, "hub", "team/new/blobs/uploads/"), timeout=10)
-    assert resp.status_code in (403, 405), resp.text
+    assert resp.status_code == 403, resp.text
     code, message = oci_error(resp)
-    assert code in ("DENIED", "UNSUPPORTED")
+    assert code == "DENIED"
     assert "proxy" in message and anonymous.url in message
     put = requests.put(
         v2(server, "hub", "team/new/manifests/v1"),
@@ -652,7 +653,7 @@ def test_push_to_a_proxy_is_refused(
         headers={"Content-Type": "application/vnd.oci.image.manifest.v1+json"},
         timeout=10,
     )
-    assert put.status_code in (403, 405) and oci_error(put)[0] in ("DENIED", "UNSUPPORTED")
+    assert put.status_code == 403 and oci_error(put)[0] == "DENIED"
     failed = skopeo(
         "copy",
         *NO_TLS,

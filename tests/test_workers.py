@@ -106,7 +106,7 @@ def test_chunked_uploads_span_both_workers(two_workers: PortwayServer) -> None:
         pids_seen.add(int(pid))
         m = _UUID_RE.search(path)
         if m and method in ("PATCH", "PUT"):
-            assert status in ("202", "201"), (method, path, status)
+            assert status == ("202" if method == "PATCH" else "201"), (method, path, status)
             served[m.group(1)].add(int(pid))
     assert pids_seen == set(workers), (pids_seen, workers)
     assert len(served) == 12
@@ -147,7 +147,7 @@ def test_sigkill_of_the_parent_takes_the_workers_down(two_workers: PortwayServer
 
     # and the same data directory serves again on the same port
     server.start()
-    assert Registry(server.repository_url()).request("GET", "/v2/").status in (200, 401)
+    assert Registry(server.repository_url()).request("GET", "/v2/").status == 200
 
 
 @pytest.mark.parametrize("workers", [1, 2])
