@@ -110,6 +110,23 @@ def _addr(host: str, port: int) -> str:
 # --- the world: names, certificates, upstream, Portway ------------------------------------
 
 
+def repository_tags(
+    portway: PortwayServer, password: str, repository: str, image: str
+) -> list[str]:
+    """Tags of an image read straight from a repository (Nexus path, main listener, as
+    admin); none when the image is not there."""
+    answer = requests.get(
+        f"{portway.url}/repository/{repository}/v2/{image}/tags/list",
+        auth=("admin", password),
+        timeout=30,
+    )
+    if answer.status_code == 404:
+        return []
+    assert answer.status_code == 200, answer.text
+    tags: list[str] = answer.json()["tags"]
+    return sorted(tags)
+
+
 @dataclass
 class World:
     root: Path
@@ -138,17 +155,7 @@ class World:
         return path
 
     def tags(self, repository: str, image: str) -> list[str]:
-        """Tags of an image read straight from a repository (Nexus path, main listener)."""
-        answer = requests.get(
-            f"{self.portway.url}/repository/{repository}/v2/{image}/tags/list",
-            auth=("admin", self.password),
-            timeout=30,
-        )
-        if answer.status_code == 404:
-            return []
-        assert answer.status_code == 200, answer.text
-        tags: list[str] = answer.json()["tags"]
-        return sorted(tags)
+        return repository_tags(self.portway, self.password, repository, image)
 
 
 def _tls_init(ca_dir: Path) -> None:
@@ -357,15 +364,7 @@ class Native:
         return password
 
     def tags(self, repository: str, image: str) -> list[str]:
-        answer = requests.get(
-            f"{self.portway.url}/repository/{repository}/v2/{image}/tags/list",
-            auth=("admin", self.password),
-            timeout=30,
-        )
-        if answer.status_code == 404:
-            return []
-        tags: list[str] = answer.json()["tags"]
-        return sorted(tags)
+        return repository_tags(self.portway, self.password, repository, image)
 
 
 @pytest.fixture(scope="module")
@@ -520,6 +519,24 @@ def skopeo_push_pull(
     return digest
 
 
+def _doctor_passes(world: World, url: str, image: str) -> None:
+    """`portway doctor URL` as admin, trusting the test CA: every check passes."""
+    doctor = _portway_cli(
+        "doctor",
+        url,
+        "--image",
+        image,
+        "--user",
+        "admin",
+        "--password",
+        world.password,
+        "--ca",
+        str(world.ca),
+        check=False,
+    )
+    assert doctor.returncode == 0, f"{url}\n{doctor.stdout}{doctor.stderr}"
+
+
 def _landed(tags: Any, name: str) -> None:
     """The push is in the hosted repository, and the group shows it."""
     assert tags(PUSH_REPO, name) == ["v1"]
@@ -585,20 +602,7 @@ def test_host_mapping_skopeo_through_proxy(
             f"https://{_addr(PUSH_HOST, world.https_port)}",
             f"https://{PULL_HOST}:{world.push_port}",
         ):
-            doctor = _portway_cli(
-                "doctor",
-                url,
-                "--image",
-                f"doctor-{server}/probe",
-                "--user",
-                "admin",
-                "--password",
-                world.password,
-                "--ca",
-                str(world.ca),
-                check=False,
-            )
-            assert doctor.returncode == 0, f"{url}\n{doctor.stdout}{doctor.stderr}"
+            _doctor_passes(world, url, f"doctor-{server}/probe")
     _landed(world.tags, name)
     _landed(world.tags, f"{name}-ports")
 
@@ -833,20 +837,7 @@ def test_seed_apache_config_as_printed(
             name=name,
             cert_dir=world.cert_dir(),
         )
-        doctor = _portway_cli(
-            "doctor",
-            f"https://{PULL_HOST}:{front}",
-            "--image",
-            "doctor-seed/probe",
-            "--user",
-            "admin",
-            "--password",
-            world.password,
-            "--ca",
-            str(world.ca),
-            check=False,
-        )
-        assert doctor.returncode == 0, f"{doctor.stdout}{doctor.stderr}"
+        _doctor_passes(world, f"https://{PULL_HOST}:{front}", "doctor-seed/probe")
     assert world.tags(SEED_REPO, name) == ["v1"]
 
 
