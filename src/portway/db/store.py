@@ -338,7 +338,13 @@ class MetadataStore:
         return await self._write(run)
 
     def tag_info(self, repo_id: int, image: str, tag: str) -> tuple[str, float] | None:
-        """(digest, time the tag was last set or confirmed) — a proxy's freshness clock."""
+        """(digest, time the tag was last set or confirmed) — a proxy's freshness clock,
+        read on every pull of a cached tag, so cached like the manifest itself."""
+        return self._cached(
+            ("ti", repo_id, image, tag), lambda: self._tag_info(repo_id, image, tag)
+        )
+
+    def _tag_info(self, repo_id: int, image: str, tag: str) -> tuple[str, float] | None:
         row = self._one(
             select(tags.c.digest, tags.c.updated).where(
                 tags.c.repo_id == repo_id, tags.c.image == image, tags.c.name == tag
