@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import secrets
 import shutil
 import socket
@@ -26,7 +25,7 @@ from typing import Any
 
 from data import OCI_MANIFEST
 from ops import check_get, push_small_image, wrk
-from run import RESULTS, machine
+from run import machine, write_results
 from servers import (
     ServerProcess,
     Target,
@@ -172,10 +171,7 @@ def main(argv: list[str] | None = None) -> int:
         "target": 1 - TOLERANCE,
         "met": met,
     }
-    out = args.out or RESULTS / f"connectors-{dt.datetime.now().strftime('%Y%m%d-%H%M%S')}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(record, indent=2) + "\n")
-    print(f"results: {out}")
+    write_results(record, "connectors-", args.out)
     return 0
 
 

@@ -28,7 +28,6 @@ import platform
 import re
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -39,24 +38,13 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from run import write_results
+from servers import free_ports
+
 REPO = "bench-hosted"
 IMAGE = "bench/overhead"
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
-RESULTS = Path(__file__).resolve().parent / "results"
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def free_ports(count: int) -> list[int]:
-    socks = []
-    try:
-        for _ in range(count):
-            sock = socket.socket()
-            sock.bind(("127.0.0.1", 0))
-            socks.append(sock)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for sock in socks:
-            sock.close()
 
 
 def wait_for(check: Any, what: str, timeout: float = 30.0) -> None:
@@ -351,10 +339,7 @@ def main(argv: list[str] | None = None) -> int:
         f"\nload average at start {load_start[0]:.2f}, at end {os.getloadavg()[0]:.2f} "
         f"({os.cpu_count()} CPUs)"
     )
-    out = args.out or RESULTS / f"proxy-overhead-{dt.datetime.now().strftime('%Y%m%d-%H%M%S')}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(record, indent=2) + "\n")
-    print(f"\nresults: {out}")
+    write_results(record, "proxy-overhead-", args.out)
     return 0
 
 

@@ -22,8 +22,6 @@ direct pull from the upstream. Medians over the rounds.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import json
 import secrets
 import shutil
 import statistics
@@ -33,7 +31,7 @@ from pathlib import Path
 
 from data import build_layout, default_cache_dir, layer_prefixes
 from ops import skopeo_copy
-from run import RESULTS, machine
+from run import machine, write_results
 from servers import ServerProcess, free_port, start_distribution, venv_python
 
 MiB = 1024 * 1024
@@ -137,13 +135,8 @@ def main() -> int:
             met = ratio >= bound if target.startswith(">=") else ratio <= bound
             print(f"| {title} | {ratio:.2f}x | {target} | {'yes' if met else 'no'} |")
             results.append({"row": title, "ratio": ratio, "target": target, "met": met})
-        RESULTS.mkdir(parents=True, exist_ok=True)
-        stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-        out = RESULTS / f"proxy-pull-{stamp}.json"
-        out.write_text(
-            json.dumps({"machine": machine(), "times": times, "medians": med, "rows": results})
-        )
-        print(f"\nresults: {out}")
+        record = {"machine": machine(), "times": times, "medians": med, "rows": results}
+        write_results(record, "proxy-pull-")
         return 0
     finally:
         for server in reversed(servers):

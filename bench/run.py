@@ -36,6 +36,16 @@ SIDES = ("portway", "distribution")
 LABELS = ("Portway", "distribution")
 
 
+def write_results(record: dict[str, Any], prefix: str = "", out: Path | None = None) -> Path:
+    """Save a run's JSON as `out`, or `bench/results/<prefix><timestamp>.json`; print where."""
+    if out is None:
+        out = RESULTS / f"{prefix}{dt.datetime.now().strftime('%Y%m%d-%H%M%S')}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(record, indent=2) + "\n")
+    print(f"\nresults: {out}")
+    return out
+
+
 def machine() -> dict[str, Any]:
     cpu = ""
     try:
@@ -372,10 +382,7 @@ def main(argv: list[str] | None = None) -> int:
             for n, res in results.items()
         },
     }
-    out = args.out or RESULTS / f"{dt.datetime.now().strftime('%Y%m%d-%H%M%S')}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(record, indent=2) + "\n")
-    print(f"results: {out}")
+    write_results(record, out=args.out)
     return 0
 
 
