@@ -249,6 +249,22 @@ def test_disabled_user_is_refused_within_a_second(server: PortwayServer) -> None
         time.sleep(0.1)
 
 
+def test_deleted_user_is_gone(server: PortwayServer) -> None:
+    """`portway user delete`: the user's logins stop within a second and the name is free."""
+    erin = ("erin", "erin-Quite-Secret-4")
+    cli(server, "user", "add", erin[0], "--password", erin[1], "--role", "team-a")
+    url = f"http://127.0.0.1:{server.connector_port(0)}/v2/app/tags/list"
+    assert requests.get(url, auth=erin, timeout=30).status_code == 200
+    cli(server, "user", "delete", erin[0])
+    started = time.monotonic()
+    while requests.get(url, auth=erin, timeout=30).status_code != 401:
+        assert time.monotonic() - started < 5, "a deleted user still pulls"
+        time.sleep(0.1)
+    assert erin[0] not in cli(server, "user", "list").stdout
+    again = cli(server, "user", "delete", erin[0], check=False)
+    assert again.returncode == 1 and "no user" in again.stderr
+
+
 # -- keys ------------------------------------------------------------------------------------
 
 

@@ -75,3 +75,44 @@ def test_leftover_spool_and_lock_files_are_purged_unless_in_use(tmp_path: Path) 
     assert not spool.exists() and fresh.exists()
     assert sorted(p.name for p in blobs.lock_dir().iterdir()) == ["b-held.lock"]
     held.release()
+
+
+def test_purge_round_forgets_expired_refresh_tokens_and_stale_sessions(tmp_path: Path) -> None:
+    """What the server's janitor runs every 10 minutes, in one round."""
+    from sqlalchemy import update
+
+    from portway.config import parse_settings
+    from portway.db.schema import uploads
+    from portway.http.app import build_context, open_stores
+    from portway.http.auth import SecurityAuthorizer
+    from portway.http.server import purge_once
+
+    settings = parse_settings(
+        {
+            "server": {"data_dir": str(tmp_path / "data"), "upload_session_ttl": 60},
+            "repository": [{"name": "docker-hosted", "type": "hosted"}],
+        },
+        environ={},
+    )
+    meta, blobs = open_stores(settings)
+    ctx = build_context(settings, meta, blobs)
+    assert isinstance(ctx.authorizer, SecurityAuthorizer)  # security is on by default
+    store = ctx.authorizer.auth.store
+    store.ensure_admin(settings.server.data_dir)
+    store.record_refresh("old", "admin", "docker-hosted", int(time.time()) - 10)
+    store.record_refresh("live", "admin", "docker-hosted", int(time.time()) + 3600)
+    repo = ctx.repos["docker-hosted"]
+    assert isinstance(repo, HostedRepository)
+
+    async def scenario() -> dict[str, int]:
+        stale = await repo.start_upload("img")
+        hour_ago = time.time() - 3600
+        os.utime(settings.server.data_dir / "storage" / "uploads" / stale.id, (hour_ago, hour_ago))
+        with meta.engine.begin() as conn:  # the session row is an hour old too
+            conn.execute(update(uploads).values(created=hour_ago))
+        return await purge_once(ctx, blobs)
+
+    gone = asyncio.run(scenario())
+    assert gone == {"uploads": 1, "leftovers": 0, "refresh_tokens": 1}
+    assert store.refresh_valid("live", "admin", "docker-hosted")
+    meta.close()

@@ -95,6 +95,10 @@ def user_enable(args: argparse.Namespace) -> int:
     )
 
 
+def user_delete(args: argparse.Namespace) -> int:
+    return _run(args, "user.delete", lambda s: s.delete_user(args.name), {"user": args.name})
+
+
 def user_roles(args: argparse.Namespace) -> int:
     return _run(
         args,
@@ -235,7 +239,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("name")
     with_password(p)
     p.set_defaults(func=user_passwd)
-    for name, fn in (("disable", user_disable), ("enable", user_enable)):
+    for name, fn in (("disable", user_disable), ("enable", user_enable), ("delete", user_delete)):
         p = common(us.add_parser(name, help=f"{name} a user"))
         p.add_argument("name")
         p.set_defaults(func=fn)

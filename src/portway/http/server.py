@@ -24,6 +24,7 @@ from aiohttp import web
 
 from portway.config import Settings, TlsConfig, split_listen
 from portway.http.app import build_app, build_context, open_stores
+from portway.http.auth import SecurityAuthorizer
 from portway.http.context import AppContext
 from portway.http.protocol import RegistryRunner
 from portway.maintenance.proxy_state import publish_loop
@@ -72,24 +73,35 @@ async def open_listeners(
 
 
 async def _purge_loop(ctx: AppContext, blobs: BlobStore) -> None:
-    from portway.repos.hosted import HostedRepository
-
-    ttl = ctx.settings.server.upload_session_ttl
     while True:
         await asyncio.sleep(PURGE_INTERVAL)
         try:
-            if count := await blobs.purge_leftovers(ttl):
-                log.info("removed %d spool or lock file(s) left by stopped workers", count)
+            await purge_once(ctx, blobs)
         except Exception:  # pragma: no cover - never let the janitor kill a worker
-            log.exception("spool purge failed")
-        for repo in ctx.repos.values():
-            if isinstance(repo, HostedRepository):
-                try:
-                    count = await repo.purge_uploads(ttl)
-                    if count:
-                        log.info("repository %s: purged %d stale upload(s)", repo.name, count)
-                except Exception:  # pragma: no cover - never let the janitor kill a worker
-                    log.exception("upload purge failed")
+            log.exception("purge failed")
+
+
+async def purge_once(ctx: AppContext, blobs: BlobStore) -> dict[str, int]:
+    """One round of the janitor: upload sessions idle past `upload_session_ttl`, files a
+    killed worker left behind, expired refresh tokens. Returns what went, by kind."""
+    from portway.repos.hosted import HostedRepository
+
+    ttl = ctx.settings.server.upload_session_ttl
+    gone = {"uploads": 0, "leftovers": await blobs.purge_leftovers(ttl), "refresh_tokens": 0}
+    if isinstance(ctx.authorizer, SecurityAuthorizer):
+        store = ctx.authorizer.auth.store
+        gone["refresh_tokens"] = await asyncio.to_thread(store.purge_refresh_tokens)
+    for repo in ctx.repos.values():
+        if isinstance(repo, HostedRepository):
+            count = await repo.purge_uploads(ttl)
+            if count:
+                log.info("repository %s: purged %d stale upload(s)", repo.name, count)
+            gone["uploads"] += count
+    if gone["leftovers"]:
+        log.info("removed %d spool or lock file(s) left by stopped workers", gone["leftovers"])
+    if gone["refresh_tokens"]:
+        log.info("forgot %d expired refresh token(s)", gone["refresh_tokens"])
+    return gone
 
 
 async def run_worker(settings: Settings, *, reuse_port: bool = True) -> None:
