@@ -459,20 +459,30 @@ async def _mirror(lock: WorkerLock, notice: SpoolNotice, spool: Spool) -> None:
     delay = POLL_MIN
     try:
         while not lock.try_acquire():
-            if source is None and (found := notice.read()) is not None:
-                try:
-                    source = os.open(found[0], os.O_RDONLY)
-                except FileNotFoundError:
-                    pass  # finished and removed just now: the lock tells what became of it
-                else:
-                    if not spool.started:
-                        spool.set_size(found[1])
+            if source is None:
+                source = _open_noticed(notice, spool)
             moved = await _copy_growing(source, spool) if source is not None else 0
             delay = POLL_MIN if moved else min(delay * 2, POLL_MAX)
             await asyncio.sleep(delay)
     finally:
         if source is not None:
             os.close(source)
+
+
+def _open_noticed(notice: SpoolNotice, spool: Spool) -> int | None:
+    """The holder's spool file, opened, once its notice is out (the length goes to our
+    spool); None before that, or when it has just finished and removed it (then the lock
+    tells what became of it)."""
+    found = notice.read()
+    if found is None:
+        return None
+    try:
+        source = os.open(found[0], os.O_RDONLY)
+    except FileNotFoundError:
+        return None
+    if not spool.started:
+        spool.set_size(found[1])
+    return source
 
 
 async def _copy_growing(source: int, spool: Spool) -> int:

@@ -204,23 +204,9 @@ class BlobStore:
         removed = 0
         for folder in (self.spool_dir(), self.lock_dir()):
             for path in folder.iterdir():
-                try:
-                    if path.stat().st_mtime >= cutoff:
-                        continue
-                    if path.suffix == ".lock":
-                        fd = os.open(path, os.O_RDWR)
-                        try:
-                            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                            path.unlink()  # as a holder would (see WorkerLock.release)
-                        except BlockingIOError:
-                            continue
-                        finally:
-                            os.close(fd)
-                    else:
-                        path.unlink()
-                    removed += 1
-                except FileNotFoundError:
-                    continue
+                with contextlib.suppress(FileNotFoundError):
+                    if path.stat().st_mtime < cutoff and _remove_unless_locked(path):
+                        removed += 1
         return removed
 
     def lock_dir(self) -> Path:
@@ -254,6 +240,24 @@ class BlobStore:
             _fsync_path(target.parent)  # the new name survives a crash
 
         await asyncio.to_thread(_publish)
+
+
+def _remove_unless_locked(path: Path) -> bool:
+    """Remove a leftover file; a `.lock` file only when nobody holds it (and then as its
+    holder would: locked, so no one else takes it meanwhile)."""
+    if path.suffix != ".lock":
+        path.unlink()
+        return True
+    fd = os.open(path, os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    else:
+        path.unlink()
+        return True
+    finally:
+        os.close(fd)
 
 
 def _fsync_path(path: Path | None) -> None:
