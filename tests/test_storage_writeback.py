@@ -8,6 +8,8 @@ import errno
 import os
 from pathlib import Path
 
+import pytest
+
 from portway.storage import filesystem
 from portway.storage.filesystem import FileWriter
 
@@ -27,15 +29,29 @@ def test_the_system_call_is_bound_and_real(tmp_path: Path) -> None:
     assert ctypes.get_errno() == errno.EBADF
 
 
-def test_writer_keeps_every_byte_in_order(tmp_path: Path) -> None:
+def test_writer_starts_writeback_of_each_batch_and_keeps_every_byte(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = filesystem._start_writeback
+    assert real is not None
+    started: list[tuple[int, int]] = []
+
+    def recording(fd: int, offset: int, length: int) -> object:
+        started.append((offset, length))
+        return real(fd, offset, length)
+
+    monkeypatch.setattr(filesystem, "_start_writeback", recording)
     path = tmp_path / "upload"
-    path.write_bytes(b"")
+    path.write_bytes(b"head")  # an appending writer starts where the file ends
     chunks = [os.urandom(n) for n in (1, 4096, 1 << 20, 3, 5 << 20)]
     writer = FileWriter(path, append=True)
     try:
         writer.writev_sync(chunks[:2])
         writer.writev_sync(chunks[2:])
-        assert writer.size == sum(len(c) for c in chunks)
+        writer.writev_sync([])  # nothing written, nothing to start
+        assert writer.size == 4 + sum(len(c) for c in chunks)
     finally:
         os.close(writer.fileno())
-    assert path.read_bytes() == b"".join(chunks)
+    first = 1 + 4096
+    assert started == [(4, first), (4 + first, writer.size - 4 - first)]
+    assert path.read_bytes() == b"head" + b"".join(chunks)
