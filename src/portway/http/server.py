@@ -42,6 +42,19 @@ def _ssl_context(tls: TlsConfig | tuple[TlsConfig, ...] | None) -> ssl.SSLContex
     return build_ssl_context(tls)
 
 
+def listener_plan(settings: Settings) -> list[tuple[str, str | None, Any, str | None]]:
+    """(listen, repository, tls, external_url) of every socket Portway itself opens: the main
+    listener and the connectors it serves. A connector with `served_by = "proxy"` belongs to
+    the reverse proxy in front (which may hold it right now): never bound, never probed."""
+    plan: list[tuple[str, str | None, Any, str | None]] = [
+        (settings.server.listen, None, settings.server.tls, None)
+    ]
+    for conn in settings.connector:
+        if conn.served_by == "portway":
+            plan.append((conn.listen, conn.repository, conn.tls, conn.external_url))
+    return plan
+
+
 async def open_listeners(
     runner: web.AppRunner, ctx: AppContext, *, reuse_port: bool = True
 ) -> list[tuple[str, int]]:
@@ -50,15 +63,8 @@ async def open_listeners(
     `reuse_port` only with several workers: a lone process binds plainly, so a port another
     server already holds fails loudly instead of being silently shared with it.
     """
-    settings = ctx.settings
-    plan: list[tuple[str, str | None, Any, str | None]] = [
-        (settings.server.listen, None, settings.server.tls, None)
-    ]
-    for conn in settings.connector:
-        if conn.served_by == "portway":
-            plan.append((conn.listen, conn.repository, conn.tls, conn.external_url))
     opened: list[tuple[str, int]] = []
-    for listen, repository, tls, external_url in plan:
+    for listen, repository, tls, external_url in listener_plan(ctx.settings):
         host, port = split_listen(listen)
         context = _ssl_context(tls)
         site = web.TCPSite(
@@ -190,7 +196,7 @@ def serve(settings: Settings, workers: int) -> int:
     if workers <= 1:
         _run(settings, reuse_port=False)
         return 0
-    for listen in [settings.server.listen, *(c.listen for c in settings.connector)]:
+    for listen, *_ in listener_plan(settings):
         if split_listen(listen)[1] == 0:
             log.error("with several workers every listener needs a fixed port (%s)", listen)
             return 2

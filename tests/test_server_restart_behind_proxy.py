@@ -1,0 +1,120 @@
+"""Portway (several workers) started and restarted while nginx already holds the connector ports.
+
+The README's layout: connectors marked `served_by = "proxy"` are ports nginx listens on, so
+nginx may well be up first and stay up while Portway restarts. Portway must neither bind nor
+probe those ports.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from support.engines import skopeo
+from support.images import OciImage
+from support.ports import free_ports
+from support.process import ManagedProcess, port_open
+from support.server import PortwayServer
+
+pytestmark = pytest.mark.slow
+
+PUSH_REPO, PULL_REPO = "docker-hosted-project", "docker-group-project"
+
+
+def _nginx() -> str:
+    path = shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin:/sbin")
+    if path is None:
+        pytest.fail("nginx is not installed (scripts/install-test-deps.sh)")
+    return path
+
+
+def _start_nginx(server: PortwayServer, root: Path, ports: list[int]) -> ManagedProcess:
+    runtime = root / "run"
+    runtime.mkdir(parents=True)
+    conf = root / "nginx.conf"
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "portway",
+            "proxy-config",
+            "nginx",
+            "--config",
+            str(server.config_path),
+            "--runtime-dir",
+            str(runtime),
+            "--output",
+            str(conf),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    argv = [_nginx(), "-c", str(conf), "-e", str(runtime / "startup.log"), "-g", "daemon off;"]
+    proc = ManagedProcess(argv, runtime / "nginx.out", cwd=root)
+    proc.start()
+    proc.wait_until(lambda: all(port_open("127.0.0.1", p) for p in ports), 30, f"ports {ports}")
+    return proc
+
+
+def _push_and_pull(
+    oci_image: OciImage, root: Path, push_port: int, pull_port: int, tag: str
+) -> None:
+    digest_file = root / f"digest-{tag}"
+    skopeo(
+        "copy",
+        "--dest-tls-verify=false",
+        "--digestfile",
+        str(digest_file),
+        oci_image.ref,
+        f"docker://127.0.0.1:{push_port}/restart/img:{tag}",
+    )
+    digest = digest_file.read_text().strip()
+    out = root / f"pulled-{tag}"
+    skopeo(
+        "copy",
+        "--src-tls-verify=false",
+        f"docker://127.0.0.1:{pull_port}/restart/img@{digest}",
+        f"oci:{out}:pulled",
+    )
+    assert (out / "index.json").exists()
+
+
+def test_two_workers_start_and_restart_while_nginx_holds_the_connector_ports(
+    tmp_path: Path, oci_image: OciImage
+) -> None:
+    push_port, pull_port = free_ports(2)
+    server = PortwayServer(
+        tmp_path / "portway",
+        workers=2,
+        repositories=[
+            {"name": PUSH_REPO, "type": "hosted"},
+            {"name": PULL_REPO, "type": "group", "members": [PUSH_REPO]},
+        ],
+        connectors=[
+            {"listen": f"127.0.0.1:{push_port}", "repository": PUSH_REPO, "served_by": "proxy"},
+            {"listen": f"127.0.0.1:{pull_port}", "repository": PULL_REPO, "served_by": "proxy"},
+        ],
+    )
+    nginx = _start_nginx(server, tmp_path / "nginx", [push_port, pull_port])
+    try:
+        server.start(60)  # nginx first, as after a reboot where it came up before Portway
+        _push_and_pull(oci_image, tmp_path, push_port, pull_port, "v1")
+        assert server.stop() == 0
+        assert nginx.alive()
+        server.start(60)  # a restart with nginx still up
+        _push_and_pull(oci_image, tmp_path, push_port, pull_port, "v2")
+        log = server.log()
+        assert "cannot listen" not in log, log[-3000:]
+        assert log.count("listening on") >= 4, log[-3000:]  # 2 workers, twice
+    except BaseException:
+        print(server.log()[-4000:])
+        print(nginx.log()[-2000:])
+        raise
+    finally:
+        server.stop()
+        nginx.stop()
