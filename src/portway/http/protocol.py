@@ -48,7 +48,10 @@ class RegistryRequestHandler(web_protocol.RequestHandler):
         if request.writer.output_size > 0:
             raise ConnectionError("response already started; cannot send the parser's error")
         err = parser_error(status, exc, message)
-        log.info("refused a malformed request from %s: %s", request.remote, err.message)
+        # Docker, podman and skopeo try HTTPS first on every command: a TLS hello on a plain
+        # port is a client probing, not a mistake worth an INFO line each time.
+        level = logging.DEBUG if "HTTPS traffic on an HTTP port" in err.message else logging.INFO
+        log.log(level, "refused a malformed request from %s: %s", request.remote, err.message)
         response = error_response(err)
         response.headers[API_VERSION[0]] = API_VERSION[1]
         response.force_close()
