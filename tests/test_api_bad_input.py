@@ -138,10 +138,14 @@ def test_invalid_tags(api: Api, tag: str) -> None:
     path = api.path(image, f"manifests/{tag}")
     status, headers, text = raw(api.server, "PUT", path, body, {"Content-Type": OCI_MANIFEST})
     check_oci_error(status, headers, text, {"TAG_INVALID"}, {400})
+    # a reference that is neither a tag nor a digest names no manifest: 404, as the OCI
+    # distribution spec asks of GET, HEAD and DELETE (only a push calls it invalid)
     status, headers, text = raw(api.server, "GET", path)
-    check_oci_error(status, headers, text, {"TAG_INVALID"}, {400})
+    check_oci_error(status, headers, text, {"MANIFEST_UNKNOWN"}, {404})
     status, headers, text = raw(api.server, "DELETE", path)
-    check_oci_error(status, headers, text, {"TAG_INVALID"}, {400})
+    check_oci_error(status, headers, text, {"MANIFEST_UNKNOWN"}, {404})
+    status, _headers, _text = raw(api.server, "HEAD", path)
+    assert status == 404
     assert api.get(image, "tags/list").json()["tags"] == []
 
 
@@ -172,9 +176,11 @@ BAD_DIGESTS = [
 def test_invalid_digests(api: Api, digest: str) -> None:
     image = unique("digests")
     manifest_digest, body = api.push_image(image, "v1")
+    # reading or deleting by what is no digest finds no manifest (OCI: 404)
+    assert_error(api.get(image, f"manifests/{digest}"), 404, "MANIFEST_UNKNOWN")
+    assert_error(api.request("DELETE", image, f"manifests/{digest}"), 404, "MANIFEST_UNKNOWN")
+    assert api.head(image, f"manifests/{digest}").status_code == 404
     for r in (
-        api.get(image, f"manifests/{digest}"),
-        api.request("DELETE", image, f"manifests/{digest}"),
         api.put_manifest(image, digest, body),
         api.get(image, f"blobs/{digest}"),
         api.request("DELETE", image, f"blobs/{digest}"),

@@ -32,6 +32,9 @@ from proxy_support import (
     blob_is_cached,
     get_blob,
     get_manifest,
+    group,
+    hosted,
+    manifest_requests,
     oci_error,
     proxy,
     v2,
@@ -605,6 +608,23 @@ def test_negative_cache_remembers_upstream_404(
         resp = get_manifest(server, repo, "team/none", "v1")
         assert resp.status_code == 404 and oci_error(resp)[0] == "MANIFEST_UNKNOWN"
     assert faults.hits.count(path) == 3
+
+
+@pytest.mark.parametrize("reference", ["-bad", "a+b", "sha256:" + "0" * 63, "md5:" + "0" * 32])
+def test_reference_neither_tag_nor_digest_is_unknown_and_not_asked_upstream(
+    anonymous: Upstream, portway_factory: PortwayFactory, reference: str
+) -> None:
+    server = portway_factory(
+        repositories=[hosted("h"), proxy("hub", anonymous.url), group("g", ["h", "hub"])]
+    )
+    before = manifest_requests(anonymous.registry.access_log(), "team/app")
+    for repository in ("hub", "g"):
+        resp = get_manifest(server, repository, "team/app", reference)
+        assert resp.status_code == 404, resp.text
+        assert oci_error(resp)[0] == "MANIFEST_UNKNOWN"
+        url = v2(server, repository, f"team/app/manifests/{reference}")
+        assert requests.head(url, timeout=10).status_code == 404
+    assert manifest_requests(anonymous.registry.access_log(), "team/app") == before
 
 
 def test_tags_are_refreshed_after_metadata_max_age(

@@ -36,3 +36,16 @@ def check_reference(reference: str) -> str:
     if Digest.is_digest(reference):
         return str(Digest.parse(reference))
     return check_tag(reference)
+
+
+def lookup_reference(reference: str) -> str:
+    """A manifest reference to read or delete by: a digest in canonical form, or a tag. What
+    is neither names no manifest, so it is unknown (404), as the OCI distribution spec asks;
+    only a push refuses it as invalid (`check_reference`)."""
+    try:
+        return check_reference(reference)
+    except RegistryError:
+        raise RegistryError(
+            "MANIFEST_UNKNOWN",
+            f"manifest {reference[:140]!r} unknown: neither a tag nor a digest",
+        ) from None

@@ -14,7 +14,7 @@ from portway.oci import mediatypes as mt
 from portway.oci.digest import Digest
 from portway.oci.errors import RegistryError
 from portway.oci.manifest import parse_manifest
-from portway.oci.names import check_reference, check_tag
+from portway.oci.names import check_tag, lookup_reference
 from portway.repos.base import BlobBody, Manifest, Repository
 from portway.repos.search import matches, page_of, result
 from portway.storage.blobstore import BlobStore
@@ -64,7 +64,7 @@ class HostedRepository:
 
     # -- reads -------------------------------------------------------------------------
     async def get_manifest(self, image: str, reference: str, accept: Sequence[str]) -> Manifest:
-        found = self.meta.manifest(self.repo_id, image, check_reference(reference))
+        found = self.meta.manifest(self.repo_id, image, lookup_reference(reference))
         if found is None:
             raise RegistryError(
                 "MANIFEST_UNKNOWN", f"manifest {reference!r} not found in {image!r}"
@@ -207,12 +207,12 @@ class HostedRepository:
 
     async def delete_manifest(self, image: str, reference: str) -> None:
         self._check_writable()
+        reference = lookup_reference(reference)
         if Digest.is_digest(reference):
-            digest = Digest.parse(reference)
-            if not await self.meta.delete_manifest(self.repo_id, image, str(digest)):
-                raise RegistryError("MANIFEST_UNKNOWN", f"manifest {digest} not found")
+            if not await self.meta.delete_manifest(self.repo_id, image, reference):
+                raise RegistryError("MANIFEST_UNKNOWN", f"manifest {reference} not found")
             return
-        tag = check_tag(reference)
+        tag = reference
         if not await self.meta.delete_tag(self.repo_id, image, tag, self._tag_guard(None)):
             raise RegistryError("MANIFEST_UNKNOWN", f"tag {tag!r} not found in {image!r}")
 

@@ -28,7 +28,7 @@ from portway.oci import mediatypes as mt
 from portway.oci.digest import Digest
 from portway.oci.errors import RegistryError
 from portway.oci.manifest import parse_manifest
-from portway.oci.names import check_reference
+from portway.oci.names import lookup_reference
 from portway.repos.base import BlobBody, Manifest
 from portway.storage.blobstore import BlobStore
 from portway.upstream.breaker import BreakerState, UpstreamBreaker
@@ -146,7 +146,7 @@ class ProxyRepository:
         return max_age < 0 or time.time() - info[1] < max_age
 
     async def get_manifest(self, image: str, reference: str, accept: Sequence[str]) -> Manifest:
-        reference = check_reference(reference)
+        reference = lookup_reference(reference)
         by_digest = Digest.is_digest(reference)
         cached = self.meta.manifest(self.repo_id, image, reference)
         if cached is not None and (by_digest or self._fresh(image, reference)):
