@@ -368,20 +368,30 @@ def test_group_token_refused_on_its_member(env: Env) -> None:
     assert member.get_manifest("base", "v1").status_code == 401
 
 
-def test_mount_inside_own_team_with_both_scopes(env: Env) -> None:
-    """The positive control for the mount cells: with read on the source in the token (what
-    docker asks for), a blob of the same repository mounts (201)."""
-    client = env.client("alice", "team-a-hosted", "repopath")
-    scopes = "repository:team-a-hosted/mounted:pull,push repository:team-a-hosted/base:pull"
-    client.token = client.fetch_token(
-        {"realm": f"{env.server.url}/v2/token", "service": "portway", "scope": scopes}
-    )
-    answer = client.raw(
-        "POST",
-        "/v2/team-a-hosted/mounted/blobs/uploads/",
-        params={"mount": digest_of(BASE["a"].layer), "from": "team-a-hosted/base"},
-    )
+@pytest.mark.parametrize("method", METHODS)
+def test_mount_follows_the_challenge(env: Env, method: str) -> None:
+    """The positive control for the mount cells: the challenge of a mount also asks for pull
+    on the source (as distribution's does), so a client that requests exactly the challenge's
+    scope gets a token that reads the source, and the blob mounts (201, not an upload)."""
+    client = env.client("alice", "team-a-hosted", method)
+    target = name_on(method, "team-a-hosted", f"mounted-{method}")
+    source = name_on(method, "team-a-hosted", "base")
+    path = f"/v2/{target}/blobs/uploads/"
+    params = {"mount": digest_of(BASE["a"].layer), "from": source}
+    first = client.raw("POST", path, params=params)
+    assert first.status_code == 401, first.text
+    _, challenge = parse_challenge(first.headers["WWW-Authenticate"])
+    assert challenge["scope"] == f"repository:{target}:pull,push repository:{source}:pull"
+    answer = client.request("POST", path, params=params)
     assert answer.status_code == 201, answer.text
+    assert answer.headers["Docker-Content-Digest"] == params["mount"]
+    granted = client.token_answers[-1].json()["scope"]
+    assert granted == f"repository:{target}:pull,push repository:{source}:pull"
+    # The token grants only what the user may: bob follows the same challenge, gets nothing.
+    bob = env.client("bob", "team-a-hosted", method)
+    refused = bob.request("POST", path, params=params)
+    assert (refused.status_code, error_code(refused)) == (404, "NAME_UNKNOWN")
+    assert bob.token_answers[-1].json()["scope"] == ""
 
 
 def test_blob_of_other_team_is_unknown_here(env: Env) -> None:

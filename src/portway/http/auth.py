@@ -19,6 +19,7 @@ from portway.http.context import CONTEXT_KEY, AppContext
 from portway.http.forwarded import client_address, client_origin
 from portway.http.routing import Route
 from portway.oci.errors import RegistryError
+from portway.oci.names import check_name
 
 # Handler vocabulary -> Portway privileges.
 _ACTION_MAP = {"pull": READ, "push": "add", "delete": "delete", "edit": "edit", "catalog": BROWSE}
@@ -47,6 +48,22 @@ def _realm(request: web.Request, ctx: AppContext) -> str:
     if route is not None and route.external_url:
         return route.external_url.rstrip("/") + prefix + "/v2/token"
     return client_origin(request, ctx.trusted).url(prefix + "/v2/token")
+
+
+def _mount_source_scope(request: web.Request, image: str, actions: tuple[str, ...]) -> list[str]:
+    """A blob mount (`POST .../blobs/uploads/?mount=D&from=SRC`) also needs pull on SRC: ask
+    for it in the challenge, as distribution does, so a client that requests exactly the
+    challenge's scope can mount (the token still grants only what the user may do)."""
+    source = request.query.get("from")
+    if request.method != "POST" or "push" not in actions or not source or source == image:
+        return []
+    if "mount" not in request.query or not request.path.rstrip("/").endswith("/blobs/uploads"):
+        return []
+    try:
+        check_name(source)
+    except RegistryError:
+        return []
+    return [f"repository:{source}:pull"]
 
 
 def _docker_actions(actions: tuple[str, ...]) -> str:
@@ -126,11 +143,12 @@ class SecurityAuthorizer:
         error: str | None = None,
     ) -> RegistryError:
         ctx = request.app[CONTEXT_KEY]
-        scope = None
+        scope: list[str] = []
         if image is not None:
-            scope = f"repository:{image}:{_docker_actions(actions)}"
+            scope.append(f"repository:{image}:{_docker_actions(actions)}")
+            scope.extend(_mount_source_scope(request, image, actions))
         elif "catalog" in actions:
-            scope = "registry:catalog:*"
+            scope.append("registry:catalog:*")
         header = AuthService.challenge(_realm(request, ctx), self.service, scope, error)
         detail = (
             [{"Type": "repository", "Name": image, "Action": a} for a in actions] if image else None
