@@ -187,3 +187,26 @@ def test_search_matches_descriptions(portway_factory: PortwayFactory) -> None:
     assert [(e["name"], e["description"]) for e in found["results"]] == [
         ("tools/jq", "JSON processor")
     ]
+
+
+def test_docker_search_matches_the_displayed_name(
+    portway_factory: PortwayFactory, dockerd: Dockerd
+) -> None:
+    """On a shared host docker shows `<repository>/<image>`: a term naming the repository (or
+    any part of the whole name) finds what docker would show for it."""
+    server = portway_factory(
+        repositories=[hosted("docker-hosted"), group("docker-group", ["docker-hosted"])]
+    )
+    _fill(server, "docker-hosted", ["alpine", "team/db"])
+
+    def shown(term: str) -> list[str]:
+        out = dockerd.docker("search", "--format", "{{.Name}}", f"{server.host}/{term}")
+        return sorted(out.stdout.split())
+
+    assert shown("docker-hosted/alpine") == ["docker-hosted/alpine"]
+    assert shown("docker-hosted") == ["docker-hosted/alpine", "docker-hosted/team/db"]
+    assert shown("hosted/team") == ["docker-hosted/team/db"]
+    assert shown("alpine") == ["docker-group/alpine", "docker-hosted/alpine"]
+    assert shown("docker-group/team/db") == ["docker-group/team/db"]
+    assert shown("group/alpine") == ["docker-group/alpine"]
+    assert shown("hosted/nothing") == []

@@ -4,6 +4,7 @@ path-routed repositories of a shared host."""
 from __future__ import annotations
 
 import json
+import logging
 from typing import Any
 
 from aiohttp import web
@@ -15,6 +16,7 @@ from portway.repos.search import page_of
 
 MAX_RESULTS = 100  # page size cap
 ALL_RESULTS = 10_000  # what one repository contributes to a merged search
+log = logging.getLogger("portway.http")
 
 
 def _int(request: web.Request, key: str, default: int, low: int, high: int) -> int:
@@ -65,13 +67,41 @@ async def _search_shared(
     request: web.Request, ctx: AppContext, query: str, n: int, page: int
 ) -> dict[str, Any]:
     """A shared host: every path-routed repository the caller may see, names prefixed with
-    the repository (`<repo>/<image>`, what a client pulls there), paged together."""
+    the repository (`<repo>/<image>`, what a client pulls and `docker search` shows there),
+    the term matched against that whole name, paged together."""
     results: list[dict[str, Any]] = []
     for repo_name in ctx.routes.path_routed():
         repo = ctx.repos[repo_name]
         if not repo.config.v1_enabled or not ctx.authorizer.visible(request, repo_name):
             continue
-        found = await repo.search(query, ALL_RESULTS, 1)
-        for entry in found["results"] if found else []:
-            results.append({**entry, "name": f"{repo_name}/{entry['name']}"})
+        seen: set[str] = set()
+        for term, prefix in _terms_inside(repo_name, query):
+            try:
+                found = await repo.search(term, ALL_RESULTS, 1)
+            except RegistryError as err:
+                log.warning("search in %s: %s", repo_name, err.message)
+                break
+            for entry in found["results"] if found else []:
+                image = str(entry["name"])
+                if image in seen or not image.lower().startswith(prefix):
+                    continue
+                seen.add(image)
+                results.append({**entry, "name": f"{repo_name}/{image}"})
     return page_of(query, results, n, page)
+
+
+def _terms_inside(repo_name: str, query: str) -> list[tuple[str, str]]:
+    """What to ask one repository so that every image whose shared-host name
+    `<repo_name>/<image>` contains `query` is found: (term, required image-name prefix).
+
+    `docker-hosted` or `hosted/` names every image of `docker-hosted`; `hosted/alp` the
+    images starting with `alp`; any term also matches inside image names (and descriptions).
+    """
+    term = query.strip().lower()
+    if term in repo_name + "/":
+        return [("", "")]
+    terms = [(term, "")]
+    head, slash, tail = term.partition("/")
+    if slash and repo_name.endswith(head):
+        terms.append((tail, tail))
+    return terms
