@@ -169,6 +169,8 @@ class SecurityConfig(_Strict):
     service: str = "portway"  # the token audience (`service` in challenges)
     token_ttl: int = Field(default=300, ge=30, le=86400, description="seconds")
     max_header_bytes: int = Field(default=16384, ge=1024, le=1048576)
+    # `portway user add|passwd` refuse shorter passwords (characters).
+    min_password_length: int = Field(default=8, ge=1, le=1024)
 
 
 class Settings(_Strict):

@@ -19,6 +19,17 @@ COMMAND_MODULES = (
 )
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("portway")
+    except PackageNotFoundError:  # running from a source tree that was never installed
+        from portway import __version__
+
+        return __version__
+
+
 def build_parser() -> argparse.ArgumentParser:
     import importlib
 
@@ -27,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Portway: hosted, proxy and group container repositories behind ports, "
         "host names and paths.",
     )
+    parser.add_argument("--version", action="version", version=f"portway {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMAND_MODULES:
         try:

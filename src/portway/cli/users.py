@@ -33,14 +33,35 @@ def _store(args: argparse.Namespace) -> Iterator[tuple[object, object]]:
 
 
 def _password(args: argparse.Namespace) -> str:
+    """The new password from stdin, the option or the terminal, checked against the limits;
+    any problem ends the command with one line (no traceback)."""
+    from portway.auth.passwords import MAX_PASSWORD_BYTES
+
     if args.password_stdin:
-        return sys.stdin.readline().rstrip("\n")
-    if args.password is not None:
-        return str(args.password)
-    first = getpass.getpass("Password: ")
-    if first != getpass.getpass("Again: "):
-        raise SystemExit("portway: the passwords differ")
-    return first
+        password = sys.stdin.readline().rstrip("\r\n")
+    elif args.password is not None:
+        password = str(args.password)
+    elif not sys.stdin.isatty():
+        raise SystemExit(
+            "portway: no terminal to ask for the password: pipe it in with --password-stdin"
+        )
+    else:
+        try:
+            password = getpass.getpass("Password: ")
+            again = getpass.getpass("Again: ")
+        except EOFError:
+            raise SystemExit("portway: no password given") from None
+        if password != again:
+            raise SystemExit("portway: the passwords differ")
+    minimum = load_settings(args.config).security.min_password_length
+    if len(password) < minimum:
+        raise SystemExit(
+            f"portway: the password is too short: at least {minimum} characters "
+            "([security] min_password_length)"
+        )
+    if len(password.encode()) > MAX_PASSWORD_BYTES:
+        raise SystemExit(f"portway: the password is too long: at most {MAX_PASSWORD_BYTES} bytes")
+    return password
 
 
 def _run(args: argparse.Namespace, event: str, fn: object, detail: dict[str, object]) -> int:
