@@ -5,6 +5,12 @@ the kid that signs new tokens. Rotating writes a new key and points `current` at
 keep verifying until their file is removed. The kid is the key's RFC 7638 JWK thumbprint, so it
 is stable, filename-safe and never names a key that is not in the folder.
 
+Files are written whole or not at all: a key goes to a temporary file, is synced, then renamed
+into place, so a full disk or a crash never leaves a half-written `<kid>.pem`. A file that
+cannot be read anyway (damaged, foreign, cut short by another tool) is skipped and reported in
+the log, never fatal to the ring: the other keys keep verifying, and a ring left with no usable
+key makes a new one. A rotation that cannot be written leaves the ring as it was.
+
 Several worker processes may share the folder: a process that meets an unknown kid rereads the
 folder (at most once per `reload_interval` seconds) before refusing the token, and every process
 rereads it every `refresh_interval` seconds, so a rotation or a removal reaches all workers.
@@ -16,6 +22,7 @@ import base64
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import re
 import time
@@ -31,12 +38,18 @@ Algorithm = Literal["ES256", "RS256"]
 PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
 PublicKey = ec.EllipticCurvePublicKey | rsa.RSAPublicKey
 
+log = logging.getLogger("portway.auth")
+
 KID_RE = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
 CURRENT = "current"
 
 
 class KeyFolderError(Exception):
-    """The key folder cannot be used (unreadable file, unsupported key type)."""
+    """The key folder cannot be used (a key cannot be written, an unknown kid to remove)."""
+
+
+class UnusableKey(ValueError):
+    """One key file cannot be used (unreadable, damaged, unsupported type, wrong name)."""
 
 
 @dataclass(frozen=True)
@@ -79,10 +92,10 @@ def thumbprint(key: PublicKey) -> str:
 def _algorithm_of(key: PrivateKey) -> Algorithm:
     if isinstance(key, ec.EllipticCurvePrivateKey):
         if not isinstance(key.curve, ec.SECP256R1):
-            raise KeyFolderError(f"EC signing keys must be P-256, not {key.curve.name}")
+            raise UnusableKey(f"EC signing keys must be P-256, not {key.curve.name}")
         return "ES256"
     if key.key_size < 2048:
-        raise KeyFolderError("RSA signing keys must have at least 2048 bits")
+        raise UnusableKey("RSA signing keys must have at least 2048 bits")
     return "RS256"
 
 
@@ -93,14 +106,51 @@ def _generate(algorithm: Algorithm) -> PrivateKey:
 
 
 def _write_private(path: Path, data: bytes) -> None:
-    """Create `path` with mode 0600 (never readable by others, not even for an instant)."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    """Put `data` at `path` whole or not at all, mode 0600 from the first instant.
+
+    Written to a temporary file in the same folder, synced, renamed over `path`, then the
+    folder is synced so the rename survives a crash. On any failure (a full disk) the
+    temporary file is removed and `path` is untouched.
+    """
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.unlink(missing_ok=True)
     try:
-        os.fchmod(fd, 0o600)
-        os.write(fd, data)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            os.fchmod(fd, 0o600)
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _sync_folder(path.parent)
+
+
+def _sync_folder(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _load_key(path: Path) -> SigningKey:
+    try:
+        private = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    except (OSError, ValueError, TypeError) as exc:
+        reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+        raise UnusableKey(f"cannot read it ({reason})") from None
+    if not isinstance(private, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey):
+        raise UnusableKey("only EC P-256 and RSA signing keys are supported")
+    kid = thumbprint(private.public_key())
+    if kid != path.stem:
+        raise UnusableKey(f"the file name does not match the key's thumbprint {kid}")
+    return SigningKey(kid, _algorithm_of(private), private)
 
 
 class KeyRing:
@@ -124,6 +174,7 @@ class KeyRing:
         self._current: str | None = None
         self._loaded_at: float | None = None
         self._folder_stamp: int | None = None
+        self._reported: set[str] = set()
 
     @classmethod
     def in_data_dir(cls, data_dir: Path, algorithm: Algorithm = "ES256") -> KeyRing:
@@ -132,22 +183,30 @@ class KeyRing:
     # -- reading ---------------------------------------------------------------------------
 
     def load(self) -> None:
-        """(Re)read the folder, creating the first key when there is none."""
-        self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        """(Re)read the folder, creating the first key when there is no usable one.
+
+        Raises KeyFolderError when that key cannot be written; the ring then stays unloaded
+        (or as it was) and the next use tries again.
+        """
+        try:
+            self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        except OSError as exc:
+            raise KeyFolderError(f"cannot create the key folder {self.directory}: {exc}") from None
         keys: dict[str, SigningKey] = {}
         for path in sorted(self.directory.glob("*.pem")):
             key = self._read(path)
             if key is not None:
                 keys[key.kid] = key
+        current = self._read_current()
+        if not keys:
+            created = self._create(self.algorithm)  # raises, leaving the ring as it was
+            keys, current = {created.kid: created}, created.kid
+        elif current not in keys:
+            current = max(keys, key=self._mtime)
         self._keys = keys
+        self._current = current
         self._loaded_at = self._clock()
         self._folder_stamp = self._stamp()
-        current = self._read_current()
-        if current not in keys:
-            current = None
-        if current is None:
-            current = self.rotate() if not keys else max(keys, key=self._mtime)
-        self._current = current
 
     def _stamp(self) -> int | None:
         try:
@@ -156,28 +215,31 @@ class KeyRing:
             return None
 
     def _read(self, path: Path) -> SigningKey | None:
+        """The key in `path`, or None (reported once per file) when it cannot be used."""
         if not KID_RE.match(path.stem):
             return None
         try:
-            private = serialization.load_pem_private_key(path.read_bytes(), password=None)
-        except (OSError, ValueError) as exc:
-            raise KeyFolderError(f"cannot read signing key {path}: {exc}") from None
-        if not isinstance(private, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey):
-            raise KeyFolderError(f"{path}: only EC P-256 and RSA signing keys are supported")
-        kid = thumbprint(private.public_key())
-        if kid != path.stem:
-            raise KeyFolderError(f"{path}: file name does not match the key's thumbprint {kid}")
-        return SigningKey(kid, _algorithm_of(private), private)
+            key = _load_key(path)
+        except UnusableKey as exc:
+            if path.name not in self._reported:
+                self._reported.add(path.name)
+                log.error("skipping signing key %s: %s", path, exc)
+            return None
+        self._reported.discard(path.name)
+        return key
 
     def _read_current(self) -> str | None:
         try:
             kid = (self.directory / CURRENT).read_text().strip()
-        except FileNotFoundError:
+        except (OSError, UnicodeDecodeError):
             return None
         return kid if KID_RE.match(kid) else None
 
     def _mtime(self, kid: str) -> float:
-        return (self.directory / f"{kid}.pem").stat().st_mtime
+        try:
+            return (self.directory / f"{kid}.pem").stat().st_mtime
+        except OSError:
+            return 0.0
 
     def _ensure_loaded(self) -> None:
         if self._loaded_at is None:
@@ -201,7 +263,10 @@ class KeyRing:
         """The key named `kid`, or None. Rereads the folder for a kid not seen yet (throttled)."""
         if not KID_RE.match(kid):
             return None
-        self._ensure_loaded()
+        try:
+            self._ensure_loaded()
+        except KeyFolderError:
+            return None  # no key could be written yet: nothing of ours to verify with
         key = self._keys.get(kid)
         loaded_at = self._loaded_at or 0.0
         # Reread for an unknown kid when the folder changed (a rotation by `portway key`),
@@ -216,25 +281,42 @@ class KeyRing:
     # -- changing --------------------------------------------------------------------------
 
     def rotate(self, algorithm: Algorithm | None = None) -> str:
-        """Create a new key and make it current; returns its kid. Old keys still verify."""
-        self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-        private = _generate(algorithm or self.algorithm)
+        """Create a new key and make it current; returns its kid. Old keys still verify.
+
+        Raises KeyFolderError when the key or the `current` pointer cannot be written (a full
+        disk): the folder and the ring are then as they were before the call.
+        """
+        key = self._create(algorithm or self.algorithm)
+        self._keys = {**self._keys, key.kid: key}
+        self._current = key.kid
+        if self._loaded_at is None:
+            self._loaded_at = self._clock()
+        return key.kid
+
+    def _create(self, algorithm: Algorithm) -> SigningKey:
+        """Write a new key and point `current` at it, both or neither."""
+        private = _generate(algorithm)
         kid = thumbprint(private.public_key())
         pem = private.private_bytes(
             serialization.Encoding.PEM,
             serialization.PrivateFormat.PKCS8,
             serialization.NoEncryption(),
         )
-        _write_private(self.directory / f"{kid}.pem", pem)
-        tmp = self.directory / f".{CURRENT}.{os.getpid()}.tmp"
-        tmp.unlink(missing_ok=True)
-        _write_private(tmp, kid.encode() + b"\n")
-        os.replace(tmp, self.directory / CURRENT)
-        self._keys[kid] = SigningKey(kid, _algorithm_of(private), private)
-        self._current = kid
-        if self._loaded_at is None:
-            self._loaded_at = self._clock()
-        return kid
+        path = self.directory / f"{kid}.pem"
+        try:
+            self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+            _write_private(path, pem)
+            try:
+                _write_private(self.directory / CURRENT, kid.encode() + b"\n")
+            except BaseException:
+                path.unlink(missing_ok=True)
+                raise
+        except OSError as exc:
+            reason = exc.strerror or str(exc)
+            raise KeyFolderError(
+                f"cannot write a new signing key in {self.directory}: {reason}"
+            ) from None
+        return SigningKey(kid, _algorithm_of(private), private)
 
     def remove(self, kid: str) -> None:
         """Stop verifying tokens signed by `kid`. The current key cannot be removed."""

@@ -201,12 +201,16 @@ def _keyring(args: argparse.Namespace) -> object:
 
 def key_rotate(args: argparse.Namespace) -> int:
     from portway.auth.audit import AuditLog
-    from portway.auth.keys import KeyRing
+    from portway.auth.keys import KeyFolderError, KeyRing
 
     ring = _keyring(args)
     assert isinstance(ring, KeyRing)
-    ring.load()
-    kid = ring.rotate()
+    try:
+        ring.load()
+        kid = ring.rotate()
+    except KeyFolderError as exc:
+        print(f"portway: {exc}; the signing keys are unchanged", file=sys.stderr)
+        return 1
     data_dir = load_settings(args.config).server.data_dir
     AuditLog(data_dir / "audit.log").write("key.rotate", principal="cli", detail={"kid": kid})
     print(kid)
@@ -214,11 +218,15 @@ def key_rotate(args: argparse.Namespace) -> int:
 
 
 def key_list(args: argparse.Namespace) -> int:
-    from portway.auth.keys import KeyRing
+    from portway.auth.keys import KeyFolderError, KeyRing
 
     ring = _keyring(args)
     assert isinstance(ring, KeyRing)
-    current = ring.current.kid
+    try:
+        current = ring.current.kid
+    except KeyFolderError as exc:
+        print(f"portway: {exc}", file=sys.stderr)
+        return 1
     for kid in ring.kids():
         print(f"{kid}{'  (current)' if kid == current else ''}")
     return 0

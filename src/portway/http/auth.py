@@ -12,6 +12,7 @@ from typing import Any
 
 from aiohttp import web
 
+from portway.auth.keys import KeyFolderError
 from portway.auth.privileges import ACTIONS, BROWSE, READ, Principal, allowed_actions
 from portway.auth.scopes import Scope, ScopeError, parse_scopes
 from portway.auth.service import AuthError, AuthService, Grant, InvalidCredentials, LoginLocked
@@ -271,8 +272,6 @@ async def token_endpoint(request: web.Request, ctx: AppContext, route: Route) ->
     authorizer = ctx.authorizer
     if not isinstance(authorizer, SecurityAuthorizer):
         raise RegistryError("UNSUPPORTED", "security is off: no tokens needed", status=404)
-    auth = authorizer.auth
-    client = _client_addr(request)
     if request.method == "POST":
         form = await request.post()
         fields = {k: str(v) for k, v in form.items()}
@@ -290,6 +289,25 @@ async def token_endpoint(request: web.Request, ctx: AppContext, route: Route) ->
     if route.repository is None and bound is not None:
         scopes = [s for s in scopes if s.type != "repository" or s.name.startswith(bound + "/")]
     service = fields.get("service") or authorizer.service
+    try:
+        return await _answer_token(request, ctx, route, fields, scopes, bound, service)
+    except KeyFolderError as exc:
+        # No signing key can be written (a full disk): a clear, retryable refusal.
+        raise RegistryError("UNAVAILABLE", f"cannot sign tokens: {exc}", status=503) from None
+
+
+async def _answer_token(
+    request: web.Request,
+    ctx: AppContext,
+    route: Route,
+    fields: dict[str, str],
+    scopes: list[Scope],
+    bound: str | None,
+    service: str,
+) -> web.Response:
+    assert isinstance(ctx.authorizer, SecurityAuthorizer)
+    auth = ctx.authorizer.auth
+    client = _client_addr(request)
     try:
         if request.method == "POST":
             grant_type = fields.get("grant_type", "")
