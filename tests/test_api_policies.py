@@ -6,7 +6,15 @@ from collections.abc import Iterator
 
 import pytest
 
-from api_support import Api, assert_error, random_bytes, running_server, sha256, unique
+from api_support import (
+    Api,
+    assert_error,
+    blob_files,
+    random_bytes,
+    running_server,
+    sha256,
+    unique,
+)
 from support import toml
 from support.server import PortwayServer
 
@@ -17,6 +25,11 @@ REPOS = {
     "docker-readonly": "deny",
 }
 READONLY_IMAGE = "frozen"
+LATE_IMAGE = "late"
+# Upload sessions on the read-only repository, opened while it was still writable:
+# "patched" got one chunk then, "opened" nothing yet. step -> absolute session URL.
+OPENED: dict[str, str] = {}
+FIRST_CHUNK = random_bytes(1000)
 
 
 @pytest.fixture(scope="module")
@@ -29,6 +42,11 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PortwayServer]:
     with running_server(tmp_path_factory, "api-policies", repositories=repositories) as s:
         frozen = Api(s, "docker-readonly")
         frozen.push_image(READONLY_IMAGE, "v1")
+        for step in ("patched", "opened"):
+            started = frozen.start_upload(LATE_IMAGE)
+            OPENED[step] = frozen.absolute(started.headers["Location"])
+        r = frozen.http.patch(OPENED["patched"], data=FIRST_CHUNK, timeout=30)
+        assert r.status_code == 202, r.text
         s.stop()
         for repo in s.repositories:
             repo["write_policy"] = REPOS[repo["name"]]
@@ -132,3 +150,23 @@ def test_deny_refuses_a_mount(server: PortwayServer) -> None:
     )
     assert_error(r, 403, "DENIED")
     assert target.head("mounted", f"blobs/{digest}").status_code == 404
+
+
+def test_deny_refuses_every_step_of_a_session_opened_before(server: PortwayServer) -> None:
+    """A session opened while the repository was writable gets no further once it is
+    read-only: no chunk, no closing PUT, and no blob to HEAD afterwards."""
+    api = Api(server, "docker-readonly")
+    second = random_bytes(1000)
+    whole = FIRST_CHUNK + second
+    patched = OPENED["patched"]
+    assert_error(api.http.patch(patched, data=second, timeout=30), 403, "DENIED")
+    r = api.http.put(patched, params={"digest": sha256(FIRST_CHUNK)}, timeout=30)
+    assert_error(r, 403, "DENIED")
+    r = api.http.put(patched, params={"digest": sha256(whole)}, data=second, timeout=30)
+    assert_error(r, 403, "DENIED")
+    data = random_bytes(500)
+    r = api.http.put(OPENED["opened"], params={"digest": sha256(data)}, data=data, timeout=30)
+    assert_error(r, 403, "DENIED")
+    for digest in (sha256(FIRST_CHUNK), sha256(whole), sha256(data)):
+        assert api.head(LATE_IMAGE, f"blobs/{digest}").status_code == 404, digest
+        assert not any(digest.partition(":")[2] in p.name for p in blob_files(server)), digest

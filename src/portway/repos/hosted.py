@@ -262,6 +262,8 @@ class HostedRepository:
         expected_length: int | None,
         expected_offset: int | None = None,
     ) -> UploadState:
+        # Every step of a session, not only its opening: the policy may have changed since.
+        self._check_writable()
         size = await self.blobs.append(
             state.id, chunks, expected_length=expected_length, expected_offset=expected_offset
         )
@@ -269,6 +271,7 @@ class HostedRepository:
         return UploadState(state.id, state.image, size)
 
     async def finish_upload(self, state: UploadState, digest: Digest) -> int:
+        self._check_writable()
         try:
             size = await self.blobs.commit(state.id, digest)
         except RegistryError as exc:
