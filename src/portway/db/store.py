@@ -64,7 +64,10 @@ class NewManifest:
 
 CACHE_ENTRIES = 20000
 
-TagGuard = Callable[[str, str | None], None]  # (tag, digest it points at now) -> raise to refuse
+TagGuard = Callable[[str, str | None], None]
+"""(tag, digest it points at now) -> raise to refuse. Called inside the write transaction that
+moves the tag, so "now" is what the move replaces: decide tag moves here, never on a read made
+before the transaction (two concurrent pushes would both see the tag as new)."""
 
 
 def sqlite_engines(path: Path) -> tuple[Engine, Engine]:
@@ -361,14 +364,6 @@ class MetadataStore:
                 .values(updated=now)
             )
         )
-
-    def tag_digest(self, repo_id: int, image: str, tag: str) -> str | None:
-        row = self._one(
-            select(tags.c.digest).where(
-                tags.c.repo_id == repo_id, tags.c.image == image, tags.c.name == tag
-            )
-        )
-        return None if row is None else str(row[0])
 
     def list_tags(self, repo_id: int, image: str, last: str | None, n: int | None) -> list[str]:
         stmt = select(tags.c.name).where(tags.c.repo_id == repo_id, tags.c.image == image)

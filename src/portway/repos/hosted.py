@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import copy
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from portway.config import RepositoryConfig
-from portway.db.store import MetadataStore, NewManifest
+from portway.db.store import MetadataStore, NewManifest, TagGuard
 from portway.oci import mediatypes as mt
 from portway.oci.digest import Digest
 from portway.oci.errors import RegistryError
@@ -119,7 +119,11 @@ class HostedRepository:
                 "DENIED", f"repository {self.name!r} is read-only (write_policy = deny)"
             )
 
-    def _tag_guard(self, new_digest: str | None) -> Any:
+    def _tag_guard(
+        self, new_digest: str | None, edit_refusal: RegistryError | None = None
+    ) -> TagGuard:
+        """The check run inside the transaction that moves a tag, on the digest the tag
+        points at in that transaction: the write policy, then the caller's `edit`."""
         policy = self.config.write_policy
 
         def guard(tag: str, current: str | None) -> None:
@@ -131,6 +135,8 @@ class HostedRepository:
                     f"tag {tag!r} already exists in repository {self.name!r} and its "
                     f"write policy ({policy}) does not allow redeploying it",
                 )
+            if edit_refusal is not None:
+                raise edit_refusal
 
         return guard
 
@@ -142,12 +148,14 @@ class HostedRepository:
         body: bytes,
         content_type: str | None,
         extra_tags: Sequence[str] = (),
-        on_overwrite: Callable[[], Awaitable[None]] | None = None,
+        edit_refusal: RegistryError | None = None,
     ) -> tuple[str, str | None]:
         """Store a manifest; returns (digest, subject digest or None).
 
-        `on_overwrite` is awaited first when the push would point an existing tag at another
-        manifest (the caller checks the `edit` privilege there; it raises to refuse)."""
+        `edit_refusal` is what to answer when the push would point an existing tag at another
+        manifest (the caller lacks `edit`); None when the caller may. Whether a tag moves is
+        decided in the transaction that moves it, so concurrent pushes of one new tag cannot
+        both pass as "new"."""
         self._check_writable()
         parsed = parse_manifest(body, content_type, strict=self.config.strict_content_types)
         tag_names = [check_tag(t) for t in extra_tags]
@@ -162,11 +170,6 @@ class HostedRepository:
         else:
             tag_names.insert(0, check_tag(reference))
             digest = Digest.of(body)
-        if on_overwrite is not None and any(
-            self.meta.tag_digest(self.repo_id, image, tag) not in (None, str(digest))
-            for tag in tag_names
-        ):
-            await on_overwrite()
         missing = self.meta.missing_blobs(
             self.repo_id, image, [str(d.digest) for d in parsed.blobs]
         )
@@ -201,7 +204,7 @@ class HostedRepository:
                 refs=refs,
             ),
             tag_names,
-            self._tag_guard(str(digest)),
+            self._tag_guard(str(digest), edit_refusal),
         )
         return str(digest), subject
 

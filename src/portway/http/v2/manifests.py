@@ -59,7 +59,7 @@ async def put(call: V2Call, reference: str) -> web.StreamResponse:
         body,
         content_type,
         extra_tags,
-        on_overwrite=lambda: call.authorize("edit"),  # moving a tag is `edit`, not just `add`
+        edit_refusal=await _edit_refusal(call),
     )
     headers = CIMultiDict(
         {"Location": call.url(f"/manifests/{digest}"), "Docker-Content-Digest": digest}
@@ -72,6 +72,18 @@ async def put(call: V2Call, reference: str) -> web.StreamResponse:
     for tag in dict.fromkeys(applied):
         headers.add("OCI-Tag", tag)
     return web.Response(status=201, headers=headers)
+
+
+async def _edit_refusal(call: V2Call) -> RegistryError | None:
+    """Why this caller may not move an existing tag (`edit`, not just `add`), or None.
+
+    Asked before the push; the repository applies it only if, inside the transaction that
+    sets the tags, one of them turns out to point at another manifest already."""
+    try:
+        await call.authorize("edit")
+    except RegistryError as refusal:
+        return refusal
+    return None
 
 
 async def delete(call: V2Call, reference: str) -> web.StreamResponse:
