@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -68,6 +69,39 @@ def test_serve_refuses_to_start_on_a_bad_key(tmp_path: Path) -> None:
     assert run.returncode == 2
     assert "server.log_levle: unknown key" in run.stderr
     assert not (tmp_path / "data").exists()  # nothing was created
+
+
+@pytest.mark.parametrize("key", ["online", "content_max_age"])
+def test_keys_that_did_nothing_are_refused_with_the_reason(tmp_path: Path, key: str) -> None:
+    """`online` and `content_max_age` were accepted and ignored; a file that still sets one
+    is told that and why, not left believing it took effect (ADR 14)."""
+    text = f'[[repository]]\nname = "hub"\ntype = "proxy"\nremote_url = "http://r"\n{key} = 1\n'
+    message = _error(tmp_path, text)
+    assert f"repository[0](hub).{key}: removed: it never did anything" in message
+
+
+def test_an_environment_typo_names_the_variable(tmp_path: Path) -> None:
+    path = tmp_path / "portway.toml"
+    path.write_text(f'[server]\ndata_dir = "{tmp_path / "data"}"\n')
+    run = subprocess.run(
+        [sys.executable, "-m", "portway", "serve", "--config", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PORTWAY_SERVER__LISTNE": "127.0.0.1:9000"},
+    )
+    assert run.returncode == 2
+    assert "environment variable PORTWAY_SERVER__LISTNE" in run.stderr
+    assert "[server] has no key 'listne'" in run.stderr
+    assert "server.listne: unknown key" not in run.stderr
+    with pytest.raises(ConfigError) as caught:
+        load_settings(path, environ={"PORTWAY_LISTEN": "8081"})
+    assert "environment variable PORTWAY_LISTEN (sets [server] listen): expected HOST:PORT" in str(
+        caught.value
+    )
+    with pytest.raises(ConfigError) as caught:
+        load_settings(path, environ={"PORTWAY_SERVER__WORKERS": "-1"})
+    assert "environment variable PORTWAY_SERVER__WORKERS" in str(caught.value)
 
 
 def test_defaults_and_relative_paths(tmp_path: Path) -> None:

@@ -71,7 +71,6 @@ class TlsConfig(_Strict):
 class RepositoryConfig(_Strict):
     name: str
     type: Literal["hosted", "proxy", "group"]
-    online: bool = True
     path_routing: bool = False
     write_policy: WritePolicy = "allow"
     strict_content_types: bool = False
@@ -82,7 +81,6 @@ class RepositoryConfig(_Strict):
     remote_username: str | None = None
     remote_password: str | None = None
     metadata_max_age: int = Field(default=1440 * 60, ge=0, description="seconds")
-    content_max_age: int = Field(default=-1, ge=-1, description="seconds, -1 keeps forever")
     negative_cache_ttl: int = Field(default=1440 * 60, ge=0, description="seconds")
     cache_foreign_layers: bool = False
     foreign_layer_urls: tuple[str, ...] = ()
@@ -256,33 +254,59 @@ def _loc(loc: tuple[int | str, ...], raw: dict[str, Any]) -> str:
     return out or "(top level)"
 
 
-def _env_overrides(raw: dict[str, Any], environ: dict[str, str]) -> dict[str, Any]:
-    """PORTWAY_SERVER__LISTEN=... overrides [server] listen; only the [server] table."""
+# Keys that were accepted once but never did anything; a file that still has one is told why
+# rather than only "unknown key" (ADR 14).
+REMOVED_KEYS = {
+    "online": "removed: it never did anything (every configured repository serves requests); "
+    "see docs/adr/0014-config-keys-that-did-nothing.md",
+    "content_max_age": "removed: it never did anything (a blob or a manifest by digest never "
+    "changes, so its cached copy is kept; metadata_max_age sets when a tag is re-checked); "
+    "see docs/adr/0014-config-keys-that-did-nothing.md",
+}
+
+
+def _env_overrides(
+    raw: dict[str, Any], environ: dict[str, str]
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """PORTWAY_SERVER__LISTEN=... overrides [server] listen; only the [server] table.
+    Returns the merged document and, for each [server] key set from the environment, the
+    variable that set it (so an error names the variable, not a file key)."""
     server = dict(raw.get("server", {}))
+    sources: dict[str, str] = {}
     for key, value in environ.items():
         if key.startswith("PORTWAY_SERVER__"):
             field = key.removeprefix("PORTWAY_SERVER__").lower()
             server[field] = value
-    if "PORTWAY_DATA_DIR" in environ:
-        server["data_dir"] = environ["PORTWAY_DATA_DIR"]
-    if "PORTWAY_LISTEN" in environ:
-        server["listen"] = environ["PORTWAY_LISTEN"]
+            sources[field] = key
+    for key, field in (("PORTWAY_DATA_DIR", "data_dir"), ("PORTWAY_LISTEN", "listen")):
+        if key in environ:
+            server[field] = environ[key]
+            sources[field] = key
     if server:
         raw = {**raw, "server": server}
-    return raw
+    return raw, sources
+
+
+def _where(loc: tuple[int | str, ...], raw: dict[str, Any], sources: dict[str, str]) -> str:
+    if len(loc) >= 2 and loc[0] == "server" and isinstance(loc[1], str) and loc[1] in sources:
+        return f"environment variable {sources[loc[1]]} (sets [server] {loc[1]})"
+    return _loc(loc, raw)
 
 
 def parse_settings(raw: dict[str, Any], environ: dict[str, str] | None = None) -> Settings:
-    raw = _env_overrides(raw, dict(os.environ if environ is None else environ))
+    raw, sources = _env_overrides(raw, dict(os.environ if environ is None else environ))
     try:
         settings = Settings.model_validate(raw)
     except ValidationError as exc:
         lines = []
         for err in exc.errors():
-            where = _loc(tuple(err["loc"]), raw)
+            loc = tuple(err["loc"])
+            where = _where(loc, raw, sources)
             msg = err["msg"].removeprefix("Value error, ")
             if err["type"] == "extra_forbidden":
-                msg = "unknown key"
+                msg = REMOVED_KEYS.get(str(loc[-1]), "unknown key")
+                if where.startswith("environment"):
+                    msg = f"[server] has no key {loc[-1]!r}: check the variable's spelling"
             lines.append(f"  {where}: {msg}")
         raise ConfigError("invalid configuration:\n" + "\n".join(lines)) from None
     return settings
