@@ -40,6 +40,7 @@ async def handle_v1(
     query = request.query.get("q", "")
     n = _int(request, "n", 25, 1, MAX_RESULTS)
     page = _int(request, "page", 1, 1, 100000)
+    await _ask_for_credentials(request, ctx, route)
     if route.repository is not None:
         if ctx.authorizer.visible(request, route.repository):
             body = await _search_one(ctx, route.repository, query, n, page)
@@ -48,6 +49,21 @@ async def handle_v1(
     else:
         body = await _search_shared(request, ctx, query, n, page)
     return web.Response(body=json.dumps(body).encode(), content_type="application/json")
+
+
+async def _ask_for_credentials(request: web.Request, ctx: AppContext, route: Route) -> None:
+    """A search without credentials that would hide a repository gets the login challenge,
+    not a partial answer: podman asks /v1/search without credentials and, only when that
+    fails, lists the catalog with them (docker sends its token from the start)."""
+    if request.headers.get("Authorization"):
+        return
+    if route.repository is not None:
+        reach = [route.repository]
+    else:
+        reach = [r for r in ctx.routes.path_routed() if ctx.repos[r].config.v1_enabled]
+    if all(ctx.authorizer.visible(request, name) for name in reach):
+        return
+    await ctx.authorizer.authorize(request, route.repository, None, ("catalog",))
 
 
 async def _search_one(
