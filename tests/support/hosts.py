@@ -3,19 +3,23 @@
     with etc_hosts("project.example.com", "project-push.example.com"):
         ...  # docker, podman, skopeo and curl resolve both names to 127.0.0.1
 
-On entry the file's exact bytes are kept and `127.0.0.1 NAME` lines (tagged with a comment)
-are appended; on exit the saved bytes are written back. If someone else changed the file in the
-meantime, only the tagged lines are taken out, so their change survives. An exclusive `flock`
-on a lock file serialises editors in concurrent test processes; entering twice in one process
-nests (the inner block adds only names the outer one did not).
+On entry the file's exact bytes are kept and `127.0.0.1 NAME` lines are appended, each tagged
+with a comment naming this block alone (`# portway-test <pid>-<n>-<random>`); on exit the saved
+bytes are written back. If someone else changed the file in the meantime, only this block's
+lines are taken out, so their change survives, including an identical-looking line for the same
+name from another test run on the machine (its tag differs). An exclusive `flock` on a lock
+file serialises editors in concurrent test processes; entering twice in one thread nests (the
+inner block adds only names the outer one did not).
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import itertools
 import os
 import re
+import secrets
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,6 +27,7 @@ from pathlib import Path
 HOSTS = Path("/etc/hosts")
 LOCK = Path("/tmp/portway-tests-etc-hosts.lock")
 TAG = "# portway-test"
+_blocks = itertools.count(1)
 _NAME_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$")
 _local = threading.local()
 
@@ -67,7 +72,8 @@ def etc_hosts(*names: str, path: Path = HOSTS, lock: Path = LOCK) -> Iterator[li
     if not wanted:
         yield []
         return
-    lines = [f"127.0.0.1 {name} {TAG}\n" for name in wanted]
+    tag = f"{TAG} {os.getpid()}-{next(_blocks)}-{secrets.token_hex(4)}"
+    lines = [f"127.0.0.1 {name} {tag}\n" for name in wanted]
     with _locked(lock):
         original = path.read_bytes()
         separator = b"" if not original or original.endswith(b"\n") else b"\n"
@@ -83,7 +89,12 @@ def etc_hosts(*names: str, path: Path = HOSTS, lock: Path = LOCK) -> Iterator[li
             if current == edited:
                 _write(path, original)
             else:
-                # Another editor changed the file meanwhile: take out only our own lines.
-                ours = {line.encode() for line in lines}
-                kept = [ln for ln in current.splitlines(keepends=True) if ln not in ours]
+                # Another editor changed the file meanwhile: take out only this block's lines
+                # (their tag is unique, so another run's line for the same name stays).
+                ours = {line.rstrip("\n").encode() for line in lines}
+                kept = [
+                    ln
+                    for ln in current.splitlines(keepends=True)
+                    if ln.rstrip(b"\r\n") not in ours
+                ]
                 _write(path, b"".join(kept))
