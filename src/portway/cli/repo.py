@@ -5,11 +5,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
-from portway.config import load_settings
+from portway.config import RepositoryConfig, Settings, load_settings
 from portway.http.context import AppContext
 from portway.maintenance.proxy_state import read_state
 
@@ -46,13 +48,36 @@ def _images(ctx: AppContext, name: str) -> list[str]:
     return asyncio.run(ctx.repos[name].catalog(None, None))
 
 
+# Keys that mean something only for some kinds: `repo show` leaves the others out.
+_KIND_KEYS = {
+    "hosted": {"write_policy", "strict_content_types"},
+    "proxy": {
+        "remote_url",
+        "remote_username",
+        "metadata_max_age",
+        "negative_cache_ttl",
+        "cache_foreign_layers",
+        "foreign_layer_urls",
+    },
+    "group": {"members", "writable_member", "allow_proxy_shadowing"},
+}
+
+
+def _settings_of(cfg: RepositoryConfig) -> dict[str, Any]:
+    foreign = set().union(*(keys for kind, keys in _KIND_KEYS.items() if kind != cfg.type))
+    return cfg.model_dump(mode="json", exclude_none=True, exclude={"remote_password", *foreign})
+
+
 def list_repos(args: argparse.Namespace) -> int:
     with _context(args) as ctx:
         print(f"{'NAME':<32} {'TYPE':<7} {'PATH-ROUTING':<12} {'POLICY':<12} IMAGES")
         for cfg in ctx.settings.repository:
+            # Only a hosted repository has a write policy; a group's pushes follow its
+            # writable member's, and a proxy takes none.
+            policy = cfg.write_policy if cfg.type == "hosted" else "-"
             print(
                 f"{cfg.name:<32} {cfg.type:<7} {str(cfg.path_routing).lower():<12} "
-                f"{cfg.write_policy:<12} {len(_images(ctx, cfg.name))}"
+                f"{policy:<12} {len(_images(ctx, cfg.name))}"
             )
     return 0
 
@@ -63,11 +88,14 @@ def show_repo(args: argparse.Namespace) -> int:
         if cfg is None:
             print(f"portway: no repository named {args.name!r}")
             return 1
-        info = {
-            **cfg.model_dump(mode="json", exclude_none=True, exclude={"remote_password"}),
+        info: dict[str, Any] = {
+            **_settings_of(cfg),
             "images": _images(ctx, cfg.name),
-            "routes": _routes_of(ctx, cfg.name),
+            "routes": _routes_of(ctx.settings, cfg.name),
         }
+        note = _wildcard_note(ctx.settings)
+        if note:
+            info["routes_note"] = note
         if cfg.type == "proxy":
             info["upstream"] = read_state(ctx.settings.server.data_dir, cfg.name) or {
                 "blocked": False,
@@ -77,12 +105,42 @@ def show_repo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _routes_of(ctx: AppContext, name: str) -> list[str]:
-    s = ctx.settings
-    out = [f"http://{s.server.listen}/repository/{name}/v2/"]
-    cfg = s.repo(name)
+_WILDCARDS = ("0.0.0.0", "::", "[::]", "")
+
+
+def _reachable(listen: str) -> str:
+    """HOST:PORT a client on this machine can use: a wildcard address is shown as 127.0.0.1."""
+    host, _, port = listen.rpartition(":")
+    return f"127.0.0.1:{port}" if host in _WILDCARDS else listen
+
+
+def _wildcard_note(settings: Settings) -> str | None:
+    listens = [settings.server.listen, *(c.listen for c in settings.connector)]
+    wild = [v for v in listens if v.rpartition(":")[0] in _WILDCARDS]
+    if not wild:
+        return None
+    return (
+        f"{', '.join(wild)} listen on every address: shown as 127.0.0.1 (this machine); "
+        f"other machines use this host's name ({socket.gethostname()}) or address instead"
+    )
+
+
+def _routes_of(settings: Settings, name: str) -> list[str]:
+    main = _reachable(settings.server.listen)
+    scheme = "https" if settings.server.tls else "http"
+    out = [f"{scheme}://{main}/repository/{name}/v2/"]
+    cfg = settings.repo(name)
     if cfg is not None and cfg.path_routing:
-        out.append(f"{s.server.listen}/{name}/<image>")
-    out += [f"connector {c.listen}" for c in s.connector if c.repository == name]
-    out += [f"host {h.name}" for h in s.host if h.repository == name]
+        out.append(f"{main}/{name}/<image>")
+    for c in settings.connector:
+        if c.repository != name:
+            continue
+        if c.served_by == "proxy":
+            out.append(f"connector {c.listen} (served by the reverse proxy)")
+        else:
+            base = c.external_url or f"{'https' if c.tls else 'http'}://{_reachable(c.listen)}"
+            out.append(f"connector {base.rstrip('/')}/v2/")
+    for h in settings.host:
+        if h.repository == name:
+            out.append(f"host {h.external_url.rstrip('/') + '/v2/' if h.external_url else h.name}")
     return out
