@@ -36,10 +36,34 @@ def prepare(settings: Settings) -> tuple[bool, str | None]:
     return first, password
 
 
-def banner(settings: Settings, first: bool, admin_password: str | None = None) -> str:
+def data_notice(settings: Settings, config: Path | None, created: bool, first: bool) -> list[str]:
+    """Say so when this start made a new registry, so a wrong data_dir is noticed at once
+    (a relative one in a config file is relative to that file's folder)."""
+    data_dir = settings.server.data_dir
+    if created:
+        head = f"Created a new data directory {data_dir}: this is a new, empty registry."
+    elif first:
+        head = f"New registry in {data_dir} (it held no portway.db)."
+    else:
+        return []
+    where = f"data_dir in {config}" if config is not None else "[server] data_dir"
+    return [
+        head,
+        f"  Not the one you meant? Stop, then set {where} (relative paths count from the "
+        "config file's folder) or pass --data-dir.",
+    ]
+
+
+def banner(
+    settings: Settings,
+    first: bool,
+    admin_password: str | None = None,
+    notice: list[str] | None = None,
+) -> str:
     host, port = settings.server.listen.rsplit(":", 1)
     shown = "localhost" if host in ("0.0.0.0", "::", "[::]") else host
     lines = [f"Portway serving on {settings.server.listen} (data: {settings.server.data_dir})"]
+    lines += notice or []
     for repo in settings.repository:
         lines.append(f"  repository {repo.name} ({repo.type})")
         lines.append(f"    Nexus path:       http://{shown}:{port}/repository/{repo.name}/v2/")
@@ -88,6 +112,8 @@ def run(args: argparse.Namespace) -> int:
         update["data_dir"] = args.data_dir.resolve()
     if update:
         settings = settings.model_copy(update={"server": server.model_copy(update=update)})
+    created = not settings.server.data_dir.exists()
     first, password = prepare(settings)
-    print(banner(settings, first, password), flush=True)
+    notice = data_notice(settings, args.config, created, first)
+    print(banner(settings, first, password, notice), flush=True)
     return serve(settings, settings.worker_count)

@@ -1,0 +1,29 @@
+"""What `portway serve` says at start about the registry it serves."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from support.server import PortwayServer
+
+CREATED = "Created a new data directory"
+
+
+def test_banner_says_when_a_data_directory_is_created(tmp_path: Path) -> None:
+    """A relative data_dir counts from the config file's folder: the start that creates it
+    (a new, empty registry with a new admin) says where, and a restart says nothing."""
+    server = PortwayServer(tmp_path / "etc-portway", server={"data_dir": "data"}, workers=1)
+    expected = (tmp_path / "etc-portway" / "data").resolve()
+    assert not expected.exists()
+    server.start()
+    try:
+        first = server.log()
+        line = next(line for line in first.splitlines() if CREATED in line)
+        assert str(expected) in line and "new, empty registry" in line
+        assert f"data_dir in {server.config_path}" in first
+        server.restart()
+        again = server.log()[len(first) :]
+        assert "Portway serving on" in again
+        assert CREATED not in again and "New registry" not in again
+    finally:
+        server.stop()
