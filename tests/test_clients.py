@@ -486,8 +486,8 @@ def test_login_then_push_and_pull_with_security_on(
     pulled = podman("pull", "--quiet", "--tls-verify=false", f"{name}:v1").stdout.split()[-1]
     assert "sha256:" + pulled == oci_image.image_id
 
-    # docker login asks for an offline (refresh) token on the bare host, with no scope, then
-    # trades it at the token endpoint for a token scoped to the repository path it pulls.
+    # docker login asks for a token on the bare host, with no scope (and gets no refresh
+    # token, ADR 0006), then asks for one scoped to the repository path it pulls.
     docker = dockerd.docker
     assert docker("pull", f"{name}:v1", check=False).returncode != 0
     docker("login", "-u", "admin", "--password-stdin", server.host, input=password)

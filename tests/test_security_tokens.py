@@ -199,8 +199,18 @@ def test_token_expiry(server: PortwayServer) -> None:
 def test_refresh_token(server: PortwayServer) -> None:
     user = ("refresher", "refresher-Secret-9")
     cli(server, "user", "add", user[0], "--password", user[1], "--role", "team-a")
-    body = get_token(server, user, offline_token="true").json()
-    refresh = body["refresh_token"]
+    # docker login's GET with offline_token=true gets no refresh token (ADR 0006)...
+    assert "refresh_token" not in get_token(server, user, offline_token="true").json()
+    # ...the OAuth2 password grant with access_type=offline does.
+    pw = {
+        "grant_type": "password",
+        "username": user[0],
+        "password": user[1],
+        "service": "portway",
+        "access_type": "offline",
+        "scope": "repository:app:pull",
+    }
+    refresh = requests.post(token_url(server), data=pw, timeout=30).json()["refresh_token"]
     form = {"grant_type": "refresh_token", "refresh_token": refresh, "service": "portway",
             "scope": "repository:app:pull"}  # fmt: skip
     answer = requests.post(token_url(server), data=form, timeout=30)
@@ -210,16 +220,9 @@ def test_refresh_token(server: PortwayServer) -> None:
     refused_token(pull_with(server, refresh))
     other = requests.post(token_url(server, 1), data=form, timeout=30)
     assert other.status_code == 401
-    # The OAuth2 password grant gives one too.
-    pw = {
-        "grant_type": "password",
-        "username": user[0],
-        "password": user[1],
-        "service": "portway",
-        "access_type": "offline",
-        "scope": "repository:app:pull",
-    }
-    assert "refresh_token" in requests.post(token_url(server), data=pw, timeout=30).json()
+    # Without access_type=offline the password grant gives none.
+    online = {k: v for k, v in pw.items() if k != "access_type"}
+    assert "refresh_token" not in requests.post(token_url(server), data=online, timeout=30).json()
     # Disabled: the refresh token is refused at once.
     cli(server, "user", "disable", user[0])
     denied = requests.post(token_url(server), data=form, timeout=30)

@@ -331,7 +331,10 @@ async def _answer_token(
             offline = fields.get("access_type") == "offline"
         else:
             principal = auth.authenticate_basic(request.headers.get("Authorization"), client)
-            offline = fields.get("offline_token", "").lower() == "true"
+            # `offline_token=true` (what docker login sends) is not honoured: a refresh token
+            # would land in ~/.docker/config.json as an identity token, which podman refuses
+            # to log in over. Refresh tokens come from the OAuth2 POST only (ADR 0006).
+            offline = False
     except LoginLocked as exc:
         raise _too_many(exc) from None
     except InvalidCredentials as exc:
