@@ -9,112 +9,20 @@ from __future__ import annotations
 import argparse
 import base64
 import contextlib
-import http.client
+import getpass
 import json
 import os
-import ssl
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from urllib.parse import urlencode, urljoin, urlsplit
 
-from portway.upstream.challenge import parse_challenges
+from portway.cli.doctor_client import Client, Reply, Result, bearer, challenge_params
 
 CHUNK = 10 * 1024 * 1024
+PROBE = "portway-doctor"  # image name of the probe upload (nothing is ever committed)
 API_HEADER = "Docker-Distribution-API-Version"
-
-
-@dataclass
-class Result:
-    name: str
-    ok: bool
-    detail: str
-    fix: str = ""
-
-
-@dataclass
-class Reply:
-    status: int
-    headers: dict[str, str]
-    body: bytes
-
-
-class Client:
-    def __init__(self, base: str, insecure: bool, ca: str | None, auth: str | None) -> None:
-        parts = urlsplit(base)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise SystemExit(f"portway doctor: {base!r} is not an http(s) URL")
-        self.scheme = parts.scheme
-        self.host = parts.hostname
-        self.port = parts.port or (443 if parts.scheme == "https" else 80)
-        self.netloc = parts.netloc
-        self.prefix = parts.path.rstrip("/")
-        self.auth = auth
-        self.context: ssl.SSLContext | None = None
-        if self.scheme == "https":
-            self.context = ssl.create_default_context(cafile=ca)
-            if insecure:
-                self.context.check_hostname = False
-                self.context.verify_mode = ssl.CERT_NONE
-
-    def connect(self, timeout: float = 30.0) -> http.client.HTTPConnection:
-        if self.scheme == "https":
-            return http.client.HTTPSConnection(
-                self.host, self.port, timeout=timeout, context=self.context
-            )
-        return http.client.HTTPConnection(self.host, self.port, timeout=timeout)
-
-    def url(self, path: str) -> str:
-        return f"{self.scheme}://{self.netloc}{self.prefix}{path}"
-
-    def request(
-        self,
-        method: str,
-        path: str,
-        body: bytes | Iterator[bytes] | None = None,
-        headers: dict[str, str] | None = None,
-        *,
-        absolute: bool = False,
-        timeout: float = 30.0,
-        anonymous: bool = False,
-    ) -> Reply:
-        conn = self.connect(timeout)
-        hdrs = dict(headers or {})
-        if self.auth and not anonymous and "Authorization" not in hdrs:
-            hdrs["Authorization"] = self.auth
-        target = path if absolute else self.prefix + path
-        try:
-            conn.request(method, target, body=body, headers=hdrs)  # type: ignore[arg-type]
-            resp = conn.getresponse()
-            data = resp.read()
-            return Reply(resp.status, {k.lower(): v for k, v in resp.getheaders()}, data)
-        finally:
-            conn.close()
-
-
-def _bearer(client: Client, challenge: str, scope: str, basic: str | None) -> str | None:
-    """Fetch a token for `scope` from the challenge's realm (the Docker token dance)."""
-    params = _challenge_params(challenge)
-    realm = params.get("realm")
-    if not realm:
-        return None
-    parts = urlsplit(realm)
-    query = urlencode({"service": params.get("service", ""), "scope": scope})
-    target = f"{parts.path}?{query}"
-    sub = Client(f"{parts.scheme}://{parts.netloc}", True, None, basic)
-    reply = sub.request("GET", target, absolute=True)
-    if reply.status != 200:
-        return None
-    token = json.loads(reply.body).get("token")
-    return f"Bearer {token}" if token else None
-
-
-def _challenge_params(header: str) -> dict[str, str]:
-    """The parameters of the first challenge in a `WWW-Authenticate` value."""
-    found = parse_challenges([header])
-    return dict(found[0].params) if found else {}
 
 
 def check_root(client: Client) -> tuple[list[Result], str | None]:
@@ -142,7 +50,7 @@ def check_root(client: Client) -> tuple[list[Result], str | None]:
     )
     challenge = reply.headers.get("www-authenticate")
     if reply.status == 401 and challenge:
-        params = _challenge_params(challenge)
+        params = challenge_params(challenge)
         realm = params.get("realm", "")
         realm_parts = urlsplit(realm)
         same = realm_parts.scheme == client.scheme and realm_parts.netloc == client.netloc
@@ -173,15 +81,116 @@ def check_root(client: Client) -> tuple[list[Result], str | None]:
     return results, challenge
 
 
+def check_login(client: Client, challenge: str | None, user: str | None) -> Result | None:
+    """With security on, log in at the token realm first: a wrong password fails here, once,
+    instead of as a confusing upload failure (and a second counted failed login)."""
+    params = challenge_params(challenge) if challenge else {}
+    realm = params.get("realm")
+    if not realm:
+        return None  # security off: nothing to log in to
+    name = f"log in as {user}" if user else "log in"
+    if client.auth is None:
+        return Result(
+            name,
+            False,
+            "the registry asks for a login (security is on)",
+            "pass --user NAME (a user that may push; the password is read from stdin)",
+        )
+    parts = urlsplit(realm)
+    sub = Client(f"{parts.scheme}://{parts.netloc}", True, None, client.auth)
+    query = urlencode({"service": params.get("service", "")})
+    reply = sub.request("GET", f"{parts.path}?{query}", absolute=True)
+    if reply.status == 200:
+        return Result(name, True, "the token service accepted the password")
+    if reply.status == 401:
+        return Result(
+            name,
+            False,
+            "the registry refused the user name or password (401)",
+            f"check them; an administrator can set a new one: portway user passwd {user}",
+        )
+    detail = f"status {reply.status}: {reply.body[:200]!r}"
+    if reply.status == 429:
+        return Result(name, False, detail, "too many failed logins: wait and try again")
+    return Result(name, False, detail, "the token realm did not answer as a token service")
+
+
+def _authorize(client: Client, challenge: str | None, basic: str | None, image: str) -> None:
+    """Use a bearer token for pushing `image` when the registry asks for tokens."""
+    client.auth = basic
+    if challenge:
+        token = bearer(client, challenge, f"repository:{image}:pull,push", basic)
+        if token:
+            client.auth = token
+
+
+def _start_upload(client: Client, image: str) -> Reply:
+    return client.request("POST", f"/v2/{image}/blobs/uploads/", b"")
+
+
+def _unknown_name(reply: Reply) -> bool:
+    if reply.status != 404:
+        return False
+    try:
+        errors = json.loads(reply.body).get("errors") or []
+    except (ValueError, AttributeError):
+        return False
+    return any(isinstance(e, dict) and e.get("code") == "NAME_UNKNOWN" for e in errors)
+
+
+def _candidates(client: Client) -> list[str]:
+    """Probe images to try, in order: the URL itself names a repository (a connector, a host
+    mapping, a /repository/<name> path); else a repository path on a shared host, for the
+    repositories the catalog shows, then the default install's `docker-hosted`."""
+    names = [PROBE]
+    reply = client.request("GET", "/v2/_catalog")
+    if reply.status == 200:
+        with contextlib.suppress(ValueError, AttributeError, TypeError):
+            for listed in json.loads(reply.body).get("repositories") or []:
+                repo = str(listed).split("/", 1)[0]
+                if f"{repo}/{PROBE}" not in names:
+                    names.append(f"{repo}/{PROBE}")
+    if f"docker-hosted/{PROBE}" not in names:
+        names.append(f"docker-hosted/{PROBE}")
+    return names
+
+
+def choose_image(
+    client: Client, challenge: str | None, basic: str | None
+) -> tuple[str | None, Result]:
+    """Find an image name this URL routes to a repository, by starting (and dropping) an
+    upload for each candidate; the first that is not "no such repository" wins."""
+    name = "find a repository to probe"
+    tried: list[str] = []
+    for image in _candidates(client):
+        _authorize(client, challenge, basic, image)
+        reply = _start_upload(client, image)
+        if _unknown_name(reply):
+            tried.append(image)
+            continue
+        location = reply.headers.get("location")
+        if reply.status == 202 and location:
+            with contextlib.suppress(OSError):
+                target = urlsplit(urljoin(client.url("/"), location))
+                query = "?" + target.query if target.query else ""
+                client.request("DELETE", target.path + query, absolute=True)
+        return image, Result(name, True, f"probing with image {image} (choose one with --image)")
+    return None, Result(
+        name,
+        False,
+        f"no repository answered for {', '.join(tried)}",
+        "pass --image REPOSITORY/NAME (a repository with path_routing = true that the user "
+        "may push to), or give the URL of one repository (a connector's port, a mapped host, "
+        "or http://HOST:PORT/repository/NAME)",
+    )
+
+
 def check_upload(
     client: Client, image: str, challenge: str | None, basic: str | None
 ) -> list[Result]:
     results: list[Result] = []
-    if challenge:
-        token = _bearer(client, challenge, f"repository:{image}:pull,push", basic)
-        if token:
-            client.auth = token
-    start = client.request("POST", f"/v2/{image}/blobs/uploads/", b"")
+    _authorize(client, challenge, basic, image)
+    start = _start_upload(client, image)
     location = start.headers.get("location", "")
     if start.status != 202 or not location:
         results.append(
@@ -303,17 +312,17 @@ def check_encoded_slash(client: Client, image: str) -> Result:
 
 def run_checks(
     url: str,
-    image: str,
+    image: str | None,
     basic: str | None,
     insecure: bool,
     ca: str | None,
     out: Callable[[str], None] = print,
+    user: str | None = None,
 ) -> int:
     client = Client(url, insecure, ca, basic)
     results, challenge = check_root(client)
     if results[0].ok:
-        results += check_upload(client, image, challenge, basic)
-        results.append(check_encoded_slash(client, image))
+        results += _probe(client, image, challenge, basic, user)
     for r in results:
         out(f"{'PASS' if r.ok else 'FAIL'}  {r.name}: {r.detail}")
         if not r.ok and r.fix:
@@ -323,13 +332,40 @@ def run_checks(
     return 1 if failed else 0
 
 
+def _probe(
+    client: Client, image: str | None, challenge: str | None, basic: str | None, user: str | None
+) -> list[Result]:
+    """Log in, find the probe image, then the upload and encoded-slash checks; stop at the
+    first of those that fails, since the rest would only fail for the same reason."""
+    login = check_login(client, challenge, user)
+    results = [login] if login else []
+    if login and not login.ok:
+        return results
+    if image is None:
+        image, chosen = choose_image(client, challenge, basic)
+        results.append(chosen)
+        if image is None:
+            return results
+    results += check_upload(client, image, challenge, basic)
+    results.append(check_encoded_slash(client, image))
+    return results
+
+
+def _read_password(args: argparse.Namespace) -> str:
+    if args.password is not None:
+        return str(args.password)
+    if sys.stdin.isatty():
+        return getpass.getpass(f"Password for {args.user}: ")
+    return sys.stdin.readline().rstrip("\r\n")
+
+
 def run(args: argparse.Namespace) -> int:
     basic = None
     if args.user:
-        password = args.password if args.password is not None else sys.stdin.readline().strip()
+        password = _read_password(args)
         basic = "Basic " + base64.b64encode(f"{args.user}:{password}".encode()).decode()
     try:
-        return run_checks(args.url, args.image, basic, args.insecure, args.ca)
+        return run_checks(args.url, args.image, basic, args.insecure, args.ca, user=args.user)
     except OSError as exc:
         print(f"FAIL  cannot reach {args.url}: {exc}")
         return 1
@@ -338,8 +374,14 @@ def run(args: argparse.Namespace) -> int:
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("doctor", help="check a deployment as a Docker client sees it")
     p.add_argument("url", help="the registry URL clients use, e.g. https://project.example.com")
-    p.add_argument("--image", default="portway-doctor/probe", help="image name for the probe")
-    p.add_argument("--user", help="user that may push (the password is read from stdin)")
+    p.add_argument(
+        "--image",
+        help="image name for the probe upload (default: found by trying portway-doctor, then "
+        "<repository>/portway-doctor for the repositories the URL shows, then docker-hosted)",
+    )
+    p.add_argument(
+        "--user", help="user that may push (the password is read from stdin, or asked for)"
+    )
     p.add_argument("--password", help="password (visible to other local users)")
     p.add_argument("--insecure", action="store_true", help="do not verify TLS certificates")
     p.add_argument("--ca", help="CA certificate to trust")
