@@ -4,23 +4,31 @@
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.portway-installed
+# Two stamps: serving needs Portway and its dependencies only; the test stamp adds the test
+# and lint tools (pytest, ruff, mypy) on top.
+SERVE_STAMP := $(VENV)/.portway-serve-installed
+TEST_STAMP := $(VENV)/.portway-test-installed
 ARGS ?=
 PYTEST_ARGS ?=
 
 .PHONY: venv serve test lint pytest bench clean distclean
 
-venv: $(STAMP)
+# `make venv`: the development environment (what `make test` uses).
+venv: $(TEST_STAMP)
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
 
-# Reinstall only when pyproject.toml changes (or the stamp is missing).
-$(STAMP): pyproject.toml | $(PY)
+# Reinstall only when pyproject.toml changes (or a stamp is missing).
+$(SERVE_STAMP): pyproject.toml | $(PY)
+	$(VENV)/bin/pip install --quiet -e .
+	touch $@
+
+$(TEST_STAMP): $(SERVE_STAMP)
 	$(VENV)/bin/pip install --quiet -e '.[test]'
 	touch $@
 
-serve: venv
+serve: $(SERVE_STAMP)
 	$(VENV)/bin/portway serve $(ARGS)
 
 LINT = $(VENV)/bin/ruff check src tests bench && $(VENV)/bin/mypy
@@ -29,8 +37,11 @@ lint: venv
 	$(LINT)
 
 # pytest exits 5 when it collects nothing; that must fail the build like any other error.
+# Progress is one line per test file, named as it starts (the suite runs for minutes), and
+# the slowest tests are listed at the end.
+PYTEST_PROGRESS = --durations=15 --durations-min=1
 pytest: venv
-	@rc=0; $(PY) -m pytest -p no:cacheprovider -q $(PYTEST_ARGS) || rc=$$?; \
+	@rc=0; $(PY) -m pytest -p no:cacheprovider $(PYTEST_PROGRESS) $(PYTEST_ARGS) || rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make: pytest collected no tests" >&2; fi; \
 	exit $$rc
 
@@ -46,7 +57,7 @@ clean:
 	rm -rf build dist .pytest_cache .mypy_cache .ruff_cache
 	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +
 	find . -path ./$(VENV) -prune -o -name '*.egg-info' -type d -prune -exec rm -rf {} +
-	rm -f $(STAMP)
+	rm -f $(SERVE_STAMP) $(TEST_STAMP) $(VENV)/.portway-installed
 
 distclean: clean
 	rm -rf $(VENV)
