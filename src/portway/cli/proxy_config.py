@@ -12,6 +12,7 @@ from portway.config import load_settings
 from portway.proxyconf import ProxyConfigError, ProxyOptions, build_plan, render
 from portway.proxyconf.render import SERVERS, ProxyServer
 from portway.proxyconf.routes import DEFAULT_TIMEOUT, CertPair
+from portway.proxyconf.snippet import nginx_snippet
 
 
 def register(subparsers: Any) -> None:
@@ -90,6 +91,12 @@ def register(subparsers: Any) -> None:
         help="where Apache's mod_*.so files are",
     )
     parser.add_argument(
+        "--snippet",
+        action="store_true",
+        help="nginx: only what goes in /etc/nginx/conf.d/portway.conf (inside the main "
+        "config's http block), leaving the distribution's nginx.conf and other sites alone",
+    )
+    parser.add_argument(
         "--output",
         "-o",
         type=Path,
@@ -126,6 +133,10 @@ def run(args: argparse.Namespace) -> int:
     try:
         plan = build_plan(load_settings(args.config), options_from_args(args))
         text = render(server, plan)
+        if args.snippet:
+            if server != "nginx":
+                raise ProxyConfigError("--snippet is for nginx (a conf.d file)")
+            text = nginx_snippet(text, (args.http_port, args.https_port))
     except ProxyConfigError as exc:
         print(f"portway proxy-config: {exc}", file=sys.stderr)
         return 2
