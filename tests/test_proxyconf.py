@@ -3,15 +3,11 @@ running the real server in front of an echo backend that stands in for Portway."
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import shutil
-import socket
-import ssl
 import subprocess
 import sys
-import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -20,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp import web
 
 import portway
 from portway.config import Settings, load_settings, parse_settings
@@ -34,21 +29,19 @@ from portway.proxyconf import (
     render,
 )
 from portway.tls.ca import TlsInitResult, init_tls
+from proxyconf_support import (
+    MIB,
+    EchoBackend,
+    need_binary,
+    request,
+    start_proxy,
+    validate,
+)
 from support.engines import skopeo
 from support.ports import free_ports
-from support.process import ManagedProcess
 
 SRC = Path(portway.__file__).resolve().parent.parent
-BINARY = {"nginx": "nginx", "apache": "apache2", "haproxy": "haproxy", "caddy": "caddy"}
-MIB = 1024 * 1024
 PUSH_REPO, PULL_REPO = "docker-hosted-project", "docker-group-project"
-
-
-def _need(server: str) -> str:
-    path = shutil.which(BINARY[server]) or shutil.which(BINARY[server], path="/usr/sbin:/sbin")
-    if path is None:
-        pytest.fail(f"{BINARY[server]} is not installed (scripts/install-test-deps.sh)")
-    return path
 
 
 # --- the layout the seed describes, on ephemeral ports -----------------------------------
@@ -137,28 +130,6 @@ def make_layout(root: Path, tls: bool, backend_port: int | None = None) -> Layou
     )
 
 
-def _caddy_env(runtime: Path) -> dict[str, str]:
-    return {
-        **os.environ,
-        "HOME": str(runtime),
-        "XDG_DATA_HOME": str(runtime / "data"),
-        "XDG_CONFIG_HOME": str(runtime / "config"),
-    }
-
-
-def validate(server: ProxyServer, conf: Path) -> subprocess.CompletedProcess[str]:
-    runtime = conf.parent / "run"
-    binary = _need(server)
-    argv = {
-        "nginx": [binary, "-t", "-q", "-c", str(conf), "-e", str(runtime / "nginx-startup.log")],
-        "apache": [binary, "-t", "-f", str(conf)],
-        "haproxy": [binary, "-c", "-f", str(conf)],
-        "caddy": [binary, "validate", "--config", str(conf), "--adapter", "caddyfile"],
-    }[server]
-    env = _caddy_env(runtime) if server == "caddy" else None
-    return subprocess.run(argv, capture_output=True, text=True, timeout=60, env=env, check=False)
-
-
 # --- validators ---------------------------------------------------------------------------
 
 
@@ -222,182 +193,6 @@ def test_seed_nginx_example_is_rejected_and_ours_passes(tmp_path: Path) -> None:
     assert "emerg" in rejected.stderr
     ours = validate("nginx", layout.config("nginx"))
     assert ours.returncode == 0, ours.stderr
-
-
-# --- the echo backend standing in for Portway's main listener ---------------------------
-
-
-class EchoBackend:
-    """Records each request (method, raw path, headers, body length) and answers with it.
-
-    Runs its own event loop in a thread. `received[test_id]` grows while a body streams in,
-    so a test can tell a streaming proxy from a buffering one.
-    """
-
-    def __init__(self, port: int) -> None:
-        self.port = port
-        self.received: dict[str, int] = {}
-        self._loop = asyncio.new_event_loop()
-        self._ready = threading.Event()
-        self._stop: asyncio.Event | None = None
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    async def _handle(self, request: web.Request) -> web.Response:
-        test_id = request.headers.get("X-Test-Id", "")
-        length = 0
-        async for chunk in request.content.iter_any():
-            length += len(chunk)
-            self.received[test_id] = length
-        record = {
-            "method": request.method,
-            "raw_path": request.raw_path,
-            "version": f"{request.version.major}.{request.version.minor}",
-            "headers": [[k, v] for k, v in request.headers.items()],
-            "body_length": length,
-        }
-        return web.json_response(
-            record, headers={"Docker-Distribution-API-Version": "registry/2.0"}
-        )
-
-    async def _serve(self) -> None:
-        app = web.Application(client_max_size=0)
-        app.router.add_route("*", "/{tail:.*}", self._handle)
-        runner = web.AppRunner(app)
-        await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", self.port).start()
-        self._stop = asyncio.Event()
-        self._ready.set()
-        await self._stop.wait()
-        await runner.cleanup()
-
-    def _run(self) -> None:
-        self._loop.run_until_complete(self._serve())
-
-    def __enter__(self) -> EchoBackend:
-        self._thread.start()
-        assert self._ready.wait(10), "echo backend did not start"
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._stop is not None:
-            self._loop.call_soon_threadsafe(self._stop.set)
-        self._thread.join(10)
-
-
-# --- a raw HTTP/1.1 client: exact request targets, chunked bodies, any Host and SNI -------
-
-
-@dataclass
-class Response:
-    status: int
-    headers: dict[str, str]
-    body: bytes
-
-    def echo(self) -> dict[str, Any]:
-        data: dict[str, Any] = json.loads(self.body)
-        data["header_map"] = {k.lower(): v for k, v in data["headers"]}
-        return data
-
-
-def _read_response(sock: socket.socket | ssl.SSLSocket) -> Response:
-    data = b""
-    while chunk := sock.recv(65536):
-        data += chunk
-    head, _, body = data.partition(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    status = int(lines[0].split()[1])
-    headers = {}
-    for line in lines[1:]:
-        name, _, value = line.partition(":")
-        headers[name.strip().lower()] = value.strip()
-    if headers.get("transfer-encoding", "").lower() == "chunked":
-        decoded, rest = b"", body
-        while True:
-            size_line, _, rest = rest.partition(b"\r\n")
-            size = int(size_line.split(b";")[0], 16)
-            if size == 0:
-                break
-            decoded, rest = decoded + rest[:size], rest[size + 2 :]
-        body = decoded
-    return Response(status, headers, body)
-
-
-def request(
-    port: int,
-    method: str,
-    target: str,
-    host: str,
-    *,
-    sni: str | None = None,
-    ca: Path | None = None,
-    headers: dict[str, str] | None = None,
-    chunks: int = 0,
-    after_first_chunk: Any = None,
-) -> Response:
-    """Send one request to 127.0.0.1:port with the given Host (and SNI when `ca` is set).
-
-    With `chunks`, the body is `chunks` MiB sent with chunked transfer encoding, and
-    `after_first_chunk()` runs between the first MiB and the rest.
-    """
-    raw = socket.create_connection(("127.0.0.1", port), timeout=60)
-    sock: socket.socket | ssl.SSLSocket = raw
-    if ca is not None:
-        context = ssl.create_default_context(cafile=str(ca))
-        server_name = sni or host.rpartition(":")[0] or host
-        if server_name not in {"project.example.com", "project-push.example.com"} and not (
-            server_name.endswith(".docker.example.com")
-        ):
-            context.check_hostname = False  # an unknown name gets the default certificate
-        sock = context.wrap_socket(raw, server_hostname=server_name)
-    with sock:
-        lines = [f"{method} {target} HTTP/1.1", f"Host: {host}", "Connection: close"]
-        lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
-        if chunks:
-            lines.append("Transfer-Encoding: chunked")
-        sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
-        block = b"\xab" * MIB
-        for index in range(chunks):
-            sock.sendall(b"%x\r\n" % len(block) + block + b"\r\n")
-            if index == 0 and after_first_chunk is not None:
-                after_first_chunk()
-        if chunks:
-            sock.sendall(b"0\r\n\r\n")
-        return _read_response(sock)
-
-
-# --- running the real proxies -----------------------------------------------------------
-
-
-def _port_open(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-            return True
-    except OSError:
-        return False
-
-
-def start_proxy(server: ProxyServer, conf: Path, ports: list[int]) -> ManagedProcess:
-    binary = _need(server)
-    runtime = conf.parent / "run"
-    argv = {
-        "nginx": [
-            binary,
-            "-c",
-            str(conf),
-            "-e",
-            str(runtime / "nginx-startup.log"),
-            "-g",
-            "daemon off;",
-        ],
-        "apache": [binary, "-f", str(conf), "-DFOREGROUND"],
-        "haproxy": [binary, "-db", "-f", str(conf)],
-        "caddy": [binary, "run", "--config", str(conf), "--adapter", "caddyfile"],
-    }[server]
-    env = _caddy_env(runtime) if server == "caddy" else None
-    proc = ManagedProcess(argv, runtime / f"{server}.out", env=env, cwd=conf.parent)
-    proc.start()
-    proc.wait_until(lambda: all(_port_open(p) for p in ports), 30, "listening ports")
-    return proc
 
 
 @pytest.fixture(params=[False, True], ids=["http", "https"])
@@ -664,7 +459,7 @@ def test_skopeo_push_and_pull_through_proxy(
     oci_image: Any,
 ) -> None:
     """The seed's port mapping: push to one port (hosted), pull from another (group)."""
-    _need(server)
+    need_binary(server)
     if shutil.which("skopeo") is None:
         pytest.fail("skopeo is not installed (scripts/install-test-deps.sh)")
     push_port, pull_port = free_ports(2)
