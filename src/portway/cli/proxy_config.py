@@ -34,8 +34,9 @@ def register(subparsers: Any) -> None:
         action="append",
         default=[],
         metavar="CERT",
-        help="PEM certificate; repeat with --tls-key for several: each host name gets the "
-        "certificate whose SAN covers it, the first one is the default",
+        help="PEM certificate; repeat with --tls-key for several: on every TLS port each name "
+        "of each certificate gets the certificate whose SAN covers it, the first one is the "
+        "default",
     )
     parser.add_argument(
         "--tls-key",

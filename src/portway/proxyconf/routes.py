@@ -18,7 +18,8 @@ from urllib.parse import urlsplit
 from cryptography import x509
 
 from portway.config import ConnectorConfig, Settings, TlsConfig, split_listen
-from portway.tls.names import choose, load_certificate
+from portway.proxyconf.certificates import Claim, name_groups
+from portway.tls.names import choose, load_certificate, name_matches
 
 # A repository named by the first label of a wildcard host: one DNS label, lower case.
 REPOSITORY_LABEL = r"[a-z0-9][a-z0-9_-]*"
@@ -59,6 +60,9 @@ class Site:
     - `wildcard_suffix` set: `<repo>.docker.example.com`, the first label names the repository.
     - `host` None, `repository` set: port mapping (every host name on this port).
     - `host` None, `repository` None: pass-through (Portway resolves the route itself).
+    - `names` set: a certificate site, there so that these names (all exact, or all `*.`
+      wildcards) get the certificate that covers them; it maps `repository` or passes
+      through, like the listener's default site.
     """
 
     port: int
@@ -67,6 +71,7 @@ class Site:
     wildcard_suffix: str | None = None
     repository: str | None = None
     default: bool = False
+    names: tuple[str, ...] = ()
 
     @property
     def scheme(self) -> str:
@@ -78,6 +83,8 @@ class Site:
 
     @property
     def kind(self) -> str:
+        if self.names:
+            return "certificate"
         if self.wildcard_suffix:
             return "wildcard host"
         if self.host:
@@ -87,9 +94,31 @@ class Site:
     @property
     def name(self) -> str:
         """The host name as the operator wrote it (`*.docker.example.com`), or ''."""
+        if self.names:
+            return " ".join(self.names)
         if self.wildcard_suffix:
             return "*" + self.wildcard_suffix
         return self.host or ""
+
+    @property
+    def match_order(self) -> tuple[int, int]:
+        """Sort key among a listener's sites: the default first, then exact names, then
+        wildcards, the most specific first. Apache takes the first virtual host whose name
+        matches (and its `*` spans dots); nginx, Caddy and HAProxy need no order but keep it."""
+        if self.default:
+            return (0, 0)
+        wildcard = self.wildcard_suffix or (self.names and self.names[0].startswith("*."))
+        if not wildcard:
+            return (1, 0)
+        return (2, -min(n.count(".") for n in (self.names or (self.name,))))
+
+    @property
+    def name_patterns(self) -> tuple[str, ...]:
+        """`names` with each `*.x` as an anchored regex for one label (as a certificate's
+        wildcard covers), for servers whose own wildcards would cover more."""
+        return tuple(
+            f"^[^.]+{re.escape(n[1:])}$" if n.startswith("*.") else n for n in self.names
+        )
 
     @property
     def wildcard_regex(self) -> str:
@@ -204,11 +233,43 @@ def _certificates(pairs: Sequence[CertPair]) -> list[x509.Certificate]:
     return certs
 
 
-def _pair(tls: TlsConfig | tuple[TlsConfig, ...] | None) -> CertPair | None:
+def _pairs(tls: TlsConfig | tuple[TlsConfig, ...] | None) -> list[CertPair]:
     if tls is None:
-        return None
-    first = tls if isinstance(tls, TlsConfig) else tls[0]
-    return CertPair(cert=first.cert, key=first.key)
+        return []
+    return [CertPair(cert=t.cert, key=t.key) for t in (tls if isinstance(tls, tuple) else (tls,))]
+
+
+def _certificate_sites(
+    port: int, pairs: Sequence[CertPair], certs: Sequence[x509.Certificate], claim: Claim
+) -> list[Site]:
+    return [
+        Site(port=port, tls=pairs[g.cert], repository=g.repository, names=g.names)
+        for g in name_groups(certs, claim)
+    ]
+
+
+def _every_name(repository: str) -> Claim:
+    """On a connector's port: every name maps the connector's repository."""
+    return lambda _name: (True, repository)
+
+
+def _host_claim(settings: Settings) -> Claim:
+    """On the host listener: a name a `[[host]]` has a site for needs none of its own; a name
+    under a wildcard `[[host]]` maps the repository its first label names."""
+    exact = {h.name for h in settings.host}
+    wildcards = [h.name for h in settings.host if h.name.startswith("*.")]
+
+    def claim(name: str) -> tuple[bool, str | None]:
+        if name in exact:
+            return False, None
+        if not name.startswith("*."):
+            for pattern in wildcards:
+                if name_matches(name, pattern):
+                    label = name.partition(".")[0]
+                    return re.fullmatch(REPOSITORY_LABEL, label) is not None, label
+        return True, None
+
+    return claim
 
 
 def _connector_bind(conn: ConnectorConfig) -> tuple[str | None, int]:
@@ -224,11 +285,14 @@ def build_plan(settings: Settings, options: ProxyOptions | None = None) -> Proxy
 
     - each `[[connector]]` with a repository and `served_by = "proxy"`: the proxy listens on
       the connector's address and maps Docker paths onto that repository (port mapping);
-      the connector's own `tls` (if any) is the certificate, else the first `--tls-cert`;
+      its certificates are the connector's own `tls` (if any), else the `--tls-cert`s;
     - each `[[host]]`: a site on the host listener (`https_port` with certificates, else
       `http_port`), with the certificate whose SAN covers the name (else the first one);
     - the host listener also gets a default site passing everything through, so Portway's
-      own routing (repository paths, unknown hosts) still applies.
+      own routing (repository paths, unknown hosts) still applies;
+    - on every TLS listener, certificate sites for the names of its certificates that no
+      other site answers, so each name gets the certificate whose SAN covers it; the first
+      certificate is the default (no SNI, or a name no certificate covers).
     """
     options = options or ProxyOptions()
     upstream = (
@@ -251,12 +315,14 @@ def build_plan(settings: Settings, options: ProxyOptions | None = None) -> Proxy
         bind, port = _connector_bind(conn)
         if port == 0:
             raise ProxyConfigError(f"connector {conn.listen}: a proxy needs a fixed port")
-        own = _pair(conn.tls)
-        if own is not None:
-            _certificates([own])
-        tls = own or (pairs[0] if pairs else None)
-        site = Site(port=port, tls=tls, repository=conn.repository, default=True)
-        listeners.append(Listener(port=port, bind=bind, tls=tls is not None, sites=(site,)))
+        own = _pairs(conn.tls)
+        conn_pairs, conn_certs = (own, _certificates(own)) if own else (pairs, certs)
+        tls = conn_pairs[0] if conn_pairs else None
+        sites = [Site(port=port, tls=tls, repository=conn.repository, default=True)]
+        if conn_pairs:
+            sites += _certificate_sites(port, conn_pairs, conn_certs, _every_name(conn.repository))
+        sites.sort(key=lambda site: site.match_order)
+        listeners.append(Listener(port=port, bind=bind, tls=tls is not None, sites=tuple(sites)))
 
     if settings.host:
         tls_on = bool(pairs)
@@ -280,6 +346,9 @@ def build_plan(settings: Settings, options: ProxyOptions | None = None) -> Proxy
                         repository=host.repository,
                     )
                 )
+        if tls_on:
+            sites += _certificate_sites(port, pairs, certs, _host_claim(settings))
+        sites.sort(key=lambda site: site.match_order)
         listeners.append(Listener(port=port, bind=options.bind, tls=tls_on, sites=tuple(sites)))
 
     seen: dict[int, Listener] = {}
