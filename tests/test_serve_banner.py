@@ -21,6 +21,9 @@ def test_banner_says_when_a_data_directory_is_created(tmp_path: Path) -> None:
         line = next(line for line in first.splitlines() if CREATED in line)
         assert str(expected) in line and "new, empty registry" in line
         assert f"data_dir in {server.config_path}" in first
+        # The first start's examples fetch the image they push, and show podman's flag.
+        assert "docker pull hello-world && docker tag hello-world" in first
+        assert f"podman pull --tls-verify=false {server.host}/docker-hosted/" in first
         server.restart()
         again = server.log()[len(first) :]
         assert "Portway serving on" in again

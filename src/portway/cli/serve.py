@@ -89,13 +89,23 @@ def banner(
                 if settings.security.enabled
                 else []
             )
+            creds = " --dest-creds admin:PASSWORD" if settings.security.enabled else ""
+            podman_login = (
+                [f"  podman login --tls-verify=false {shown}:{port} -u admin"]
+                if settings.security.enabled
+                else []
+            )
             lines += [
                 "",
                 "Try it (loopback addresses count as insecure registries for Docker):",
                 *login,
-                f"  docker tag hello-world {ref} && docker push {ref}",
+                f"  docker pull hello-world && docker tag hello-world {ref} && docker push {ref}",
                 f"  docker pull {ref}",
-                f"  skopeo copy --dest-tls-verify=false docker-archive:img.tar docker://{ref}",
+                "Podman and skopeo need --tls-verify=false for plain HTTP, even on loopback:",
+                *podman_login,
+                f"  podman pull --tls-verify=false {ref}",
+                f"  skopeo copy --dest-tls-verify=false{creds} docker-archive:img.tar "
+                f"docker://{ref}",
             ]
     return "\n".join(lines)
 
