@@ -1,6 +1,6 @@
-"""Running the generated reverse-proxy configurations for tests: each server's validator,
-the real server in front of an echo backend standing in for Portway, and a raw HTTP/1.1
-client that sets any Host header and SNI."""
+"""Running the generated reverse-proxy configurations for tests: the seed's layout on ephemeral
+ports, each server's validator, the real server in front of an echo backend standing in for
+Portway, and a raw HTTP/1.1 client that sets any Host header and SNI."""
 
 from __future__ import annotations
 
@@ -12,18 +12,22 @@ import socket
 import ssl
 import subprocess
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 from aiohttp import web
 
-from portway.proxyconf import ProxyServer
+from portway.config import Settings, parse_settings
+from portway.proxyconf import CertPair, ProxyOptions, ProxyServer, build_plan, render
+from portway.tls.ca import TlsInitResult, init_tls
+from support.ports import free_ports
 from support.process import ManagedProcess
 
 BINARY = {"nginx": "nginx", "apache": "apache2", "haproxy": "haproxy", "caddy": "caddy"}
 MIB = 1024 * 1024
+PUSH_REPO, PULL_REPO = "docker-hosted-project", "docker-group-project"
 
 
 def need_binary(server: str) -> str:
@@ -229,3 +233,89 @@ def start_proxy(server: ProxyServer, conf: Path, ports: list[int]) -> ManagedPro
     proc.start()
     proc.wait_until(lambda: all(_port_open(p) for p in ports), 30, "listening ports")
     return proc
+
+
+# --- the layout the seed describes, on ephemeral ports -----------------------------------
+
+
+@dataclass
+class Layout:
+    root: Path
+    backend_port: int
+    push_port: int
+    pull_port: int
+    host_port: int
+    tls: TlsInitResult | None
+    settings: Settings = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.settings = parse_settings(
+            {
+                "server": {"listen": f"0.0.0.0:{self.backend_port}"},
+                "repository": [
+                    {"name": PUSH_REPO, "type": "hosted"},
+                    {"name": PULL_REPO, "type": "group", "members": [PUSH_REPO]},
+                ],
+                "connector": [
+                    {
+                        "listen": f"127.0.0.1:{self.push_port}",
+                        "repository": PUSH_REPO,
+                        "served_by": "proxy",
+                    },
+                    {
+                        "listen": f"127.0.0.1:{self.pull_port}",
+                        "repository": PULL_REPO,
+                        "served_by": "proxy",
+                    },
+                ],
+                "host": [
+                    {"name": "project-push.example.com", "repository": PUSH_REPO},
+                    {"name": "project.example.com", "repository": PULL_REPO},
+                    {"name": "*.docker.example.com"},
+                ],
+            },
+            environ={},
+        )
+
+    def options(self, server: str) -> ProxyOptions:
+        certs: tuple[CertPair, ...] = ()
+        if self.tls is not None:
+            # HAProxy wants certificate and key in one file; the others take them apart.
+            certs = tuple(
+                CertPair(i.combined, i.combined) if server == "haproxy" else CertPair(i.cert, i.key)
+                for i in self.tls.issued
+            )
+        return ProxyOptions(
+            certs=certs,
+            http_port=self.host_port,
+            https_port=self.host_port,
+            bind="127.0.0.1",
+            runtime_dir=self.root / "run",
+            caddy_offline=True,
+        )
+
+    def config(self, server: ProxyServer) -> Path:
+        (self.root / "run").mkdir(parents=True, exist_ok=True)
+        path = self.root / f"{server}.conf"
+        path.write_text(render(server, build_plan(self.settings, self.options(server))))
+        return path
+
+
+def make_layout(root: Path, tls: bool, backend_port: int | None = None) -> Layout:
+    root.mkdir(parents=True, exist_ok=True)
+    ports = free_ports(4)
+    issued = None
+    if tls:
+        # The first certificate is the default one (port mappings, unknown host names).
+        issued = init_tls(
+            root / "tls",
+            ["project.example.com", "project-push.example.com", "*.docker.example.com"],
+        )
+    return Layout(
+        root=root,
+        backend_port=backend_port or ports[0],
+        push_port=ports[1],
+        pull_port=ports[2],
+        host_port=ports[3],
+        tls=issued,
+    )
