@@ -30,7 +30,7 @@ from portway.auth.service import (
 from portway.auth.store import UserStore
 from portway.auth.tokens import TokenAuthority
 from portway.config import RepositoryConfig
-from portway.db.schema import metadata
+from portway.db.migrations import migrate
 
 T0 = 1_700_000_000.0
 SERVICE = "portway"
@@ -52,7 +52,7 @@ class Clock:
 class World:
     def __init__(self, tmp: Path) -> None:
         engine = create_engine(f"sqlite:///{tmp / 'meta.db'}")
-        metadata.create_all(engine)
+        migrate(engine)
         self.wall = Clock(T0)
         self.mono = Clock(0.0)
         self.store = UserStore(engine, PasswordHasher(FAST_TEST_PARAMS), clock=self.wall)
@@ -71,7 +71,7 @@ class World:
         self.auth = AuthService(
             self.store,
             self.tokens,
-            limiter=LoginLimiter(max_failures=3, window=300, clock=self.mono),
+            limiter=LoginLimiter(engine, max_failures=3, window=300, clock=self.wall),
             audit=AuditLog(self.audit_path, clock=self.wall),
             repositories=REPOS,
             clock=self.mono,
@@ -132,16 +132,19 @@ def test_lockout_answers_429_with_retry_after_then_recovers(world: World) -> Non
         with pytest.raises(InvalidCredentials):
             auth.authenticate_password("dev-a", "wrong", "203.0.113.9")
     with pytest.raises(LoginLocked) as locked:
-        auth.authenticate_password("dev-a", "pw-a", "198.51.100.1")  # right password, too late
+        auth.authenticate_password("dev-a", "pw-a", "203.0.113.9")  # right password, too late
     assert locked.value.status == 429 and locked.value.retry_after == 300
-    world.mono.now = 301
+    # From another address the user is not locked out by those failures.
     assert auth.authenticate_password("dev-a", "pw-a", "198.51.100.1").name == "dev-a"
+    world.wall.now += 301
+    assert auth.authenticate_password("dev-a", "pw-a", "203.0.113.9").name == "dev-a"
     outcomes = [(r["event"], r["principal"], r["outcome"]) for r in world.audit()]
-    assert outcomes[-5:] == [
+    assert outcomes[-6:] == [
         ("login", "dev-a", "failure"),
         ("login", "dev-a", "failure"),
         ("login", "dev-a", "failure"),
         ("login", "dev-a", "locked"),
+        ("login", "dev-a", "success"),
         ("login", "dev-a", "success"),
     ]
 

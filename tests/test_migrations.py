@@ -32,3 +32,17 @@ def test_version_1_database_gains_the_security_generation(tmp_path: Path) -> Non
     assert store.authenticate("alice", "pw") is None
     assert migrate(engine) == MIGRATIONS[-1][0]  # a second run changes nothing
     assert store.generation() == 1
+
+
+def test_version_2_database_gains_the_failed_login_counts(tmp_path: Path) -> None:
+    engine = create_engine(f"sqlite:///{tmp_path / 'meta.db'}")
+    migrate(engine)
+    with engine.begin() as conn:
+        conn.execute(text("DROP TABLE login_failures"))
+        conn.execute(schema.schema_version.delete().where(schema.schema_version.c.version >= 3))
+    assert migrate(engine) == MIGRATIONS[-1][0]
+    assert "login_failures" in inspect(engine).get_table_names()
+    from portway.auth.ratelimit import LoginLimiter
+
+    limiter = LoginLimiter(engine, max_failures=1)
+    assert limiter.failure("alice", "192.0.2.1") is not None

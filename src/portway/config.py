@@ -167,6 +167,11 @@ class SecurityConfig(_Strict):
     service: str = "portway"  # the token audience (`service` in challenges)
     token_ttl: int = Field(default=300, ge=30, le=86400, description="seconds")
     max_header_bytes: int = Field(default=16384, ge=1024, le=1048576)
+    # Failed logins (counted in the database, shared by all workers): per user and address,
+    # and per address whatever the user; both over a sliding window of seconds.
+    login_max_failures: int = Field(default=10, ge=1, le=10000)
+    login_max_failures_per_address: int = Field(default=30, ge=1, le=100000)
+    login_failure_window: int = Field(default=300, ge=1, le=86400, description="seconds")
     # `portway user add|passwd` refuse shorter passwords (characters).
     min_password_length: int = Field(default=8, ge=1, le=1024)
 

@@ -1,28 +1,40 @@
-"""Failed-login limiter: per user name and per client address, sliding window, bounded memory.
+"""Failed-login limits, counted in the database so every worker (and every node sharing the
+database) sees the same counts.
 
-After `max_failures` failures within `window` seconds a key is locked until the oldest of those
-failures leaves the window; `retry_after` says how long that is (the `Retry-After` value of a
-429). A success clears the user's failures but not the address's, so one valid account cannot
-be used to reset the counter of an address guessing at others.
+Two limits, each a sliding window of `window` seconds:
 
-Memory is bounded: at most `max_keys` keys are tracked, each holding at most `max_failures`
-timestamps; when full, the key whose latest failure is oldest is dropped. State is per
-process: with N workers an attacker gets at most N times the allowance.
+- per (user, client address): after `max_failures` failures for one user from one address,
+  that user is refused from that address until the oldest of them leaves the window;
+- per client address: after `max_failures_per_address` failures from one address, whatever
+  the user names, every login from that address is refused likewise.
+
+No limit counts a user over all addresses: a stranger's failures must not lock a user out from
+another address. A success forgives the pair's failures, not the address's, so a valid
+account cannot be used to reset an address that guesses at others. `unlock(user)` forgives a
+user's failures from every address (and, given an address, that address's too).
 """
 
 from __future__ import annotations
 
+import logging
 import math
-import threading
 import time
-from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass
+
+from sqlalchemy import ColumnElement, Engine, and_, delete, insert, select, update
+from sqlalchemy.exc import SQLAlchemyError
+
+from portway.db.auth_schema import login_failures as failures
+
+log = logging.getLogger("portway.auth")
+NO_ADDRESS = "-"
 
 
 @dataclass(frozen=True)
 class Lockout:
-    """A refused attempt: which key is locked and for how many whole seconds."""
+    """A refused attempt: what is locked (`user` at an address, or the `address`) and for how
+    many whole seconds."""
 
     key: str
     retry_after: int
@@ -31,76 +43,111 @@ class Lockout:
 class LoginLimiter:
     def __init__(
         self,
+        engine: Engine,
         max_failures: int = 10,
         window: float = 300.0,
         *,
-        max_keys: int = 10000,
-        clock: Callable[[], float] = time.monotonic,
+        max_failures_per_address: int = 30,
+        clock: Callable[[], float] = time.time,
     ) -> None:
-        if max_failures < 1 or window <= 0 or max_keys < 2:
-            raise ValueError("max_failures >= 1, window > 0 and max_keys >= 2 required")
+        if max_failures < 1 or max_failures_per_address < 1 or window <= 0:
+            raise ValueError("max_failures >= 1, max_failures_per_address >= 1, window > 0")
+        self.engine = engine
         self.max_failures = max_failures
+        self.max_per_address = max_failures_per_address
         self.window = window
-        self.max_keys = max_keys
         self._clock = clock
-        self._failures: OrderedDict[str, deque[float]] = OrderedDict()
-        self._lock = threading.Lock()
 
     @staticmethod
-    def _keys(user: str | None, client_addr: str | None) -> list[str]:
-        keys = []
-        if user is not None:
-            keys.append("user:" + user[:256])
-        if client_addr:
-            keys.append("addr:" + client_addr[:64])
-        return keys
+    def _names(user: str | None, client_addr: str | None) -> tuple[str, str]:
+        return (user or "")[:256], (client_addr or NO_ADDRESS)[:64]
 
     def check(self, user: str | None, client_addr: str | None) -> Lockout | None:
-        """Before checking a password: a `Lockout` when either key is locked, else None."""
+        """Before checking a password: a `Lockout` when a limit is reached, else None."""
+        name, address = self._names(user, client_addr)
         now = self._clock()
+        query = (
+            select(failures.c.username, failures.c.at, failures.c.cleared)
+            .where(failures.c.address == address, failures.c.at > now - self.window)
+            .order_by(failures.c.at)
+        )
+        try:
+            with self.engine.connect() as conn:
+                rows = conn.execute(query).all()
+        except SQLAlchemyError as exc:
+            log.warning("cannot read failed-login counts, not limiting this login: %s", exc)
+            return None
+        by_address = [r.at for r in rows]
+        by_pair = [r.at for r in rows if r.username == name and not r.cleared]
         worst: Lockout | None = None
-        with self._lock:
-            for key in self._keys(user, client_addr):
-                wait = self._retry_after(key, now)
-                if wait and (worst is None or wait > worst.retry_after):
-                    worst = Lockout(key.partition(":")[0], wait)
+        for key, stamps, limit in (
+            ("user", by_pair, self.max_failures),
+            ("address", by_address, self.max_per_address),
+        ):
+            if len(stamps) >= limit:
+                # Locked until enough of them leave the window to fall below the limit.
+                wait = max(1, math.ceil(stamps[-limit] + self.window - now))
+                if worst is None or wait > worst.retry_after:
+                    worst = Lockout(key, wait)
         return worst
 
     def failure(self, user: str | None, client_addr: str | None) -> Lockout | None:
         """Record a failed login; returns the lockout it causes, if any."""
+        name, address = self._names(user, client_addr)
         now = self._clock()
-        with self._lock:
-            for key in self._keys(user, client_addr):
-                stamps = self._failures.pop(key, None)
-                if stamps is None:
-                    self._make_room()
-                    stamps = deque(maxlen=self.max_failures)
-                stamps.append(now)
-                self._failures[key] = stamps
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(
+                    insert(failures).values(address=address, username=name, at=now, cleared=False)
+                )
+                conn.execute(delete(failures).where(failures.c.at <= now - self.window))
+        except SQLAlchemyError as exc:
+            log.warning("cannot record a failed login from %s: %s", address, exc)
+            return None
         return self.check(user, client_addr)
 
-    def success(self, user: str) -> None:
-        with self._lock:
-            self._failures.pop("user:" + user[:256], None)
+    def success(self, user: str, client_addr: str | None) -> None:
+        """Forgive the pair's failures (the address keeps its count)."""
+        name, address = self._names(user, client_addr)
+        self._clear(and_(failures.c.username == name, failures.c.address == address))
 
-    def _retry_after(self, key: str, now: float) -> int:
-        stamps = self._failures.get(key)
-        if stamps is None:
+    def unlock(self, user: str, client_addr: str | None = None) -> int:
+        """Forgive `user`'s failures from every address and, with `client_addr`, every failure
+        from that address. Returns how many failures were forgiven."""
+        name = user[:256]
+        if client_addr is None:
+            return self._clear(failures.c.username == name)
+        address = client_addr[:64]
+        try:
+            with self.engine.begin() as conn:
+                done = conn.execute(delete(failures).where(failures.c.address == address))
+                cleared = conn.execute(
+                    update(failures)
+                    .where(failures.c.username == name, failures.c.cleared.is_(False))
+                    .values(cleared=True)
+                )
+            return int(done.rowcount) + int(cleared.rowcount)
+        except SQLAlchemyError as exc:
+            log.warning("cannot clear failed logins: %s", exc)
             return 0
-        while stamps and stamps[0] <= now - self.window:
-            stamps.popleft()
-        if not stamps:
-            del self._failures[key]
-            return 0
-        if len(stamps) < self.max_failures:
-            return 0
-        return max(1, math.ceil(stamps[0] + self.window - now))
 
-    def _make_room(self) -> None:
-        # Keys are ordered by their latest failure, so the first is the stalest (and the
-        # first to have expired): dropping it is O(1) even under a flood of new addresses.
-        while len(self._failures) >= self.max_keys:
-            self._failures.popitem(last=False)
+    def _clear(self, where: ColumnElement[bool]) -> int:
+        try:
+            with self.engine.begin() as conn:
+                done = conn.execute(
+                    update(failures)
+                    .where(where, failures.c.cleared.is_(False))
+                    .values(cleared=True)
+                )
+            return int(done.rowcount)
+        except SQLAlchemyError as exc:
+            log.warning("cannot clear failed logins: %s", exc)
+            return 0
 
-    def __len__(self) -> int:
-        return len(self._failures)
+    def purge(self) -> int:
+        """Forget failures older than the window; returns how many."""
+        with self.engine.begin() as conn:
+            done = conn.execute(
+                delete(failures).where(failures.c.at <= self._clock() - self.window)
+            )
+        return int(done.rowcount)

@@ -134,7 +134,7 @@ class AuthService:
     ) -> None:
         self.store = store
         self.tokens = tokens
-        self.limiter = limiter if limiter is not None else LoginLimiter()
+        self.limiter = limiter if limiter is not None else LoginLimiter(store.engine)
         self.audit = audit
         self._clock = clock
         self._public: frozenset[str] = frozenset()
@@ -158,10 +158,17 @@ class AuthService:
         *,
         issuer: str = "portway",
         token_ttl: int = 300,
+        limiter: LoginLimiter | None = None,
     ) -> AuthService:
         """The default wiring: keys in `<data_dir>/keys`, audit in `<data_dir>/audit.log`."""
         tokens = TokenAuthority(KeyRing.in_data_dir(data_dir), issuer=issuer, ttl=token_ttl)
-        return cls(store, tokens, audit=AuditLog(data_dir / "audit.log"), repositories=repositories)
+        return cls(
+            store,
+            tokens,
+            limiter=limiter,
+            audit=AuditLog(data_dir / "audit.log"),
+            repositories=repositories,
+        )
 
     def set_repositories(self, repositories: Iterable[RepositoryConfig]) -> None:
         """Take the repositories' `anonymous_pull` switches (call again after a config change)."""
@@ -227,7 +234,7 @@ class AuthService:
             self.limiter.failure(user, client_addr)
             self._audit("login", user, client_addr, None, "failure", None)
             raise InvalidCredentials("incorrect username or password")
-        self.limiter.success(user)
+        self.limiter.success(user, client_addr)
         self._audit("login", user, client_addr, None, "success", None)
         principal = principal.with_roles(public_role(self._public))
         if cache:

@@ -120,6 +120,28 @@ def user_delete(args: argparse.Namespace) -> int:
     return _run(args, "user.delete", lambda s: s.delete_user(args.name), {"user": args.name})
 
 
+def user_unlock(args: argparse.Namespace) -> int:
+    """Forgive a user's failed logins (every address), and an address's with --address."""
+    from portway.auth.ratelimit import LoginLimiter
+
+    forgiven: list[int] = []
+
+    def unlock(store: object) -> None:
+        from portway.auth.store import StoreError, UserStore
+
+        assert isinstance(store, UserStore)
+        if store.get_user(args.name) is None:
+            raise StoreError(f"no user {args.name!r}")
+        forgiven.append(LoginLimiter(store.engine).unlock(args.name, args.address))
+
+    detail = {"user": args.name, "address": args.address}
+    done = _run(args, "user.unlock", unlock, detail)
+    if done == 0:
+        where = f" and from {args.address}" if args.address else ""
+        print(f"unlocked {args.name}{where}: {forgiven[0]} failed logins forgiven")
+    return done
+
+
 def user_roles(args: argparse.Namespace) -> int:
     return _run(
         args,
@@ -272,6 +294,18 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         p = common(us.add_parser(name, help=f"{name} a user"))
         p.add_argument("name")
         p.set_defaults(func=fn)
+    p = common(
+        us.add_parser(
+            "unlock",
+            help="forgive a user's failed logins (from every address)",
+            description="Forgive NAME's failed logins from every address, so the user may log "
+            "in again at once. With --address, also forgive every failed login from that "
+            "client address (whatever user it named).",
+        )
+    )
+    p.add_argument("name")
+    p.add_argument("--address", help="also unlock this client address")
+    p.set_defaults(func=user_unlock)
     p = common(us.add_parser("roles", help="set a user's roles"))
     p.add_argument("name")
     p.add_argument("roles", nargs="*")

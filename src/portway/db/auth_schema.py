@@ -6,6 +6,7 @@ from sqlalchemy import (
     Boolean,
     Column,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -86,4 +87,21 @@ security_state = Table(
     metadata,
     Column("id", Integer, primary_key=True),
     Column("generation", Integer, nullable=False, default=0),
+)
+
+# One row per failed login, shared by every worker (and every node on a shared database):
+# the limiter counts an address's rows and a (user, address) pair's rows within its window.
+# `cleared`: a later success (or `portway user unlock`) forgave it for the pair, not for the
+# address. Rows older than the window are deleted as failures come in.
+login_failures = Table(
+    "login_failures",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("address", String(64), nullable=False),
+    Column("username", String(256), nullable=False),
+    Column("at", Float, nullable=False),
+    Column("cleared", Boolean, nullable=False, default=False),
+    Index("ix_login_failures_address_at", "address", "at"),
+    Index("ix_login_failures_username", "username"),
+    Index("ix_login_failures_at", "at"),
 )

@@ -38,9 +38,17 @@ def _v2_security_state(conn: Connection) -> None:
     security_state.create(conn, checkfirst=True)  # a fresh database has it from step 1
 
 
+def _v3_login_failures(conn: Connection) -> None:
+    load_table_modules()
+    from portway.db.auth_schema import login_failures
+
+    login_failures.create(conn, checkfirst=True)  # a fresh database has it from step 1
+
+
 MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [
     (1, _v1_initial),
     (2, _v2_security_state),
+    (3, _v3_login_failures),
 ]
 
 

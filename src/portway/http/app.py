@@ -33,18 +33,27 @@ def security(settings: Settings, meta: MetadataStore) -> tuple[Authorizer | None
     """The authorizer for `[security]`, and the admin's first password (first start only)."""
     if not settings.security.enabled:
         return None, None
+    from portway.auth.ratelimit import LoginLimiter
     from portway.auth.service import AuthService
     from portway.auth.store import UserStore
 
     store = UserStore(meta.engine)
     store.ensure_builtin_roles()
     password = store.ensure_admin(settings.server.data_dir)
+    sec = settings.security
+    limiter = LoginLimiter(
+        meta.engine,
+        sec.login_max_failures,
+        sec.login_failure_window,
+        max_failures_per_address=sec.login_max_failures_per_address,
+    )
     auth = AuthService.create(
         store,
         settings.server.data_dir,
         settings.repository,
         issuer="portway",
-        token_ttl=settings.security.token_ttl,
+        token_ttl=sec.token_ttl,
+        limiter=limiter,
     )
     return SecurityAuthorizer(auth, settings.security.service), password
 
