@@ -24,8 +24,9 @@ def _doctor(url: str, *args: str, stdin: str = "") -> subprocess.CompletedProces
 
 @pytest.fixture
 def quick_start(portway_factory: PortwayFactory) -> PortwayServer:
-    """The embedded default's repositories (`docker-hosted`, path routing) with security on."""
-    return portway_factory(security={"enabled": True})
+    """The embedded default's repositories (`docker-hosted`, path routing) with security on,
+    and a port connector bound to `docker-hosted` (a URL that names its repository)."""
+    return portway_factory(security={"enabled": True}, connectors=[{"repository": "docker-hosted"}])
 
 
 def test_doctor_passes_on_the_default_install(quick_start: PortwayServer) -> None:
@@ -40,6 +41,11 @@ def test_doctor_passes_on_the_default_install(quick_start: PortwayServer) -> Non
     # The probe committed nothing.
     catalog = requests.get(f"{quick_start.url}/v2/_catalog", auth=("admin", password), timeout=30)
     assert catalog.json()["repositories"] == []
+    # On a port bound to one repository the image needs no repository part.
+    bound = f"http://127.0.0.1:{quick_start.connector_port(0)}"
+    run = _doctor(bound, "--user", "admin", stdin=password + "\n")
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "probing with image portway-doctor " in run.stdout
 
 
 def test_doctor_stops_at_a_wrong_password(quick_start: PortwayServer) -> None:
