@@ -48,6 +48,9 @@ class ServerConfig(_Strict):
     # A request body (an upload, a manifest) that sends nothing for this long is refused and
     # its upload session freed, instead of holding both until the connection dies.
     body_idle_timeout: float = Field(default=300, ge=1, le=86400, description="seconds")
+    # A write waits this long for the metadata database's write lock (held by another worker,
+    # a `portway` command, a backup), then answers 503 with Retry-After; reads never wait.
+    database_busy_timeout: float = Field(default=5, ge=0.1, le=600, description="seconds")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
     @field_validator("listen")

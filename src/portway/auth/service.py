@@ -18,6 +18,7 @@ import base64
 import binascii
 import hashlib
 import hmac
+import logging
 import re
 import secrets
 import threading
@@ -47,9 +48,11 @@ from portway.auth.scopes import Scope
 from portway.auth.store import UserStore
 from portway.auth.tokens import Access, TokenAuthority, TokenError, TokenWrongRepository
 from portway.config import RepositoryConfig
+from portway.db.engine import DatabaseBusy, DatabaseFull
 
 MAX_AUTH_HEADER = 8192
 GENERATION_CHECK = 1.0  # seconds between looks at the security generation (see _generation)
+log = logging.getLogger("portway.auth")
 _CHALLENGE_SAFE = re.compile(r"[\x00-\x1f\x7f]")
 
 
@@ -338,10 +341,16 @@ class AuthService:
         }
         if offline_token and not principal.anonymous:
             refresh = self.tokens.issue_refresh(principal.name, service, repository_route)
-            self.store.record_refresh(
-                refresh.jti, principal.name, repository_route, refresh.expires_at
-            )
-            body["refresh_token"] = refresh.token
+            try:
+                self.store.record_refresh(
+                    refresh.jti, principal.name, repository_route, refresh.expires_at
+                )
+            except (DatabaseBusy, DatabaseFull) as exc:
+                # The login still succeeds: without a refresh token the client keeps using
+                # the password (docker stores it instead of an identity token).
+                log.warning("login of %r without a refresh token: %s", principal.name, exc)
+            else:
+                body["refresh_token"] = refresh.token
         self._audit(
             "token.issue",
             principal.name,

@@ -1,4 +1,9 @@
-"""Users, roles and refresh tokens in the metadata database (SQLAlchemy Core, sync engine)."""
+"""Users, roles and refresh tokens in the metadata database (SQLAlchemy Core, sync engines).
+
+Reads go through the read engine, each in one snapshot (a deferred `BEGIN`: in WAL mode it
+never takes or waits for the write lock), so logins, tokens and role checks go on while another
+process writes; changes go through the write engine (`BEGIN IMMEDIATE`).
+"""
 
 from __future__ import annotations
 
@@ -37,6 +42,7 @@ from portway.db.auth_schema import (
     user_roles,
     users,
 )
+from portway.db.engine import DatabaseBusy, DatabaseFull
 
 ADMIN_USER = "admin"
 ADMIN_PASSWORD_FILE = "admin.password"
@@ -75,14 +81,24 @@ class UserStore:
         engine: Engine,
         hasher: PasswordHasher | None = None,
         *,
+        read_engine: Engine | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.engine = engine
+        self.read_engine = read_engine if read_engine is not None else engine
         self.hasher = hasher or PasswordHasher()
         self._clock = clock
 
     def _now(self) -> datetime:
         return datetime.fromtimestamp(self._clock(), UTC)
+
+    @contextlib.contextmanager
+    def _read(self) -> Iterator[Connection]:
+        """A read-only snapshot: the statements inside see one state of the database."""
+        with self.read_engine.connect() as conn:
+            if self.read_engine is not self.engine:
+                conn.exec_driver_sql("BEGIN")  # deferred: a WAL read snapshot, no write lock
+            yield conn
 
     @contextlib.contextmanager
     def _change(self) -> Iterator[Connection]:
@@ -98,7 +114,7 @@ class UserStore:
 
     def generation(self) -> int:
         """Changes to users and roles so far (any worker, any `portway user|role` command)."""
-        with self.engine.connect() as conn:
+        with self._read() as conn:
             value = conn.execute(select(security_state.c.generation)).scalar()
         return int(value or 0)
 
@@ -186,7 +202,7 @@ class UserStore:
         if name is not None:
             query = query.where(users.c.name == name)
             links = links.where(user_roles.c.username == name)
-        with self.engine.connect() as conn:
+        with self._read() as conn:
             held: dict[str, list[str]] = {}
             for user, role in conn.execute(links):
                 held.setdefault(user, []).append(role)
@@ -224,7 +240,7 @@ class UserStore:
         Takes the time of one argon2 verification whether or not the user exists; upgrades
         the stored hash when our parameters changed.
         """
-        with self.engine.connect() as conn:
+        with self._read() as conn:
             row = conn.execute(
                 select(users.c.password_hash, users.c.disabled).where(users.c.name == name)
             ).first()
@@ -234,7 +250,8 @@ class UserStore:
         if not self.hasher.verify(row.password_hash, password) or row.disabled:
             return None
         if self.hasher.needs_rehash(row.password_hash):
-            with self.engine.begin() as conn:
+            # Best effort: a busy or full database keeps the old hash until a later login.
+            with contextlib.suppress(DatabaseBusy, DatabaseFull), self.engine.begin() as conn:
                 conn.execute(
                     update(users)
                     .where(users.c.name == name, users.c.password_hash == row.password_hash)
@@ -244,7 +261,7 @@ class UserStore:
 
     def principal(self, name: str) -> Principal | None:
         """The principal of an enabled user (roles expanded), without a password check."""
-        with self.engine.connect() as conn:
+        with self._read() as conn:
             row = conn.execute(select(users.c.disabled).where(users.c.name == name)).first()
             if row is None or row.disabled:
                 return None
@@ -336,7 +353,7 @@ class UserStore:
 
     def load_roles(self) -> dict[str, Role]:
         """Every stored role by name (roles are few: read them all at once)."""
-        with self.engine.connect() as conn:
+        with self._read() as conn:
             described = {r.name: r.description for r in conn.execute(select(roles))}
             privs: dict[str, dict[str, set[str]]] = {}
             for role, repo, action in conn.execute(select(role_privileges)):
@@ -401,7 +418,7 @@ class UserStore:
 
     def refresh_valid(self, jti: str, user: str, repository: str | None) -> bool:
         """Recorded, not revoked, not expired, for this user and repository, user enabled."""
-        with self.engine.connect() as conn:
+        with self._read() as conn:
             row = conn.execute(
                 select(refresh_tokens.c.revoked, refresh_tokens.c.expires, users.c.disabled)
                 .join(users, users.c.name == refresh_tokens.c.username)

@@ -1,13 +1,13 @@
 """MetadataStore: repositories, images, manifests, tags, blob links and upload sessions in SQL.
 
 Reads run inline on the event loop (indexed lookups of microseconds, one connection per
-process); writes run in a worker thread, each in one `BEGIN IMMEDIATE` transaction, so a
-manifest and its tags change together or not at all.
+process, WAL snapshots that never wait for a writer); writes run in the store's writer thread,
+each in one `BEGIN IMMEDIATE` transaction, so a manifest and its tags change together or not at
+all, and a write lock held elsewhere delays only writes (see portway.db.engine).
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 from collections.abc import Callable, Sequence
@@ -15,9 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sqlalchemy import Connection, Engine, and_, create_engine, delete, event, func, insert, select
+from sqlalchemy import Connection, Engine, and_, delete, func, insert, select
 from sqlalchemy.sql import ColumnElement, Select
 
+from portway.db.engine import DEFAULT_BUSY_TIMEOUT, Writer, sqlite_engines
 from portway.db.migrations import migrate
 from portway.db.schema import blob_links, manifest_refs, manifests, repositories, tags, uploads
 
@@ -70,39 +71,16 @@ moves the tag, so "now" is what the move replaces: decide tag moves here, never 
 before the transaction (two concurrent pushes would both see the tag as new)."""
 
 
-def sqlite_engines(path: Path) -> tuple[Engine, Engine]:
-    """A read engine (autocommit statements) and a write engine (BEGIN IMMEDIATE)."""
-    url = f"sqlite:///{path}"
-
-    def make(writer: bool) -> Engine:
-        engine = create_engine(
-            url, connect_args={"check_same_thread": False, "timeout": 60, "isolation_level": None}
-        )
-
-        @event.listens_for(engine, "connect")
-        def _pragmas(dbapi_conn: Any, _record: Any) -> None:
-            cur = dbapi_conn.cursor()
-            cur.execute("PRAGMA journal_mode=WAL")
-            cur.execute("PRAGMA synchronous=FULL")
-            cur.execute("PRAGMA busy_timeout=60000")
-            cur.execute("PRAGMA foreign_keys=ON")
-            cur.close()
-
-        if writer:
-
-            @event.listens_for(engine, "begin")
-            def _begin(conn: Connection) -> None:
-                conn.exec_driver_sql("BEGIN IMMEDIATE")
-
-        return engine
-
-    return make(False), make(True)
-
-
 class MetadataStore:
-    def __init__(self, read_engine: Engine, write_engine: Engine) -> None:
+    def __init__(
+        self,
+        read_engine: Engine,
+        write_engine: Engine,
+        busy_timeout: float = DEFAULT_BUSY_TIMEOUT,
+    ) -> None:
         self._read_engine = read_engine
         self._write_engine = write_engine
+        self._writer = Writer(write_engine, busy_timeout)
         self._reader: Connection | None = None
         # Hot lookups (manifest by tag or digest, blob link size) cached in process. The cache
         # is dropped whenever the database changed since the last look — SQLite's
@@ -112,17 +90,24 @@ class MetadataStore:
         self._data_version: object = None
 
     @classmethod
-    def open_sqlite(cls, path: Path) -> MetadataStore:
+    def open_sqlite(cls, path: Path, busy_timeout: float = DEFAULT_BUSY_TIMEOUT) -> MetadataStore:
         path.parent.mkdir(parents=True, exist_ok=True)
-        read, write = sqlite_engines(path)
+        read, write = sqlite_engines(path, busy_timeout)
         migrate(write)
-        return cls(read, write)
+        return cls(read, write, busy_timeout)
 
     @property
     def engine(self) -> Engine:
+        """The write engine: every transaction on it takes the write lock (BEGIN IMMEDIATE)."""
         return self._write_engine
 
+    @property
+    def read_engine(self) -> Engine:
+        """The read engine: statements that never take or wait for the write lock."""
+        return self._read_engine
+
     def close(self) -> None:
+        self._writer.close()
         if self._reader is not None:
             self._reader.close()
             self._reader = None
@@ -157,11 +142,7 @@ class MetadataStore:
         return value
 
     async def _write(self, fn: Callable[[Connection], T]) -> T:
-        def run() -> T:
-            with self._write_engine.begin() as conn:
-                return fn(conn)
-
-        return await asyncio.to_thread(run)
+        return await self._writer.run(fn)
 
     # -- repositories ------------------------------------------------------------------
     def ensure_repository(self, name: str, kind: str) -> int:

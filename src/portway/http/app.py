@@ -10,7 +10,7 @@ from portway.config import Settings
 from portway.db.store import MetadataStore
 from portway.http.auth import SecurityAuthorizer, remember_route, token_endpoint
 from portway.http.context import CONTEXT_KEY, AppContext, Authorizer
-from portway.http.errors import add_api_version, error_middleware
+from portway.http.errors import FAULTS_KEY, FaultReport, add_api_version, error_middleware
 from portway.http.forwarded import TrustedProxies, client_origin
 from portway.http.routing import RouteTable
 from portway.http.v1 import handle_v1
@@ -24,7 +24,9 @@ from portway.storage.filesystem import FilesystemBackend
 def open_stores(settings: Settings) -> tuple[MetadataStore, BlobStore]:
     data_dir = settings.server.data_dir
     data_dir.mkdir(parents=True, exist_ok=True)
-    meta = MetadataStore.open_sqlite(data_dir / "portway.db")
+    meta = MetadataStore.open_sqlite(
+        data_dir / "portway.db", busy_timeout=settings.server.database_busy_timeout
+    )
     blobs = BlobStore(FilesystemBackend(data_dir / "storage"))
     return meta, blobs
 
@@ -37,7 +39,7 @@ def security(settings: Settings, meta: MetadataStore) -> tuple[Authorizer | None
     from portway.auth.service import AuthService
     from portway.auth.store import UserStore
 
-    store = UserStore(meta.engine)
+    store = UserStore(meta.engine, read_engine=meta.read_engine)
     store.ensure_builtin_roles()
     password = store.ensure_admin(settings.server.data_dir)
     sec = settings.security
@@ -114,6 +116,7 @@ async def handle(request: web.Request) -> web.StreamResponse:
 def build_app(ctx: AppContext) -> web.Application:
     app = web.Application(middlewares=[error_middleware], client_max_size=8 * 1024 * 1024)
     app[CONTEXT_KEY] = ctx
+    app[FAULTS_KEY] = FaultReport()
     app.on_response_prepare.append(add_api_version)
     app.router.add_route("*", "/{tail:.*}", handle)
     return app

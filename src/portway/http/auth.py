@@ -7,7 +7,9 @@ path, behind a proxy), and every token is bound to the repository it was issued 
 
 from __future__ import annotations
 
+import asyncio
 import json
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from aiohttp import web
@@ -26,6 +28,7 @@ from portway.oci.names import check_name
 _ACTION_MAP = {"pull": READ, "push": "add", "delete": "delete", "edit": "edit", "catalog": BROWSE}
 _GRANTS = "portway.grants"
 _PRINCIPAL = "portway.principal"
+_LOGIN_REFUSED = "portway.login_refused"
 _ROUTE = "portway.route"
 
 
@@ -84,6 +87,9 @@ class SecurityAuthorizer:
     def __init__(self, auth: AuthService, service: str) -> None:
         self.auth = auth
         self.service = service
+        # Password checks (argon2: tens of milliseconds of CPU) and the database writes a
+        # login may make wait here, never on the event loop (docs/adr/0008).
+        self.pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="portway-auth")
 
     # -- identity ----------------------------------------------------------------------
     def _credentials(self, request: web.Request) -> tuple[str, str]:
@@ -102,7 +108,10 @@ class SecurityAuthorizer:
                     value, repository, self.service, _client_addr(request)
                 )
             else:
-                principal = self.auth.authenticate_basic(
+                refused: AuthError | None = request.get(_LOGIN_REFUSED)
+                if refused is not None:
+                    raise refused
+                principal = request.get(_PRINCIPAL) or self.auth.authenticate_basic(
                     request.headers.get("Authorization"), _client_addr(request)
                 )
                 request[_PRINCIPAL] = principal
@@ -120,6 +129,21 @@ class SecurityAuthorizer:
             ) from None
         cache[repository] = grant
         return grant
+
+    async def _check_basic(self, request: web.Request) -> None:
+        """Check Basic credentials in the pool, once per request (`_grant` uses the result)."""
+        if _PRINCIPAL in request or _LOGIN_REFUSED in request:
+            return
+        if self._credentials(request)[0] != "basic":
+            return
+        header, client = request.headers.get("Authorization"), _client_addr(request)
+        loop = asyncio.get_running_loop()
+        try:
+            request[_PRINCIPAL] = await loop.run_in_executor(
+                self.pool, self.auth.authenticate_basic, header, client
+            )
+        except AuthError as exc:
+            request[_LOGIN_REFUSED] = exc
 
     def principal(self, request: web.Request) -> Principal | None:
         principal: Principal | None = request.get(_PRINCIPAL)
@@ -163,6 +187,7 @@ class SecurityAuthorizer:
         image: str | None,
         actions: tuple[str, ...],
     ) -> None:
+        await self._check_basic(request)
         grant = self._grant(request, repository)
         if not actions:
             # GET /v2/: any valid identity; no credentials gets the challenge (docker login).
@@ -305,14 +330,20 @@ async def _answer_token(
     bound: str | None,
     service: str,
 ) -> web.Response:
-    assert isinstance(ctx.authorizer, SecurityAuthorizer)
-    auth = ctx.authorizer.auth
+    authorizer = ctx.authorizer
+    assert isinstance(authorizer, SecurityAuthorizer)
+    auth = authorizer.auth
     client = _client_addr(request)
-    try:
-        if request.method == "POST":
+    header = request.headers.get("Authorization")
+    method = request.method
+
+    def decide() -> dict[str, Any]:
+        """In the authorizer's pool: a password check and a refresh token's record wait
+        (argon2, the database's write lock), and must not hold up the event loop."""
+        if method == "POST":
             grant_type = fields.get("grant_type", "")
             if grant_type == "refresh_token":
-                body = auth.refresh(
+                return auth.refresh(
                     fields.get("refresh_token", ""),
                     service,
                     scopes,
@@ -320,7 +351,6 @@ async def _answer_token(
                     client,
                     bind_to=bound,
                 )
-                return _token_response(body)
             if grant_type != "password":
                 raise RegistryError(
                     "UNSUPPORTED", "grant_type must be password or refresh_token", status=400
@@ -330,11 +360,15 @@ async def _answer_token(
             )
             offline = fields.get("access_type") == "offline"
         else:
-            principal = auth.authenticate_basic(request.headers.get("Authorization"), client)
+            principal = auth.authenticate_basic(header, client)
             # `offline_token=true` (what docker login sends) is not honoured: a refresh token
             # would land in ~/.docker/config.json as an identity token, which podman refuses
             # to log in over. Refresh tokens come from the OAuth2 POST only (ADR 0006).
             offline = False
+        return auth.issue_token(principal, service, scopes, bound, client, offline_token=offline)
+
+    try:
+        body = await asyncio.get_running_loop().run_in_executor(authorizer.pool, decide)
     except LoginLocked as exc:
         raise _too_many(exc) from None
     except InvalidCredentials as exc:
@@ -345,5 +379,4 @@ async def _answer_token(
         ) from None
     except AuthError as exc:
         raise RegistryError("UNAUTHORIZED", exc.message) from None
-    body = auth.issue_token(principal, service, scopes, bound, client, offline_token=offline)
     return _token_response(body)
