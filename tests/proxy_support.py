@@ -83,6 +83,12 @@ def blob_gets(access_log: str, digest: str) -> int:
     return len(pattern.findall(access_log))
 
 
+def blob_heads(access_log: str, digest: str) -> int:
+    """How many `HEAD .../blobs/DIGEST` lines a distribution access log holds."""
+    pattern = re.compile(r'"HEAD [^"]*/blobs/' + re.escape(digest) + r" HTTP")
+    return len(pattern.findall(access_log))
+
+
 def manifest_requests(access_log: str, name: str) -> int:
     pattern = re.compile(r'"(?:GET|HEAD) /v2/' + re.escape(name) + r"/manifests/")
     return len(pattern.findall(access_log))

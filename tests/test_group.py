@@ -19,6 +19,7 @@ from proxy_support import (
     get_manifest,
     group,
     hosted,
+    layout_blobs,
     manifest_requests,
     oci_error,
     proxy,
@@ -167,11 +168,88 @@ def test_dead_proxy_member_does_not_hide_hosted_content(
         )
         assert time.perf_counter() - started < 20
     assert "group gs: member hub" in server.log()
-    # what no member has: the proxy's failure is the answer, named, not a bare 404 or a 500
+    # what no member has: a 404 naming what each member said, the proxy's failure included
     resp = get_manifest(server, "g", "other/img", "v1")
-    assert resp.status_code == 502, resp.text
+    assert resp.status_code == 404, resp.text
     code, message = oci_error(resp)
-    assert code == "UPSTREAM_UNAVAILABLE" and "hub" in message
+    assert code == "MANIFEST_UNKNOWN"
+    assert re.fullmatch(rf"hub: upstream {dead} (unreachable|blocked) \(.+\); not in h", message)
+
+
+def test_clients_print_why_no_member_has_the_image(
+    portway_factory: PortwayFactory, dockerd: Dockerd, container_storage: ContainerStorage
+) -> None:
+    """docker, podman and skopeo print the message of a 404 (and only the status of a 5xx):
+    a typo behind a dead upstream reads as what it is, for a group and a lone proxy."""
+    dead = f"http://127.0.0.1:{free_port()}"
+    server = portway_factory(
+        repositories=[
+            hosted("docker-hosted"),
+            proxy("docker-hub", dead),
+            group("docker-group", ["docker-hosted", "docker-hub"]),
+        ]
+    )
+    # the breaker may block the dead upstream after a few tries: then the member says so
+    problem = rf"upstream {re.escape(dead)} (unreachable \(cannot connect|blocked \(not contacted)"
+    expected = {
+        "docker-group": rf"not in docker-hosted; docker-hub: {problem}",
+        "docker-hub": rf"not cached in docker-hub; {problem}",
+    }
+    for repository, text in expected.items():
+        resp = get_manifest(server, repository, "team/typo", "v1")
+        assert resp.status_code == 404 and oci_error(resp)[0] == "MANIFEST_UNKNOWN", resp.text
+        assert re.match(text, oci_error(resp)[1]), oci_error(resp)[1]
+        ref = server.image("team/typo:v1", repository)
+        docker = dockerd.docker("pull", ref, check=False)
+        podman = container_storage.podman("pull", "--tls-verify=false", ref, check=False)
+        inspect = skopeo("inspect", "--tls-verify=false", f"docker://{ref}", check=False)
+        for client, result in (("docker", docker), ("podman", podman), ("skopeo", inspect)):
+            assert result.returncode != 0, client
+            printed = re.search(r"manifest unknown: (.*)", result.stderr)
+            assert printed and re.match(text, printed.group(1)), (client, result.stderr)
+        # docker: "Error response from daemon: manifest for REF not found: manifest unknown: …"
+        assert f"manifest for {ref} not found" in docker.stderr
+
+
+def test_group_of_two_proxies_serves_an_image_only_the_second_upstream_has(
+    tmp_path: Path, portway_factory: PortwayFactory, oci_image: OciImage, dockerd: Dockerd
+) -> None:
+    first = Distribution(tmp_path / "first").start()
+    second = Distribution(tmp_path / "second").start()
+    try:
+        skopeo("copy", "--quiet", *NO_TLS, oci_image.ref, f"docker://{second.host}/team/only:v1")
+        loose = Pusher(second.url).push_blob("team/only", b"a blob no manifest names")
+        server = portway_factory(
+            repositories=[
+                proxy("pa", first.url),
+                proxy("pb", second.url),
+                group("g", ["pa", "pb"]),
+            ]
+        )
+        skopeo(
+            "copy",
+            "--quiet",
+            *NO_TLS,
+            f"docker://{server.image('team/only:v1', 'g')}",
+            f"oci:{tmp_path / 'pulled'}:x",
+        )
+        assert layout_blobs(tmp_path / "pulled") >= {layer.digest for layer in oci_image.layers}
+        # the member that served the manifest serves its blobs: the first upstream is not asked
+        assert "/blobs/" not in first.access_log()
+        ref = server.image(f"team/only@{oci_image.manifest_digest}", "g")
+        dockerd.docker("pull", "-q", ref)
+        dockerd.docker("rmi", ref)
+        # a blob no cached manifest names: each proxy member's upstream is asked in turn
+        head = requests.head(v2(server, "g", f"team/only/blobs/{loose}"), timeout=30)
+        assert head.status_code == 200 and head.headers["Content-Length"] == "24"
+        assert get_blob(server, "g", "team/only", loose).content == b"a blob no manifest names"
+        missing = "sha256:" + "d" * 64
+        resp = get_blob(server, "g", "team/only", missing)
+        assert resp.status_code == 404 and oci_error(resp)[0] == "BLOB_UNKNOWN"
+        assert oci_error(resp)[1] == f"blob {missing}: not in pa, pb"
+    finally:
+        first.stop()
+        second.stop()
 
 
 def test_cold_and_warm_pull_through_a_group(

@@ -29,6 +29,7 @@ from conftest import PortwayFactory
 from proxy_support import (
     Relay,
     blob_gets,
+    blob_heads,
     blob_is_cached,
     get_blob,
     get_manifest,
@@ -192,9 +193,9 @@ def test_basic_credentials_upstream(
         pull(server, "good", "team/app:v1", tmp_path / "good")
         assert pulled_manifest_digest(tmp_path / "good") == oci_image.manifest_digest
         resp = get_manifest(server, "bad", "team/app", "v1")
-        assert resp.status_code == 502, resp.text
+        assert resp.status_code == 404, resp.text
         code, message = oci_error(resp)
-        assert code == "UPSTREAM_UNAVAILABLE" and "credentials" in message
+        assert code == "MANIFEST_UNKNOWN" and "refused our credentials" in message
     finally:
         registry.stop()
 
@@ -277,7 +278,7 @@ def test_secured_portway_upstream_with_token_dance(
     pull(server, "mirror", "team/app:v1", tmp_path / "a")
     assert pulled_manifest_digest(tmp_path / "a") == oci_image.manifest_digest
     refused = get_manifest(server, "anon", "team/app", "v1")
-    assert refused.status_code == 502, refused.text
+    assert refused.status_code == 404, refused.text
     assert "credentials" in oci_error(refused)[1] or "401" in oci_error(refused)[1]
 
 
@@ -324,6 +325,53 @@ def test_twenty_concurrent_cold_pulls_make_one_upstream_get(
     wait_for(lambda: blob_is_cached(server, digest), what="the blob in the cache")
     assert get_blob(server, "hub", f"team/big{workers}", digest).content == data
     assert blob_gets(anonymous.registry.access_log(), digest) == 1
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_head_of_a_cold_blob_is_an_upstream_head_not_a_download(
+    anonymous: Upstream, portway_factory: PortwayFactory, workers: int
+) -> None:
+    """Twenty concurrent HEADs (spread over the workers) make one upstream HEAD and no GET;
+    only a GET downloads, once; afterwards the cache answers HEAD."""
+    data = os.urandom(8 * 1024 * 1024)
+    name = f"team/head{workers}"
+    digest = Pusher(anonymous.url).push_blob(name, data)
+    server = portway_factory(repositories=[proxy("hub", anonymous.url)], workers=workers)
+    url = v2(server, "hub", f"{name}/blobs/{digest}")
+    barrier = threading.Barrier(20)
+
+    def head(_: int) -> tuple[int, str | None, str | None]:
+        barrier.wait()
+        resp = requests.head(url, timeout=60)
+        return (
+            resp.status_code,
+            resp.headers.get("Content-Length"),
+            resp.headers.get("Docker-Content-Digest"),
+        )
+
+    with concurrent.futures.ThreadPoolExecutor(20) as pool:
+        results = list(pool.map(head, range(20)))
+    assert results == [(200, str(len(data)), digest)] * 20
+
+    def counts() -> tuple[int, int]:
+        log = anonymous.registry.access_log()  # a line is written once its answer is sent
+        return blob_heads(log, digest), blob_gets(log, digest)
+
+    wait_for(lambda: counts()[0] > 0, timeout=10, what="the upstream HEAD in its log")
+    time.sleep(1.0)  # room for a download, had one started, to show up
+    assert counts() == (1, 0)
+    assert not blob_is_cached(server, digest)
+
+    assert get_blob(server, "hub", name, digest).content == data
+    wait_for(lambda: blob_is_cached(server, digest), what="the blob in the cache")
+    assert requests.head(url, timeout=60).headers["Content-Length"] == str(len(data))
+    wait_for(lambda: counts()[1] > 0, timeout=10, what="the upstream GET in its log")
+    assert counts() == (1, 1)
+
+    missing = "sha256:" + "e" * 64
+    resp = requests.head(v2(server, "hub", f"{name}/blobs/{missing}"), timeout=60)
+    assert resp.status_code == 404
+    assert blob_gets(anonymous.registry.access_log(), missing) == 0
 
 
 @pytest.mark.parametrize("workers", [1, 2])
@@ -496,11 +544,12 @@ def test_upstream_stopped_cached_images_pull_uncached_get_a_clear_error(
     tags = requests.get(v2(server, "hub", "team/app/tags/list"), timeout=10)
     assert tags.status_code == 200 and tags.json()["tags"] == ["v1"]  # the cached ones
 
+    # not cached, upstream down: a 404 whose message says why (clients print a 4xx's message)
     resp = get_manifest(server, "hub", "team/multi", "multi")
-    assert resp.status_code == 502, resp.text
+    assert resp.status_code == 404, resp.text
     code, message = oci_error(resp)
-    assert code == "UPSTREAM_UNAVAILABLE"
-    assert "hub" in message and registry.host in message, message
+    assert code == "MANIFEST_UNKNOWN"
+    assert message.startswith(f"not cached in hub; upstream {registry.url} unreachable ("), message
     failed = skopeo(
         "copy",
         *NO_TLS,
@@ -508,15 +557,17 @@ def test_upstream_stopped_cached_images_pull_uncached_get_a_clear_error(
         f"oci:{tmp_path / 'x'}:x",
         check=False,
     )
-    # skopeo shows the status, not the error body, for a failed manifest GET
-    assert failed.returncode != 0 and "502" in failed.stderr
+    assert (
+        failed.returncode != 0
+        and f"manifest unknown: not cached in hub; upstream {registry.url}" in failed.stderr
+    )
 
     # after repeated failures the upstream is no longer asked, and the CLI says so
     for _ in range(6):
         get_manifest(server, "hub", "team/multi", "multi")
     blocked = get_manifest(server, "hub", "team/multi", "multi")
-    assert blocked.status_code == 502
-    assert "not contacted until" in oci_error(blocked)[1]
+    assert blocked.status_code == 404
+    assert "blocked (not contacted until" in oci_error(blocked)[1]
 
     def shows_blocked() -> bool:
         out = subprocess.run(
@@ -561,13 +612,14 @@ def test_rate_limited_and_unavailable_upstreams(
     # the upstream asked for 30 s of quiet: the next request does not reach it
     hits = len(faults.hits)
     again = get_manifest(server, "limited", "team/app", "v1")
-    assert again.status_code == 502 and len(faults.hits) == hits, again.text
-    assert oci_error(again)[0] == "UPSTREAM_UNAVAILABLE" and "blocked" in oci_error(again)[1]
+    assert again.status_code == 404 and len(faults.hits) == hits, again.text
+    assert oci_error(again)[0] == "MANIFEST_UNKNOWN" and "blocked" in oci_error(again)[1]
 
     resp = get_manifest(server, "down", "team/down", "v1")
-    assert resp.status_code == 502, resp.text
+    assert resp.status_code == 404, resp.text
     code, message = oci_error(resp)
-    assert code == "UPSTREAM_UNAVAILABLE" and "503" in message
+    assert code == "MANIFEST_UNKNOWN" and "503" in message
+    # a blob (after its manifest was served) keeps its 5xx: clients retry layer downloads
     blob = get_blob(server, "down", "team/down", "sha256:" + "a" * 64)
     assert blob.status_code == 502 and "503" in oci_error(blob)[1]
 

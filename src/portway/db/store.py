@@ -427,6 +427,19 @@ class MetadataStore:
         )
         return None if row is None else int(row[0])
 
+    def references(self, repo_id: int, image: str, digest: str) -> bool:
+        """Whether a manifest stored in this image references `digest` (config, layer, child)."""
+        row = self._one(
+            select(manifest_refs.c.manifest)
+            .where(
+                manifest_refs.c.repo_id == repo_id,
+                manifest_refs.c.image == image,
+                manifest_refs.c.ref == digest,
+            )
+            .limit(1)
+        )
+        return row is not None
+
     def missing_blobs(self, repo_id: int, image: str, digests: Sequence[str]) -> list[str]:
         return self._missing(blob_links, repo_id, image, digests)
 

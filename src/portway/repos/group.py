@@ -13,8 +13,10 @@ from typing import Any
 from portway.config import RepositoryConfig
 from portway.oci.digest import Digest
 from portway.oci.errors import RegistryError
+from portway.oci.names import lookup_reference
 from portway.repos.base import BlobBody, Manifest, Repository
 from portway.repos.hosted import HostedRepository
+from portway.repos.proxy_errors import UpstreamProblem
 from portway.repos.search import page_of
 
 log = logging.getLogger("portway.group")
@@ -74,32 +76,57 @@ class GroupRepository:
 
     # -- manifests ---------------------------------------------------------------------
     async def get_manifest(self, image: str, reference: str, accept: Sequence[str]) -> Manifest:
-        first_error: RegistryError | None = None
+        reference = lookup_reference(reference)
+        outcomes: list[str] = []
         for member in await self._members_for(image):
             try:
                 return await member.get_manifest(image, reference, accept)
             except RegistryError as err:
-                if err.code not in _ABSENT and first_error is None:
-                    first_error = err  # an upstream problem: remember, keep looking
-                    log.warning("group %s: member %s: %s", self.name, member.name, err.message)
-        if first_error is not None:
-            raise first_error
-        raise RegistryError("MANIFEST_UNKNOWN", f"manifest {reference!r} not found in {image!r}")
+                outcomes.append(self._outcome(member, err))
+        # No member has it: what each said, as a 404 (clients print a 4xx's message; ADR 0011).
+        raise RegistryError("MANIFEST_UNKNOWN", _joined(outcomes))
+
+    def _outcome(self, member: Repository, err: RegistryError) -> str:
+        """`not in NAME`, or `NAME: what went wrong` (logged: an upstream problem)."""
+        if err.code in _ABSENT and not isinstance(err, UpstreamProblem):
+            return f"not in {member.name}"
+        log.warning("group %s: member %s: %s", self.name, member.name, err.message)
+        return f"{member.name}: {err.outcome if isinstance(err, UpstreamProblem) else err.message}"
 
     # -- blobs -------------------------------------------------------------------------
     async def _blob_member(self, image: str, digest: Digest) -> Repository:
+        """The first member, in resolution order, that holds the blob; else the first that
+        knows where it is (a proxy whose cached manifest names it); else the first proxy
+        whose upstream has it (asked with a HEAD)."""
         members = await self._members_for(image)
         for member in members:
             if await member.has_blob(image, digest):
                 return member
         for member in members:
-            if member.kind == "proxy":
-                return member  # it may fetch the blob upstream
-        raise RegistryError("BLOB_UNKNOWN", f"blob {digest} not found in {image!r}")
+            if await member.serves_blob(image, digest):
+                return member
+        outcomes: list[str] = []
+        for member in members:
+            if member.kind != "proxy":
+                outcomes.append(f"not in {member.name}")
+                continue
+            try:
+                await member.stat_blob(image, digest)
+            except RegistryError as err:
+                outcomes.append(self._outcome(member, err))
+                continue
+            return member
+        raise RegistryError("BLOB_UNKNOWN", f"blob {digest}: {_joined(outcomes)}")
 
     async def has_blob(self, image: str, digest: Digest) -> bool:
         for member in await self._members_for(image):
             if await member.has_blob(image, digest):
+                return True
+        return False
+
+    async def serves_blob(self, image: str, digest: Digest) -> bool:
+        for member in await self._members_for(image):
+            if await member.serves_blob(image, digest):
                 return True
         return False
 
@@ -166,6 +193,17 @@ class GroupRepository:
                 "repository",
             )
         return self._writable.with_mount_sources(self.members)
+
+
+def _joined(outcomes: list[str]) -> str:
+    """`not in a, b; c: upstream ... unreachable (...)`: runs of absences share one `not in`."""
+    parts: list[str] = []
+    for outcome in outcomes:
+        if parts and outcome.startswith("not in ") and parts[-1].startswith("not in "):
+            parts[-1] += ", " + outcome.removeprefix("not in ")
+        else:
+            parts.append(outcome)
+    return "; ".join(parts) or "no member to ask"
 
 
 def _merge(pages: list[list[str]], n: int | None) -> list[str]:

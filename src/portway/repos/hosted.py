@@ -77,6 +77,9 @@ class HostedRepository:
     async def has_blob(self, image: str, digest: Digest) -> bool:
         return self.meta.blob_size(self.repo_id, image, str(digest)) is not None
 
+    async def serves_blob(self, image: str, digest: Digest) -> bool:
+        return await self.has_blob(image, digest)
+
     async def stat_blob(self, image: str, digest: Digest) -> int:
         size = self.meta.blob_size(self.repo_id, image, str(digest))
         if size is None:

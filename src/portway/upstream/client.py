@@ -222,6 +222,17 @@ class UpstreamRegistry:
         ) as resp:
             yield UpstreamBlob(resp, digest, verify, what, self.read_timeout, self._failed)
 
+    async def head_blob(self, image: str, digest: str) -> int | None:
+        """``HEAD`` a blob: its length (None when the upstream sent none), without its bytes."""
+        name = self.remote_name(image)
+        if not is_digest(digest):
+            raise ValueError(f"{digest!r} is not a digest this registry can verify")
+        url = f"{self.remote_url}/v2/{name}/blobs/{digest}"
+        async with self._request(
+            "HEAD", url, scope=_pull(name), what=f"blob {digest} of {name}"
+        ) as resp:
+            return resp.content_length
+
     async def list_tags(self, image: str, n: int | None = None, last: str | None = None) -> TagPage:
         name = self.remote_name(image)
         params: dict[str, str] = {}
