@@ -48,11 +48,15 @@ class LoginLimiter:
         window: float = 300.0,
         *,
         max_failures_per_address: int = 30,
+        read_engine: Engine | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         if max_failures < 1 or max_failures_per_address < 1 or window <= 0:
             raise ValueError("max_failures >= 1, max_failures_per_address >= 1, window > 0")
         self.engine = engine
+        # Checks (before every password check, even a cached one) never wait for the write
+        # lock: they read through the read engine when there is one (docs/adr/0008).
+        self.read_engine = read_engine if read_engine is not None else engine
         self.max_failures = max_failures
         self.max_per_address = max_failures_per_address
         self.window = window
@@ -72,7 +76,7 @@ class LoginLimiter:
             .order_by(failures.c.at)
         )
         try:
-            with self.engine.connect() as conn:
+            with self.read_engine.connect() as conn:
                 rows = conn.execute(query).all()
         except SQLAlchemyError as exc:
             log.warning("cannot read failed-login counts, not limiting this login: %s", exc)
@@ -109,7 +113,19 @@ class LoginLimiter:
     def success(self, user: str, client_addr: str | None) -> None:
         """Forgive the pair's failures (the address keeps its count)."""
         name, address = self._names(user, client_addr)
-        self._clear(and_(failures.c.username == name, failures.c.address == address))
+        pair = and_(failures.c.username == name, failures.c.address == address)
+        try:
+            with self.read_engine.connect() as conn:
+                pending = (
+                    conn.execute(
+                        select(failures.c.at).where(pair, failures.c.cleared.is_(False)).limit(1)
+                    ).first()
+                    is not None
+                )
+        except SQLAlchemyError:
+            pending = True  # cannot tell: clear, as before
+        if pending:  # a write only when there is something to forgive
+            self._clear(pair)
 
     def unlock(self, user: str, client_addr: str | None = None) -> int:
         """Forgive `user`'s failures from every address and, with `client_addr`, every failure

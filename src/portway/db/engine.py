@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import ExceptionContext
+from sqlalchemy.exc import SQLAlchemyError
 
 T = TypeVar("T")
 
@@ -33,16 +34,17 @@ READ_BUSY_TIMEOUT = 0.5  # seconds; a WAL reader only waits while a connection r
 _SQLITE_BUSY, _SQLITE_LOCKED, _SQLITE_FULL = 5, 6, 13
 
 
-class DatabaseBusy(Exception):
+class DatabaseBusy(SQLAlchemyError):
     """Another connection (a worker, a `portway` command, a backup) held the write lock for
-    longer than the busy timeout. Nothing was written; the same request may be retried."""
+    longer than the busy timeout. Nothing was written; the same request may be retried.
+    (An SQLAlchemyError, so code that already handles database errors handles it too.)"""
 
     def __init__(self, waited: float) -> None:
         super().__init__(f"database is busy: the write lock was not free within {waited:.1f}s")
         self.retry_after = max(1, math.ceil(waited))
 
 
-class DatabaseFull(Exception):
+class DatabaseFull(SQLAlchemyError):
     """The file system holding the metadata database is full: nothing was written."""
 
     def __init__(self) -> None:

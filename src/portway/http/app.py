@@ -48,6 +48,7 @@ def security(settings: Settings, meta: MetadataStore) -> tuple[Authorizer | None
         sec.login_max_failures,
         sec.login_failure_window,
         max_failures_per_address=sec.login_max_failures_per_address,
+        read_engine=meta.read_engine,
     )
     auth = AuthService.create(
         store,
