@@ -106,6 +106,10 @@ async def handle(request: web.Request) -> web.StreamResponse:
         if request.method not in ("GET", "HEAD"):
             raise RegistryError("UNSUPPORTED", status=405)
         await ctx.authorizer.authorize(request, route.repository, None, ())
+        name = route.repository
+        # A concealed name (routing.py): only whoever could see it learns it is missing.
+        if name is not None and name not in ctx.repos and ctx.authorizer.visible(request, name):
+            raise RegistryError("NAME_UNKNOWN", f"no repository {name!r}")
         return web.Response(body=b"{}", content_type="application/json")
     if rest.startswith("/v2/"):
         return await dispatch_v2(request, ctx, route, rest[3:])

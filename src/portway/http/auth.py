@@ -18,6 +18,7 @@ from portway.auth.keys import KeyFolderError
 from portway.auth.privileges import ACTIONS, BROWSE, READ, Principal, allowed_actions
 from portway.auth.scopes import Scope, ScopeError, parse_scopes
 from portway.auth.service import AuthError, AuthService, Grant, InvalidCredentials, LoginLocked
+from portway.http.concealed import concealable
 from portway.http.context import CONTEXT_KEY, AppContext
 from portway.http.forwarded import client_address, client_origin
 from portway.http.routing import Route
@@ -272,7 +273,8 @@ class SecurityAuthorizer:
 # -- token endpoint ------------------------------------------------------------------------
 def _bound_repository(ctx: AppContext, route: Route, scopes: list[Scope]) -> str | None:
     """The repository a token is for: the route's, or on a shared host the repository the
-    first repository scope names (`<repo>/<image>`)."""
+    first repository scope names (`<repo>/<image>`); with security on, also a name that
+    names none there, so that its token looks like that of a repository one may not see."""
     if route.repository is not None:
         return route.repository
     for scope in scopes:
@@ -280,6 +282,8 @@ def _bound_repository(ctx: AppContext, route: Route, scopes: list[Scope]) -> str
             repo = scope.name.partition("/")[0]
             cfg = ctx.settings.repo(repo)
             if cfg is not None and cfg.path_routing:
+                return repo
+            if ctx.routes.conceal and concealable(repo):
                 return repo
             return None
     return None

@@ -7,6 +7,10 @@ Access methods, in the order they are tried:
   3. Host mapping Host: name (exact, or first label of a wildcard domain) -> repository, on
                   the main listener and on connectors bound to no repository
   4. Repository path /v2/<repo>/<image>/... for repositories with path_routing = true
+
+With `conceal` (security on), a `/repository/<name>/` path or a wildcard host label that
+names no repository still routes to `<name>`, so that its answers are those of a repository
+the caller may not see (http/concealed.py), never a tell-tale "no such repository".
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from portway.config import Settings
+from portway.config import REPO_NAME_RE, Settings
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,11 +45,13 @@ class RouteTable:
         hosts: Mapping[str, _Binding],
         wildcards: Mapping[str, str | None],  # ".docker.example.com" -> external_url
         ports: dict[int, _Binding],
+        conceal: bool = False,
     ) -> None:
         self.repositories = dict(repositories)
         self.hosts = dict(hosts)
         self.wildcards = dict(wildcards)
         self.ports = ports
+        self.conceal = conceal
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RouteTable:
@@ -61,11 +67,16 @@ class RouteTable:
             hosts,
             wildcards,
             {},
+            conceal=settings.security.enabled,
         )
 
     def bind_port(self, port: int, repository: str | None, external_url: str | None) -> None:
         """Called once a listener is open (its real port is known)."""
         self.ports[port] = _Binding(repository, external_url)
+
+    def _named(self, name: str) -> bool:
+        """Does `name` route: a repository, or (concealing) a name one could have?"""
+        return name in self.repositories or (self.conceal and REPO_NAME_RE.match(name) is not None)
 
     def path_routed(self) -> list[str]:
         return sorted(n for n, on in self.repositories.items() if on)
@@ -82,14 +93,14 @@ class RouteTable:
         for suffix, external in self.wildcards.items():
             if name.endswith(suffix):
                 label = name[: -len(suffix)]
-                if label and "." not in label and label in self.repositories:
+                if label and "." not in label and self._named(label):
                     return _Binding(label, external)
         return None
 
     def resolve(self, port: int, host: str, path: str) -> Route | None:
         if path.startswith("/repository/"):
             repo, sep, rest = path[len("/repository/") :].partition("/")
-            if repo not in self.repositories:
+            if not self._named(repo):
                 return None
             return Route(repo, "/" + rest if sep else "/", f"/repository/{repo}", "path")
         bound = self.ports.get(port)

@@ -9,6 +9,7 @@ from typing import Any
 
 from aiohttp import web
 
+from portway.http.concealed import repository_named
 from portway.http.context import AppContext
 from portway.http.routing import Route
 from portway.oci.errors import RegistryError
@@ -70,7 +71,7 @@ async def _search_one(
     ctx: AppContext, repo_name: str, query: str, n: int, page: int
 ) -> dict[str, Any]:
     """One repository answers its own page (its `num_results` counts every match)."""
-    repo = ctx.repos[repo_name]
+    repo = repository_named(ctx, repo_name)
     if not repo.config.v1_enabled:
         raise RegistryError(
             "UNSUPPORTED", f"search is turned off for repository {repo_name!r}", status=404

@@ -8,12 +8,14 @@ from urllib.parse import unquote
 
 from aiohttp import web
 
+from portway.http.concealed import MissingRepository, concealable, repository_named
 from portway.http.context import AppContext
 from portway.http.routing import Route
 from portway.http.v2 import blobs, listing, manifests, uploads
 from portway.http.v2.call import V2Call
 from portway.oci.errors import RegistryError
 from portway.oci.names import check_name
+from portway.repos.base import Repository
 
 Handler = Callable[..., Awaitable[web.StreamResponse]]
 
@@ -79,16 +81,18 @@ async def dispatch_v2(
 def _call(request: web.Request, ctx: AppContext, route: Route, url_name: str) -> V2Call:
     check_name(url_name)
     if route.repository is not None:
-        repo = ctx.repos[route.repository]
+        repo = repository_named(ctx, route.repository)
         return V2Call(request, ctx, repo, url_name, url_name, route.prefix, route.external_url)
     repo_name, _, image = url_name.partition("/")
-    routed = ctx.repos.get(repo_name)
+    routed: Repository | None = ctx.repos.get(repo_name)
     if routed is None or not routed.config.path_routing or not image:
-        raise RegistryError(
-            "NAME_UNKNOWN",
+        message = (
             f"no repository {repo_name!r} with path routing on this host; address images "
-            "as <host>/<repository>/<image>",
+            "as <host>/<repository>/<image>"
         )
+        if not (image and ctx.routes.conceal and concealable(repo_name)):
+            raise RegistryError("NAME_UNKNOWN", message)
+        routed = MissingRepository(repo_name, message)  # refused like a foreign one
     return V2Call(
         request, ctx, routed, image, url_name, route.prefix, route.external_url, shared=True
     )

@@ -8,6 +8,7 @@ from urllib.parse import urlencode
 
 from aiohttp import web
 
+from portway.http.concealed import repository_named
 from portway.http.context import AppContext
 from portway.http.v2.call import V2Call, query_int
 from portway.oci import mediatypes as mt
@@ -74,7 +75,7 @@ async def catalog(
     if n == 0:
         names = []
     elif repository is not None:
-        names = await ctx.repos[repository].catalog(last, want_total)
+        names = await repository_named(ctx, repository).catalog(last, want_total)
     else:
         names = []
         for repo_name in ctx.routes.path_routed():
