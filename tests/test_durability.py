@@ -11,11 +11,16 @@ manifest, how far the client got: `partial` (the body never fully left the clien
 - no partial blob is visible; a `sent` blob or manifest is either absent or whole;
 - every file under `storage/blobs` hashes to its own name;
 - the server takes a fresh push.
+
+The same checks follow a blob store that fills up in the middle of the pushes (a small tmpfs
+as `storage/`): refusals are 507, and once the file system grows the server takes pushes
+again without a restart.
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import random
 import shutil
@@ -30,6 +35,7 @@ import pytest
 
 from push_support import MiB, Registry, manifest_for, sha256
 from support.server import PortwayServer
+from support.smallfs import resize, small_fs, used_bytes
 
 pytestmark = pytest.mark.slow
 
@@ -200,7 +206,58 @@ def test_sigkill_during_concurrent_pushes_leaves_a_consistent_store(
     assert states["partial"] + states["sent"] + manifest_states["partial"] > 0
 
     server.start()
+    _assert_consistent(reg, ledger, server.data_dir)
+    _fresh_push_works(reg)
 
+
+def test_blob_store_filling_up_during_concurrent_pushes_loses_nothing_acknowledged(
+    tmp_path: Path,
+) -> None:
+    server = PortwayServer(tmp_path / "portway", workers=1)
+    storage = server.data_dir / "storage"
+    with small_fs(storage, 1024):
+        server.start()
+        try:
+            reg = Registry(server.repository_url(), timeout=60)
+            ledger = Ledger()
+            stop = threading.Event()
+            threads = [
+                threading.Thread(target=_pusher, args=(reg, ledger, i, stop), daemon=True)
+                for i in range(PUSHERS)
+            ]
+            for t in threads:
+                t.start()
+            deadline = time.monotonic() + 180
+            while ledger.acked_manifests < KILL_AFTER_ACKED // 2 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert ledger.acked_manifests >= KILL_AFTER_ACKED // 2, ledger.errors
+            # the file system shrinks to what is used plus 8 MiB: it fills up within moments
+            resize(storage, math.ceil(used_bytes(storage) / MiB) + 8)
+            for t in threads:  # each pusher stops at its first refusal
+                t.join(240)
+                assert not t.is_alive()
+            states = Counter(state for state, *_ in ledger.blobs.values())
+            manifest_states = Counter(state for state, *_ in ledger.manifests.values())
+            print(
+                f"\nblob store full: manifests {dict(manifest_states)}, blobs {dict(states)}, "
+                f"pushers stopped by {dict(ledger.errors)}"
+            )
+            # it filled up in the middle: pushes were refused with 507, never a 500
+            assert any("507" in reason for reason in ledger.errors), ledger.errors
+            assert not any("500" in reason for reason in ledger.errors), ledger.errors
+            log = server.log()
+            assert "Traceback" not in log and "internal error" not in log, log[-3000:]
+
+            resize(storage, 1024)  # space is back; no restart
+            _assert_consistent(reg, ledger, server.data_dir)
+            _fresh_push_works(reg)
+        finally:
+            server.stop()
+
+
+def _assert_consistent(reg: Registry, ledger: Ledger, data_dir: Path) -> None:
+    """What must hold after a fault, for every push the ledger saw."""
+    states = Counter(state for state, *_ in ledger.blobs.values())
     # 1. acknowledged manifests: same digest by tag, every referenced blob whole
     for (image, tag), (state, digest, body, refs) in ledger.manifests.items():
         got = reg.get_manifest(image, tag)
@@ -227,25 +284,26 @@ def test_sigkill_during_concurrent_pushes_leaves_a_consistent_store(
             assert _pull_ok(reg, image, digest, size), (image, digest, state)
         else:
             assert head.status == 404, (image, digest, head.status)
-    print(f"after restart (ledger state:HEAD status): {dict(outcome)}")
+    print(f"afterwards (ledger state:HEAD status): {dict(outcome)}")
 
     # 3. the store itself: every blob file's content hashes to its name
-    count, bad = _blob_files_match_their_names(server.data_dir)
+    count, bad = _blob_files_match_their_names(data_dir)
     assert not bad, f"blob files whose content does not match their name: {bad}"
     assert count >= states["acked"] // 2
 
-    # 4. and the server still works
+
+def _fresh_push_works(reg: Registry, image: str = "crash/after") -> None:
     fresh = random.Random(1234).randbytes(3 * MiB + 17)
     third = len(fresh) // 3
     chunks = [fresh[:third], fresh[third : 2 * third], fresh[2 * third :]]
-    assert reg.upload_chunked("crash/after", chunks, sha256(fresh)).status == 201
+    assert reg.upload_chunked(image, chunks, sha256(fresh)).status == 201
     config = b'{"after":"restart"}'
-    assert reg.upload_monolithic("crash/after", sha256(config), config, len(config)).status == 201
+    assert reg.upload_monolithic(image, sha256(config), config, len(config)).status == 201
     body = manifest_for(config, [fresh])
-    assert reg.put_manifest("crash/after", "ok", body).status == 201
-    got = reg.get_manifest("crash/after", "ok")
+    assert reg.put_manifest(image, "ok", body).status == 201
+    got = reg.get_manifest(image, "ok")
     assert got.status == 200 and got.body == body
-    assert _pull_ok(reg, "crash/after", sha256(fresh), len(fresh))
+    assert _pull_ok(reg, image, sha256(fresh), len(fresh))
 
 
 def test_closing_put_racing_an_unfinished_patch_never_publishes_a_growing_file(

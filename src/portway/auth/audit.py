@@ -6,11 +6,17 @@ Fields: `ts` (RFC 3339, UTC), `event` (e.g. `login`, `token.issue`, `user.disabl
 Secrets never reach the file: detail keys that name a secret (password, token, secret,
 authorization, credential, ...) are replaced by "[redacted]", and any string value that looks
 like a JWT or an HTTP credential (`Basic ...`, `Bearer ...`) is redacted wherever it appears.
+
+A record that cannot be written (a full disk, a read-only file system) never fails the request
+it describes: the failure is logged once a minute with how many records were lost, `healthy`
+turns False (for a readiness check or a metric to read) and `lost` counts them; the next record
+that can be written turns it back, and says so in the log.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import threading
@@ -20,7 +26,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
+log = logging.getLogger("portway.audit")
 REDACTED = "[redacted]"
+FAILURE_LOG_INTERVAL = 60.0  # seconds between log lines while records cannot be written
 _SECRET_KEY_RE = re.compile(
     r"pass|pwd|token|secret|authori[sz]ation|credential|cookie|private|api[-_]?key|signature",
     re.IGNORECASE,
@@ -65,6 +73,11 @@ class AuditLog:
     ) -> None:
         self._clock = clock
         self._lock = threading.Lock()
+        self.healthy = True  # False while records cannot be written
+        self.lost = 0  # records that could not be written, since the start
+        self._lost_unreported = 0
+        self._reported_at = -FAILURE_LOG_INTERVAL
+        self._torn = False  # the last failed write left part of a line in the file
         self._path: Path | None = None
         self._stream: TextIO | None = None
         if isinstance(target, Path):
@@ -96,16 +109,60 @@ class AuditLog:
         }
         line = json.dumps(record, ensure_ascii=True, separators=(",", ":")) + "\n"
         with self._lock:
-            if self._stream is not None:
-                self._stream.write(line)
-                self._stream.flush()
+            try:
+                self._append(line)
+            except (OSError, ValueError) as exc:  # ValueError: a closed stream
+                self._failed(exc)
             else:
-                assert self._path is not None
-                # One write(2) of one line on an O_APPEND descriptor: workers sharing the
-                # file never interleave within a line.
-                fd = os.open(self._path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
-                try:
-                    os.write(fd, line.encode())
-                finally:
-                    os.close(fd)
+                self._recovered()
         return record
+
+    def _append(self, line: str) -> None:
+        if self._torn:
+            line = "\n" + line  # end the cut-off line first: readers skip it, not this one
+        if self._stream is not None:
+            self._stream.write(line)
+            self._stream.flush()
+            self._torn = False
+            return
+        assert self._path is not None
+        data = line.encode()
+        # One write(2) of one line on an O_APPEND descriptor: workers sharing the file never
+        # interleave within a line.
+        fd = os.open(self._path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+        try:
+            written = os.write(fd, data)
+        finally:
+            os.close(fd)
+        if written < len(data):  # the disk filled up in the middle of the line
+            self._torn = True
+            raise OSError(28, "No space left on device (the line was cut)")
+        self._torn = False
+
+    def _failed(self, exc: BaseException) -> None:
+        self.healthy = False
+        self.lost += 1
+        self._lost_unreported += 1
+        now = time.monotonic()
+        if now - self._reported_at >= FAILURE_LOG_INTERVAL:
+            log.error(
+                "audit log %s cannot be written (%s): %d record(s) lost since the last "
+                "report; requests are served regardless",
+                self._path or "stream",
+                exc,
+                self._lost_unreported,
+            )
+            self._reported_at = now
+            self._lost_unreported = 0
+
+    def _recovered(self) -> None:
+        if self.healthy:
+            return
+        self.healthy = True
+        log.warning(
+            "audit log %s is written again; %d record(s) were lost in all",
+            self._path or "stream",
+            self.lost,
+        )
+        self._reported_at = -FAILURE_LOG_INTERVAL
+        self._lost_unreported = 0

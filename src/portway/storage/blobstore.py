@@ -4,6 +4,10 @@ A blob becomes visible only by an atomic move of a fully written, fsynced tempor
 whose digest and size verified. Upload data lives in the backend (not in a process), so a
 chunked upload can continue on another worker; each process keeps the running hash of the
 sessions it served and falls back to re-reading the data when another worker appended.
+
+A full file system raises `StorageFull` (portway.storage.faults): the session is cut back to
+where it was, nothing half-written becomes visible, and the same upload works once space is
+back. `check` compares a blob file with its recorded size before it is served.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from typing import Any
 
 from portway.oci.digest import Digest
 from portway.oci.errors import RegistryError
+from portway.storage.faults import StorageFaults, StorageFull, is_full
 from portway.storage.filesystem import FilesystemBackend, FileWriter, ObjectBusy
 
 WRITE_BATCH = 1024 * 1024  # bytes handed to the writer thread at once
@@ -33,6 +38,7 @@ class BlobStore:
         # upload id -> (offset the hash covers, running sha256); sha512 uploads are rare, so
         # they are hashed from the file at commit instead of doubling every upload's CPU cost
         self._hashes: dict[str, tuple[int, Any]] = {}
+        self.faults = StorageFaults()
 
     # -- blobs -------------------------------------------------------------------------
     @staticmethod
@@ -61,8 +67,13 @@ class BlobStore:
 
     async def new_upload(self) -> str:
         upload_id = str(uuidlib.uuid4())
-        writer = await self.backend.writer(self.upload_key(upload_id))
-        await writer.close(sync=False)
+        try:
+            writer = await self.backend.writer(self.upload_key(upload_id))
+            await writer.close(sync=False)
+        except OSError as exc:
+            if is_full(exc):
+                raise StorageFull("no upload can be started") from exc
+            raise
         self._hashes[upload_id] = (0, hashlib.sha256())
         self._trim_cache()
         return upload_id
@@ -112,11 +123,13 @@ class BlobStore:
                     "SIZE_INVALID",
                     f"request body has {written} bytes, Content-Length said {expected_length}",
                 )
-        except BaseException:
+        except BaseException as exc:
             with contextlib.suppress(OSError):
                 writer.truncate_sync(start)  # still under the lock: nobody saw the tail
             await writer.close(sync=False)
             self._hashes.pop(upload_id, None)
+            if is_full(exc):
+                raise StorageFull(f"the upload was cut back to {start} bytes") from exc
             raise
         await writer.close(sync=False)
         if hashers is not None:
@@ -152,8 +165,13 @@ class BlobStore:
                     f"uploaded content has digest {digest.algorithm}:{actual}, not {digest}",
                 )
             await self.backend.move(key, self.blob_key(digest))
+        except OSError as exc:
+            if is_full(exc):
+                raise StorageFull("the blob could not be published") from exc
+            raise
         finally:
             await holder.close(sync=False)
+        self.faults.healed(str(digest))
         return total
 
     async def _open_session(self, upload_id: str) -> FileWriter:
