@@ -74,6 +74,9 @@ class MissingRepository:
     async def has_blob(self, image: str, digest: Digest) -> bool:
         return False
 
+    async def serves_blob(self, image: str, digest: Digest) -> bool:
+        return False
+
     async def search(self, query: str, n: int, page: int) -> dict[str, Any] | None:
         self._unknown()
 
