@@ -175,6 +175,9 @@ class SecurityConfig(_Strict):
     login_max_failures: int = Field(default=10, ge=1, le=10000)
     login_max_failures_per_address: int = Field(default=30, ge=1, le=100000)
     login_failure_window: int = Field(default=300, ge=1, le=86400, description="seconds")
+    # Password checks (argon2, ~64 MiB and a third of a second each) and login writes at once
+    # per worker, off the event loop and at a lower CPU priority.
+    login_threads: int = Field(default=4, ge=1, le=64)
     # `portway user add|passwd` refuse shorter passwords (characters).
     min_password_length: int = Field(default=8, ge=1, le=1024)
 

@@ -58,7 +58,8 @@ def security(settings: Settings, meta: MetadataStore) -> tuple[Authorizer | None
         token_ttl=sec.token_ttl,
         limiter=limiter,
     )
-    return SecurityAuthorizer(auth, settings.security.service), password
+    authorizer = SecurityAuthorizer(auth, sec.service, sec.login_threads)
+    return authorizer, password
 
 
 def build_context(

@@ -15,6 +15,7 @@ from typing import Any
 from aiohttp import web
 
 from portway.auth.keys import KeyFolderError
+from portway.auth.passwords import lower_thread_priority
 from portway.auth.privileges import ACTIONS, BROWSE, READ, Principal, allowed_actions
 from portway.auth.scopes import Scope, ScopeError, parse_scopes
 from portway.auth.service import AuthError, AuthService, Grant, InvalidCredentials, LoginLocked
@@ -85,12 +86,17 @@ def _docker_actions(actions: tuple[str, ...]) -> str:
 class SecurityAuthorizer:
     """The Authorizer used when `[security] enabled = true`."""
 
-    def __init__(self, auth: AuthService, service: str) -> None:
+    def __init__(self, auth: AuthService, service: str, login_threads: int = 4) -> None:
         self.auth = auth
         self.service = service
-        # Password checks (argon2: tens of milliseconds of CPU) and the database writes a
-        # login may make wait here, never on the event loop (docs/adr/0008).
-        self.pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="portway-auth")
+        # Password checks (argon2: about a third of a second of CPU each) and the database
+        # writes a login may make wait here, a few at once and at a lower CPU priority, never
+        # on the event loop (docs/adr/0008).
+        self.pool = ThreadPoolExecutor(
+            max_workers=login_threads,
+            thread_name_prefix="portway-auth",
+            initializer=lower_thread_priority,
+        )
 
     # -- identity ----------------------------------------------------------------------
     def _credentials(self, request: web.Request) -> tuple[str, str]:

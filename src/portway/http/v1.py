@@ -57,6 +57,8 @@ async def _ask_for_credentials(request: web.Request, ctx: AppContext, route: Rou
     not a partial answer: podman asks /v1/search without credentials and, only when that
     fails, lists the catalog with them (docker sends its token from the start)."""
     if request.headers.get("Authorization"):
+        # Who is asking is decided now, off the event loop (a password check), not in visible().
+        await ctx.authorizer.authorize(request, route.repository, None, ())
         return
     if route.repository is not None:
         reach = [route.repository]
