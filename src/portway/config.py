@@ -51,6 +51,11 @@ class ServerConfig(_Strict):
     # A write waits this long for the metadata database's write lock (held by another worker,
     # a `portway` command, a backup), then answers 503 with Retry-After; reads never wait.
     database_busy_timeout: float = Field(default=5, ge=0.1, le=600, description="seconds")
+    # A connection must deliver a complete request header this long after it opens (or after
+    # the first byte of its next request); a kept-alive connection idle for keepalive_timeout
+    # is closed.
+    header_timeout: float = Field(default=30, ge=1, le=3600, description="seconds")
+    keepalive_timeout: float = Field(default=75, ge=1, le=3600, description="seconds")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
     @field_validator("listen")

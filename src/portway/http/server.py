@@ -1,9 +1,10 @@
 """Listeners and worker processes.
 
 One aiohttp application serves every listener: the main one and each connector are just
-sockets (SO_REUSEPORT), so a connector costs a file descriptor, not a thread pool. With
-`workers > 1` the parent prepares the database, then starts N processes that bind the same
-ports and share nothing but the database and the blob store.
+sockets, so a connector costs a file descriptor, not a thread pool. `portway serve` binds
+every listener once, in the first process; with `workers > 1` it then prepares the database
+and starts N processes (see `supervisor.py`) that accept from those same sockets and share
+nothing but the database and the blob store (ADR 9).
 """
 
 from __future__ import annotations
@@ -12,21 +13,30 @@ import asyncio
 import contextlib
 import ctypes
 import logging
-import multiprocessing
 import os
 import signal
 import socket
 import ssl
 import sys
+from collections.abc import Sequence
 from typing import Any
 
 from aiohttp import web
 
-from portway.config import Settings, TlsConfig, split_listen
+from portway.config import Settings, TlsConfig
 from portway.http.app import build_app, build_context, open_stores
 from portway.http.auth import SecurityAuthorizer
 from portway.http.context import AppContext
-from portway.http.protocol import RegistryRunner
+from portway.http.listeners import (
+    ConnectionGate,
+    ListenError,
+    ListenerSite,
+    bind_listener,
+    connection_limit,
+    raise_descriptor_limit,
+)
+from portway.http.protocol import RegistryRunner, RegistryServer
+from portway.http.supervisor import Supervisor
 from portway.maintenance.proxy_state import publish_loop
 from portway.storage.blobstore import BlobStore
 
@@ -55,26 +65,48 @@ def listener_plan(settings: Settings) -> list[tuple[str, str | None, Any, str | 
     return plan
 
 
-async def open_listeners(
-    runner: web.AppRunner, ctx: AppContext, *, reuse_port: bool = True
-) -> list[tuple[str, int]]:
-    """Open the main listener and every connector Portway serves; returns (scheme, port)s.
+Listeners = Sequence[tuple[int, socket.socket]]  # (index in listener_plan, bound socket)
 
-    `reuse_port` only with several workers: a lone process binds plainly, so a port another
-    server already holds fails loudly instead of being silently shared with it.
-    """
+
+def bind_listeners(settings: Settings) -> list[tuple[int, socket.socket]]:
+    """Bind every listener of `listener_plan`; raises `ListenError` naming the one that failed."""
+    bound: list[tuple[int, socket.socket]] = []
+    try:
+        for index, (listen, *_) in enumerate(listener_plan(settings)):
+            bound += [(index, sock) for sock in bind_listener(listen)]
+    except BaseException:
+        for _, sock in bound:
+            sock.close()
+        raise
+    return bound
+
+
+async def open_listeners(
+    runner: web.AppRunner, ctx: AppContext, sockets: Listeners
+) -> list[tuple[str, int]]:
+    """Serve the bound listeners through one connection gate; returns (scheme, port)s."""
+    server = runner.server
+    assert isinstance(server, RegistryServer)
+    gate = ConnectionGate(connection_limit(), server.waiting_connections)
+    server.on_connection_lost = gate.closed
+    plan = listener_plan(ctx.settings)
+    contexts: dict[int, ssl.SSLContext | None] = {}
     opened: list[tuple[str, int]] = []
-    for listen, repository, tls, external_url in listener_plan(ctx.settings):
-        host, port = split_listen(listen)
-        context = _ssl_context(tls)
-        site = web.TCPSite(
-            runner, host, port, ssl_context=context, reuse_port=reuse_port, backlog=1024
+    for index, sock in sockets:
+        _, repository, tls, external_url = plan[index]
+        if index not in contexts:
+            contexts[index] = _ssl_context(tls)
+        site = ListenerSite(
+            runner,
+            sock,
+            gate,
+            ssl_context=contexts[index],
+            handshake_timeout=ctx.settings.server.header_timeout,
         )
         await site.start()
-        sockets = getattr(site._server, "sockets", None)
-        real_port = int(sockets[0].getsockname()[1]) if sockets else port
-        ctx.routes.bind_port(real_port, repository, external_url)
-        opened.append(("https" if context else "http", real_port))
+        ctx.routes.bind_port(site.port, repository, external_url)
+        opened.append(("https" if contexts[index] else "http", site.port))
+    log.debug("worker %d holds at most %d connections", os.getpid(), gate.limit)
     return opened
 
 
@@ -110,7 +142,7 @@ async def purge_once(ctx: AppContext, blobs: BlobStore) -> dict[str, int]:
     return gone
 
 
-async def run_worker(settings: Settings, *, reuse_port: bool = True) -> None:
+async def run_worker(settings: Settings, sockets: Listeners) -> None:
     meta, blobs = open_stores(settings)
     ctx = build_context(settings, meta, blobs)
     app = build_app(ctx)
@@ -122,6 +154,8 @@ async def run_worker(settings: Settings, *, reuse_port: bool = True) -> None:
         else None,
         max_line_size=settings.security.max_header_bytes,
         max_field_size=settings.security.max_header_bytes,
+        keepalive_timeout=settings.server.keepalive_timeout,
+        header_timeout=settings.server.header_timeout,
     )
     await runner.setup()
     stop = asyncio.Event()
@@ -129,7 +163,7 @@ async def run_worker(settings: Settings, *, reuse_port: bool = True) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     try:
-        opened = await open_listeners(runner, ctx, reuse_port=reuse_port)
+        opened = await open_listeners(runner, ctx, sockets)
         log.info("worker %d listening on %s", os.getpid(), ", ".join(f"{s}:{p}" for s, p in opened))
         tasks = [
             asyncio.create_task(_purge_loop(ctx, blobs)),
@@ -154,16 +188,16 @@ def _die_with_parent() -> None:
         libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
-def _run(settings: Settings, reuse_port: bool = True) -> None:
+def _run(settings: Settings, sockets: Listeners) -> None:
     # asyncio's own loop, not uvloop: uvloop has no loop.sendfile, and blob pulls fell from
     # 3.4 GB/s to 1 GB/s without zero-copy (ADR 3).
-    asyncio.run(run_worker(settings, reuse_port=reuse_port))
+    asyncio.run(run_worker(settings, sockets))
 
 
-def _worker_main(settings: Settings) -> None:
+def _worker_main(settings: Settings, sockets: Listeners) -> None:
     _die_with_parent()
     configure_logging(settings)
-    _run(settings)
+    _run(settings, sockets)
 
 
 def configure_logging(settings: Settings) -> None:
@@ -174,57 +208,19 @@ def configure_logging(settings: Settings) -> None:
     )
 
 
-def _port_taken(listen: str) -> str | None:
-    """Why `listen` cannot be bound by a plain socket (no SO_REUSEPORT), or None.
-
-    Workers bind with SO_REUSEPORT, which would quietly join the listening group of any other
-    process of the same user on that port; checking first turns that into an error.
-    """
-    host, port = split_listen(listen)
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind((host, port))
-        except OSError as exc:
-            return exc.strerror or str(exc)
-    return None
-
-
 def serve(settings: Settings, workers: int) -> int:
+    """Bind the listeners, then serve them in this process (one worker) or in `workers`
+    supervised processes. Returns the exit status."""
     configure_logging(settings)
+    before, after = raise_descriptor_limit()
+    if after != before:
+        log.info("raised the open file limit from %d to %d (the hard limit)", before, after)
+    try:
+        sockets = bind_listeners(settings)
+    except ListenError as exc:
+        log.error("%s", exc)
+        return 2
     if workers <= 1:
-        _run(settings, reuse_port=False)
+        _run(settings, sockets)
         return 0
-    for listen, *_ in listener_plan(settings):
-        if split_listen(listen)[1] == 0:
-            log.error("with several workers every listener needs a fixed port (%s)", listen)
-            return 2
-        busy = _port_taken(listen)
-        if busy is not None:
-            log.error("cannot listen on %s: %s", listen, busy)
-            return 2
-    spawn = multiprocessing.get_context("spawn")
-    procs = [
-        spawn.Process(target=_worker_main, args=(settings,), daemon=False) for _ in range(workers)
-    ]
-    for proc in procs:
-        proc.start()
-    stopping = False
-
-    def _stop(signum: int, _frame: Any) -> None:
-        nonlocal stopping
-        stopping = True
-        for proc in procs:
-            if proc.is_alive() and proc.pid:
-                os.kill(proc.pid, signal.SIGTERM)
-
-    signal.signal(signal.SIGTERM, _stop)
-    signal.signal(signal.SIGINT, _stop)
-    while any(p.is_alive() for p in procs):
-        for proc in procs:
-            proc.join(0.5)
-            if not proc.is_alive() and not stopping:
-                log.error("worker %s exited with %s; stopping", proc.pid, proc.exitcode)
-                _stop(signal.SIGTERM, None)
-    return 0
+    return Supervisor(settings, sockets, workers, _worker_main).run()

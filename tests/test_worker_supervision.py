@@ -1,0 +1,201 @@
+"""`kill -9` of one worker: the parent replaces it, the others serve throughout; a worker that
+keeps dying right after it starts makes `portway serve` give up with a non-zero status."""
+
+from __future__ import annotations
+
+import http.client
+import os
+import random
+import re
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from push_support import MiB, Registry, manifest_for, proc_stat, sha256
+from support.server import PortwayServer
+
+pytestmark = pytest.mark.slow
+
+_WORKER_RE = re.compile(r"portway\.server\[(\d+)\]: worker \d+ listening on")
+_SERVED_RE = re.compile(r"portway\.access\[(\d+)\]: ")
+
+
+@pytest.fixture
+def start_server(tmp_path: Path) -> Iterator[Callable[..., PortwayServer]]:
+    """Like `portway_factory`, with a start timeout for a busy machine (spawned workers)."""
+    servers: list[PortwayServer] = []
+
+    def make(**kwargs: object) -> PortwayServer:
+        server = PortwayServer(tmp_path / f"portway-{len(servers)}", **kwargs)  # type: ignore[arg-type]
+        servers.append(server)
+        return server.start(60)
+
+    yield make
+    for server in servers:
+        server.stop()
+        print(server.log()[-3000:])
+
+
+def _listening(server: PortwayServer) -> list[int]:
+    """Worker pids in the order they reported listening."""
+    return [int(p) for p in _WORKER_RE.findall(server.log())]
+
+
+def _alive(pid: int) -> bool:
+    stat = proc_stat(pid)
+    return stat is not None and stat[0] != "Z"
+
+
+def _wait(what: str, check: Callable[[], bool], timeout: float) -> float:
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        if check():
+            return time.monotonic() - start
+        time.sleep(0.02)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+def _kill(pid: int) -> float:
+    """SIGKILL `pid` and wait until it is gone (its sockets closed); returns that moment."""
+    os.kill(pid, signal.SIGKILL)
+    _wait(f"worker {pid} to die", lambda: not _alive(pid), 10)
+    return time.monotonic()
+
+
+@dataclass
+class _Outcome:
+    started: float
+    ended: float
+    error: str | None
+
+
+def _pull_loop(
+    reg: Registry, image: str, manifest: bytes, blob: bytes, stop: threading.Event
+) -> list[_Outcome]:
+    """Pull the manifest and the layer again and again, each request on a new connection."""
+    outcomes: list[_Outcome] = []
+    while not stop.is_set():
+        for what in ("manifest", "blob"):
+            started = time.monotonic()
+            error = None
+            try:
+                if what == "manifest":
+                    reply = reg.get_manifest(image, "v1")
+                    if reply.status != 200 or reply.body != manifest:
+                        error = f"manifest: {reply.status}"
+                else:
+                    status, hexdigest, length = reg.pull_blob(image, sha256(blob))
+                    if (status, length, f"sha256:{hexdigest}") != (200, len(blob), sha256(blob)):
+                        error = f"blob: {status} {length}"
+            except (OSError, http.client.HTTPException) as exc:
+                error = f"{what}: {exc!r}"
+            outcomes.append(_Outcome(started, time.monotonic(), error))
+    return outcomes
+
+
+def _push_image(reg: Registry, image: str) -> tuple[bytes, bytes]:
+    blob = random.Random(5).randbytes(2 * MiB)
+    config = b'{"architecture":"amd64","os":"linux"}'
+    for data in (blob, config):
+        assert reg.upload_monolithic(image, sha256(data), data, len(data)).status == 201
+    manifest = manifest_for(config, [blob])
+    assert reg.put_manifest(image, "v1", manifest).status == 201
+    return manifest, blob
+
+
+def test_a_killed_worker_is_replaced_while_the_other_keeps_serving(
+    start_server: Callable[..., PortwayServer],
+) -> None:
+    server = start_server(workers=2, server={"log_level": "debug"})
+    _wait("two workers", lambda: len(_listening(server)) >= 2, 30)
+    victim, survivor = _listening(server)[:2]
+    reg = Registry(server.repository_url(), timeout=30)
+    manifest, blob = _push_image(reg, "supervised/img")
+
+    stop = threading.Event()
+    results: list[list[_Outcome]] = [[] for _ in range(4)]
+
+    def run(slot: int) -> None:
+        results[slot] = _pull_loop(reg, "supervised/img", manifest, blob, stop)
+
+    threads = [threading.Thread(target=run, args=(n,)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    try:
+        time.sleep(2)
+        killed_at = _kill(victim)
+        log_mark = len(server.log())
+
+        def replacement_served() -> bool:
+            pids = set(_listening(server)) - {victim, survivor}
+            served = {int(p) for p in _SERVED_RE.findall(server.log()[log_mark:])}
+            return bool(pids & served)
+
+        took = _wait("a replacement worker to serve a request", replacement_served, 60)
+        time.sleep(2)  # and go on a little with both
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(60)
+
+    outcomes = [o for slot in results for o in slot]
+    in_flight = [o for o in outcomes if o.started < killed_at]
+    after = [o for o in outcomes if o.started >= killed_at]
+    failed_in_flight = [o.error for o in in_flight if o.error]
+    failed_after = [o.error for o in after if o.error]
+    print(
+        f"replacement served {took:.1f}s after the kill; {len(outcomes)} requests: "
+        f"{len(failed_in_flight)} failed of those started before the worker was gone, "
+        f"{len(failed_after)} of the {len(after)} started after"
+    )
+    assert server.alive()
+    assert failed_after == [], failed_after[:5]
+    # only what the killed worker held may fail: at most one request per client thread
+    assert len(failed_in_flight) <= len(threads), failed_in_flight
+    assert len(after) > 20
+    assert _alive(survivor)
+    replacements = set(_listening(server)) - {victim, survivor}
+    assert len(replacements) == 1, _listening(server)
+    assert "was killed by SIGKILL" in server.log()
+
+    # a clean stop still stops everything, with status 0
+    workers = [survivor, *replacements]
+    assert server.stop() == 0
+    _wait("workers to exit", lambda: not any(_alive(p) for p in workers), 15)
+
+
+def test_workers_dying_right_after_start_make_serve_exit_non_zero(
+    start_server: Callable[..., PortwayServer],
+) -> None:
+    server = start_server(workers=2)
+    _wait("two workers", lambda: len(_listening(server)) >= 2, 30)
+    victim, survivor = _listening(server)[:2]
+    reg = Registry(server.repository_url(), timeout=10)
+    killed = [victim]
+    _kill(victim)
+    # kill every replacement as soon as it listens; the survivor serves meanwhile
+    deadline = time.monotonic() + 180
+    while server.alive() and time.monotonic() < deadline:
+        try:
+            assert reg.request("GET", "/v2/").status == 200
+        except OSError:  # only once the parent has given up and stops the survivor
+            assert "giving up" in server.log(), server.log()[-3000:]
+            break
+        fresh = [p for p in _listening(server) if p not in killed and p != survivor]
+        for pid in fresh:
+            killed.append(pid)
+            if _alive(pid):
+                _kill(pid)
+        time.sleep(0.1)
+    assert server.process.proc is not None
+    status = server.process.proc.wait(30)
+    log = server.log()
+    assert status != 0, log[-3000:]
+    assert "giving up" in log, log[-3000:]
+    assert len(killed) == 5, (killed, log[-3000:])
+    _wait("the survivor to stop", lambda: not _alive(survivor), 15)
