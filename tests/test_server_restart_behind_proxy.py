@@ -10,6 +10,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -108,9 +109,12 @@ def test_two_workers_start_and_restart_while_nginx_holds_the_connector_ports(
         assert nginx.alive()
         server.start(60)  # a restart with nginx still up
         _push_and_pull(oci_image, tmp_path, push_port, pull_port, "v2")
+        deadline = time.monotonic() + 60  # 2 workers, twice (the second may still start)
+        while server.log().count("listening on") < 4 and time.monotonic() < deadline:
+            time.sleep(0.1)
         log = server.log()
         assert "cannot listen" not in log, log[-3000:]
-        assert log.count("listening on") >= 4, log[-3000:]  # 2 workers, twice
+        assert log.count("listening on") == 4, log[-3000:]
     except BaseException:
         print(server.log()[-4000:])
         print(nginx.log()[-2000:])
