@@ -154,8 +154,8 @@ def test_sigkill_of_the_parent_takes_the_workers_down(two_workers: PortwayServer
 def test_a_second_server_on_a_taken_port_fails_instead_of_sharing_it(
     two_workers: PortwayServer, workers: int
 ) -> None:
-    """SO_REUSEPORT would let a second server (same user) silently join the first one's
-    listening group and take half its connections; it must refuse to start instead."""
+    """A second server on the same port must refuse to start, never share the port (with
+    SO_REUSEPORT it would silently take half the first one's connections)."""
     second = subprocess.run(
         [
             sys.executable,
