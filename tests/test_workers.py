@@ -11,7 +11,8 @@ import subprocess
 import sys
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
@@ -65,8 +66,13 @@ def _port_free(port: int) -> bool:
 
 
 @pytest.fixture
-def two_workers(portway_factory: Callable[..., PortwayServer]) -> PortwayServer:
-    return portway_factory(workers=2, server={"log_level": "debug"})
+def two_workers(tmp_path: Path) -> Iterator[PortwayServer]:
+    # started by hand for a longer start timeout: on a busy 2-core machine three Python
+    # processes importing the app (parent and two spawned workers) take 15-20 s
+    server = PortwayServer(tmp_path / "portway", workers=2, server={"log_level": "debug"})
+    yield server.start(60)
+    server.stop()
+    print(server.log()[-3000:])
 
 
 def test_chunked_uploads_span_both_workers(two_workers: PortwayServer) -> None:
@@ -146,7 +152,7 @@ def test_sigkill_of_the_parent_takes_the_workers_down(two_workers: PortwayServer
     _wait_for("the port to be free", lambda: _port_free(server.port), 5.0)
 
     # and the same data directory serves again on the same port
-    server.start()
+    server.start(60)
     assert Registry(server.repository_url()).request("GET", "/v2/").status == 200
 
 
