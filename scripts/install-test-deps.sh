@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install the system tools the test suite drives (registries, clients, reverse proxies, load
-# tools). Idempotent: does nothing when every package is present. Installs only as root;
+# tools, PostgreSQL and a one-host Ceph with its S3 gateway). Idempotent: does nothing when every package is present. Installs only as root;
 # otherwise names what is missing and fails.
 set -euo pipefail
 
@@ -26,6 +26,10 @@ PACKAGES=(
   conmon
   slirp4netns
   catatonit
+  postgresql
+  radosgw
+  ceph-mon
+  ceph-osd
 )
 
 missing=()

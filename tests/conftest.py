@@ -15,10 +15,12 @@ from typing import Any
 
 import pytest
 
+from support.ceph import CephRGW
 from support.distribution import Distribution
 from support.dockerd import Dockerd
 from support.engines import ContainerStorage
 from support.images import MultiArchImage, OciImage, make_multiarch_layout, make_oci_layout
+from support.postgres import Postgres
 from support.process import stop_all
 from support.server import PortwayServer
 
@@ -126,3 +128,31 @@ def multiarch_image(tmp_path_factory: pytest.TempPathFactory) -> MultiArchImage:
     return make_multiarch_layout(
         tmp_path_factory.mktemp("multiarch-image"), "multi", layers=2, layer_size=128 * 1024, seed=2
     )
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[Postgres]:
+    """A PostgreSQL 15 cluster for the whole session (started on first use, ~1-10 s)."""
+    cluster = Postgres().start()
+    yield cluster
+    log = cluster.log()
+    cluster.stop()
+    _show_log("postgres", log, lines=30)
+
+
+@pytest.fixture(scope="module")
+def postgres_url(postgres: Postgres, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A fresh, empty database for one test module: `postgresql://postgres@127.0.0.1:P/NAME`."""
+    url = postgres.create_database(request.module.__name__.rpartition(".")[2])
+    yield url
+    postgres.drop_database(url)
+
+
+@pytest.fixture(scope="session")
+def ceph_rgw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CephRGW]:
+    """A one-host Ceph cluster with radosgw (S3) for the whole session (started on first use,
+    ~11 s); `make_bucket(name)` gives each user of it a bucket of its own."""
+    rgw = CephRGW(tmp_path_factory.mktemp("ceph")).start()
+    yield rgw
+    rgw.stop()
+    _show_log("ceph", rgw.log(lines=20), lines=80)
