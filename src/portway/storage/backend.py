@@ -1,8 +1,24 @@
-"""BlobBackend: bytes by key. Knows nothing of digests, manifests or repositories."""
+"""BlobBackend: bytes by key. Knows nothing of digests, manifests or repositories.
+
+The protocol is what both a local folder and an S3 bucket can do well:
+
+- an object is written once, through an `ObjectWriter`, and appears at its key only when the
+  writer commits (a crash or an abort leaves nothing visible); there is no append, so a
+  chunked upload is one writer kept open, or parts the caller publishes by `copy`;
+- `copy` is server-side (a rename-free link on disk, CopyObject on S3), so publishing an
+  upload under its content address moves no bytes through the node;
+- `presign_get` hands a time-limited URL a client may fetch directly (None where the backend
+  cannot: the filesystem);
+- `pending_writes`/`abort_pending` find and remove writes that never committed (a node that
+  died mid-upload), for the upload purge.
+
+Missing objects raise `ObjectMissing`, a `FileNotFoundError`, from `read` and `copy`;
+`stat` answers None and `delete` does nothing.
+"""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -15,13 +31,36 @@ class ObjectInfo:
     mtime: float
 
 
+@dataclass(frozen=True, slots=True)
+class PendingWrite:
+    """A write begun and never committed: `token` names it to `abort_pending`."""
+
+    key: str | None  # the key it was meant for, where the backend records it
+    token: str
+    started: float  # Unix time
+
+
+class ObjectMissing(FileNotFoundError):
+    """No object at the key."""
+
+
 class BackendWriter(Protocol):
-    """An open object being written; `write` may be called many times, then `close`."""
+    """The filesystem backend's appending writer (today's upload sessions use it)."""
 
     @property
     def size(self) -> int: ...
     async def write(self, data: bytes) -> None: ...
     async def close(self, *, sync: bool = True) -> None: ...
+
+
+class ObjectWriter(Protocol):
+    """One new object being written. Nothing is visible at the key before `commit`."""
+
+    @property
+    def size(self) -> int: ...
+    async def write(self, data: bytes) -> None: ...
+    async def commit(self) -> ObjectInfo: ...
+    async def abort(self) -> None: ...
 
 
 class BlobBackend(Protocol):
@@ -30,7 +69,10 @@ class BlobBackend(Protocol):
         self, key: str, offset: int = 0, length: int | None = None
     ) -> AsyncIterator[bytes]: ...
     def local_path(self, key: str) -> Path | None: ...
-    async def writer(self, key: str, append: bool = False) -> BackendWriter: ...
-    async def move(self, src: str, dst: str) -> None: ...
+    async def create(self, key: str) -> ObjectWriter: ...
+    async def copy(self, src: str, dst: str) -> None: ...
     async def delete(self, key: str) -> None: ...
     def list(self, prefix: str) -> AsyncIterator[str]: ...
+    async def presign_get(self, key: str, expires_in: float) -> str | None: ...
+    async def pending_writes(self, older_than: float) -> Sequence[PendingWrite]: ...
+    async def abort_pending(self, pending: PendingWrite) -> None: ...

@@ -7,10 +7,13 @@ import contextlib
 import ctypes
 import fcntl
 import os
-from collections.abc import AsyncIterator, Callable
+import shutil
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 
-from portway.storage.backend import ObjectInfo
+from portway.storage.backend import ObjectInfo, ObjectMissing, PendingWrite
 
 READ_CHUNK = 1024 * 1024
 IOV_MAX = 1024
@@ -184,6 +187,117 @@ class FilesystemBackend:
         base = self._path(prefix) if prefix else self.root
         if not base.exists():
             return
-        for dirpath, _dirs, files in os.walk(base):
+        for dirpath, dirs, files in os.walk(base):
+            if dirpath == str(self.root) and INCOMING in dirs:
+                dirs.remove(INCOMING)  # writes not yet committed are no objects
             for name in files:
                 yield os.path.relpath(os.path.join(dirpath, name), self.root)
+
+    # -- the BlobBackend protocol's write-once objects (backend.py) ------------------------
+    @property
+    def _incoming(self) -> Path:
+        return self.root / INCOMING
+
+    async def create(self, key: str) -> IncomingWriter:
+        """A new object written under `.incoming/` and renamed to `key` by `commit`."""
+        target = self._path(key)
+        self._incoming.mkdir(exist_ok=True)
+        return IncomingWriter(self._incoming / uuid.uuid4().hex, target, key)
+
+    async def copy(self, src: str, dst: str) -> None:
+        """A full copy (copy_file_range where the kernel has it), published by rename; the
+        upload path keeps its cheaper `move` as this backend's own optimisation."""
+        source, target = self._path(src), self._path(dst)
+        self._incoming.mkdir(exist_ok=True)
+        scratch = self._incoming / uuid.uuid4().hex
+
+        def _copy() -> None:
+            try:
+                shutil.copyfile(source, scratch)
+            except FileNotFoundError:
+                raise ObjectMissing(src) from None
+            try:
+                _publish(scratch, target)
+            except BaseException:
+                scratch.unlink(missing_ok=True)
+                raise
+
+        await asyncio.to_thread(_copy)
+
+    async def presign_get(self, key: str, expires_in: float) -> str | None:
+        return None  # a folder has no URL of its own: Portway streams (or sendfiles) it
+
+    async def pending_writes(self, older_than: float) -> Sequence[PendingWrite]:
+        cutoff = time.time() - older_than
+        found: list[PendingWrite] = []
+        with contextlib.suppress(FileNotFoundError):
+            for entry in os.scandir(self._incoming):
+                with contextlib.suppress(FileNotFoundError):
+                    mtime = entry.stat().st_mtime
+                    if mtime < cutoff:
+                        found.append(PendingWrite(key=None, token=entry.name, started=mtime))
+        return found
+
+    async def abort_pending(self, pending: PendingWrite) -> None:
+        if "/" in pending.token or pending.token.startswith("."):
+            raise ValueError(f"bad pending write {pending.token!r}")
+        (self._incoming / pending.token).unlink(missing_ok=True)
+
+
+INCOMING = ".incoming"  # objects being written; never a key (keys never start with a dot)
+
+
+def _publish(scratch: Path, target: Path) -> None:
+    """fsync `scratch`, rename it to `target`, fsync the folder: the object survives a crash."""
+    fd = os.open(scratch, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(scratch, target)
+    dir_fd = os.open(target.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+class IncomingWriter:
+    """Write-once object: bytes go to a scratch file from a worker thread; `commit` renames."""
+
+    def __init__(self, scratch: Path, target: Path, key: str) -> None:
+        self._scratch = scratch
+        self._target = target
+        self._key = key
+        self._file = FileWriter(scratch, append=False)
+        self._open = True
+
+    @property
+    def size(self) -> int:
+        return self._file.size
+
+    async def write(self, data: bytes) -> None:
+        if not self._open:
+            raise ValueError("write after commit or abort")
+        await self._file.write(data)
+
+    async def commit(self) -> ObjectInfo:
+        if not self._open:
+            raise ValueError("commit after commit or abort")
+        self._open = False
+        try:
+            await self._file.close(sync=True)
+            await asyncio.to_thread(_publish, self._scratch, self._target)
+        except BaseException:
+            self._scratch.unlink(missing_ok=True)
+            raise
+        return ObjectInfo(key=self._key, size=self._file.size, mtime=time.time())
+
+    async def abort(self) -> None:
+        if not self._open:
+            return
+        self._open = False
+        with contextlib.suppress(OSError):
+            await self._file.close(sync=False)
+        self._scratch.unlink(missing_ok=True)
