@@ -7,6 +7,7 @@ Addresses are told apart by X-Forwarded-For from 127.0.0.1, a trusted proxy by d
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 
 import pytest
@@ -27,6 +28,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PortwayServer]:
     srv = PortwayServer(
         tmp_path_factory.mktemp("login-limits"),
         workers=2,
+        server={"log_level": "debug"},  # the access log names the worker that answered
         security={
             "enabled": True,
             "login_max_failures": PER_USER_AND_ADDRESS,
@@ -57,6 +59,10 @@ def login(srv: PortwayServer, address: str, user: str, password: str) -> int:
     return answer.status_code
 
 
+def workers_that_answered(srv: PortwayServer) -> set[str]:
+    return set(re.findall(r"portway\.access\[(\d+)\]: .*GET /v2/token", srv.log()))
+
+
 def admin(srv: PortwayServer) -> tuple[str, str]:
     return "admin", srv.admin_password() or ""
 
@@ -70,6 +76,8 @@ def test_a_stranger_cannot_lock_admin_out(server: PortwayServer) -> None:
     assert [login(server, stranger, user, password) for _ in range(4)] == [429] * 4
     # admin, from anywhere else, logs in on either worker.
     assert [login(server, office, user, password) for _ in range(6)] == [200] * 6
+
+    assert len(workers_that_answered(server)) == 2  # both workers took part
 
     unlocked = cli(server, "user", "unlock", "admin")
     assert "unlocked admin" in unlocked.stdout
