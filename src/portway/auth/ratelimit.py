@@ -159,11 +159,3 @@ class LoginLimiter:
         except SQLAlchemyError as exc:
             log.warning("cannot clear failed logins: %s", exc)
             return 0
-
-    def purge(self) -> int:
-        """Forget failures older than the window; returns how many."""
-        with self.engine.begin() as conn:
-            done = conn.execute(
-                delete(failures).where(failures.c.at <= self._clock() - self.window)
-            )
-        return int(done.rowcount)
