@@ -1,8 +1,8 @@
 """Raw-HTTP pushing and pulling for the durability, worker and memory tests.
 
-Every request opens a new TCP connection unless told otherwise, so with SO_REUSEPORT the
-kernel spreads the requests of one upload over the server's workers. Bodies may be iterables
-of bytes: they are streamed, never joined.
+Every request opens a new TCP connection unless told otherwise, so the requests of one upload
+spread over the server's workers. Bodies may be iterables of bytes: they are streamed, never
+joined.
 """
 
 from __future__ import annotations

@@ -117,8 +117,8 @@ def test_chunked_uploads_span_both_workers(two_workers: PortwayServer) -> None:
     assert pids_seen == set(workers), (pids_seen, workers)
     assert len(served) == 12
     spanning = [u for u, pids in served.items() if len(pids) == 2]
-    # 6 requests per upload spread by SO_REUSEPORT: all on one worker for every upload would
-    # mean the kernel is not spreading connections at all
+    # 6 requests per upload, spread over the workers accepting from the shared listener: all
+    # on one worker for every upload would mean connections are not spread at all
     assert spanning, f"no upload was served by both workers: {dict(served)}"
 
 
