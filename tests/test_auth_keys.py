@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import logging
+import os
+import subprocess
 from pathlib import Path
 
 import pytest
 
-from portway.auth.keys import KeyRing
+from portway.auth.keys import KeyFolderError, KeyRing
 
 A_KID = "A" * 43  # a well-formed kid naming no real key
 
@@ -46,3 +48,30 @@ def test_no_temporary_files_left(tmp_path: Path) -> None:
     names = sorted(p.name for p in ring.directory.iterdir())
     assert len(names) == 3 and "current" in names
     assert not [n for n in names if n.startswith(".")]
+
+
+def test_failed_rotation_leaves_the_ring_as_it_was(tmp_path: Path) -> None:
+    """On a real full file system (a tmpfs of a few pages, filled)."""
+    folder = tmp_path / "keys"
+    folder.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=32k", "tmpfs", str(folder)], check=True)
+    try:
+        ring = KeyRing(folder)
+        kid = ring.current.kid
+        before = {p.name: p.read_bytes() for p in folder.iterdir()}
+        fd = os.open(folder / "filler", os.O_WRONLY | os.O_CREAT, 0o600)
+        try:
+            with pytest.raises(OSError):
+                while True:
+                    os.write(fd, b"\0" * 4096)
+        finally:
+            os.close(fd)
+        with pytest.raises(KeyFolderError, match="No space left"):
+            ring.rotate()
+        assert ring.current.kid == kid and ring.kids() == [kid]
+        after = {p.name: p.read_bytes() for p in folder.iterdir() if p.name != "filler"}
+        assert after == before
+        (folder / "filler").unlink()
+        assert ring.rotate() != kid  # with space again, a rotation works
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=False)
