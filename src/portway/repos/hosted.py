@@ -75,14 +75,16 @@ class HostedRepository:
         return self.meta.image_exists(self.repo_id, image)
 
     async def has_blob(self, image: str, digest: Digest) -> bool:
-        return self.meta.blob_size(self.repo_id, image, str(digest)) is not None
+        size = self.meta.blob_size(self.repo_id, image, str(digest))
+        return size is not None and await self.blobs.intact(digest, size)
 
     async def serves_blob(self, image: str, digest: Digest) -> bool:
         return await self.has_blob(image, digest)
 
     async def stat_blob(self, image: str, digest: Digest) -> int:
         size = self.meta.blob_size(self.repo_id, image, str(digest))
-        if size is None:
+        # A missing or cut file answers as a missing blob, so a client pushes it again.
+        if size is None or not await self.blobs.intact(digest, size):
             raise RegistryError("BLOB_UNKNOWN", f"blob {digest} not found in {image!r}")
         return size
 

@@ -81,7 +81,7 @@ class ProxyBlobs:
         """The length of a blob: from the cache, from a download in progress, else from an
         upstream HEAD (shared by all workers); a HEAD never downloads the blob."""
         size = self.meta.blob_size(self.repo_id, image, str(digest))
-        if size is not None and await self.blobs.stat(digest) is not None:
+        if size is not None and await self.blobs.intact(digest, size):
             return size
         fetching = self._lock_name("b", image, str(digest))
         noticed = SpoolNotice(self.blobs.lock_dir(), fetching).read()
@@ -108,7 +108,7 @@ class ProxyBlobs:
     async def open_blob(self, image: str, digest: Digest) -> BlobBody:
         size = self.meta.blob_size(self.repo_id, image, str(digest))
         path = self.blobs.local_path(digest)
-        if size is not None and await self.blobs.stat(digest) is not None:
+        if size is not None and await self.blobs.intact(digest, size):
             if path is not None:
                 return BlobBody(digest=digest, size=size, path=path)
             return BlobBody(digest=digest, size=size, stream=self.blobs.read(digest))

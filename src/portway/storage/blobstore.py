@@ -52,6 +52,18 @@ class BlobStore:
     def local_path(self, digest: Digest) -> Path | None:
         return self.backend.local_path(self.blob_key(digest))
 
+    async def intact(self, digest: Digest, recorded: int) -> bool:
+        """Is the blob's file there with the size its records say? A missing or cut (or
+        grown) file is a storage fault: logged once, counted, and not to be served.
+        (Its content is not hashed here: that is a full verification's job.)"""
+        key = self.blob_key(digest)
+        info = await self.backend.stat(key)
+        if info is not None and info.size == recorded:
+            return True
+        actual = None if info is None else info.size
+        self.faults.damaged(str(digest), str(self.backend.local_path(key)), recorded, actual)
+        return False
+
     def read(
         self, digest: Digest, offset: int = 0, length: int | None = None
     ) -> AsyncIterator[bytes]:
@@ -254,10 +266,16 @@ class BlobStore:
             try:
                 os.link(path, target)
             except FileExistsError:
-                return  # the same content is there already
+                if target.stat().st_size == path.stat().st_size:
+                    return  # the same content is there already
+                # The file there is damaged (cut short): put the verified one in its place.
+                spare = target.with_name(f".{target.name}.{uuidlib.uuid4().hex}")
+                os.link(path, spare)
+                os.replace(spare, target)
             _fsync_path(target.parent)  # the new name survives a crash
 
         await asyncio.to_thread(_publish)
+        self.faults.healed(str(digest))
 
 
 def _remove_unless_locked(path: Path) -> bool:

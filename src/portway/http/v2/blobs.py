@@ -62,8 +62,9 @@ async def get(call: V2Call, digest_text: str) -> web.StreamResponse:
                 raise RegistryError(
                     "BLOB_UNKNOWN", f"blob {digest} is missing from storage"
                 ) from None
-            if len(data) == blob.size:
-                return web.Response(body=data, headers=headers)
+            if len(data) != blob.size:  # changed on disk since it was checked
+                raise RegistryError("BLOB_UNKNOWN", f"blob {digest} is damaged in storage")
+            return web.Response(body=data, headers=headers)
         return web.FileResponse(blob.path, headers=headers)
     response = web.StreamResponse(status=200, headers=headers)
     response.content_length = blob.size
