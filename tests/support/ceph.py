@@ -134,12 +134,31 @@ rgw thread pool size = 64
 
     # -- life cycle --------------------------------------------------------------------
     def start(self) -> CephRGW:
-        try:
-            self._start()
-        except BaseException:
-            self.stop()
-            raise
-        return self
+        """Start every daemon; a failed start (a port another process took meanwhile, a
+        daemon that died) is retried once on new ports before it fails with the logs."""
+        first: ProcessError | None = None
+        for attempt in (1, 2):
+            try:
+                self._start()
+                return self
+            except ProcessError as exc:
+                self.stop()
+                if attempt == 2:
+                    raise ProcessError(f"{exc}\n(first attempt: {first})") from exc
+                first = exc
+                self._reset()
+            except BaseException:
+                self.stop()
+                raise
+        raise AssertionError("unreachable")
+
+    def _reset(self) -> None:
+        """A clean folder and new ports for another attempt; the S3 user stays the same."""
+        shutil.rmtree(self.root)
+        self.root.mkdir(parents=True)
+        self.mon_port, self.rgw_port = free_ports(2)
+        self.endpoint = f"http://127.0.0.1:{self.rgw_port}"
+        self.fsid = str(uuid.uuid4())
 
     def _start(self) -> None:
         self._write_conf()
@@ -229,10 +248,16 @@ while True:
             sys.exit(f"monitor not reachable: {exc}")
         time.sleep(0.2)
 def command(**cmd):
-    ret, out, err = cluster.mon_command(json.dumps(cmd), b"", timeout=30)
-    if ret != 0:
-        sys.exit(f"{cmd['prefix']}: {err}")
-    return out
+    while True:  # a monitor still settling answers EAGAIN and the like: ask again
+        try:
+            ret, out, err = cluster.mon_command(json.dumps(cmd), b"", timeout=30)
+        except rados.Error as exc:
+            ret, out, err = -1, b"", str(exc)
+        if ret == 0:
+            return out
+        if time.monotonic() > deadline:
+            sys.exit(f"{cmd['prefix']}: {ret} {err}")
+        time.sleep(0.2)
 osd_id = json.loads(command(prefix="osd new", uuid=osd_uuid, format="json"))["osdid"]
 command(prefix="osd crush add", id=osd_id, weight=1.0, args=["host=localhost", "root=default"])
 print(osd_id)

@@ -250,7 +250,9 @@ class S3Backend:
 
 class S3Writer:
     """One object written as a multipart upload: the part filling and at most
-    `parts_in_flight` parts being sent are all it holds in memory."""
+    `parts_in_flight` parts being sent are all it holds in memory (each part in flight twice:
+    botocore hands aiohttp a BytesIO, which copies it), so about
+    `(2 + 2 * parts_in_flight) * part_size` at the peak, whatever the object's size."""
 
     def __init__(self, backend: S3Backend, key: str, full_key: str) -> None:
         self._backend = backend
@@ -297,6 +299,7 @@ class S3Writer:
             await self._wait_sending(first=True)
         if len(self._parts) >= MAX_PARTS:
             raise ValueError(f"object over {MAX_PARTS} parts of {self._part_size} bytes")
+        # one copy into bytes: aiohttp would copy a bytearray body anyway, once per attempt
         body = bytes(self._buffer)
         self._buffer = bytearray()
         number = len(self._parts) + 1
