@@ -122,6 +122,13 @@ def test_write_commit_stat_and_ranged_reads(open_backend: Opener) -> None:
         await put(b, "empty")
         assert await read_all(b, "empty") == b""
         assert (await b.stat("empty")) is not None
+        with pytest.raises(ValueError):
+            await writer.commit()  # a writer commits once
+        local = b.local_path("blobs/ab/one")  # only a folder has files to sendfile
+        if isinstance(b, FilesystemBackend):
+            assert local is not None and local.read_bytes() == b"replaced"
+        else:
+            assert local is None
 
     run(open_backend, scenario)
 
@@ -176,6 +183,26 @@ def test_interrupted_writer_is_invisible_and_purged_as_pending(open_backend: Ope
         assert await b.pending_writes(older_than=0) == []
         await writer.abort()  # the dead writer's own clean-up finds nothing left: no error
         assert await b.stat("uploads/u1") is None
+
+    run(open_backend, scenario)
+
+
+def test_write_whose_pending_upload_was_purged_publishes_nothing(open_backend: Opener) -> None:
+    """The purge removed a slow writer's upload under it: the writer fails (at the latest
+    at commit), aborts, and nothing appears."""
+
+    async def scenario(b: BlobBackend) -> None:
+        writer = await b.create("victim")
+        await writer.write(os.urandom(PART + 10))
+        await asyncio.sleep(1.1)
+        for pending in await b.pending_writes(older_than=0.5):
+            await b.abort_pending(pending)
+        with pytest.raises(Exception):  # noqa: B017 - FileNotFoundError, or S3's NoSuchUpload
+            await writer.write(os.urandom(PART))
+            await writer.commit()
+        assert await b.stat("victim") is None
+        assert await b.pending_writes(older_than=0) == []
+        assert await keys(b, "") == set()
 
     run(open_backend, scenario)
 
