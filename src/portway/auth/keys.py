@@ -175,6 +175,8 @@ class KeyRing:
         self._loaded_at: float | None = None
         self._folder_stamp: int | None = None
         self._reported: set[str] = set()
+        self.revision = 0
+        """Bumped whenever the set of verifying keys changes (what a token cache keys on)."""
 
     @classmethod
     def in_data_dir(cls, data_dir: Path, algorithm: Algorithm = "ES256") -> KeyRing:
@@ -203,10 +205,19 @@ class KeyRing:
             keys, current = {created.kid: created}, created.kid
         elif current not in keys:
             current = max(keys, key=self._mtime)
+        if keys.keys() != self._keys.keys():
+            self.revision += 1
         self._keys = keys
         self._current = current
         self._loaded_at = self._clock()
         self._folder_stamp = self._stamp()
+
+    def reload_if_changed(self) -> None:
+        """Reread the folder now if it changed since it was read (a key rotated or removed by
+        `portway key`); a stat, so it can run often (every second)."""
+        if self._loaded_at is not None and self._stamp() != self._folder_stamp:
+            with contextlib.suppress(KeyFolderError, OSError):
+                self.load()
 
     def _stamp(self) -> int | None:
         try:
@@ -327,3 +338,4 @@ class KeyRing:
             raise KeyFolderError(f"no signing key {kid!r}")
         (self.directory / f"{kid}.pem").unlink(missing_ok=True)
         del self._keys[kid]
+        self.revision += 1

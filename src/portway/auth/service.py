@@ -46,7 +46,14 @@ from portway.auth.privileges import (
 from portway.auth.ratelimit import LoginLimiter
 from portway.auth.scopes import Scope
 from portway.auth.store import UserStore
-from portway.auth.tokens import Access, TokenAuthority, TokenError, TokenWrongRepository
+from portway.auth.tokencache import Stamp, VerifiedTokens, token_key
+from portway.auth.tokens import (
+    Access,
+    TokenAuthority,
+    TokenClaims,
+    TokenError,
+    TokenWrongRepository,
+)
 from portway.config import RepositoryConfig
 from portway.db.engine import DatabaseBusy, DatabaseFull
 
@@ -151,6 +158,7 @@ class AuthService:
         self._lock = threading.Lock()
         self._generation_value = 0
         self._generation_checked = -GENERATION_CHECK
+        self._verified: VerifiedTokens[Grant] = VerifiedTokens(clock=tokens.clock)
 
     @classmethod
     def create(
@@ -252,7 +260,15 @@ class AuthService:
         if now >= self._generation_checked + GENERATION_CHECK:
             self._generation_value = self.store.generation()
             self._generation_checked = now
+            # The same tick notices a key rotated or removed by `portway key` (one stat).
+            self.tokens.keys.reload_if_changed()
         return self._generation_value
+
+    def _stamp(self) -> Stamp:
+        """What a verified token's grant depends on besides the token: users and roles (the
+        security generation) and the verifying keys (the key ring's revision)."""
+        generation = self._generation()
+        return generation, self.tokens.keys.revision
 
     def _cached(self, key: bytes, generation: int) -> Principal | None:
         with self._lock:
@@ -414,6 +430,13 @@ class AuthService:
         body["refresh_token"] = refresh_token
         return body
 
+    def remembered_bearer(
+        self, token: str, repository_route: str | None, service: str | None = None
+    ) -> Grant | None:
+        """The grant of a bearer token verified before on this route, while nothing it
+        depends on has changed (see `portway.auth.tokencache`); None: call `verify_bearer`."""
+        return self._verified.get(token_key(token, repository_route, service), self._stamp())
+
     def verify_bearer(
         self,
         token: str,
@@ -423,7 +446,18 @@ class AuthService:
     ) -> Grant:
         """The grant of a bearer token presented on `repository_route` (the route's repository,
         None for a route serving none). Raises InvalidToken; the reason goes to the audit log
-        only for a genuine token replayed on another repository's route."""
+        only for a genuine token replayed on another repository's route.
+
+        The grant is what the token says, narrowed to what its user may do now: a disabled
+        or deleted user's tokens are refused and a revoked privilege is gone, within the
+        security generation check. It is remembered until the token expires or a user, role
+        or key changes, so the signature is checked once per token, not once per request."""
+        key = token_key(token, repository_route, service)
+        # Read before the check: a change landing during it makes the entry stale, not wrong.
+        stamp = self._stamp()
+        hit = self._verified.get(key, stamp)
+        if hit is not None:
+            return hit
         try:
             claims = self.tokens.verify(token, repository_route, audience=service)
         except TokenWrongRepository as exc:
@@ -438,13 +472,22 @@ class AuthService:
             raise InvalidToken("token not valid for this repository") from None
         except TokenError:
             raise InvalidToken("invalid or expired token") from None
-        return Grant(
-            claims.subject,
-            claims.anonymous,
-            claims.repository,
-            claims.actions & ACTIONS,
-            claims.access,
-        )
+        grant = self._token_grant(claims)
+        self._verified.put(key, grant, claims.expires_at + self.tokens.leeway, stamp)
+        return grant
+
+    def _token_grant(self, claims: TokenClaims) -> Grant:
+        if claims.anonymous:
+            principal = self.anonymous()
+        else:
+            user = self.store.principal(claims.subject)
+            if user is None:  # disabled or deleted since the token was issued
+                raise InvalidToken("invalid or expired token")
+            principal = user.with_roles(public_role(self._public))
+        actions = claims.actions & ACTIONS
+        if claims.repository is not None:
+            actions &= allowed_actions(principal, claims.repository)
+        return Grant(claims.subject, claims.anonymous, claims.repository, actions, claims.access)
 
     # -- challenges ------------------------------------------------------------------------
 

@@ -129,6 +129,11 @@ class TokenAuthority:
         self.leeway = leeway
         self._clock = clock
 
+    @property
+    def clock(self) -> Callable[[], float]:
+        """The wall clock tokens are issued and checked by (`exp`, `nbf`)."""
+        return self._clock
+
     # -- issuing ---------------------------------------------------------------------------
 
     def issue_access(

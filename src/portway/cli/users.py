@@ -334,8 +334,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "key",
         help="token signing keys",
         description="Token signing keys in <data>/keys. Running servers take a rotation or a "
-        "removal within a minute (or at once on restart); tokens signed by a removed key are "
-        "refused from then on.",
+        "removal within a second; tokens signed by a removed key are refused from then on.",
     )
     ks = key.add_subparsers(dest="key_command", required=True, metavar="ACTION")
     common(ks.add_parser("rotate", help="new signing key (old ones keep verifying)")).set_defaults(

@@ -111,7 +111,8 @@ class SecurityAuthorizer:
         scheme, value = self._credentials(request)
         try:
             if scheme == "bearer":
-                grant = self.auth.verify_bearer(
+                remembered = self.auth.remembered_bearer(value, repository, self.service)
+                grant = remembered or self.auth.verify_bearer(
                     value, repository, self.service, _client_addr(request)
                 )
             else:
