@@ -57,6 +57,7 @@ def _hash_file(path: Path) -> Any:
 class Client:
     def __init__(self, files: list[Path]) -> None:
         self.files = [BaseFile(p, p.stat().st_size, _hash_file(p)) for p in files]
+        self.extra: dict[str, str] = {}  # sent with every request of a command (Authorization)
 
     # ------------------------------------------------------------------ plumbing
 
@@ -66,8 +67,8 @@ class Client:
         conn.connect()
         return conn
 
-    @staticmethod
     def _send(
+        self,
         conn: http.client.HTTPConnection,
         method: str,
         path: str,
@@ -78,7 +79,7 @@ class Client:
         tail: bytes = b"",
     ) -> http.client.HTTPResponse:
         conn.putrequest(method, path, skip_accept_encoding=True)
-        for k, v in headers.items():
+        for k, v in {**self.extra, **headers}.items():
             conn.putheader(k, v)
         conn.putheader("Content-Length", str(count + len(tail)))
         conn.endheaders()
@@ -179,6 +180,8 @@ class Client:
         verify: bool,
     ) -> int:
         conn.putrequest("GET", f"{api}{image}/blobs/{digest}", skip_accept_encoding=True)
+        for k, v in self.extra.items():
+            conn.putheader(k, v)
         conn.endheaders()
         resp = conn.getresponse()
         if resp.status != 200:
@@ -280,6 +283,7 @@ def main() -> int:
         if not line.strip():
             continue
         cmd = json.loads(line)
+        client.extra = dict(cmd.get("headers") or {})
         try:
             if cmd["op"] == "push":
                 result = client.push(cmd)

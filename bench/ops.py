@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import http.client
 import json
 import re
@@ -27,6 +28,70 @@ class BenchError(Exception):
 # --------------------------------------------------------------------------- tiny pushes
 
 
+_TOKENS: dict[tuple[str, str, str], str] = {}
+_CHALLENGE_PARAM = re.compile(r'(\w+)="([^"]*)"')
+
+
+def _basic(credentials: tuple[str, str]) -> str:
+    return "Basic " + base64.b64encode(":".join(credentials).encode()).decode()
+
+
+def scope_name(t: Target, image: str) -> str:
+    """The name a client puts in a token scope: the path between /v2/ and the resource."""
+    return t.api.split("/v2/", 1)[1] + image
+
+
+def auth_headers(t: Target, image: str, actions: str = "pull") -> dict[str, str]:
+    """The Authorization header for requests on `image` (nothing when security is off).
+
+    Bearer, as docker does it: GET /v2/ without credentials, follow the challenge's realm
+    with the user's Basic credentials and `scope=repository:<name>:<actions>`, then send the
+    token on every request. One token per image and actions, fetched once per run."""
+    if t.auth == "none" or t.credentials is None:
+        return {}
+    if t.auth == "basic":
+        return {"Authorization": _basic(t.credentials)}
+    key = (t.base, scope_name(t, image), actions)
+    token = _TOKENS.get(key)
+    if token is None:
+        token = _TOKENS[key] = _fetch_token(t, image, actions)
+    return {"Authorization": f"Bearer {token}"}
+
+
+def log_in(t: Target, times: int = 8) -> None:
+    """What `docker login` does just before a push: token requests with the Basic
+    credentials, each on a new connection so that every worker likely sees one and remembers
+    the login (Portway checks a password with argon2 once, then for 30 s from memory)."""
+    if t.auth != "none":
+        for _ in range(times):
+            _fetch_token(t, "bench/login", "pull")
+
+
+def _fetch_token(t: Target, image: str, actions: str) -> str:
+    assert t.credentials is not None
+    status, headers, _ = _request(t, "GET", t.api.split("/v2/", 1)[0] + "/v2/")
+    challenge = headers.get("www-authenticate", "")
+    if status != 401 or not challenge.lower().startswith("bearer "):
+        raise BenchError(f"{t.name}: GET /v2/ gave HTTP {status}, no Bearer challenge")
+    params = dict(_CHALLENGE_PARAM.findall(challenge))
+    scope = f"repository:{scope_name(t, image)}:{actions}"
+    query = urllib.parse.urlencode({"service": params.get("service", ""), "scope": scope})
+    realm = urllib.parse.urlsplit(params["realm"])
+    conn = http.client.HTTPConnection(realm.hostname or t.host, realm.port or t.port, timeout=60)
+    try:
+        conn.request(
+            "GET", f"{realm.path}?{query}", headers={"Authorization": _basic(t.credentials)}
+        )
+        resp = conn.getresponse()
+        data = resp.read()
+    finally:
+        conn.close()
+    if resp.status != 200:
+        raise BenchError(f"{t.name}: token request: HTTP {resp.status} {data[:200]!r}")
+    token: str = json.loads(data)["token"]
+    return token
+
+
 def _request(
     t: Target, method: str, path: str, body: bytes = b"", headers: dict[str, str] | None = None
 ) -> tuple[int, dict[str, str], bytes]:
@@ -45,7 +110,8 @@ def _request(
 def push_blob_bytes(t: Target, image: str, data: bytes, digest: str) -> None:
     """POST, then PUT with the whole body (works on every registry)."""
     start = t.path(image, "blobs/uploads/")
-    status, headers, body = _request(t, "POST", start)
+    auth = auth_headers(t, image, "pull,push")
+    status, headers, body = _request(t, "POST", start, headers=auth)
     if status != 202:
         raise BenchError(f"{t.name}: POST {start}: HTTP {status} {body[:200]!r}")
     url = urllib.parse.urljoin(t.base + start, headers.get("location", ""))
@@ -57,7 +123,7 @@ def push_blob_bytes(t: Target, image: str, data: bytes, digest: str) -> None:
         "PUT",
         f"{path}{sep}digest={urllib.parse.quote(digest)}",
         data,
-        {"Content-Type": "application/octet-stream"},
+        {"Content-Type": "application/octet-stream", **auth},
     )
     if status != 201:
         raise BenchError(f"{t.name}: PUT blob {digest}: HTTP {status} {body[:200]!r}")
@@ -67,7 +133,11 @@ def push_manifest(
     t: Target, image: str, ref: str, manifest: bytes, media_type: str = OCI_MANIFEST
 ) -> None:
     status, _, body = _request(
-        t, "PUT", t.path(image, f"manifests/{ref}"), manifest, {"Content-Type": media_type}
+        t,
+        "PUT",
+        t.path(image, f"manifests/{ref}"),
+        manifest,
+        {"Content-Type": media_type, **auth_headers(t, image, "pull,push")},
     )
     if status != 201:
         raise BenchError(f"{t.name}: PUT manifest {image}:{ref}: HTTP {status} {body[:200]!r}")
@@ -92,8 +162,11 @@ def push_small_image(t: Target, image: str, unique: str, tag: str = "latest") ->
     return SmallImage(image, tag, manifest, "sha256:" + hashlib.sha256(layer).hexdigest(), layer)
 
 
-def check_get(t: Target, path: str, expect: bytes, accept: str | None = None) -> None:
-    status, _, body = _request(t, "GET", path, headers={"Accept": accept} if accept else None)
+def check_get(
+    t: Target, path: str, expect: bytes, accept: str | None = None, image: str = ""
+) -> None:
+    headers = {"Accept": accept} if accept else {}
+    status, _, body = _request(t, "GET", path, headers={**headers, **auth_headers(t, image)})
     if status != 200 or body != expect:
         raise BenchError(
             f"{t.name}: GET {path}: HTTP {status}, {len(body)} bytes (expected "
@@ -155,16 +228,22 @@ def wrk(
 # --------------------------------------------------------------------------- skopeo
 
 
-def skopeo_copy(src: str, dest: str, timeout: int = 600) -> float:
-    """Wall time of one `skopeo copy` (layers kept as they are: --preserve-digests)."""
+def skopeo_copy(
+    src: str, dest: str, timeout: int = 600, creds: tuple[str, str] | None = None
+) -> float:
+    """Wall time of one `skopeo copy` (layers kept as they are: --preserve-digests); `creds`
+    for the registry side (skopeo then follows the bearer challenge itself, as docker does)."""
     binary = shutil.which("skopeo")
     if binary is None:
         raise BenchError("skopeo not found (Debian package `skopeo`)")
     argv = [binary, "copy", "--quiet", "--preserve-digests", "--retry-times", "0"]
+    login = [] if creds is None else [":".join(creds)]
     if src.startswith("docker://"):
         argv.append("--src-tls-verify=false")
+        argv += [f"--src-creds={c}" for c in login]
     if dest.startswith("docker://"):
         argv.append("--dest-tls-verify=false")
+        argv += [f"--dest-creds={c}" for c in login]
     argv += [src, dest]
     t0 = time.perf_counter()
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from connectors import wait_ports
 from data import OCI_MANIFEST, blob_files, default_cache_dir
-from ops import TransferClient, check_get, push_small_image, wrk
+from ops import TransferClient, auth_headers, check_get, push_small_image, wrk
 from servers import connector_target, free_ports, start_portway
 
 FRAME = re.compile(r"^(?P<func>.*?) \((?P<file>[^()]*?)(?::\d+)?\)$")
@@ -93,6 +93,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--connectors", type=int, default=0, help="open N connectors; load goes through the first"
     )
+    p.add_argument(
+        "--auth",
+        choices=("none", "bearer", "basic"),
+        default="none",
+        help="security off (none) or on, requests carrying a bearer token or Basic credentials",
+    )
     p.add_argument("--rate", type=int, default=200, help="py-spy samples per second")
     p.add_argument("--top", type=int, default=25)
     args = p.parse_args(argv)
@@ -105,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     client: TransferClient | None = None
     try:
         ports = free_ports(args.connectors)
-        server, t = start_portway(workdir, workers=args.workers, connectors=ports)
+        server, t = start_portway(workdir, workers=args.workers, connectors=ports, auth=args.auth)
         if ports:
             wait_ports(ports)
             t = connector_target(ports[0], "portway")
@@ -115,12 +121,12 @@ def main(argv: list[str] | None = None) -> int:
             path, headers = "", {}
         elif args.what == "manifest":
             path = t.path(img.image, f"manifests/{img.tag}")
-            check_get(t, path, img.manifest, OCI_MANIFEST)
-            headers = {"Accept": OCI_MANIFEST}
+            check_get(t, path, img.manifest, OCI_MANIFEST, img.image)
+            headers = {"Accept": OCI_MANIFEST, **auth_headers(t, img.image)}
         else:
             path = t.path(img.image, f"blobs/{img.layer_digest}")
-            check_get(t, path, img.layer)
-            headers = {}
+            check_get(t, path, img.layer, image=img.image)
+            headers = auth_headers(t, img.image)
         raw_out = workdir / "profile.txt"
         cmd = [
             pyspy,
@@ -162,6 +168,7 @@ def main(argv: list[str] | None = None) -> int:
                         "count": 8,
                         "concurrency": 1,
                         "tag": secrets.token_hex(8),
+                        "headers": auth_headers(t, "bench/profile", "pull,push"),
                     }
                 )
                 moved += r["bytes"]

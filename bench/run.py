@@ -1,11 +1,13 @@
 """Portway against CNCF distribution, side by side on this machine, in one run.
 
-    .venv/bin/python bench/run.py [--quick] [--only ROW ...] [--workers N]
+    .venv/bin/python bench/run.py [--security on|off|both] [--quick] [--only ROW ...]
 
 Starts Portway (`python -m portway serve`, fresh data folder, repository `docker-hosted` with
-path routing) and distribution (`docker-registry serve`, filesystem driver, in-memory blob
-descriptor cache) on free loopback ports, measures every row on both, prints a table and a
-Markdown table, and writes the results as JSON into bench/results/.
+path routing) with security on (requests carry a bearer token, as docker's do), with security
+off, or both side by side (the default), and distribution (`docker-registry serve`, filesystem
+driver, in-memory blob descriptor cache, no auth) on free loopback ports; measures every row
+on every server, prints the tables with the ratios (on/dist, off/dist, on/off) and Markdown
+copies, and writes the results as JSON into bench/results/.
 """
 
 from __future__ import annotations
@@ -30,10 +32,9 @@ from data import blob_files, default_cache_dir
 from ops import TransferClient
 from rows import ROWS, BenchConfig, Context, Measurement, Row
 from servers import REPO_ROOT, ServerProcess, Target, start_distribution, start_portway
+from tables import cost_lines, fmt, judge, layout, table_lines
 
 RESULTS = Path(__file__).resolve().parent / "results"
-SIDES = ("portway", "distribution")
-LABELS = ("Portway", "distribution")
 
 
 def write_results(record: dict[str, Any], prefix: str = "", out: Path | None = None) -> Path:
@@ -89,94 +90,6 @@ def machine() -> dict[str, Any]:
     }
 
 
-def fmt(value: float | None, unit: str) -> str:
-    if value is None:
-        return "-"
-    if unit == "s":
-        return f"{value:.2f}"
-    return f"{value:,.0f}" if value >= 100 else f"{value:.1f}"
-
-
-def ratio_of(res: dict[str, Any], sides: tuple[str, str] = SIDES) -> float | None:
-    p, d = res.get(sides[0]), res.get(sides[1])
-    if not isinstance(p, dict) or not isinstance(d, dict) or not d["value"]:
-        return None
-    return float(p["value"]) / float(d["value"])
-
-
-def render(head: list[str], body: list[list[str]], markdown: bool) -> list[str]:
-    if markdown:
-        lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * len(head)) + "|"]
-        lines += ["| " + " | ".join(c) + " |" for c in body]
-        return lines
-    widths = [max(len(r[i]) for r in [head, *body]) for i in range(len(head))]
-    lines = [
-        "  ".join(
-            c.ljust(w) if i < 2 else c.rjust(w)
-            for i, (c, w) in enumerate(zip(r, widths, strict=True))
-        )
-        for r in [head, *body]
-    ]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return lines
-
-
-def table_lines(
-    results: dict[str, dict[str, Any]],
-    markdown: bool,
-    sides: tuple[str, str] = SIDES,
-    labels: tuple[str, str] = LABELS,
-    with_targets: bool = True,
-) -> list[str]:
-    head = ["row", "unit", *labels, "ratio"]
-    if with_targets:
-        head += ["target", "met"]
-    body = []
-    for name, res in results.items():
-        rowdef = ROWS[name]
-        cells = [f"{name} ({rowdef.title})" if markdown else name, rowdef.unit]
-        for side in sides:
-            v = res.get(side)
-            cells.append(fmt(v["value"], rowdef.unit) if isinstance(v, dict) else "ERR")
-        r = ratio_of(res, sides)
-        cells.append(f"{r:.2f}x" if r is not None else "-")
-        if with_targets:
-            met = rowdef.met(r) if r is not None else None
-            cells += [rowdef.target_text(), "-" if met is None else ("yes" if met else "no")]
-        body.append(cells)
-    return render(head, body, markdown)
-
-
-def cost_lines(
-    results: dict[str, dict[str, Any]],
-    markdown: bool,
-    sides: tuple[str, str] = SIDES,
-    labels: tuple[str, str] = LABELS,
-) -> list[str]:
-    """Server CPU per unit of work: what each side spent, whatever else the machine did."""
-    head = ["row", "server CPU", *labels, f"{labels[0]}/{labels[1]}"]
-    body = []
-    for name, res in results.items():
-        rowdef = ROWS[name]
-        costs = []
-        for side in sides:
-            v = res.get(side)
-            costs.append(v.get("cost") if isinstance(v, dict) else None)
-        if all(c is None for c in costs):
-            continue
-        p, d = costs
-        body.append(
-            [
-                name,
-                rowdef.cost_unit,
-                "-" if p is None else f"{p:.3g}",
-                "-" if d is None else f"{d:.3g}",
-                f"{p / d:.2f}x" if p is not None and d else "-",
-            ]
-        )
-    return render(head, body, markdown)
-
-
 def measure_row(
     ctx: Context, rowdef: Row, targets: dict[str, Target], repeat: int, first: int
 ) -> dict[str, Any]:
@@ -186,8 +99,9 @@ def measure_row(
     errors: dict[str, str] = {}
     skipped: set[str] = set()
     for k in range(repeat):
-        # Alternate which side goes first, so neither always inherits the other's aftermath.
-        order = sides if (first + k) % 2 == 0 else sides[::-1]
+        # Rotate which side goes first, so none always inherits another's aftermath.
+        shift = (first + k) % len(sides)
+        order = sides[shift:] + sides[:shift]
         for side in order:
             if side in errors or side in skipped:
                 continue
@@ -240,6 +154,19 @@ def loadavg() -> list[float]:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--security",
+        choices=("on", "off", "both"),
+        default="both",
+        help="Portway with [security] on (bearer token), off, or both side by side (default)",
+    )
+    p.add_argument(
+        "--auth",
+        choices=("bearer", "basic"),
+        default="bearer",
+        help="with security on: a bearer token from the challenge's realm (docker's way, "
+        "default) or Basic credentials on every request",
     )
     p.add_argument("--quick", action="store_true", help="small data, short wrk runs (< 1 min)")
     p.add_argument(
@@ -308,33 +235,36 @@ def main(argv: list[str] | None = None) -> int:
         flush=True,
     )
     results: dict[str, dict[str, Any]] = {}
+    sides, ratios = layout(args.security, args.self_check)
     rss: dict[str, int] = {}
     client: TransferClient | None = None
     ctx: Context | None = None
     try:
         files = blob_files(cache, cfg.blob_count, cfg.blob_size)
         client = TransferClient(files, args.client_cpus)
-        if args.self_check:
-            s1, t1 = start_distribution(workdir, cpus=args.server_cpus, name="portway")
-            servers.append(s1)
-        else:
-            s1, t1 = start_portway(
-                workdir, workers=args.workers, layout=args.layout, cpus=args.server_cpus
-            )
-            servers.append(s1)
-        s2, t2 = start_distribution(workdir, cpus=args.server_cpus)
-        servers.append(s2)
-        targets: dict[str, Target] = {"portway": t1, "distribution": t2}
+        targets: dict[str, Target] = {}
+        for side in sides:
+            if side.key.startswith("distribution"):
+                server, target = start_distribution(workdir, cpus=args.server_cpus, name=side.key)
+            else:
+                server, target = start_portway(
+                    workdir,
+                    workers=args.workers,
+                    layout=args.layout,
+                    cpus=args.server_cpus,
+                    name=side.key,
+                    auth=args.auth if side.key == "portway-on" else "none",
+                )
+            servers.append(server)
+            targets[side.key] = target
         ctx = Context(cfg, client, workdir, cache, secrets.token_hex(4))
-        ctx.cpu_probes = {side: s.cpu_seconds for side, s in zip(SIDES, servers, strict=True)}
+        ctx.cpu_probes = {side.key: s.cpu_seconds for side, s in zip(sides, servers, strict=True)}
         for i, name in enumerate(names):
             rowdef = ROWS[name]
             res = measure_row(ctx, rowdef, targets, args.repeat, first=i)
-            ratio = ratio_of(res)
-            res["ratio"] = ratio
-            res["met"] = rowdef.met(ratio) if ratio is not None else None
+            res.update(judge(res, rowdef, ratios))
             results[name] = res
-        rss = {side: s.rss_kib() for side, s in zip(SIDES, servers, strict=True)}
+        rss = {side.key: s.rss_kib() for side, s in zip(sides, servers, strict=True)}
     finally:
         if ctx is not None:
             for close in reversed(ctx.closers):
@@ -350,18 +280,19 @@ def main(argv: list[str] | None = None) -> int:
     print()
     if args.self_check:
         print("SELF-CHECK: both columns are distribution; ratios should be near 1.")
-    print("\n".join(table_lines(results, markdown=False)))
-    print()
-    print("\n".join(cost_lines(results, markdown=False)))
-    print()
-    print("\n".join(table_lines(results, markdown=True)))
-    print()
-    print("\n".join(cost_lines(results, markdown=True)))
+    for markdown in (False, True):
+        print("\n".join(table_lines(results, markdown, sides, ratios)))
+        print()
+        print("\n".join(cost_lines(results, markdown, sides, ratios)))
+        print()
     print(f"\n{elapsed:.0f} s in all; server RSS at the end (KiB): {rss}")
     record = {
         "when": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "command": command.strip(),
         "self_check": args.self_check,
+        "security": args.security,
+        "auth": args.auth,
+        "sides": {side.key: side.label for side in sides},
         "workers": args.workers,
         "layout": args.layout,
         "config": cfg.__dict__,
@@ -376,6 +307,7 @@ def main(argv: list[str] | None = None) -> int:
                 "title": ROWS[n].title,
                 "unit": ROWS[n].unit,
                 "target": ROWS[n].target,
+                "target_vs_off": ROWS[n].vs_off,
                 "higher_is_better": ROWS[n].higher_is_better,
                 **res,
             }

@@ -38,6 +38,11 @@ class Target:
     api: str
     ref: str
     single_post: bool = False  # takes a monolithic upload as one POST ?digest= with the body
+    # How requests authenticate: "none", "bearer" (a token from the challenge's realm, as
+    # docker gets one) or "basic" (the credentials on every request); `credentials` are the
+    # user name and password for the last two (skopeo gets them with --creds).
+    auth: str = "none"
+    credentials: tuple[str, str] | None = None
 
     @property
     def base(self) -> str:
@@ -188,6 +193,7 @@ def portway_config(
     connectors: Sequence[int] = (),
     log_level: str = "warning",
     proxied: Sequence[int] = (),
+    security: bool = False,
 ) -> str:
     lines = [
         "[server]",
@@ -196,8 +202,10 @@ def portway_config(
         f"workers = {workers}",
         f'log_level = "{log_level}"',
         "",
-        "[security]",  # distribution runs open too: compare like with like
-        "enabled = false",
+        "[security]",
+        f"enabled = {'true' if security else 'false'}",
+        # Long enough for any run: the harness, unlike docker, does not renew a token.
+        "token_ttl = 7200",
         "",
         "[[repository]]",
         f'name = "{HOSTED}"',
@@ -237,14 +245,22 @@ def start_portway(
     layout: str = "path",
     cpus: str | None = None,
     name: str = "portway",
+    auth: str = "none",
 ) -> tuple[ServerProcess, Target]:
     """Portway with a fresh data folder; `layout` is `path` (/v2/docker-hosted/<image>) or
-    `nexus` (/repository/docker-hosted/v2/<image>)."""
+    `nexus` (/repository/docker-hosted/v2/<image>). `auth` "bearer" or "basic" turns
+    `[security]` on; requests then go as the admin user that the first start creates."""
+    if auth not in ("none", "bearer", "basic"):
+        raise ValueError(f"unknown auth {auth!r}")
     port = free_port()
     home = workdir / name
     home.mkdir(parents=True, exist_ok=True)
     config = home / "portway.toml"
-    config.write_text(portway_config(port, home / "data", workers, connectors, proxied=proxied))
+    config.write_text(
+        portway_config(
+            port, home / "data", workers, connectors, proxied=proxied, security=auth != "none"
+        )
+    )
     argv = [venv_python(), "-m", "portway", "serve", "--config", str(config)]
     if workers:
         argv += ["--workers", str(workers)]
@@ -256,7 +272,11 @@ def start_portway(
         api = f"/v2/{HOSTED}/"
     else:
         raise ValueError(f"unknown Portway layout {layout!r}")
-    return server, Target(name, "127.0.0.1", port, api, f"127.0.0.1:{port}/{HOSTED}", True)
+    creds = None
+    if auth != "none":
+        creds = ("admin", (home / "data" / "admin.password").read_text().strip())
+    ref = f"127.0.0.1:{port}/{HOSTED}"
+    return server, Target(name, "127.0.0.1", port, api, ref, True, auth, creds)
 
 
 def connector_target(port: int, name: str) -> Target:
