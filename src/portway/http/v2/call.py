@@ -68,7 +68,9 @@ async def body_chunks(request: web.Request) -> AsyncIterator[bytes]:
     while True:
         try:
             async with asyncio.timeout(idle):
-                chunk = await request.content.readany()
+                # One buffered piece at a time: readany() would join all that is buffered
+                # (a copy of the body). An empty piece is a chunk boundary, or the end.
+                chunk, boundary = await request.content.readchunk()
         except TimeoutError:
             raise RegistryError(
                 "BLOB_UPLOAD_INVALID",
@@ -82,6 +84,8 @@ async def body_chunks(request: web.Request) -> AsyncIterator[bytes]:
                 "BLOB_UPLOAD_INVALID", "the client closed the connection mid-body"
             ) from None
         if not chunk:
+            if boundary and not request.content.at_eof():
+                continue
             break
         yield chunk
 
