@@ -32,6 +32,7 @@ from support.server import PortwayServer
 REPO = "team-a-hosted"
 BOUND = 5.0  # seconds; the README promises a second
 SETTLE = 8  # answers in a row that must agree (requests land on either worker)
+START_TIMEOUT = 60.0  # two workers starting on a busy machine
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +44,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PortwayServer]:
         workers=2,
         security={"enabled": True, "token_ttl": 300},
     )
-    srv.start()
+    srv.start(timeout=START_TIMEOUT)
     try:
         cli(srv, "role", "add", "team-a", "--privilege", "team-a-*:browse,read")
         admin = Client(srv.url, prefix=f"/repository/{REPO}")
@@ -173,7 +174,7 @@ def test_token_stops_at_its_expiry(tmp_path: Path) -> None:
         connectors=[{"repository": REPO}],
         security={"enabled": True, "token_ttl": 30},  # the shortest lifetime allowed
     )
-    srv.start()
+    srv.start(timeout=START_TIMEOUT)
     try:
         cli(srv, "role", "add", "team-a", "--privilege", "team-a-*:browse,read")
         admin = Client(srv.url, prefix=f"/repository/{REPO}")

@@ -93,8 +93,6 @@ def etc_hosts(*names: str, path: Path = HOSTS, lock: Path = LOCK) -> Iterator[li
                 # (their tag is unique, so another run's line for the same name stays).
                 ours = {line.rstrip("\n").encode() for line in lines}
                 kept = [
-                    ln
-                    for ln in current.splitlines(keepends=True)
-                    if ln.rstrip(b"\r\n") not in ours
+                    ln for ln in current.splitlines(keepends=True) if ln.rstrip(b"\r\n") not in ours
                 ]
                 _write(path, b"".join(kept))

@@ -117,7 +117,7 @@ class Grant:
             return True
         carriers = PORTWAY_TO_DOCKER.get(action, frozenset())
         return any(
-            a.type == "repository" and a.name == image and carriers & set(a.actions)
+            a.type == "repository" and a.name == image and not carriers.isdisjoint(a.actions)
             for a in self.access
         )
 

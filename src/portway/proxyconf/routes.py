@@ -116,9 +116,7 @@ class Site:
     def name_patterns(self) -> tuple[str, ...]:
         """`names` with each `*.x` as an anchored regex for one label (as a certificate's
         wildcard covers), for servers whose own wildcards would cover more."""
-        return tuple(
-            f"^[^.]+{re.escape(n[1:])}$" if n.startswith("*.") else n for n in self.names
-        )
+        return tuple(f"^[^.]+{re.escape(n[1:])}$" if n.startswith("*.") else n for n in self.names)
 
     @property
     def wildcard_regex(self) -> str:
