@@ -57,6 +57,15 @@ class ServerConfig(_Strict):
     header_timeout: float = Field(default=30, ge=1, le=3600, description="seconds")
     keepalive_timeout: float = Field(default=75, ge=1, le=3600, description="seconds")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    # Operations (README "Operations"): one access-log line per request, as text or JSON;
+    # Prometheus metrics at /metrics; health checks of the database and the blob store.
+    log_format: Literal["text", "json"] = "text"
+    access_log: bool = True
+    metrics: bool = True
+    # Repositories (in configuration order) that get their own `repository` label in metrics;
+    # the rest count under "_other", so 10,000 repositories stay a bounded label set.
+    metrics_repository_labels: int = Field(default=100, ge=0, le=10000)
+    health_check_interval: float = Field(default=5, ge=0.2, le=600, description="seconds")
 
     @field_validator("listen")
     @classmethod

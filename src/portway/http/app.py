@@ -12,6 +12,7 @@ from portway.http.auth import SecurityAuthorizer, remember_route, token_endpoint
 from portway.http.context import CONTEXT_KEY, AppContext, Authorizer
 from portway.http.errors import FAULTS_KEY, FaultReport, add_api_version, error_middleware
 from portway.http.forwarded import TrustedProxies, client_origin
+from portway.http.observe import install as install_observe
 from portway.http.routing import RouteTable
 from portway.http.v1 import handle_v1
 from portway.http.v2.dispatch import dispatch_v2
@@ -124,5 +125,6 @@ def build_app(ctx: AppContext) -> web.Application:
     app[CONTEXT_KEY] = ctx
     app[FAULTS_KEY] = FaultReport()
     app.on_response_prepare.append(add_api_version)
+    install_observe(app, ctx)  # metrics, access log, health routes: before the catch-all
     app.router.add_route("*", "/{tail:.*}", handle)
     return app

@@ -1,0 +1,271 @@
+"""Operations wiring: the metrics and access-log middleware, and the health and metrics routes.
+
+`/metrics` answers on the main listener only (never under /v2/, never on a connector bound to
+one repository); the health routes answer on every listener, for load balancers in front of
+connectors too. See portway.observe for what each part does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+from aiohttp import web
+
+from portway.http.context import CONTEXT_KEY, AppContext
+from portway.http.errors import FAULTS_KEY, Handler
+from portway.http.forwarded import client_address
+from portway.http.routing import Route
+from portway.observe import multiproc
+from portway.observe.accesslog import HEADER, AccessLog, Entry, RequestIds
+from portway.observe.health import Health
+from portway.observe.kinds import DISTRIBUTION_HANDLER, public_kind, route_kind
+from portway.observe.metrics import FLUSH_INTERVAL, Recorder
+from portway.oci.errors import RegistryError
+
+REQUEST_ID = "portway.request_id"
+_ROUTE = "portway.route"  # set by portway.http.auth.remember_route
+DEAD_WORKER_SWEEP = 10  # flushes between looks for dead workers' gauges
+CLIENT_GONE = 499  # status recorded for a request whose client left before its answer
+
+
+@dataclass
+class Observer:
+    health: Health
+    recorder: Recorder | None = None
+    access: AccessLog | None = None
+    ids: RequestIds = field(default_factory=RequestIds)
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+
+OBSERVE_KEY = web.AppKey("portway.observe", Observer)
+
+
+def build_observer(ctx: AppContext) -> Observer:
+    server = ctx.settings.server
+    recorder = None
+    if server.metrics:
+        names = [r.name for r in ctx.settings.repository]
+        recorder = Recorder(server.data_dir / "metrics", names, server.metrics_repository_labels)
+    health = Health(
+        server.data_dir / "portway.db",
+        server.data_dir / "storage",
+        server.health_check_interval,
+        on_result=(lambda name, c: recorder.health(name, c.writable, c.seconds))
+        if recorder is not None
+        else None,
+    )
+    access = AccessLog(server.log_format) if server.access_log else None
+    return Observer(health, recorder, access)
+
+
+def install(app: web.Application, ctx: AppContext) -> None:
+    """Add the middleware (outermost), the routes and the background checks to `app`."""
+    obs = build_observer(ctx)
+    app[OBSERVE_KEY] = obs
+    if obs.recorder is not None or obs.access is not None:
+        app.middlewares.insert(0, observe_middleware)
+        app.on_response_prepare.append(_send_request_id)
+    app.cleanup_ctx.append(_background)
+    if obs.recorder is not None:
+        app.router.add_get("/metrics", handle_metrics)
+    app.router.add_get("/livez", handle_livez)
+    app.router.add_get("/readyz", handle_readyz)
+    app.router.add_get("/startupz", handle_startupz)
+    app.router.add_get("/service/rest/v1/status", handle_nexus_status)
+    app.router.add_get("/service/rest/v1/status/writable", handle_nexus_writable)
+
+
+# -- middleware ---------------------------------------------------------------------------
+
+
+def _repository(request: web.Request, ctx: AppContext, path: str) -> str | None:
+    route: Route | None = request.get(_ROUTE)
+    if route is None:
+        return None
+    if route.repository is not None:
+        return route.repository
+    # Repository path on a shared host: /v2/<repository>/<image>/...
+    if route.rest.startswith("/v2/"):
+        name = route.rest[4:].partition("/")[0]
+        if name in ctx.repos:
+            return name
+    return None
+
+
+def _principal(request: web.Request, ctx: AppContext) -> str | None:
+    who = getattr(ctx.authorizer, "principal", None)
+    if who is None:
+        return None
+    principal = who(request)
+    return getattr(principal, "name", None) if principal is not None else None
+
+
+def _bytes_out(request: web.Request, response: web.StreamResponse | None) -> int:
+    if response is None or request.method == "HEAD":
+        return 0
+    length = response.content_length
+    if length is not None:
+        return length
+    return response.body_length
+
+
+@web.middleware
+async def observe_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    start = time.perf_counter()
+    obs = request.app[OBSERVE_KEY]
+    ctx = request.app[CONTEXT_KEY]
+    given = request.headers.get(HEADER)
+    if given is not None and RequestIds.acceptable(given) and ctx.trusted.trusts(request.remote):
+        request[REQUEST_ID] = given
+    else:
+        request[REQUEST_ID] = obs.ids.new()
+    path = request.raw_path.partition("?")[0]
+    kind = route_kind(path)
+    recorder = obs.recorder
+    flight = DISTRIBUTION_HANDLER.get(kind, "")
+    if recorder is not None:
+        recorder.in_flight[flight] = recorder.in_flight.get(flight, 0) + 1
+    response: web.StreamResponse | None = None
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+        # Send it here, so what is counted and logged is what the client got.
+        await response.prepare(request)
+        await response.write_eof()
+        return response
+    except web.HTTPException as exc:
+        status = exc.status
+        raise
+    except (ConnectionError, asyncio.CancelledError):
+        status = CLIENT_GONE
+        raise
+    finally:
+        seconds = time.perf_counter() - start
+        bytes_in = request.content.total_bytes
+        bytes_out = _bytes_out(request, response) if status != CLIENT_GONE else 0
+        repository = _repository(request, ctx, path)
+        if recorder is not None:
+            recorder.in_flight[flight] -= 1
+            recorder.record(kind, request.method, status, repository, seconds, bytes_in, bytes_out)
+        access = obs.access
+        if access is not None and access.enabled():
+            access.write(
+                Entry(
+                    request[REQUEST_ID],
+                    client_address(request, ctx.trusted),
+                    _principal(request, ctx),
+                    repository,
+                    request.method,
+                    path,
+                    public_kind(kind),
+                    status,
+                    bytes_in,
+                    bytes_out,
+                    seconds,
+                    request.headers.get("User-Agent"),
+                )
+            )
+
+
+async def _send_request_id(request: web.Request, response: web.StreamResponse) -> None:
+    rid = request.get(REQUEST_ID)
+    if rid is not None:
+        response.headers[HEADER] = rid
+
+
+# -- background ---------------------------------------------------------------------------
+
+
+async def _flush_loop(app: web.Application, recorder: Recorder) -> None:
+    faults = app.get(FAULTS_KEY)
+    rounds = 0
+    while True:
+        await asyncio.sleep(FLUSH_INTERVAL)
+        recorder.flush()
+        if faults is not None:
+            recorder.sync_faults(faults.refused)
+        rounds += 1
+        if rounds % DEAD_WORKER_SWEEP == 0:
+            await asyncio.to_thread(multiproc.mark_dead_workers, recorder.folder)
+
+
+async def _background(app: web.Application) -> AsyncIterator[None]:
+    obs = app[OBSERVE_KEY]
+    await obs.health.check_once()
+    obs.tasks.append(asyncio.create_task(obs.health.run()))
+    if obs.recorder is not None:
+        obs.tasks.append(asyncio.create_task(_flush_loop(app, obs.recorder)))
+    yield
+    for task in obs.tasks:
+        task.cancel()
+    for task in obs.tasks:
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    if obs.recorder is not None:
+        obs.recorder.flush()
+
+
+# -- routes -------------------------------------------------------------------------------
+
+
+def _on_main_listener(request: web.Request) -> bool:
+    ports = request.app[CONTEXT_KEY].routes.ports
+    sockname = request.transport.get_extra_info("sockname") if request.transport else None
+    port = int(sockname[1]) if isinstance(sockname, tuple) and len(sockname) >= 2 else 0
+    # The main listener is opened (and bound in the route table) first.
+    return next(iter(ports), None) == port
+
+
+async def handle_metrics(request: web.Request) -> web.StreamResponse:
+    obs = request.app[OBSERVE_KEY]
+    if obs.recorder is None or not _on_main_listener(request):
+        raise RegistryError("NOT_FOUND", "metrics are served on the main listener at /metrics")
+    obs.recorder.flush()
+    body = await asyncio.to_thread(obs.recorder.render)
+    return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4"})
+
+
+def _json(status: int, doc: object) -> web.Response:
+    return web.Response(
+        status=status, body=json.dumps(doc).encode(), content_type="application/json"
+    )
+
+
+def _state(request: web.Request, ok: bool) -> web.Response:
+    health = request.app[OBSERVE_KEY].health
+    return _json(200 if ok else 503, {"status": "ok" if ok else "unavailable",
+                                      "checks": health.report()})  # fmt: skip
+
+
+async def handle_livez(request: web.Request) -> web.StreamResponse:
+    return _json(200, {"status": "ok"})
+
+
+async def handle_readyz(request: web.Request) -> web.StreamResponse:
+    return _state(request, request.app[OBSERVE_KEY].health.ready)
+
+
+async def handle_startupz(request: web.Request) -> web.StreamResponse:
+    health = request.app[OBSERVE_KEY].health
+    started = health.started_at is not None
+    return _json(200 if started else 503, {"status": "ok" if started else "starting"})
+
+
+async def handle_nexus_status(request: web.Request) -> web.StreamResponse:
+    """Nexus: 200 (empty) when this node can serve reads."""
+    if request.app[OBSERVE_KEY].health.readable:
+        return web.Response(status=200)
+    return _state(request, False)
+
+
+async def handle_nexus_writable(request: web.Request) -> web.StreamResponse:
+    """Nexus: 200 (empty) when this node can serve writes."""
+    if request.app[OBSERVE_KEY].health.writable:
+        return web.Response(status=200)
+    return _state(request, False)
