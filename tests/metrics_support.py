@@ -47,5 +47,3 @@ def settle(
 
 def key(name: str, **labels: str) -> tuple[str, frozenset[tuple[str, str]]]:
     return (name, frozenset(labels.items()))
-
-
