@@ -26,6 +26,7 @@ from portway.observe.health import Health
 from portway.observe.kinds import DISTRIBUTION_HANDLER, public_kind, route_kind
 from portway.observe.metrics import FLUSH_INTERVAL, Recorder
 from portway.oci.errors import RegistryError
+from portway.storage.faults import StorageFaults
 
 REQUEST_ID = "portway.request_id"
 _ROUTE = "portway.route"  # set by portway.http.auth.remember_route
@@ -182,14 +183,26 @@ async def _send_request_id(request: web.Request, response: web.StreamResponse) -
 # -- background ---------------------------------------------------------------------------
 
 
+def _storage_faults(ctx: AppContext) -> StorageFaults | None:
+    """The blob store's fault counters (every repository shares the one blob store)."""
+    for repo in ctx.repos.values():
+        faults = getattr(getattr(repo, "blobs", None), "faults", None)
+        if isinstance(faults, StorageFaults):
+            return faults
+    return None
+
+
 async def _flush_loop(app: web.Application, recorder: Recorder) -> None:
     faults = app.get(FAULTS_KEY)
+    storage = _storage_faults(app[CONTEXT_KEY])
     rounds = 0
     while True:
         await asyncio.sleep(FLUSH_INTERVAL)
         recorder.flush()
         if faults is not None:
             recorder.sync_faults(faults.refused)
+        if storage is not None:
+            recorder.sync_damaged(storage.damaged_blobs)
         rounds += 1
         if rounds % DEAD_WORKER_SWEEP == 0:
             await asyncio.to_thread(multiproc.mark_dead_workers, recorder.folder)

@@ -130,6 +130,11 @@ class Recorder:
             ["reason"],
             registry=None,
         )
+        self.damaged = c(
+            "portway_storage_damaged_blob_requests",
+            "Requests refused because the blob's file is missing or not its recorded size",
+            registry=None,
+        )
         self.check_up = g(
             "portway_health_check_up",
             "1 when the health check passed at its "
@@ -260,6 +265,13 @@ class Recorder:
             if delta > 0:
                 self.refused.labels(reason).inc(delta)
                 self._faults_seen[reason] = count
+
+    def sync_damaged(self, damaged_blobs: int) -> None:
+        """Add the damaged-blob refusals `StorageFaults` counted since the last call."""
+        delta = damaged_blobs - self._faults_seen.get("_damaged", 0)
+        if delta > 0:
+            self.damaged.inc(delta)
+            self._faults_seen["_damaged"] = damaged_blobs
 
     def health(self, check: str, ok: bool, seconds: float) -> None:
         self.check_up.labels(check).set(1 if ok else 0)
