@@ -21,7 +21,7 @@ from metrics_support import key, label_values, scrape, settle, value
 from push_support import Registry, manifest_for, sha256
 from support.server import PortwayServer
 
-N_MANIFEST_GETS = 7
+MIN_MANIFEST_GETS = 7
 M_BLOB_GETS = 5
 LAYER_SIZE = 300 * 1024  # above the in-memory limit: served with sendfile
 
@@ -48,11 +48,15 @@ def test_a_known_workload_is_counted_exactly(server: PortwayServer) -> None:
     assert reg.upload_chunked(image, [layer[:half], layer[half:]], sha256(layer)).status == 201
     manifest = manifest_for(config, [layer])
     assert reg.put_manifest(image, "v1", manifest).status == 201
-    workers = set()
-    for _ in range(N_MANIFEST_GETS):
+    # Both workers share one listening socket: go on until each has served some (X-Request-Id
+    # starts with a per-process prefix), then count exactly what was sent.
+    workers: set[str] = set()
+    gets = 0
+    while gets < MIN_MANIFEST_GETS or (len(workers) < 2 and gets < 400):
         reply = reg.get_manifest(image, "v1")
         assert reply.status == 200 and reply.body == manifest
         workers.add((reply.header("X-Request-Id") or "").partition("-")[0])
+        gets += 1
     for _ in range(M_BLOB_GETS):
         status, _, size = reg.pull_blob(image, sha256(layer))
         assert (status, size) == (200, len(layer))
@@ -61,27 +65,26 @@ def test_a_known_workload_is_counted_exactly(server: PortwayServer) -> None:
     P = "portway_http_requests_total"
     repo = "docker-hosted"
     expected = {
-        key(P, route="manifest", method="GET", status="200"): N_MANIFEST_GETS,
+        key(P, route="manifest", method="GET", status="200"): gets,
         key(P, route="blob", method="GET", status="200"): M_BLOB_GETS,
         key(P, route="manifest", method="PUT", status="201"): 1,
         key(P, route="upload", method="POST", status="201"): 1,
         key(P, route="upload", method="POST", status="202"): 1,
         key(P, route="upload", method="PATCH", status="202"): 2,
         key(P, route="upload", method="PUT", status="201"): 1,
-        key("portway_http_request_duration_seconds_count", route="manifest", method="GET"): 7,
+        key("portway_http_request_duration_seconds_count", route="manifest", method="GET"): gets,
         key("portway_http_sent_bytes_total", route="blob"): M_BLOB_GETS * len(layer),
-        key("portway_http_sent_bytes_total", route="manifest"): N_MANIFEST_GETS * len(manifest),
+        key("portway_http_sent_bytes_total", route="manifest"): gets * len(manifest),
         key("portway_http_received_bytes_total", route="upload"): len(config) + len(layer),
         key("portway_http_received_bytes_total", route="manifest"): len(manifest),
-        key("portway_repository_requests_total", repository=repo, route="manifest"): 8,
+        key("portway_repository_requests_total", repository=repo, route="manifest"): gets + 1,
         key("portway_repository_requests_total", repository=repo, route="blob"): M_BLOB_GETS,
         key("portway_repository_sent_bytes_total", repository=repo): M_BLOB_GETS * len(layer)
-        + N_MANIFEST_GETS * len(manifest)
-        + 0,
+        + gets * len(manifest),
         key("portway_upload_sessions_started_total", repository=repo): 2,
         key("portway_upload_sessions_finished_total", repository=repo, outcome="completed"): 2,
         # distribution's names
-        key("registry_http_requests_total", code="200", handler="manifest", method="GET"): 7,
+        key("registry_http_requests_total", code="200", handler="manifest", method="GET"): gets,
         key("registry_http_requests_total", code="200", handler="blob", method="GET"): 5,
         key("registry_http_requests_total", code="201", handler="manifest", method="PUT"): 1,
         key("registry_http_requests_total", code="202", handler="blob_upload", method="POST"): 1,
@@ -100,7 +103,7 @@ def test_a_known_workload_is_counted_exactly(server: PortwayServer) -> None:
         v for (n, labels), v in samples.items()
         if n == P and ("route", "manifest") in labels and ("method", "GET") in labels
     ]  # fmt: skip
-    assert sum(manifest_gets) == N_MANIFEST_GETS
+    assert sum(manifest_gets) == gets
     # A scrape is itself counted, and adds nothing to the registry's counts.
     time.sleep(1.5)
     again = scrape(server.url)
