@@ -165,7 +165,7 @@ def test_a_killed_worker_is_replaced_while_the_other_keeps_serving(
 
     # a clean stop still stops everything, with status 0
     workers = [survivor, *replacements]
-    assert server.stop() == 0
+    assert server.stop(30) == 0  # a graceful stop on a busy machine may take a while
     _wait("workers to exit", lambda: not any(_alive(p) for p in workers), 15)
 
 
