@@ -21,6 +21,7 @@ from portway.http.errors import FAULTS_KEY, Handler
 from portway.http.forwarded import client_address
 from portway.http.routing import Route
 from portway.observe import multiproc
+from portway.observe.accesslog import FLUSH_INTERVAL as ACCESS_FLUSH_INTERVAL
 from portway.observe.accesslog import HEADER, AccessLog, Entry, RequestIds
 from portway.observe.health import Health
 from portway.observe.kinds import DISTRIBUTION_HANDLER, public_kind, route_kind
@@ -40,6 +41,7 @@ class Observer:
     recorder: Recorder | None = None
     access: AccessLog | None = None
     ids: RequestIds = field(default_factory=RequestIds)
+    trusted_peers: dict[str | None, bool] = field(default_factory=dict)  # peer -> trusted
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
 
@@ -98,6 +100,29 @@ def _repository(request: web.Request, ctx: AppContext, path: str) -> str | None:
     return None
 
 
+_FORWARDING = ("Forwarded", "X-Forwarded-For", "X-Real-IP")
+_PEER_CACHE = 4096
+
+
+def _trusted(obs: Observer, ctx: AppContext, peer: str | None) -> bool:
+    known = obs.trusted_peers.get(peer)
+    if known is None:
+        if len(obs.trusted_peers) >= _PEER_CACHE:
+            obs.trusted_peers.clear()
+        known = obs.trusted_peers[peer] = ctx.trusted.trusts(peer)
+    return known
+
+
+def _client(request: web.Request, obs: Observer, ctx: AppContext) -> str | None:
+    """The client's address as portway.http.forwarded decides it, without its cost when the
+    peer is no trusted proxy or sent no forwarding header."""
+    peer = request.remote
+    headers = request.headers
+    if not _trusted(obs, ctx, peer) or not any(h in headers for h in _FORWARDING):
+        return peer
+    return client_address(request, ctx.trusted)
+
+
 def _principal(request: web.Request, ctx: AppContext) -> str | None:
     who = getattr(ctx.authorizer, "principal", None)
     if who is None:
@@ -121,7 +146,7 @@ async def observe_middleware(request: web.Request, handler: Handler) -> web.Stre
     obs = request.app[OBSERVE_KEY]
     ctx = request.app[CONTEXT_KEY]
     given = request.headers.get(HEADER)
-    if given is not None and RequestIds.acceptable(given) and ctx.trusted.trusts(request.remote):
+    if given is not None and RequestIds.acceptable(given) and _trusted(obs, ctx, request.remote):
         request[REQUEST_ID] = given
     else:
         request[REQUEST_ID] = obs.ids.new()
@@ -159,7 +184,7 @@ async def observe_middleware(request: web.Request, handler: Handler) -> web.Stre
             access.write(
                 Entry(
                     request[REQUEST_ID],
-                    client_address(request, ctx.trusted),
+                    _client(request, obs, ctx),
                     _principal(request, ctx),
                     repository,
                     request.method,
@@ -192,6 +217,15 @@ def _storage_faults(ctx: AppContext) -> StorageFaults | None:
     return None
 
 
+async def _flush_access_log(access: AccessLog) -> None:
+    try:
+        while True:
+            await asyncio.sleep(ACCESS_FLUSH_INTERVAL)
+            access.flush()
+    finally:
+        access.flush()
+
+
 async def _flush_loop(app: web.Application, recorder: Recorder) -> None:
     faults = app.get(FAULTS_KEY)
     storage = _storage_faults(app[CONTEXT_KEY])
@@ -214,6 +248,8 @@ async def _background(app: web.Application) -> AsyncIterator[None]:
     obs.tasks.append(asyncio.create_task(obs.health.run()))
     if obs.recorder is not None:
         obs.tasks.append(asyncio.create_task(_flush_loop(app, obs.recorder)))
+    if obs.access is not None:
+        obs.tasks.append(asyncio.create_task(_flush_access_log(obs.access)))
     yield
     for task in obs.tasks:
         task.cancel()
@@ -222,6 +258,8 @@ async def _background(app: web.Application) -> AsyncIterator[None]:
             await task
     if obs.recorder is not None:
         obs.recorder.flush()
+    if obs.access is not None:
+        obs.access.flush()
 
 
 # -- routes -------------------------------------------------------------------------------

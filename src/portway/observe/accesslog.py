@@ -1,8 +1,9 @@
 """The access log: one line per answered request, on the `portway.access` logger at INFO.
 
-Text (the default) goes through the server's log format like every other line; with
-`[server] log_format = "json"` each line is one JSON object alone on its line (no prefix), to
-stderr beside the other logs, for a log shipper to parse. Fields:
+Text (the default) has the server's log prefix like every other line; with
+`[server] log_format = "json"` each line is one JSON object alone on its line (no prefix).
+Both go to stderr beside the other logs, written in batches (at most 0.2 s late). The
+logger's level decides whether they are written (`log_level = "warning"`: none). Fields:
 
   ts, request_id, client, principal, repository, method, path, route, status,
   bytes_in, bytes_out, duration_ms, user_agent
@@ -20,11 +21,14 @@ import re
 import sys
 import time
 from dataclasses import dataclass
+from typing import TextIO
 
 LOGGER = "portway.access"
 HEADER = "X-Request-Id"
 _ID_RE = re.compile(r"^[A-Za-z0-9._:@/+=-]{1,128}$")
 _MAX_PATH = 512
+FLUSH_INTERVAL = 0.2  # seconds a line may wait in memory
+FLUSH_LINES = 512  # ...or until this many wait
 
 
 class RequestIds:
@@ -59,27 +63,39 @@ class Entry:
 
 
 class AccessLog:
-    def __init__(self, log_format: str) -> None:
-        self.logger = logging.getLogger(LOGGER)
+    """Lines are gathered in memory and written together by `flush()` (every
+    `FLUSH_INTERVAL` seconds, or sooner once `FLUSH_LINES` wait): the logging module's
+    per-record cost (a record, a formatter, a write and a flush each) was most of the
+    access log's price on the manifest GET hot path (docs/adr/0016)."""
+
+    def __init__(self, log_format: str, stream: TextIO | None = None) -> None:
         self.json = log_format == "json"
-        if self.json:
-            _own_handler(self.logger)
+        self.stream = stream if stream is not None else sys.stderr
+        self.level_on = logging.getLogger(LOGGER).isEnabledFor(logging.INFO)
+        self._lines: list[str] = []
+        self._prefix_at = -1
+        self._prefix = ""
+        self._tail = f" INFO {LOGGER}[{os.getpid()}]: "
 
     def enabled(self) -> bool:
-        return self.logger.isEnabledFor(logging.INFO)
+        return self.level_on
+
+    def _text_prefix(self, now: float) -> str:
+        second = int(now)
+        if second != self._prefix_at:  # logging's default asctime, cached per second
+            self._prefix_at = second
+            self._prefix = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(second))
+        return f"{self._prefix},{int(now % 1 * 1000):03d}{self._tail}"
 
     def write(self, e: Entry) -> None:
         path = e.path if len(e.path) <= _MAX_PATH else e.path[:_MAX_PATH] + "..."
         ms = round(e.seconds * 1000, 3)
+        now = time.time()
         if self.json:
-            now = time.time()
-            ts = (
-                time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now))
-                + f".{int(now % 1 * 1000):03d}Z"
-            )
+            ts = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now))
             line = json.dumps(
                 {
-                    "ts": ts,
+                    "ts": f"{ts}.{int(now % 1 * 1000):03d}Z",
                     "request_id": e.request_id,
                     "client": e.client,
                     "principal": e.principal,
@@ -96,22 +112,24 @@ class AccessLog:
                 separators=(",", ":"),
             )
         else:
+            agent = (e.user_agent or "-")[:200].replace('"', "'")
             line = (
-                f'{e.client or "-"} {e.principal or "-"} "{e.method} {path}" {e.status} '
-                f"in={e.bytes_in} out={e.bytes_out} {ms}ms route={e.route} "
-                f"repository={e.repository or '-'} id={e.request_id} "
-                f'agent="{(e.user_agent or "-")[:200]}"'
+                f"{self._text_prefix(now)}{e.client or '-'} {e.principal or '-'} "
+                f'"{e.method} {path}" {e.status} in={e.bytes_in} out={e.bytes_out} {ms}ms '
+                f"route={e.route} repository={e.repository or '-'} id={e.request_id} "
+                f'agent="{agent}"'
             )
-        self.logger.info(line)
+        self._lines.append(line)
+        if len(self._lines) >= FLUSH_LINES:
+            self.flush()
 
-
-def _own_handler(logger: logging.Logger) -> None:
-    """JSON lines stand alone: their own handler, no prefix, not repeated by the root's."""
-    for handler in logger.handlers:
-        if getattr(handler, "_portway_json", False):
+    def flush(self) -> None:
+        if not self._lines:
             return
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(message)s"))
-    handler._portway_json = True  # type: ignore[attr-defined]
-    logger.addHandler(handler)
-    logger.propagate = False
+        text = "\n".join(self._lines) + "\n"
+        self._lines.clear()
+        try:
+            self.stream.write(text)
+            self.stream.flush()
+        except (OSError, ValueError):  # a closed or full log stream never fails a request
+            pass

@@ -1,0 +1,103 @@
+"""What metrics and the access log cost on the hot path: manifest GET requests/s with
+`[server] metrics` and `access_log` on (the default) against both off.
+
+    .venv/bin/python bench/observe_cost.py [--rounds N] [--duration S] [--workers W]
+
+Two Portways (security off, fresh data folders, `W` workers, 1 by default: the cost per
+process), each with one small image pushed; the access log goes to a file, as a service
+manager's journal would take it. `wrk -t2 -c64 -dSs` on the manifest by tag, alternating
+sides each round; the median of the rounds per side. Prints a Markdown table with the cost
+(1 - on/off) and writes JSON to bench/results/. Target: a cost of at most 5 %.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from ops import wrk
+from proxy_overhead import OCI_MANIFEST, Proc, answers, push, python, wait_for
+from run import machine, write_results
+from servers import free_ports
+
+SIDES = {
+    "on": {"metrics": True, "access_log": True},
+    "off": {"metrics": False, "access_log": False},
+    "metrics": {"metrics": True, "access_log": False},  # with --split: each part alone
+    "log": {"metrics": False, "access_log": True},
+}
+REPO = "bench-hosted"
+
+
+def start(root: Path, side: str, port: int, workers: int) -> Proc:
+    data = root / side
+    config = root / f"{side}.toml"
+    keys = "\n".join(f"{k} = {str(v).lower()}" for k, v in SIDES[side].items())
+    config.write_text(
+        f'[server]\nlisten = "127.0.0.1:{port}"\ndata_dir = "{data}"\nworkers = {workers}\n'
+        f"{keys}\n\n[security]\nenabled = false\n\n"
+        f'[[repository]]\nname = "{REPO}"\ntype = "hosted"\n'
+    )
+    proc = Proc([python(), "-m", "portway", "serve", "--config", str(config)], root / f"{side}.log")
+    wait_for(lambda: answers(f"http://127.0.0.1:{port}/v2/"), f"portway ({side}) on {port}", 90)
+    return proc
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--duration", type=int, default=10)
+    ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--split", action="store_true", help="also metrics alone, access log alone")
+    args = ap.parse_args(argv)
+    sides = list(SIDES) if args.split else ["on", "off"]
+    ports = dict(zip(sides, free_ports(len(sides)), strict=True))
+    rates: dict[str, list[float]] = {side: [] for side in sides}
+    with tempfile.TemporaryDirectory(prefix="portway-observe-") as tmp:
+        root = Path(tmp)
+        procs = {side: start(root, side, ports[side], args.workers) for side in sides}
+        try:
+            urls = {}
+            for side, port in ports.items():
+                base = f"http://127.0.0.1:{port}/repository/{REPO}"
+                _, path = push(base, b"observe-cost layer " * 64)
+                urls[side] = base + path
+            for url in urls.values():  # warm up
+                wrk(url, 2, headers={"Accept": OCI_MANIFEST})
+            for rnd in range(args.rounds):
+                order = sides if rnd % 2 == 0 else sides[::-1]
+                for side in order:
+                    result = wrk(urls[side], args.duration, headers={"Accept": OCI_MANIFEST})
+                    rates[side].append(result.requests_per_s)
+                    print(f"round {rnd + 1} {side:>3}: {result.requests_per_s:8.0f} req/s")
+            log_lines = len((root / "on.log").read_text(errors="replace").splitlines())
+        finally:
+            for proc in procs.values():
+                proc.stop()
+    med = {side: statistics.median(values) for side, values in rates.items()}
+    cost = 1 - med["on"] / med["off"]
+    print("\n| metrics + access log | manifest GET req/s (median) | rounds |")
+    print("|---|---|---|")
+    for side in sides:
+        print(f"| {side} | {med[side]:.0f} | {', '.join(f'{r:.0f}' for r in rates[side])} |")
+    print(f"\ncost: {cost * 100:.1f} % of req/s (target <= 5 %); access-log lines: {log_lines}")
+    record: dict[str, Any] = {
+        "bench": "observe_cost",
+        "machine": machine(),
+        "workers": args.workers,
+        "duration_s": args.duration,
+        "wrk": "-t2 -c64",
+        "rates": rates,
+        "median": med,
+        "cost": cost,
+    }
+    write_results(record, prefix="observe-cost-")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
