@@ -1,8 +1,8 @@
 """Users, roles and refresh tokens in the metadata database (SQLAlchemy Core, sync engines).
 
-Reads go through the read engine, each in one snapshot (a deferred `BEGIN`: in WAL mode it
-never takes or waits for the write lock), so logins, tokens and role checks go on while another
-process writes; changes go through the write engine (`BEGIN IMMEDIATE`).
+Reads go through the read engine, each in one snapshot (on SQLite a deferred `BEGIN`: in WAL
+mode it never takes or waits for the write lock; see portway.db.dialect), so logins, tokens and
+role checks go on while another process writes; changes go through the write engine.
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ from portway.db.auth_schema import (
     user_roles,
     users,
 )
+from portway.db.dialect import dialect_for
 from portway.db.engine import DatabaseBusy, DatabaseFull
 
 ADMIN_USER = "admin"
@@ -97,19 +98,24 @@ class UserStore:
         """A read-only snapshot: the statements inside see one state of the database."""
         with self.read_engine.connect() as conn:
             if self.read_engine is not self.engine:
-                conn.exec_driver_sql("BEGIN")  # deferred: a WAL read snapshot, no write lock
-            yield conn
+                # SQLite: a deferred BEGIN, a WAL read snapshot that takes no write lock
+                with dialect_for(conn).snapshot(conn):
+                    yield conn
+            else:
+                yield conn
 
     @contextlib.contextmanager
     def _change(self) -> Iterator[Connection]:
         """A transaction that changes users or roles: it also bumps the security generation,
         so every worker's cached logins are checked again on their next use."""
         with self.engine.begin() as conn:
-            bumped = conn.execute(
-                update(security_state).values(generation=security_state.c.generation + 1)
+            bump = dialect_for(conn).insert(security_state).values(id=1, generation=1)
+            conn.execute(
+                bump.on_conflict_do_update(
+                    index_elements=["id"],
+                    set_={"generation": security_state.c.generation + 1},
+                )
             )
-            if bumped.rowcount == 0:
-                conn.execute(insert(security_state).values(id=1, generation=1))
             yield conn
 
     def generation(self) -> int:

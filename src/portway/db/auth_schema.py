@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from sqlalchemy import (
+    BigInteger,
     Boolean,
     Column,
     DateTime,
@@ -15,7 +16,7 @@ from sqlalchemy import (
     Text,
 )
 
-from portway.db.schema import metadata
+from portway.db.schema import BigId, metadata
 
 users = Table(
     "users",
@@ -86,7 +87,7 @@ security_state = Table(
     "security_state",
     metadata,
     Column("id", Integer, primary_key=True),
-    Column("generation", Integer, nullable=False, default=0),
+    Column("generation", BigInteger, nullable=False, default=0),
 )
 
 # One row per failed login, shared by every worker (and every node on a shared database):
@@ -96,7 +97,7 @@ security_state = Table(
 login_failures = Table(
     "login_failures",
     metadata,
-    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("id", BigId, primary_key=True, autoincrement=True),
     Column("address", String(64), nullable=False),
     Column("username", String(256), nullable=False),
     Column("at", Float, nullable=False),

@@ -1,4 +1,4 @@
-"""SQLite engines for the metadata database, and what their failures mean.
+"""Engines for the metadata database (SQLite, PostgreSQL), and what their failures mean.
 
 Two engines on one file (docs/adr/0008-under-faults.md):
 
@@ -7,6 +7,10 @@ Two engines on one file (docs/adr/0008-under-faults.md):
   their busy timeout is short, for the rare moments a reader does wait (WAL recovery).
 - writes: every transaction starts with `BEGIN IMMEDIATE` and waits at most the busy timeout
   (`[server] database_busy_timeout`) for the write lock, always in a thread (`Writer`).
+
+PostgreSQL (`postgres_engines`): reads on autocommit connections, writes in READ COMMITTED
+transactions whose lock waits are bounded by `lock_timeout` (the same busy timeout); what
+differs between the two is in portway.db.dialect.
 
 Failures come out typed: `DatabaseBusy` (the lock was not free in time: retry) and
 `DatabaseFull` (the disk under the database is full), whatever code ran the statement.
@@ -26,6 +30,8 @@ from typing import Any, TypeVar
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import ExceptionContext
 from sqlalchemy.exc import SQLAlchemyError
+
+from portway.db.dialect import dialect_for
 
 T = TypeVar("T")
 
@@ -49,6 +55,18 @@ class DatabaseFull(SQLAlchemyError):
 
     def __init__(self) -> None:
         super().__init__("storage is full: the metadata database cannot grow")
+
+
+_PG_LOCK_NOT_AVAILABLE, _PG_DISK_FULL = "55P03", "53100"
+
+
+def _translate_pg(context: ExceptionContext) -> None:
+    """handle_error hook: PostgreSQL's lock timeout and full disk as DatabaseBusy/Full."""
+    code = getattr(context.original_exception, "sqlstate", None)
+    if code == _PG_LOCK_NOT_AVAILABLE:
+        raise DatabaseBusy(0.0) from context.original_exception
+    if code == _PG_DISK_FULL:
+        raise DatabaseFull() from context.original_exception
 
 
 def _translate(context: ExceptionContext) -> None:
@@ -75,9 +93,46 @@ def _busy_timeout(dbapi: Any) -> float:
 
 def set_busy_timeout(conn: Connection, seconds: float) -> None:
     """How long this connection's next statements wait for a lock (before any BEGIN)."""
-    dbapi = conn.connection.dbapi_connection
-    assert dbapi is not None
-    dbapi.execute(f"PRAGMA busy_timeout = {max(1, int(seconds * 1000))}")
+    dialect_for(conn).set_lock_timeout(conn, seconds)
+
+
+def postgres_url(url: str) -> str:
+    """`postgresql://...` as SQLAlchemy's psycopg 3 URL (`postgresql+psycopg://...`)."""
+    scheme, sep, rest = url.partition("://")
+    if scheme in ("postgresql", "postgres"):
+        return f"postgresql+psycopg://{rest}"
+    return url if sep else f"postgresql+psycopg://{url}"
+
+
+def postgres_engines(
+    url: str, busy_timeout: float = DEFAULT_BUSY_TIMEOUT
+) -> tuple[Engine, Engine]:
+    """A read engine (autocommit statements) and a write engine (READ COMMITTED transactions,
+    lock waits bounded by the busy timeout) on one PostgreSQL database."""
+    target = postgres_url(url)
+    read = create_engine(target, isolation_level="AUTOCOMMIT", pool_pre_ping=True)
+    write = create_engine(target, pool_pre_ping=True)
+    for engine in (read, write):
+        event.listen(engine, "handle_error", _translate_pg)
+
+    @event.listens_for(write, "checkout")
+    def _default_timeout(dbapi_conn: Any, _record: Any, _proxy: Any) -> None:
+        with dbapi_conn.cursor() as cur:
+            cur.execute(f"SET lock_timeout = {max(1, int(busy_timeout * 1000))}")
+        dbapi_conn.commit()
+
+    return read, write
+
+
+def engines_for(url: str, busy_timeout: float = DEFAULT_BUSY_TIMEOUT) -> tuple[Engine, Engine]:
+    """Read and write engines for `sqlite:///PATH` or `postgresql://...`."""
+    if url.startswith("sqlite:///"):
+        path = Path(url.removeprefix("sqlite:///"))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return sqlite_engines(path, busy_timeout)
+    if url.startswith(("postgresql:", "postgres:", "postgresql+psycopg:")):
+        return postgres_engines(url, busy_timeout)
+    raise ValueError(f"database url {url!r}: use sqlite:///PATH or postgresql://...")
 
 
 def sqlite_engines(path: Path, busy_timeout: float = DEFAULT_BUSY_TIMEOUT) -> tuple[Engine, Engine]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from sqlalchemy import (
+    BigInteger,
     Column,
     Float,
     ForeignKey,
@@ -16,6 +17,9 @@ from sqlalchemy import (
 )
 
 metadata = MetaData()
+
+# A 64-bit key that stays SQLite's INTEGER PRIMARY KEY (the rowid alias) on SQLite.
+BigId = BigInteger().with_variant(Integer(), "sqlite")
 
 repositories = Table(
     "repositories",
@@ -33,7 +37,7 @@ blob_links = Table(
     Column("repo_id", Integer, ForeignKey("repositories.id"), primary_key=True),
     Column("image", String(255), primary_key=True),
     Column("digest", String(160), primary_key=True),
-    Column("size", Integer, nullable=False),
+    Column("size", BigInteger, nullable=False),  # 64-bit: layers over 2 GiB
     Column("created", Float, nullable=False),
 )
 Index("ix_blob_links_digest", blob_links.c.digest)

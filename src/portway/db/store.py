@@ -1,94 +1,46 @@
 """MetadataStore: repositories, images, manifests, tags, blob links and upload sessions in SQL.
 
-Reads run inline on the event loop (indexed lookups of microseconds, one connection per
-process, WAL snapshots that never wait for a writer); writes run in the store's writer thread,
-each in one `BEGIN IMMEDIATE` transaction, so a manifest and its tags change together or not at
-all, and a write lock held elsewhere delays only writes (see portway.db.engine).
+Split by aggregate: plumbing and the read cache in portway.db.base, blob links and uploads in
+portway.db.blobs, repositories, manifests and tags here; what differs between SQLite and
+PostgreSQL is in portway.db.dialect (ADR 0019).
 """
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
-from sqlalchemy import Connection, Engine, and_, delete, func, insert, select
+from sqlalchemy import Connection, and_, delete, func, select
 from sqlalchemy.sql import ColumnElement, Select
 
-from portway.db.engine import DEFAULT_BUSY_TIMEOUT, Writer, sqlite_engines
+from portway.db.base import CACHE_ENTRIES
+from portway.db.blobs import BlobStore
+from portway.db.engine import DEFAULT_BUSY_TIMEOUT, engines_for, sqlite_engines
 from portway.db.migrations import migrate
-from portway.db.schema import blob_links, manifest_refs, manifests, repositories, tags, uploads
+from portway.db.rows import ManifestRow, NewManifest, ReferrerRow, TagGuard, UploadRow
+from portway.db.schema import manifest_refs, manifests, repositories, tags
 
-T = TypeVar("T")
-
-
-@dataclass(frozen=True, slots=True)
-class ManifestRow:
-    """A stored manifest: what a manifest GET answers with (repositories call it Manifest)."""
-
-    digest: str
-    media_type: str
-    body: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class ReferrerRow:
-    digest: str
-    media_type: str
-    size: int
-    artifact_type: str | None
-    annotations: dict[str, str] | None
+__all__ = [
+    "CACHE_ENTRIES",
+    "ManifestRow",
+    "MetadataStore",
+    "NewManifest",
+    "ReferrerRow",
+    "TagGuard",
+    "UploadRow",
+    "open_metadata",
+]
 
 
-@dataclass(frozen=True, slots=True)
-class UploadRow:
-    id: str
-    repo_id: int
-    image: str
-    created: float
-    updated: float
+def tag_key(repo_id: int, image: str, tag: str) -> str:
+    """What concurrent tag moves serialise on (PostgreSQL advisory locks; SQLite needs none)."""
+    return f"tag:{repo_id}:{image}:{tag}"
 
 
-@dataclass(frozen=True, slots=True)
-class NewManifest:
-    digest: str
-    media_type: str
-    body: bytes
-    artifact_type: str | None
-    subject: str | None
-    annotations: dict[str, str] | None
-    refs: Sequence[tuple[str, bool]]  # (digest, is_manifest)
-
-
-CACHE_ENTRIES = 20000
-
-TagGuard = Callable[[str, str | None], None]
-"""(tag, digest it points at now) -> raise to refuse. Called inside the write transaction that
-moves the tag, so "now" is what the move replaces: decide tag moves here, never on a read made
-before the transaction (two concurrent pushes would both see the tag as new)."""
-
-
-class MetadataStore:
-    def __init__(
-        self,
-        read_engine: Engine,
-        write_engine: Engine,
-        busy_timeout: float = DEFAULT_BUSY_TIMEOUT,
-    ) -> None:
-        self._read_engine = read_engine
-        self._write_engine = write_engine
-        self._writer = Writer(write_engine, busy_timeout)
-        self._reader: Connection | None = None
-        # Hot lookups (manifest by tag or digest, blob link size) cached in process. The cache
-        # is dropped whenever the database changed since the last look — SQLite's
-        # `data_version` moves on any commit by another connection: this process's writer
-        # or another worker — so a cached answer is never staler than the database.
-        self._cache: dict[tuple[object, ...], Any] = {}
-        self._data_version: object = None
-
+class MetadataStore(BlobStore):
     @classmethod
     def open_sqlite(cls, path: Path, busy_timeout: float = DEFAULT_BUSY_TIMEOUT) -> MetadataStore:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -96,69 +48,22 @@ class MetadataStore:
         migrate(write)
         return cls(read, write, busy_timeout)
 
-    @property
-    def engine(self) -> Engine:
-        """The write engine: every transaction on it takes the write lock (BEGIN IMMEDIATE)."""
-        return self._write_engine
-
-    @property
-    def read_engine(self) -> Engine:
-        """The read engine: statements that never take or wait for the write lock."""
-        return self._read_engine
-
-    def close(self) -> None:
-        self._writer.close()
-        if self._reader is not None:
-            self._reader.close()
-            self._reader = None
-        self._read_engine.dispose()
-        self._write_engine.dispose()
-
-    # -- plumbing ----------------------------------------------------------------------
-    def _conn(self) -> Connection:
-        if self._reader is None:
-            self._reader = self._read_engine.connect()
-        return self._reader
-
-    def _one(self, stmt: Any) -> Any:
-        return self._conn().execute(stmt).first()
-
-    def _cached(self, key: tuple[object, ...], load: Callable[[], T]) -> T:
-        conn = self._conn()
-        dbapi = conn.connection.dbapi_connection
-        version = dbapi.execute("PRAGMA data_version").fetchone()[0] if dbapi else None
-        if version is None or version != self._data_version:
-            self._cache.clear()
-            self._data_version = version
-        try:
-            return self._cache[key]  # type: ignore[no-any-return]
-        except KeyError:
-            pass
-        value = load()
-        if version is not None:
-            if len(self._cache) >= CACHE_ENTRIES:
-                self._cache.clear()
-            self._cache[key] = value
-        return value
-
-    async def _write(self, fn: Callable[[Connection], T]) -> T:
-        return await self._writer.run(fn)
+    @classmethod
+    def open_url(cls, url: str, busy_timeout: float = DEFAULT_BUSY_TIMEOUT) -> MetadataStore:
+        """`sqlite:///PATH` or `postgresql://user@host:port/db`, migrated to the newest schema."""
+        read, write = engines_for(url, busy_timeout)
+        migrate(write)
+        return cls(read, write, busy_timeout)
 
     # -- repositories ------------------------------------------------------------------
     def ensure_repository(self, name: str, kind: str) -> int:
+        """The repository's id, creating it (or updating its kind): one upsert."""
+        stmt = self.dialect.insert(repositories).values(name=name, kind=kind, created=time.time())
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["name"], set_={"kind": stmt.excluded.kind}
+        ).returning(repositories.c.id)
         with self._write_engine.begin() as conn:
-            row = conn.execute(select(repositories.c.id).where(repositories.c.name == name)).first()
-            if row is not None:
-                conn.execute(
-                    repositories.update().where(repositories.c.id == row[0]).values(kind=kind)
-                )
-                return int(row[0])
-            result = conn.execute(
-                insert(repositories).values(name=name, kind=kind, created=time.time())
-            )
-            pk = result.inserted_primary_key
-            assert pk is not None
-            return int(pk[0])
+            return int(conn.execute(stmt).scalar_one())
 
     # -- manifests and tags ------------------------------------------------------------
     def manifest(self, repo_id: int, image: str, reference: str) -> ManifestRow | None:
@@ -208,23 +113,16 @@ class MetadataStore:
         )
         return [bytes(r[0]) for r in self._conn().execute(stmt)]
 
-    def _missing(self, table: Any, repo_id: int, image: str, digests: Sequence[str]) -> list[str]:
-        """The digests of `digests` that `table` has no row for in this image."""
-        if not digests:
-            return []
-        stmt = select(table.c.digest).where(
-            table.c.repo_id == repo_id, table.c.image == image, table.c.digest.in_(set(digests))
-        )
-        have = {r[0] for r in self._conn().execute(stmt)}
-        return [d for d in digests if d not in have]
-
     def missing_manifests(self, repo_id: int, image: str, digests: Sequence[str]) -> list[str]:
         return self._missing(manifests, repo_id, image, digests)
 
     async def put_manifest(
         self, repo_id: int, image: str, new: NewManifest, tag_names: Sequence[str], guard: TagGuard
     ) -> None:
+        dialect = self.dialect
+
         def run(conn: Connection) -> None:
+            dialect.lock_keys(conn, [tag_key(repo_id, image, t) for t in tag_names])
             for tag in tag_names:
                 current = conn.execute(
                     select(tags.c.digest).where(
@@ -232,67 +130,71 @@ class MetadataStore:
                     )
                 ).first()
                 guard(tag, None if current is None else current[0])
-            exists = conn.execute(
-                select(manifests.c.digest).where(
-                    manifests.c.repo_id == repo_id,
-                    manifests.c.image == image,
-                    manifests.c.digest == new.digest,
+            added = conn.execute(
+                dialect.insert(manifests)
+                .values(
+                    repo_id=repo_id,
+                    image=image,
+                    digest=new.digest,
+                    media_type=new.media_type,
+                    body=new.body,
+                    artifact_type=new.artifact_type,
+                    subject=new.subject,
+                    annotations=json.dumps(new.annotations) if new.annotations else None,
+                    created=time.time(),
                 )
-            ).first()
-            if exists is None:
+                .on_conflict_do_nothing(index_elements=["repo_id", "image", "digest"])
+            )
+            refs = {d: m for d, m in new.refs}
+            if added.rowcount and refs:
                 conn.execute(
-                    insert(manifests).values(
-                        repo_id=repo_id,
-                        image=image,
-                        digest=new.digest,
-                        media_type=new.media_type,
-                        body=new.body,
-                        artifact_type=new.artifact_type,
-                        subject=new.subject,
-                        annotations=json.dumps(new.annotations) if new.annotations else None,
-                        created=time.time(),
-                    )
+                    dialect.insert(manifest_refs).on_conflict_do_nothing(
+                        index_elements=["repo_id", "image", "manifest", "ref"]
+                    ),
+                    [
+                        {
+                            "repo_id": repo_id,
+                            "image": image,
+                            "manifest": new.digest,
+                            "ref": d,
+                            "is_manifest": int(m),
+                        }
+                        for d, m in refs.items()
+                    ],
                 )
-                refs = {d: m for d, m in new.refs}
-                if refs:
-                    conn.execute(
-                        insert(manifest_refs),
-                        [
-                            {
-                                "repo_id": repo_id,
-                                "image": image,
-                                "manifest": new.digest,
-                                "ref": d,
-                                "is_manifest": int(m),
-                            }
-                            for d, m in refs.items()
-                        ],
-                    )
-            now = time.time()
-            for tag in tag_names:
+            if tag_names:
+                now = time.time()
+                stmt = dialect.insert(tags)
                 conn.execute(
-                    delete(tags).where(
-                        tags.c.repo_id == repo_id, tags.c.image == image, tags.c.name == tag
-                    )
-                )
-                conn.execute(
-                    insert(tags).values(
-                        repo_id=repo_id, image=image, name=tag, digest=new.digest, updated=now
-                    )
+                    stmt.on_conflict_do_update(
+                        index_elements=["repo_id", "image", "name"],
+                        set_={"digest": stmt.excluded.digest, "updated": stmt.excluded.updated},
+                    ),
+                    [
+                        {
+                            "repo_id": repo_id,
+                            "image": image,
+                            "name": tag,
+                            "digest": new.digest,
+                            "updated": now,
+                        }
+                        for tag in dict.fromkeys(tag_names)
+                    ],
                 )
 
         await self._write(run)
 
     async def delete_manifest(self, repo_id: int, image: str, digest: str) -> bool:
         def run(conn: Connection) -> bool:
-            where = (
-                manifests.c.repo_id == repo_id,
-                manifests.c.image == image,
-                manifests.c.digest == digest,
+            gone = conn.execute(
+                delete(manifests).where(
+                    manifests.c.repo_id == repo_id,
+                    manifests.c.image == image,
+                    manifests.c.digest == digest,
+                )
             )
-            if conn.execute(select(manifests.c.digest).where(*where)).first() is None:
+            if not gone.rowcount:
                 return False
-            conn.execute(delete(manifests).where(*where))
             conn.execute(
                 delete(manifest_refs).where(
                     manifest_refs.c.repo_id == repo_id,
@@ -310,7 +212,10 @@ class MetadataStore:
         return await self._write(run)
 
     async def delete_tag(self, repo_id: int, image: str, tag: str, guard: TagGuard) -> bool:
+        dialect = self.dialect
+
         def run(conn: Connection) -> bool:
+            dialect.lock_keys(conn, [tag_key(repo_id, image, tag)])
             where = (tags.c.repo_id == repo_id, tags.c.image == image, tags.c.name == tag)
             row = conn.execute(select(tags.c.digest).where(*where)).first()
             if row is None:
@@ -411,108 +316,29 @@ class MetadataStore:
             for r in self._conn().execute(stmt)
         ]
 
-    # -- blob links --------------------------------------------------------------------
-    def blob_size(self, repo_id: int, image: str, digest: str) -> int | None:
-        return self._cached(
-            ("b", repo_id, image, digest), lambda: self._blob_size(repo_id, image, digest)
-        )
 
-    def _blob_size(self, repo_id: int, image: str, digest: str) -> int | None:
-        row = self._one(
-            select(blob_links.c.size).where(
-                blob_links.c.repo_id == repo_id,
-                blob_links.c.image == image,
-                blob_links.c.digest == digest,
-            )
-        )
-        return None if row is None else int(row[0])
+def open_metadata(
+    settings_or_url: Any, *, busy_timeout: float | None = None
+) -> MetadataStore:
+    """The metadata store the settings name, migrated to the newest schema.
 
-    def references(self, repo_id: int, image: str, digest: str) -> bool:
-        """Whether a manifest stored in this image references `digest` (config, layer, child)."""
-        row = self._one(
-            select(manifest_refs.c.manifest)
-            .where(
-                manifest_refs.c.repo_id == repo_id,
-                manifest_refs.c.image == image,
-                manifest_refs.c.ref == digest,
-            )
-            .limit(1)
-        )
-        return row is not None
-
-    def missing_blobs(self, repo_id: int, image: str, digests: Sequence[str]) -> list[str]:
-        return self._missing(blob_links, repo_id, image, digests)
-
-    async def link_blob(self, repo_id: int, image: str, digest: str, size: int) -> None:
-        await self._write(lambda conn: _link(conn, repo_id, image, digest, size))
-
-    async def unlink_blob(self, repo_id: int, image: str, digest: str) -> bool:
-        def run(conn: Connection) -> bool:
-            result = conn.execute(
-                delete(blob_links).where(
-                    blob_links.c.repo_id == repo_id,
-                    blob_links.c.image == image,
-                    blob_links.c.digest == digest,
-                )
-            )
-            return bool(result.rowcount)
-
-        return await self._write(run)
-
-    # -- upload sessions ---------------------------------------------------------------
-    async def create_upload(self, upload_id: str, repo_id: int, image: str) -> None:
-        now = time.time()
-        await self._write(
-            lambda conn: conn.execute(
-                insert(uploads).values(
-                    id=upload_id, repo_id=repo_id, image=image, created=now, updated=now
-                )
-            )
-        )
-
-    def get_upload(self, upload_id: str) -> UploadRow | None:
-        row = self._one(select(uploads).where(uploads.c.id == upload_id))
-        return (
-            None
-            if row is None
-            else UploadRow(row.id, row.repo_id, row.image, row.created, row.updated)
-        )
-
-    async def finish_upload(
-        self, upload_id: str, repo_id: int, image: str, digest: str, size: int
-    ) -> None:
-        """Link the committed blob and close the session in one transaction."""
-
-        def run(conn: Connection) -> None:
-            _link(conn, repo_id, image, digest, size)
-            conn.execute(delete(uploads).where(uploads.c.id == upload_id))
-
-        await self._write(run)
-
-    async def delete_upload(self, upload_id: str) -> None:
-        await self._write(
-            lambda conn: conn.execute(delete(uploads).where(uploads.c.id == upload_id))
-        )
-
-    def expired_uploads(self, older_than: float) -> list[str]:
-        """Sessions opened before `older_than` (their data may have been written since)."""
-        stmt = select(uploads.c.id).where(uploads.c.created < older_than)
-        return [r[0] for r in self._conn().execute(stmt)]
-
-
-def _link(conn: Connection, repo_id: int, image: str, digest: str, size: int) -> None:
-    """Link a blob into an image unless it is linked already (writes are serialized by the
-    write transaction, so the check and the insert cannot race)."""
-    exists = conn.execute(
-        select(blob_links.c.size).where(
-            blob_links.c.repo_id == repo_id,
-            blob_links.c.image == image,
-            blob_links.c.digest == digest,
-        )
-    ).first()
-    if exists is None:
-        conn.execute(
-            insert(blob_links).values(
-                repo_id=repo_id, image=image, digest=digest, size=size, created=time.time()
-            )
-        )
+    `settings_or_url`: a `portway.config.Settings` (its `[database] url` when set, else
+    `<data_dir>/portway.db`, and `[server] database_busy_timeout`), or a URL
+    (`sqlite:///PATH`, `postgresql://user@host:port/db`), or a `Path` to an SQLite file.
+    """
+    if isinstance(settings_or_url, Path):
+        timeout = DEFAULT_BUSY_TIMEOUT if busy_timeout is None else busy_timeout
+        return MetadataStore.open_sqlite(settings_or_url, timeout)
+    if isinstance(settings_or_url, str):
+        url = settings_or_url
+        timeout = DEFAULT_BUSY_TIMEOUT if busy_timeout is None else busy_timeout
+    else:
+        server = settings_or_url.server
+        database = getattr(settings_or_url, "database", None)
+        url = getattr(database, "url", None) or ""
+        if not url:
+            url = f"sqlite:///{server.data_dir / 'portway.db'}"
+        timeout = server.database_busy_timeout if busy_timeout is None else busy_timeout
+    if url.startswith("sqlite:///"):
+        return MetadataStore.open_sqlite(Path(url.removeprefix("sqlite:///")), timeout)
+    return MetadataStore.open_url(url, timeout)

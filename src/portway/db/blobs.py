@@ -1,0 +1,127 @@
+"""Blob links (which image holds which blob, and its size) and upload sessions."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import Connection, delete, insert, select
+
+from portway.db.base import StoreBase
+from portway.db.dialect import Dialect
+from portway.db.rows import UploadRow
+from portway.db.schema import blob_links, manifest_refs, uploads
+
+
+class BlobStore(StoreBase):
+    def blob_size(self, repo_id: int, image: str, digest: str) -> int | None:
+        return self._cached(
+            ("b", repo_id, image, digest), lambda: self._blob_size(repo_id, image, digest)
+        )
+
+    def _blob_size(self, repo_id: int, image: str, digest: str) -> int | None:
+        row = self._one(
+            select(blob_links.c.size).where(
+                blob_links.c.repo_id == repo_id,
+                blob_links.c.image == image,
+                blob_links.c.digest == digest,
+            )
+        )
+        return None if row is None else int(row[0])
+
+    def references(self, repo_id: int, image: str, digest: str) -> bool:
+        """Whether a manifest stored in this image references `digest` (config, layer, child)."""
+        row = self._one(
+            select(manifest_refs.c.manifest)
+            .where(
+                manifest_refs.c.repo_id == repo_id,
+                manifest_refs.c.image == image,
+                manifest_refs.c.ref == digest,
+            )
+            .limit(1)
+        )
+        return row is not None
+
+    def _missing(self, table: Any, repo_id: int, image: str, digests: Sequence[str]) -> list[str]:
+        """The digests of `digests` that `table` has no row for in this image."""
+        if not digests:
+            return []
+        stmt = select(table.c.digest).where(
+            table.c.repo_id == repo_id, table.c.image == image, table.c.digest.in_(set(digests))
+        )
+        have = {r[0] for r in self._conn().execute(stmt)}
+        return [d for d in digests if d not in have]
+
+    def missing_blobs(self, repo_id: int, image: str, digests: Sequence[str]) -> list[str]:
+        return self._missing(blob_links, repo_id, image, digests)
+
+    async def link_blob(self, repo_id: int, image: str, digest: str, size: int) -> None:
+        dialect = self.dialect
+        await self._write(lambda conn: link(dialect, conn, repo_id, image, digest, size))
+
+    async def unlink_blob(self, repo_id: int, image: str, digest: str) -> bool:
+        def run(conn: Connection) -> bool:
+            result = conn.execute(
+                delete(blob_links).where(
+                    blob_links.c.repo_id == repo_id,
+                    blob_links.c.image == image,
+                    blob_links.c.digest == digest,
+                )
+            )
+            return bool(result.rowcount)
+
+        return await self._write(run)
+
+    # -- upload sessions ---------------------------------------------------------------
+    async def create_upload(self, upload_id: str, repo_id: int, image: str) -> None:
+        now = time.time()
+        await self._write(
+            lambda conn: conn.execute(
+                insert(uploads).values(
+                    id=upload_id, repo_id=repo_id, image=image, created=now, updated=now
+                )
+            )
+        )
+
+    def get_upload(self, upload_id: str) -> UploadRow | None:
+        row = self._one(select(uploads).where(uploads.c.id == upload_id))
+        return (
+            None
+            if row is None
+            else UploadRow(row.id, row.repo_id, row.image, row.created, row.updated)
+        )
+
+    async def finish_upload(
+        self, upload_id: str, repo_id: int, image: str, digest: str, size: int
+    ) -> None:
+        """Link the committed blob and close the session in one transaction."""
+        dialect = self.dialect
+
+        def run(conn: Connection) -> None:
+            link(dialect, conn, repo_id, image, digest, size)
+            conn.execute(delete(uploads).where(uploads.c.id == upload_id))
+
+        await self._write(run)
+
+    async def delete_upload(self, upload_id: str) -> None:
+        await self._write(
+            lambda conn: conn.execute(delete(uploads).where(uploads.c.id == upload_id))
+        )
+
+    def expired_uploads(self, older_than: float) -> list[str]:
+        """Sessions opened before `older_than` (their data may have been written since)."""
+        stmt = select(uploads.c.id).where(uploads.c.created < older_than)
+        return [r[0] for r in self._conn().execute(stmt)]
+
+
+def link(
+    dialect: Dialect, conn: Connection, repo_id: int, image: str, digest: str, size: int
+) -> None:
+    """Link a blob into an image unless it is linked already: one upsert, so two writers
+    linking the same blob at once (two nodes, or two workers) both succeed with one row."""
+    conn.execute(
+        dialect.insert(blob_links)
+        .values(repo_id=repo_id, image=image, digest=digest, size=size, created=time.time())
+        .on_conflict_do_nothing(index_elements=["repo_id", "image", "digest"])
+    )
