@@ -9,6 +9,9 @@ show as exactly those counts in Portway's own families and in distribution's
 from __future__ import annotations
 
 import json
+import os
+import re
+import signal
 import subprocess
 import sys
 import time
@@ -170,5 +173,40 @@ def test_metrics_can_be_turned_off(tmp_path: Path) -> None:
     try:
         assert requests.get(f"{srv.url}/metrics", timeout=10).status_code == 404
         assert not (srv.data_dir / "metrics").exists()
+    finally:
+        srv.stop()
+
+
+def test_a_killed_worker_keeps_its_counts_and_a_new_run_starts_from_zero(tmp_path: Path) -> None:
+    """A worker killed with SIGKILL (and replaced) keeps what it flushed in the totals, its
+    live gauges leave the sums; the next server run removes the old run's files."""
+    srv = PortwayServer(tmp_path, workers=2).start(timeout=60)
+    try:
+        url = f"{srv.url}/v2/docker-hosted/app/manifests/latest"
+        for _ in range(20):
+            assert requests.get(url, timeout=10).status_code == 404
+        counted = key("portway_http_requests_total", route="manifest", method="GET", status="404")
+        settle(srv.url, {counted: 20})
+        time.sleep(1.5)  # both workers flushed what they served
+        runs = list((srv.data_dir / "metrics").iterdir())
+        assert len(runs) == 1
+        pids = sorted({int(p) for p in re.findall(r"worker (\d+) listening on", srv.log())})
+        assert len(pids) == 2, srv.log()[-2000:]
+        victim = pids[0]
+        assert (runs[0] / f"gauge_livesum_{victim}.db").exists()
+        os.kill(victim, signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while len(set(re.findall(r"worker (\d+) listening on", srv.log()))) < 3:
+            assert time.monotonic() < deadline, srv.log()[-2000:]
+            time.sleep(0.2)
+        samples = settle(srv.url, {counted: 20})
+        assert value(samples, "portway_http_in_flight_requests") >= 1  # this scrape only
+        assert not (runs[0] / f"gauge_livesum_{victim}.db").exists()
+        assert (runs[0] / f"counter_{victim}.db").exists()
+        srv.stop()
+        srv.start(timeout=60)
+        assert value(scrape(srv.url), counted[0], **dict(counted[1])) == 0
+        assert [p.name for p in (srv.data_dir / "metrics").iterdir()] != [runs[0].name]
+        assert not runs[0].exists()
     finally:
         srv.stop()
