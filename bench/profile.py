@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import dataclasses
 import re
 import secrets
 import shutil
@@ -114,7 +115,9 @@ def main(argv: list[str] | None = None) -> int:
         server, t = start_portway(workdir, workers=args.workers, connectors=ports, auth=args.auth)
         if ports:
             wait_ports(ports)
-            t = connector_target(ports[0], "portway")
+            t = dataclasses.replace(
+                connector_target(ports[0], "portway"), auth=t.auth, credentials=t.credentials
+            )
         img = push_small_image(t, "bench/small", secrets.token_hex(4))
         if args.what in ("push", "chunked"):
             client = TransferClient(blob_files(default_cache_dir(), 8, 64 << 20))

@@ -7,6 +7,7 @@ import logging
 import re
 
 from aiohttp import web
+from aiohttp.abc import AbstractStreamWriter
 
 from portway.http.v2.call import V2Call
 from portway.oci.digest import Digest
@@ -15,6 +16,19 @@ from portway.upstream.singleflight import SpoolReader
 
 log = logging.getLogger("portway.http")
 SMALL_BLOB = 64 * 1024
+
+
+class _BlobFile(web.FileResponse):
+    """A FileResponse that may be sent before aiohttp finishes the request (the metrics and
+    access-log middleware sends every response itself); aiohttp's own later `prepare` would
+    send the file a second time, and fails an assertion when it was sent with sendfile."""
+
+    async def prepare(self, request: web.BaseRequest) -> AbstractStreamWriter | None:
+        if self.prepared:
+            return None
+        return await super().prepare(request)
+
+
 _RANGE_RE = re.compile(r"^bytes=(\d*)-(\d*)$")
 
 
@@ -65,7 +79,7 @@ async def get(call: V2Call, digest_text: str) -> web.StreamResponse:
             if len(data) != blob.size:  # changed on disk since it was checked
                 raise RegistryError("BLOB_UNKNOWN", f"blob {digest} is damaged in storage")
             return web.Response(body=data, headers=headers)
-        return web.FileResponse(blob.path, headers=headers)
+        return _BlobFile(blob.path, headers=headers)
     response = web.StreamResponse(status=200, headers=headers)
     response.content_length = blob.size
     await response.prepare(call.request)
