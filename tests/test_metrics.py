@@ -22,6 +22,7 @@ import requests
 
 from metrics_support import key, label_values, scrape, settle, value
 from push_support import Registry, manifest_for, sha256
+from support.ports import free_port
 from support.server import PortwayServer
 
 MIN_MANIFEST_GETS = 7
@@ -208,5 +209,21 @@ def test_a_killed_worker_keeps_its_counts_and_a_new_run_starts_from_zero(tmp_pat
         assert value(scrape(srv.url), counted[0], **dict(counted[1])) == 0
         assert [p.name for p in (srv.data_dir / "metrics").iterdir()] != [runs[0].name]
         assert not runs[0].exists()
+    finally:
+        srv.stop()
+
+
+def test_a_proxy_breaker_that_opens_shows_in_the_gauges(tmp_path: Path) -> None:
+    dead = free_port()  # nothing listens there: every upstream request fails at once
+    repos = [{"name": "hub", "type": "proxy", "remote_url": f"http://127.0.0.1:{dead}"}]
+    srv = PortwayServer(tmp_path, repositories=repos).start(timeout=60)
+    try:
+        blocked = key("portway_proxy_upstream_blocked", repository="hub")
+        assert settle(srv.url, {blocked: 0})
+        for i in range(8):
+            url = f"{srv.url}/repository/hub/v2/library/app{i}/manifests/latest"
+            assert requests.get(url, timeout=30).status_code >= 400
+        samples = settle(srv.url, {blocked: 1})
+        assert value(samples, "portway_proxy_upstream_consecutive_failures", repository="hub") >= 5
     finally:
         srv.stop()

@@ -226,9 +226,21 @@ async def _flush_access_log(access: AccessLog) -> None:
         access.flush()
 
 
+def _breaker_states(ctx: AppContext) -> dict[str, tuple[bool, int]]:
+    states = {}
+    for name, repo in ctx.repos.items():
+        state = getattr(repo, "breaker_state", None)
+        if state is not None:
+            now = state()
+            states[name] = (bool(now.blocked), int(now.consecutive_failures))
+    return states
+
+
 async def _flush_loop(app: web.Application, recorder: Recorder) -> None:
     faults = app.get(FAULTS_KEY)
-    storage = _storage_faults(app[CONTEXT_KEY])
+    ctx = app[CONTEXT_KEY]
+    storage = _storage_faults(ctx)
+    proxies = any(hasattr(repo, "breaker_state") for repo in ctx.repos.values())
     rounds = 0
     while True:
         await asyncio.sleep(FLUSH_INTERVAL)
@@ -237,6 +249,8 @@ async def _flush_loop(app: web.Application, recorder: Recorder) -> None:
             recorder.sync_faults(faults.refused)
         if storage is not None:
             recorder.sync_damaged(storage.damaged_blobs)
+        if proxies:
+            recorder.breakers(_breaker_states(ctx))
         rounds += 1
         if rounds % DEAD_WORKER_SWEEP == 0:
             await asyncio.to_thread(multiproc.mark_dead_workers, recorder.folder)

@@ -135,6 +135,20 @@ class Recorder:
             "Requests refused because the blob's file is missing or not its recorded size",
             registry=None,
         )
+        self.upstream_blocked = g(
+            "portway_proxy_upstream_blocked",
+            "1 while a proxy repository's circuit breaker blocks its upstream (any worker)",
+            ["repository"],
+            registry=None,
+            multiprocess_mode="livemax",
+        )
+        self.upstream_failures = g(
+            "portway_proxy_upstream_consecutive_failures",
+            "Failures in a row of a proxy repository's upstream (the highest of the workers)",
+            ["repository"],
+            registry=None,
+            multiprocess_mode="livemax",
+        )
         self.check_up = g(
             "portway_health_check_up",
             "1 when the health check passed at its "
@@ -272,6 +286,17 @@ class Recorder:
         if delta > 0:
             self.damaged.inc(delta)
             self._faults_seen["_damaged"] = damaged_blobs
+
+    def breakers(self, states: Mapping[str, tuple[bool, int]]) -> None:
+        """Proxy repositories' breakers: name -> (blocked, consecutive failures)."""
+        merged: dict[str, tuple[bool, int]] = {}
+        for name, (blocked, failures) in states.items():
+            label = self.repository_label(name)
+            was_blocked, was_failures = merged.get(label, (False, 0))
+            merged[label] = (blocked or was_blocked, max(failures, was_failures))
+        for label, (blocked, failures) in merged.items():
+            self.upstream_blocked.labels(label).set(1 if blocked else 0)
+            self.upstream_failures.labels(label).set(failures)
 
     def health(self, check: str, ok: bool, seconds: float) -> None:
         self.check_up.labels(check).set(1 if ok else 0)
