@@ -56,6 +56,9 @@ class ServerConfig(_Strict):
     # is closed.
     header_timeout: float = Field(default=30, ge=1, le=3600, description="seconds")
     keepalive_timeout: float = Field(default=75, ge=1, le=3600, description="seconds")
+    # On SIGTERM a worker stops accepting and gives in-flight requests this long to finish
+    # (ADR 18); the systemd unit's TimeoutStopSec must stay above it.
+    drain_timeout: float = Field(default=60, ge=0, le=3600, description="seconds")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     # Operations (README "Operations"): one access-log line per request, as text or JSON;
     # Prometheus metrics at /metrics; health checks of the database and the blob store.

@@ -18,7 +18,8 @@ import signal
 import socket
 import ssl
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from multiprocessing.connection import Connection
 from typing import Any
 
 from aiohttp import web
@@ -27,6 +28,8 @@ from portway.config import Settings, TlsConfig
 from portway.http.app import build_app, build_context, open_stores
 from portway.http.auth import SecurityAuthorizer
 from portway.http.context import AppContext
+from portway.http.drain import drain
+from portway.http.drain import install as install_drain
 from portway.http.listeners import (
     ConnectionGate,
     ListenError,
@@ -142,10 +145,13 @@ async def purge_once(ctx: AppContext, blobs: BlobStore) -> dict[str, int]:
     return gone
 
 
-async def run_worker(settings: Settings, sockets: Listeners) -> None:
+async def run_worker(
+    settings: Settings, sockets: Listeners, on_listening: Callable[[], None] | None = None
+) -> None:
     meta, blobs = open_stores(settings)
     ctx = build_context(settings, meta, blobs)
     app = build_app(ctx)
+    draining = install_drain(app)
     runner = RegistryRunner(
         app,
         handle_signals=False,
@@ -156,15 +162,21 @@ async def run_worker(settings: Settings, sockets: Listeners) -> None:
         max_field_size=settings.security.max_header_bytes,
         keepalive_timeout=settings.server.keepalive_timeout,
         header_timeout=settings.server.header_timeout,
+        shutdown_timeout=1.0,  # what outlived the drain is cut off (drain.py)
     )
     await runner.setup()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    # SIGUSR2 asks the parent for a rolling restart (supervisor.py); sent to the whole process
+    # group (`systemctl kill -s USR2`), it must not kill a worker.
+    loop.add_signal_handler(signal.SIGUSR2, _no_rolling_restart, on_listening is None)
     try:
         opened = await open_listeners(runner, ctx, sockets)
         log.info("worker %d listening on %s", os.getpid(), ", ".join(f"{s}:{p}" for s, p in opened))
+        if on_listening is not None:
+            on_listening()
         tasks = [
             asyncio.create_task(_purge_loop(ctx, blobs)),
             asyncio.create_task(publish_loop(ctx.repos, settings.server.data_dir)),
@@ -172,6 +184,7 @@ async def run_worker(settings: Settings, sockets: Listeners) -> None:
         await stop.wait()
         for task in tasks:
             task.cancel()
+        await drain(runner, draining, settings.server.drain_timeout)
     finally:
         await runner.cleanup()
         for repo in ctx.repos.values():
@@ -181,6 +194,11 @@ async def run_worker(settings: Settings, sockets: Listeners) -> None:
         meta.close()
 
 
+def _no_rolling_restart(alone: bool) -> None:
+    if alone:
+        log.warning("SIGUSR2: a rolling restart needs workers > 1; ignored")
+
+
 def _die_with_parent() -> None:
     """Linux: a worker gets SIGKILL when its parent dies, so a killed server leaves no orphans."""
     with contextlib.suppress(Exception):
@@ -188,16 +206,24 @@ def _die_with_parent() -> None:
         libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
-def _run(settings: Settings, sockets: Listeners) -> None:
+def _run(
+    settings: Settings, sockets: Listeners, on_listening: Callable[[], None] | None = None
+) -> None:
     # asyncio's own loop, not uvloop: uvloop has no loop.sendfile, and blob pulls fell from
     # 3.4 GB/s to 1 GB/s without zero-copy (ADR 3).
-    asyncio.run(run_worker(settings, sockets))
+    asyncio.run(run_worker(settings, sockets, on_listening))
 
 
-def _worker_main(settings: Settings, sockets: Listeners) -> None:
+def _worker_main(settings: Settings, sockets: Listeners, ready: Connection) -> None:
     _die_with_parent()
     configure_logging(settings)
-    _run(settings, sockets)
+
+    def listening() -> None:  # tells the parent this worker accepts (a rolling restart waits)
+        with contextlib.suppress(OSError):
+            ready.send(os.getpid())
+        ready.close()
+
+    _run(settings, sockets, listening)
 
 
 def configure_logging(settings: Settings) -> None:

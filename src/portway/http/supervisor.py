@@ -6,6 +6,11 @@ sockets meanwhile. A worker slot whose workers keep dying right after they start
 server cannot run (a broken data directory, a bad disk): after `GIVE_UP_AFTER` such deaths in
 a row the parent stops every worker and exits non-zero, so that a service manager sees the
 failure. SIGTERM or SIGINT stops every worker and exits 0 (ADR 9).
+
+A worker drains before it stops (drain.py), so one that exits with status 0 was stopped on
+purpose (someone sent it SIGTERM): it is replaced at once and not counted as a death. SIGUSR2
+restarts the workers one at a time: a new worker starts and reports that it accepts, then the
+old one drains and exits; the server never serves with fewer workers than configured (ADR 18).
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ import socket
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from multiprocessing.connection import wait
+from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
 from typing import Any
 
@@ -29,16 +34,19 @@ log = logging.getLogger("portway.server")
 STABLE_AFTER = 30.0  # seconds: a worker that dies sooner after its start died "fast"
 GIVE_UP_AFTER = 5  # fast deaths in a row of one slot's workers stop the server
 BACKOFF_BASE, BACKOFF_MAX = 0.25, 30.0  # seconds before a replacement starts
-STOP_GRACE = 90.0  # seconds workers get to finish their requests on SIGTERM
+STOP_MARGIN = 15.0  # seconds past drain_timeout before a worker that has not exited is killed
+READY_TIMEOUT = 120.0  # seconds a rolling restart waits for a new worker to accept
 EXIT_WORKERS_FAILING = 1
 
-WorkerTarget = Callable[[Settings, Sequence[tuple[int, socket.socket]]], None]
+# (settings, listening sockets, pipe the worker sends its pid on once it accepts)
+WorkerTarget = Callable[[Settings, Sequence[tuple[int, socket.socket]], Connection], None]
 
 
 @dataclass
 class _Slot:
     number: int
     proc: BaseProcess | None = None
+    ready: Connection | None = None  # readable once the worker accepts
     started: float = 0.0
     fast_deaths: int = 0
     restart_at: float | None = None
@@ -67,14 +75,21 @@ class Supervisor:
         self._spawn = multiprocessing.get_context("spawn")
         self._slots = [_Slot(n) for n in range(workers)]
         self._stopping = False
+        self._roll_requested = False
+        self._retiring: list[BaseProcess] = []  # old workers draining in a rolling restart
         self._status = 0
+        self._grace = settings.server.drain_timeout + STOP_MARGIN
 
     def run(self) -> int:
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
+        signal.signal(signal.SIGUSR2, self._on_roll)
         for slot in self._slots:
             self._start(slot)
         while not self._stopping:
+            if self._roll_requested:
+                self._roll()
+                continue
             sentinels = [s.proc.sentinel for s in self._slots if s.proc is not None]
             wait(sentinels, timeout=self._next_wake())
             now = time.monotonic()
@@ -96,12 +111,20 @@ class Supervisor:
             return 1.0
         return max(0.0, min(1.0, min(pending) - time.monotonic()))
 
-    def _start(self, slot: _Slot) -> None:
+    def _spawn_worker(self) -> tuple[BaseProcess, Connection]:
+        reader, writer = self._spawn.Pipe(duplex=False)
         proc = self._spawn.Process(
-            target=self._target, args=(self._settings, self._sockets), daemon=False
+            target=self._target, args=(self._settings, self._sockets, writer), daemon=False
         )
         proc.start()
-        slot.proc, slot.started, slot.restart_at = proc, time.monotonic(), None
+        writer.close()
+        return proc, reader
+
+    def _start(self, slot: _Slot) -> None:
+        if slot.ready is not None:
+            slot.ready.close()
+        slot.proc, slot.ready = self._spawn_worker()
+        slot.started, slot.restart_at = time.monotonic(), None
 
     def _lost(self, slot: _Slot, now: float) -> None:
         assert slot.proc is not None
@@ -109,6 +132,10 @@ class Supervisor:
         slot.proc.close()
         slot.proc = None
         lived = now - slot.started
+        if code == 0:
+            log.info("worker %s drained and stopped; starting a replacement", pid)
+            slot.fast_deaths, slot.restart_at = 0, now
+            return
         slot.fast_deaths = slot.fast_deaths + 1 if lived < STABLE_AFTER else 0
         if slot.fast_deaths >= GIVE_UP_AFTER:
             log.error(
@@ -133,6 +160,71 @@ class Supervisor:
         )
         slot.restart_at = now + delay
 
+    def _on_roll(self, _signum: int, _frame: Any) -> None:
+        self._roll_requested = True
+
+    def _roll(self) -> None:
+        """Replace each worker in turn: start the new one, wait until it accepts, then let the
+        old one drain and exit."""
+        self._roll_requested = False
+        log.info("SIGUSR2: restarting the %d workers one at a time", len(self._slots))
+        for slot in self._slots:
+            if self._stopping:
+                return
+            proc, ready = self._spawn_worker()
+            if not self._await_ready(proc, ready):
+                if proc.is_alive():
+                    proc.kill()
+                proc.join()
+                ready.close()
+                if not self._stopping:
+                    log.error(
+                        "rolling restart: the new worker %s %s; the old workers keep serving",
+                        proc.pid,
+                        "did not start" if proc.exitcode is None else describe_exit(proc.exitcode),
+                    )
+                return
+            old, old_ready = slot.proc, slot.ready
+            slot.proc, slot.ready, slot.started = proc, ready, time.monotonic()
+            slot.fast_deaths, slot.restart_at = 0, None
+            if old_ready is not None:
+                old_ready.close()
+            if old is not None:
+                self._retire(old)
+        log.info("rolling restart done")
+
+    def _await_ready(self, proc: BaseProcess, ready: Connection) -> bool:
+        deadline = time.monotonic() + READY_TIMEOUT
+        while not self._stopping and time.monotonic() < deadline:
+            wait([ready, proc.sentinel], timeout=1.0)
+            try:
+                if ready.poll():
+                    ready.recv()
+                    return True
+            except (EOFError, OSError):
+                return False  # the worker died before it accepted
+            if not proc.is_alive():
+                return False
+        return False
+
+    def _retire(self, proc: BaseProcess) -> None:
+        """SIGTERM an old worker and wait until it has drained (or the grace has run out)."""
+        self._retiring.append(proc)
+        if proc.is_alive() and proc.pid:
+            os.kill(proc.pid, signal.SIGTERM)
+        deadline = time.monotonic() + self._grace
+        while proc.is_alive() and not self._stopping and time.monotonic() < deadline:
+            proc.join(0.5)
+        if self._stopping:
+            return  # _stop_all waits for it
+        if proc.is_alive():
+            log.error("worker %s did not stop in %.0fs; killing it", proc.pid, self._grace)
+            proc.kill()
+            proc.join()
+        log.info("worker %s %s (rolling restart)", proc.pid, describe_exit(proc.exitcode))
+        self._retiring.remove(proc)
+        proc.close()
+
     def _on_signal(self, signum: int, _frame: Any) -> None:
         if not self._stopping:
             log.info("%s: stopping every worker", signal.Signals(signum).name)
@@ -147,12 +239,14 @@ class Supervisor:
 
     def _stop_all(self) -> None:
         self._begin_stop()  # again: a worker started while the signal arrived
-        deadline = time.monotonic() + STOP_GRACE
-        for slot in self._slots:
-            if slot.proc is None:
-                continue
-            slot.proc.join(max(0.0, deadline - time.monotonic()))
-            if slot.proc.is_alive():
-                log.error("worker %s did not stop in %.0fs; killing it", slot.proc.pid, STOP_GRACE)
-                slot.proc.kill()
-                slot.proc.join()
+        for proc in self._retiring:
+            if proc.is_alive() and proc.pid:
+                os.kill(proc.pid, signal.SIGTERM)
+        deadline = time.monotonic() + self._grace
+        procs = [s.proc for s in self._slots if s.proc is not None] + self._retiring
+        for proc in procs:
+            proc.join(max(0.0, deadline - time.monotonic()))
+            if proc.is_alive():
+                log.error("worker %s did not stop in %.0fs; killing it", proc.pid, self._grace)
+                proc.kill()
+                proc.join()
