@@ -185,6 +185,7 @@ class AuthService:
         """Take the repositories' `anonymous_pull` switches (call again after a config change)."""
         self._public = frozenset(r.name for r in repositories if r.anonymous_pull)
         self._anon = None
+        self._principals: dict[str, tuple[int, Principal | None]] = {}
 
     # -- who -------------------------------------------------------------------------------
 
@@ -298,11 +299,23 @@ class AuthService:
         return browsable(principal, repositories)
 
     def principal_of(self, grant: Grant) -> Principal | None:
-        """The current principal behind a grant (rereads roles; for catalog filtering)."""
+        """The current principal behind a grant (catalog filtering, refusals, the access
+        log's user name): read from the store once per user and security generation, so a
+        bearer request does not cost a user and role lookup each."""
         if grant.anonymous:
             return self.anonymous()
+        generation = self._generation()
+        hit = self._principals.get(grant.principal)
+        if hit is not None and hit[0] == generation:
+            return hit[1]
         principal = self.store.principal(grant.principal)
-        return None if principal is None else principal.with_roles(public_role(self._public))
+        if principal is not None:
+            principal = principal.with_roles(public_role(self._public))
+        with self._lock:
+            self._principals[grant.principal] = (generation, principal)
+            while len(self._principals) > 1024:
+                self._principals.pop(next(iter(self._principals)))
+        return principal
 
     # -- tokens ----------------------------------------------------------------------------
 
