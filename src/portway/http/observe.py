@@ -140,10 +140,6 @@ def _bytes_out(request: web.Request, response: web.StreamResponse | None) -> int
     return response.body_length
 
 
-async def _already_sent(request: web.BaseRequest) -> None:
-    return None
-
-
 @web.middleware
 async def observe_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     start = time.perf_counter()
@@ -168,10 +164,6 @@ async def observe_middleware(request: web.Request, handler: Handler) -> web.Stre
         # Send it here, so what is counted and logged is what the client got.
         await response.prepare(request)
         await response.write_eof()
-        if isinstance(response, web.FileResponse):
-            # aiohttp prepares the returned response once more: a FileResponse would open its
-            # file again and fail (AssertionError), dropping a kept-alive connection.
-            response.prepare = _already_sent  # type: ignore[method-assign]
         return response
     except web.HTTPException as exc:
         status = exc.status
