@@ -30,6 +30,7 @@ PACKAGES=(
   radosgw
   ceph-mon
   ceph-osd
+  systemd
 )
 
 missing=()
