@@ -8,11 +8,16 @@ process), each with one small image pushed; the access log goes to a file, as a 
 manager's journal would take it. `wrk -t2 -c64 -dSs` on the manifest by tag, alternating
 sides each round; the median of the rounds per side. Prints a Markdown table with the cost
 (1 - on/off) and writes JSON to bench/results/. Target: a cost of at most 5 %.
+
+Beside req/s, which other work on a shared machine moves a lot, the server's own CPU time
+(user + system, workers included) per request is read from /proc around each wrk run: the
+steadier figure when the machine is busy.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import tempfile
@@ -31,6 +36,27 @@ SIDES = {
     "log": {"metrics": False, "access_log": True},
 }
 REPO = "bench-hosted"
+
+
+def _tree(pid: int) -> list[int]:
+    pids = [pid]
+    for task in Path(f"/proc/{pid}/task").glob("*/children"):
+        for child in task.read_text().split():
+            pids += _tree(int(child))
+    return pids
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of `pid` and its children (the workers), in seconds."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for p in _tree(pid):
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rpartition(")")[2].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / ticks
 
 
 def start(root: Path, side: str, port: int, workers: int) -> Proc:
@@ -57,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     sides = list(SIDES) if args.split else ["on", "off"]
     ports = dict(zip(sides, free_ports(len(sides)), strict=True))
     rates: dict[str, list[float]] = {side: [] for side in sides}
+    cpu_us: dict[str, list[float]] = {side: [] for side in sides}
     with tempfile.TemporaryDirectory(prefix="portway-observe-") as tmp:
         root = Path(tmp)
         procs = {side: start(root, side, ports[side], args.workers) for side in sides}
@@ -71,20 +98,35 @@ def main(argv: list[str] | None = None) -> int:
             for rnd in range(args.rounds):
                 order = sides if rnd % 2 == 0 else sides[::-1]
                 for side in order:
+                    before = cpu_seconds(procs[side].popen.pid)
                     result = wrk(urls[side], args.duration, headers={"Accept": OCI_MANIFEST})
+                    used = cpu_seconds(procs[side].popen.pid) - before
                     rates[side].append(result.requests_per_s)
-                    print(f"round {rnd + 1} {side:>3}: {result.requests_per_s:8.0f} req/s")
+                    cpu_us[side].append(used / result.requests * 1e6)
+                    print(
+                        f"round {rnd + 1} {side:>7}: {result.requests_per_s:8.0f} req/s, "
+                        f"{cpu_us[side][-1]:6.1f} µs CPU per request"
+                    )
             log_lines = len((root / "on.log").read_text(errors="replace").splitlines())
         finally:
             for proc in procs.values():
                 proc.stop()
     med = {side: statistics.median(values) for side, values in rates.items()}
+    cpu = {side: statistics.median(values) for side, values in cpu_us.items()}
     cost = 1 - med["on"] / med["off"]
-    print("\n| metrics + access log | manifest GET req/s (median) | rounds |")
-    print("|---|---|---|")
+    cpu_cost = cpu["on"] / cpu["off"] - 1
+    print(
+        "\n| metrics, access log | manifest GET req/s (median) | server CPU µs/request "
+        "| rounds (req/s) |"
+    )
+    print("|---|---|---|---|")
     for side in sides:
-        print(f"| {side} | {med[side]:.0f} | {', '.join(f'{r:.0f}' for r in rates[side])} |")
-    print(f"\ncost: {cost * 100:.1f} % of req/s (target <= 5 %); access-log lines: {log_lines}")
+        rounds = ", ".join(f"{r:.0f}" for r in rates[side])
+        print(f"| {side} | {med[side]:.0f} | {cpu[side]:.1f} | {rounds} |")
+    print(
+        f"\ncost: {cost * 100:.1f} % of req/s, {cpu_cost * 100:.1f} % more server CPU per request "
+        f"(target <= 5 %); access-log lines: {log_lines}"
+    )
     record: dict[str, Any] = {
         "bench": "observe_cost",
         "machine": machine(),
@@ -93,7 +135,9 @@ def main(argv: list[str] | None = None) -> int:
         "wrk": "-t2 -c64",
         "rates": rates,
         "median": med,
+        "cpu_us_per_request": cpu_us,
         "cost": cost,
+        "cpu_cost": cpu_cost,
     }
     write_results(record, prefix="observe-cost-")
     return 0
