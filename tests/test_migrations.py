@@ -9,7 +9,7 @@ from sqlalchemy import create_engine, inspect, select, text
 from portway.auth.passwords import FAST_TEST_PARAMS, PasswordHasher
 from portway.auth.store import UserStore
 from portway.db import schema
-from portway.db.migrations import MIGRATIONS, migrate
+from portway.db.migrations import HEAD, LEGACY_STEPS, migrate
 
 
 def test_version_1_database_gains_the_security_generation(tmp_path: Path) -> None:
@@ -19,18 +19,19 @@ def test_version_1_database_gains_the_security_generation(tmp_path: Path) -> Non
     store.add_user("alice", "pw")
     # Make it look like a database from before step 2.
     with engine.begin() as conn:
+        conn.execute(text("DROP TABLE alembic_version"))  # before Alembic
         conn.execute(text("DROP TABLE security_state"))
         conn.execute(schema.schema_version.delete().where(schema.schema_version.c.version >= 2))
-    assert migrate(engine) == MIGRATIONS[-1][0]
+    assert migrate(engine) == HEAD
     assert "security_state" in inspect(engine).get_table_names()
     with engine.connect() as conn:
         versions = [row[0] for row in conn.execute(select(schema.schema_version.c.version))]
-    assert versions == [version for version, _ in MIGRATIONS]
+    assert versions == [version for version, _ in LEGACY_STEPS]
     assert store.generation() == 0
     store.disable_user("alice")
     assert store.generation() == 1
     assert store.authenticate("alice", "pw") is None
-    assert migrate(engine) == MIGRATIONS[-1][0]  # a second run changes nothing
+    assert migrate(engine) == HEAD  # a second run changes nothing
     assert store.generation() == 1
 
 
@@ -38,9 +39,10 @@ def test_version_2_database_gains_the_failed_login_counts(tmp_path: Path) -> Non
     engine = create_engine(f"sqlite:///{tmp_path / 'meta.db'}")
     migrate(engine)
     with engine.begin() as conn:
+        conn.execute(text("DROP TABLE alembic_version"))  # before Alembic
         conn.execute(text("DROP TABLE login_failures"))
         conn.execute(schema.schema_version.delete().where(schema.schema_version.c.version >= 3))
-    assert migrate(engine) == MIGRATIONS[-1][0]
+    assert migrate(engine) == HEAD
     assert "login_failures" in inspect(engine).get_table_names()
     from portway.auth.ratelimit import LoginLimiter
 

@@ -16,6 +16,7 @@ COMMAND_MODULES = (
     "portway.cli.tls",
     "portway.cli.doctor",
     "portway.cli.users",
+    "portway.cli.db",
 )
 
 

@@ -1,17 +1,28 @@
-"""Schema migrations: an ordered list of steps, each applied once, recorded in schema_version.
+"""Schema migrations: Alembic revisions (portway/db/revisions), run programmatically.
 
-Every step is plain SQLAlchemy Core against a Connection inside one transaction, so the same
-steps run on SQLite and PostgreSQL. Add a step at the end; never edit a released one.
+`migrate(engine)` brings any database to `HEAD` in one transaction that holds the write lock
+(SQLite's `BEGIN IMMEDIATE`, a PostgreSQL advisory lock), so several workers or nodes starting
+at once migrate it once. A database that is at HEAD already costs one query and no Alembic
+import: server starts stay as fast as before. A database made before Alembic (its
+`schema_version` table records the hand-made steps below) is brought to step 3 by those steps,
+stamped at the baseline revision 0001 (that schema), then upgraded (ADR 0019).
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from pathlib import Path
 
-from sqlalchemy import Connection, Engine, inspect, select
+from sqlalchemy import Connection, Engine, inspect, select, text
+from sqlalchemy.exc import DBAPIError
 
 from portway.db import schema
+from portway.db.dialect import dialect_for
+
+HEAD = "0001"  # the newest revision in portway/db/revisions/versions
+BASELINE = "0001"  # the schema the hand-made steps leave
+REVISIONS = Path(__file__).with_name("revisions")
 
 
 def _v1_initial(conn: Connection) -> None:
@@ -45,24 +56,75 @@ def _v3_login_failures(conn: Connection) -> None:
     login_failures.create(conn, checkfirst=True)  # a fresh database has it from step 1
 
 
-MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [
+# The hand-made steps from before Alembic: only for databases made by those releases.
+LEGACY_STEPS: list[tuple[int, Callable[[Connection], None]]] = [
     (1, _v1_initial),
     (2, _v2_security_state),
     (3, _v3_login_failures),
 ]
 
 
-def migrate(engine: Engine) -> int:
-    """Bring the database to the newest schema; safe to run from several workers at once."""
+def current_revision(conn: Connection) -> str | None:
+    """The database's Alembic revision, None when it has none (new, or made before Alembic)."""
+    if not inspect(conn).has_table("alembic_version"):
+        return None
+    return conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
+
+
+def _at_head(engine: Engine) -> bool:
+    try:
+        with engine.connect() as conn:
+            return conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == HEAD
+    except DBAPIError:
+        return False  # no alembic_version table yet
+
+
+def migrate(engine: Engine) -> str:
+    """Bring the database to HEAD; safe to run from several workers or nodes at once.
+    Returns the revision it is at."""
+    if _at_head(engine):
+        return HEAD
     with engine.begin() as conn:
-        if not inspect(conn).has_table("schema_version"):
-            schema.schema_version.create(conn, checkfirst=True)
-        done = {row[0] for row in conn.execute(select(schema.schema_version.c.version))}
-        for version, step in MIGRATIONS:
-            if version in done:
-                continue
+        dialect_for(conn).lock_keys(conn, ["portway:migrate"])
+        _upgrade(conn)
+    return HEAD
+
+
+def _legacy_steps(conn: Connection) -> None:
+    done = {row[0] for row in conn.execute(select(schema.schema_version.c.version))}
+    for version, step in LEGACY_STEPS:
+        if version not in done:
             step(conn)
             conn.execute(
                 schema.schema_version.insert().values(version=version, applied=time.time())
             )
-    return MIGRATIONS[-1][0]
+
+
+def _upgrade(conn: Connection) -> None:
+    from alembic.runtime.environment import EnvironmentContext
+    from alembic.runtime.migration import MigrationContext
+    from alembic.script import ScriptDirectory
+
+    script = ScriptDirectory(str(REVISIONS))
+    current = current_revision(conn)
+    if current is None and inspect(conn).has_table("schema_version"):
+        _legacy_steps(conn)  # a database from before Alembic: to step 3, which is 0001
+        MigrationContext.configure(conn).stamp(script, BASELINE)
+        current = BASELINE
+    if current == HEAD:
+        return
+
+    def steps(rev: object, _context: object) -> object:
+        return script._upgrade_revs(HEAD, rev)  # type: ignore[arg-type]
+
+    load_table_modules()
+    from alembic.config import Config
+
+    with EnvironmentContext(Config(), script, fn=steps, destination_rev=HEAD) as env:
+        env.configure(
+            connection=conn,
+            target_metadata=schema.metadata,
+            render_as_batch=conn.dialect.name == "sqlite",  # ALTER through table copies
+        )
+        with env.begin_transaction():
+            env.run_migrations()
