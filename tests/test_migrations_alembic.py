@@ -18,9 +18,17 @@ from sqlalchemy import select, text
 from portway.auth.passwords import FAST_TEST_PARAMS, PasswordHasher
 from portway.auth.store import UserStore
 from portway.db.engine import engines_for
-from portway.db.migrations import HEAD, REVISIONS, current_revision, load_table_modules, migrate
+from portway.db.migrations import (
+    HEAD,
+    REVISIONS,
+    _upgrade,
+    current_revision,
+    load_table_modules,
+    migrate,
+)
 from portway.db.schema import metadata, schema_version
 from portway.db.store import open_metadata
+from support.postgres import Postgres
 
 OLD_DB = Path(__file__).parent / "data" / "portway-a4136c8.db"
 REPO = Path(__file__).resolve().parents[1]
@@ -66,13 +74,34 @@ def _schema_differences(url: str) -> list[object]:
         write.dispose()
 
 
+def _revisions_from_nothing(url: str) -> None:
+    _read, write = engines_for(url)
+    try:
+        with write.begin() as conn:
+            _upgrade(conn)
+            assert current_revision(conn) == HEAD
+    finally:
+        write.dispose()
+
+
 def test_new_sqlite_database_has_the_declared_schema(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'new.db'}"
-    open_metadata(url).close()
+    open_metadata(url).close()  # create_all, stamped at HEAD
     assert _schema_differences(url) == []
+    by_revisions = f"sqlite:///{tmp_path / 'revisions.db'}"
+    _revisions_from_nothing(by_revisions)  # the revisions give the same tables
+    assert _schema_differences(by_revisions) == []
 
 
-def test_new_postgresql_database_has_the_declared_schema(postgres_url: str) -> None:
+def test_new_postgresql_database_has_the_declared_schema(
+    postgres: Postgres, postgres_url: str
+) -> None:
+    by_revisions = postgres.create_database("revisions")
+    try:
+        _revisions_from_nothing(by_revisions)
+        assert _schema_differences(by_revisions) == []
+    finally:
+        postgres.drop_database(by_revisions)
     # Three nodes starting at once migrate it once, without an error.
     errors: list[BaseException] = []
 
@@ -95,15 +124,15 @@ def test_new_postgresql_database_has_the_declared_schema(postgres_url: str) -> N
     write.dispose()
 
 
-def test_a_database_at_head_opens_without_importing_alembic(tmp_path: Path) -> None:
+def test_new_and_current_databases_open_without_importing_alembic(tmp_path: Path) -> None:
     path = tmp_path / "portway.db"
-    open_metadata(path).close()
     code = (
         "import sys; from pathlib import Path; from portway.db.store import open_metadata; "
         f"open_metadata(Path({str(path)!r})).close(); print('alembic' in sys.modules)"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "False"
+    for _ in ("new", "at head"):
+        run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+        assert run.stdout.strip() == "False", run.stderr
 
 
 def test_portway_db_upgrade(tmp_path: Path, postgres_url: str) -> None:
