@@ -81,9 +81,9 @@ def test_purge_round_forgets_expired_refresh_tokens_and_stale_sessions(tmp_path:
     """What the server's janitor runs every 10 minutes, in one round."""
     from sqlalchemy import update
 
+    from portway.compose import Portway
     from portway.config import parse_settings
     from portway.db.schema import uploads
-    from portway.http.app import build_context, open_stores
     from portway.http.auth import SecurityAuthorizer
     from portway.http.server import purge_once
 
@@ -94,8 +94,9 @@ def test_purge_round_forgets_expired_refresh_tokens_and_stale_sessions(tmp_path:
         },
         environ={},
     )
-    meta, blobs = open_stores(settings)
-    ctx = build_context(settings, meta, blobs)
+    root = Portway(settings)
+    meta, blobs = root.meta, root.blobs
+    ctx = root.context()
     assert isinstance(ctx.authorizer, SecurityAuthorizer)  # security is on by default
     store = ctx.authorizer.auth.store
     store.ensure_admin(settings.server.data_dir)

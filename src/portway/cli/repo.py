@@ -32,15 +32,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 def _context(args: argparse.Namespace) -> Iterator[AppContext]:
     """Repositories over the data directory, without security: reading them must not create
     the admin account (its first password is only ever shown by `portway serve`)."""
-    from portway.http.app import build_context, open_stores
+    from portway.compose import Portway
     from portway.http.context import AllowAll
 
-    settings = load_settings(args.config)
-    meta, blobs = open_stores(settings)
-    try:
-        yield build_context(settings, meta, blobs, AllowAll())
-    finally:
-        meta.close()
+    with Portway(load_settings(args.config)) as root:
+        yield root.context(AllowAll())
 
 
 def _images(ctx: AppContext, name: str) -> list[str]:

@@ -24,15 +24,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 def prepare(settings: Settings) -> tuple[bool, str | None]:
     """Create the database, the repositories and the admin once, before any worker starts.
     Returns (first start?, the admin's new password when it was just created)."""
-    from portway.http.app import build_context, open_stores, security
+    from portway.compose import Portway
 
     first = not (settings.server.data_dir / "portway.db").exists()
-    meta, blobs = open_stores(settings)
-    try:
-        authorizer, password = security(settings, meta)
-        build_context(settings, meta, blobs, authorizer)
-    finally:
-        meta.close()
+    with Portway(settings) as root:
+        _authorizer, password = root.security()
+        root.context()
     return first, password
 
 
@@ -111,6 +108,7 @@ def banner(
 
 
 def run(args: argparse.Namespace) -> int:
+    from portway.compose import Portway
     from portway.http.server import serve
 
     settings = load_settings(args.config)
@@ -126,4 +124,4 @@ def run(args: argparse.Namespace) -> int:
     first, password = prepare(settings)
     notice = data_notice(settings, args.config, created, first)
     print(banner(settings, first, password, notice), flush=True)
-    return serve(settings, settings.worker_count)
+    return serve(settings, settings.worker_count, Portway)

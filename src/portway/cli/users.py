@@ -1,6 +1,7 @@
 """`portway user ...` and `portway role ...`: identities and privileges, until the admin API.
 
-Changes go straight to the database of the data directory and are written to the audit log.
+Each command parses, calls one service of the composition root (portway/compose.py) and
+prints; the services store the change and write its audit record.
 """
 
 from __future__ import annotations
@@ -8,34 +9,31 @@ from __future__ import annotations
 import argparse
 import getpass
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from portway.config import load_settings
 
+if TYPE_CHECKING:
+    from portway.compose import Portway
+
+CLI = "cli"  # the audit log's principal for changes made here
+
 
 @contextmanager
-def _store(args: argparse.Namespace) -> Iterator[tuple[object, object]]:
-    from portway.auth.audit import AuditLog
-    from portway.auth.store import UserStore
-    from portway.db.store import MetadataStore
+def _root(args: argparse.Namespace) -> Iterator[Portway]:
+    from portway.compose import Portway
 
-    settings = load_settings(args.config)
-    data_dir = settings.server.data_dir
-    meta = MetadataStore.open_sqlite(data_dir / "portway.db")
-    try:
-        store = UserStore(meta.engine)
-        store.ensure_builtin_roles()
-        yield store, AuditLog(data_dir / "audit.log")
-    finally:
-        meta.close()
+    with Portway(load_settings(args.config)) as root:
+        yield root
 
 
 def _password(args: argparse.Namespace) -> str:
     """The new password from stdin, the option or the terminal, checked against the limits;
     any problem ends the command with one line (no traceback)."""
-    from portway.auth.passwords import MAX_PASSWORD_BYTES
+    from portway.auth.services import PasswordRejected, check_password
 
     if args.password_stdin:
         password = sys.stdin.readline().rstrip("\r\n")
@@ -53,89 +51,54 @@ def _password(args: argparse.Namespace) -> str:
             raise SystemExit("portway: no password given") from None
         if password != again:
             raise SystemExit("portway: the passwords differ")
-    minimum = load_settings(args.config).security.min_password_length
-    if len(password) < minimum:
-        raise SystemExit(
-            f"portway: the password is too short: at least {minimum} characters "
-            "([security] min_password_length)"
-        )
-    if len(password.encode()) > MAX_PASSWORD_BYTES:
-        raise SystemExit(f"portway: the password is too long: at most {MAX_PASSWORD_BYTES} bytes")
+    try:
+        check_password(password, load_settings(args.config).security)
+    except PasswordRejected as exc:
+        raise SystemExit(f"portway: {exc}") from None
     return password
 
 
-def _run(args: argparse.Namespace, event: str, fn: object, detail: dict[str, object]) -> int:
-    from portway.auth.audit import AuditLog
+def _run(args: argparse.Namespace, change: Callable[[Portway], object]) -> int:
+    """One change through the services (which write its audit record); a refused one ends
+    the command with one line and status 1."""
     from portway.auth.privileges import PrivilegeError
-    from portway.auth.store import StoreError, UserStore
+    from portway.auth.store import StoreError
 
-    with _store(args) as (store, audit):
-        assert isinstance(store, UserStore) and isinstance(audit, AuditLog)
+    with _root(args) as root:
         try:
-            assert callable(fn)
-            fn(store)
+            change(root)
         except (StoreError, PrivilegeError) as exc:
             print(f"portway: {exc}", file=sys.stderr)
             return 1
-        audit.write(event, principal="cli", detail=detail)
     return 0
 
 
 def user_add(args: argparse.Namespace) -> int:
     password = _password(args)
-    return _run(
-        args,
-        "user.add",
-        lambda s: s.add_user(args.name, password, args.role),
-        {"user": args.name, "roles": args.role},
-    )
+    return _run(args, lambda r: r.users.add(args.name, password, args.role, actor=CLI))
 
 
 def user_passwd(args: argparse.Namespace) -> int:
     password = _password(args)
-
-    def change(store: object) -> None:
-        store.set_password(args.name, password)  # type: ignore[attr-defined]
-        if args.name == "admin":
-            from portway.config import load_settings as _load
-
-            (_load(args.config).server.data_dir / "admin.password").unlink(missing_ok=True)
-
-    return _run(args, "user.passwd", change, {"user": args.name})
+    return _run(args, lambda r: r.users.set_password(args.name, password, actor=CLI))
 
 
 def user_disable(args: argparse.Namespace) -> int:
-    return _run(
-        args, "user.disable", lambda s: s.disable_user(args.name, True), {"user": args.name}
-    )
+    return _run(args, lambda r: r.users.set_disabled(args.name, True, actor=CLI))
 
 
 def user_enable(args: argparse.Namespace) -> int:
-    return _run(
-        args, "user.enable", lambda s: s.disable_user(args.name, False), {"user": args.name}
-    )
+    return _run(args, lambda r: r.users.set_disabled(args.name, False, actor=CLI))
 
 
 def user_delete(args: argparse.Namespace) -> int:
-    return _run(args, "user.delete", lambda s: s.delete_user(args.name), {"user": args.name})
+    return _run(args, lambda r: r.users.delete(args.name, actor=CLI))
 
 
 def user_unlock(args: argparse.Namespace) -> int:
     """Forgive a user's failed logins (every address), and an address's with --address."""
-    from portway.auth.ratelimit import LoginLimiter
-
     forgiven: list[int] = []
-
-    def unlock(store: object) -> None:
-        from portway.auth.store import StoreError, UserStore
-
-        assert isinstance(store, UserStore)
-        if store.get_user(args.name) is None:
-            raise StoreError(f"no user {args.name!r}")
-        forgiven.append(LoginLimiter(store.engine).unlock(args.name, args.address))
-
-    detail = {"user": args.name, "address": args.address}
-    done = _run(args, "user.unlock", unlock, detail)
+    done = _run(args, lambda r: forgiven.append(r.users.unlock(args.name, args.address, actor=CLI)))
     if done == 0:
         where = f" and from {args.address}" if args.address else ""
         print(f"unlocked {args.name}{where}: {forgiven[0]} failed logins forgiven")
@@ -143,21 +106,13 @@ def user_unlock(args: argparse.Namespace) -> int:
 
 
 def user_roles(args: argparse.Namespace) -> int:
-    return _run(
-        args,
-        "user.roles",
-        lambda s: s.set_user_roles(args.name, args.roles),
-        {"user": args.name, "roles": args.roles},
-    )
+    return _run(args, lambda r: r.users.set_roles(args.name, args.roles, actor=CLI))
 
 
 def user_list(args: argparse.Namespace) -> int:
-    from portway.auth.store import UserStore
-
-    with _store(args) as (store, _audit):
-        assert isinstance(store, UserStore)
+    with _root(args) as root:
         print(f"{'USER':<24} {'STATE':<9} ROLES")
-        for user in store.list_users():
+        for user in root.users.list():
             state = "disabled" if user.disabled else "active"
             print(f"{user.name:<24} {state:<9} {','.join(user.roles)}")
     return 0
@@ -188,24 +143,16 @@ def role_add(args: argparse.Namespace) -> int:
     except (PrivilegeError, argparse.ArgumentTypeError) as exc:
         print(f"portway: {exc}", file=sys.stderr)
         return 2
-    return _run(
-        args,
-        "role.put",
-        lambda s: s.put_role(role),
-        {"role": args.name, "privileges": args.privilege, "include": args.include},
-    )
+    return _run(args, lambda r: r.roles.put(role, actor=CLI))
 
 
 def role_delete(args: argparse.Namespace) -> int:
-    return _run(args, "role.delete", lambda s: s.delete_role(args.name), {"role": args.name})
+    return _run(args, lambda r: r.roles.delete(args.name, actor=CLI))
 
 
 def role_list(args: argparse.Namespace) -> int:
-    from portway.auth.store import UserStore
-
-    with _store(args) as (store, _audit):
-        assert isinstance(store, UserStore)
-        for role in store.list_roles():
+    with _root(args) as root:
+        for role in root.roles.list():
             privs = " ".join(
                 f"{p.repository}:{','.join(sorted(p.actions))}" for p in role.privileges
             )
@@ -215,58 +162,42 @@ def role_list(args: argparse.Namespace) -> int:
     return 0
 
 
-def _keyring(args: argparse.Namespace) -> object:
-    from portway.auth.keys import KeyRing
-
-    return KeyRing.in_data_dir(load_settings(args.config).server.data_dir)
-
-
 def key_rotate(args: argparse.Namespace) -> int:
-    from portway.auth.audit import AuditLog
-    from portway.auth.keys import KeyFolderError, KeyRing
+    from portway.auth.keys import KeyFolderError
 
-    ring = _keyring(args)
-    assert isinstance(ring, KeyRing)
-    try:
-        ring.load()
-        kid = ring.rotate()
-    except KeyFolderError as exc:
-        print(f"portway: {exc}; the signing keys are unchanged", file=sys.stderr)
-        return 1
-    data_dir = load_settings(args.config).server.data_dir
-    AuditLog(data_dir / "audit.log").write("key.rotate", principal="cli", detail={"kid": kid})
+    with _root(args) as root:
+        try:
+            kid = root.keys.rotate(actor=CLI)
+        except KeyFolderError as exc:
+            print(f"portway: {exc}; the signing keys are unchanged", file=sys.stderr)
+            return 1
     print(kid)
     return 0
 
 
 def key_list(args: argparse.Namespace) -> int:
-    from portway.auth.keys import KeyFolderError, KeyRing
+    from portway.auth.keys import KeyFolderError
 
-    ring = _keyring(args)
-    assert isinstance(ring, KeyRing)
-    try:
-        current = ring.current.kid
-    except KeyFolderError as exc:
-        print(f"portway: {exc}", file=sys.stderr)
-        return 1
-    for kid in ring.kids():
+    with _root(args) as root:
+        try:
+            current, kids = root.keys.list()
+        except KeyFolderError as exc:
+            print(f"portway: {exc}", file=sys.stderr)
+            return 1
+    for kid in kids:
         print(f"{kid}{'  (current)' if kid == current else ''}")
     return 0
 
 
 def key_remove(args: argparse.Namespace) -> int:
-    from portway.auth.audit import AuditLog
-    from portway.auth.keys import KeyFolderError, KeyRing
+    from portway.auth.keys import KeyFolderError
 
-    ring = _keyring(args)
-    assert isinstance(ring, KeyRing)
-    try:
-        ring.remove(args.kid)
-    except KeyFolderError as exc:
-        print(f"portway: {exc}", file=sys.stderr)
-        return 1
-    data_dir = load_settings(args.config).server.data_dir
-    AuditLog(data_dir / "audit.log").write("key.remove", principal="cli", detail={"kid": args.kid})
+    with _root(args) as root:
+        try:
+            root.keys.remove(args.kid, actor=CLI)
+        except KeyFolderError as exc:
+            print(f"portway: {exc}", file=sys.stderr)
+            return 1
     return 0
 
 

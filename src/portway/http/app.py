@@ -1,4 +1,4 @@
-"""Composition root: settings -> stores -> repositories -> route table -> aiohttp app."""
+"""The aiohttp application over an `AppContext` (built by the composition root, compose.py)."""
 
 from __future__ import annotations
 
@@ -6,78 +6,14 @@ from dataclasses import replace
 
 from aiohttp import web
 
-from portway.config import Settings
-from portway.db.store import MetadataStore
-from portway.http.auth import SecurityAuthorizer, remember_route, token_endpoint
-from portway.http.context import CONTEXT_KEY, AppContext, Authorizer
+from portway.http.auth import remember_route, token_endpoint
+from portway.http.context import CONTEXT_KEY, AppContext
 from portway.http.errors import FAULTS_KEY, FaultReport, add_api_version, error_middleware
-from portway.http.forwarded import TrustedProxies, client_origin
+from portway.http.forwarded import client_origin
 from portway.http.observe import install as install_observe
-from portway.http.routing import RouteTable
 from portway.http.v1 import handle_v1
 from portway.http.v2.dispatch import dispatch_v2
 from portway.oci.errors import RegistryError
-from portway.repos.factory import build_repositories
-from portway.storage.blobstore import BlobStore
-from portway.storage.filesystem import FilesystemBackend
-
-
-def open_stores(settings: Settings) -> tuple[MetadataStore, BlobStore]:
-    data_dir = settings.server.data_dir
-    data_dir.mkdir(parents=True, exist_ok=True)
-    meta = MetadataStore.open_sqlite(
-        data_dir / "portway.db", busy_timeout=settings.server.database_busy_timeout
-    )
-    blobs = BlobStore(FilesystemBackend(data_dir / "storage"))
-    return meta, blobs
-
-
-def security(settings: Settings, meta: MetadataStore) -> tuple[Authorizer | None, str | None]:
-    """The authorizer for `[security]`, and the admin's first password (first start only)."""
-    if not settings.security.enabled:
-        return None, None
-    from portway.auth.ratelimit import LoginLimiter
-    from portway.auth.service import AuthService
-    from portway.auth.store import UserStore
-
-    store = UserStore(meta.engine, read_engine=meta.read_engine)
-    store.ensure_builtin_roles()
-    password = store.ensure_admin(settings.server.data_dir)
-    sec = settings.security
-    limiter = LoginLimiter(
-        meta.engine,
-        sec.login_max_failures,
-        sec.login_failure_window,
-        max_failures_per_address=sec.login_max_failures_per_address,
-        read_engine=meta.read_engine,
-    )
-    auth = AuthService.create(
-        store,
-        settings.server.data_dir,
-        settings.repository,
-        issuer="portway",
-        token_ttl=sec.token_ttl,
-        limiter=limiter,
-    )
-    authorizer = SecurityAuthorizer(auth, sec.service, sec.login_threads)
-    return authorizer, password
-
-
-def build_context(
-    settings: Settings, meta: MetadataStore, blobs: BlobStore, authorizer: Authorizer | None = None
-) -> AppContext:
-    repos = build_repositories(settings, meta, blobs)
-    if authorizer is None:
-        authorizer = security(settings, meta)[0]
-    ctx = AppContext(
-        settings=settings,
-        repos=repos,
-        routes=RouteTable.from_settings(settings),
-        trusted=TrustedProxies(settings.server.trusted_proxies),
-    )
-    if authorizer is not None:
-        ctx.authorizer = authorizer
-    return ctx
 
 
 def _local_port(request: web.Request) -> int:

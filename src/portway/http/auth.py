@@ -287,7 +287,7 @@ def _bound_repository(ctx: AppContext, route: Route, scopes: list[Scope]) -> str
     for scope in scopes:
         if scope.type == "repository":
             repo = scope.name.partition("/")[0]
-            cfg = ctx.settings.repo(repo)
+            cfg = ctx.snapshot.config(repo)
             if cfg is not None and cfg.path_routing:
                 return repo
             if ctx.routes.conceal and concealable(repo):

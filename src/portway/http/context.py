@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -11,6 +12,8 @@ from portway.config import Settings
 from portway.http.forwarded import TrustedProxies
 from portway.http.routing import RouteTable
 from portway.repos.base import Repository
+from portway.repos.registry import RepositoryRegistry, Snapshot
+from portway.repos.services import SharedCatalog
 
 ACTIONS = ("pull", "push", "delete")
 
@@ -56,11 +59,27 @@ class AllowAll:
 
 @dataclass
 class AppContext:
+    """`settings` are the file's (server, security, listeners); the repositories and the
+    route table are those of the registry's current snapshot, read at each use, so that a
+    rebuild (repos/registry.py) takes effect for the next request without a restart."""
+
     settings: Settings
-    repos: dict[str, Repository]
-    routes: RouteTable
+    registry: RepositoryRegistry[RouteTable]
     trusted: TrustedProxies
+    catalog: SharedCatalog  # what a shared host's `_catalog` lists
     authorizer: Authorizer = field(default_factory=AllowAll)
+
+    @property
+    def snapshot(self) -> Snapshot[RouteTable]:
+        return self.registry.current
+
+    @property
+    def repos(self) -> Mapping[str, Repository]:
+        return self.registry.current.repos
+
+    @property
+    def routes(self) -> RouteTable:
+        return self.registry.current.routes
 
 
 CONTEXT_KEY = web.AppKey("portway", AppContext)

@@ -38,6 +38,9 @@ class _Binding:
     external_url: str | None
 
 
+PortBindings = dict[int, _Binding]  # listener port -> what it serves
+
+
 class RouteTable:
     def __init__(
         self,
@@ -54,7 +57,9 @@ class RouteTable:
         self.conceal = conceal
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> RouteTable:
+    def from_settings(cls, settings: Settings, ports: PortBindings | None = None) -> RouteTable:
+        """`ports`: the listeners' bindings, shared with the table this one replaces (a
+        rebuild changes repositories, not the sockets that are open)."""
         hosts: dict[str, _Binding] = {}
         wildcards: dict[str, str | None] = {}
         for h in settings.host:
@@ -66,7 +71,7 @@ class RouteTable:
             {r.name: r.path_routing for r in settings.repository},
             hosts,
             wildcards,
-            {},
+            {} if ports is None else ports,
             conceal=settings.security.enabled,
         )
 

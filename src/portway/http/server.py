@@ -19,15 +19,16 @@ import socket
 import ssl
 import sys
 from collections.abc import Callable, Sequence
+from functools import partial
 from multiprocessing.connection import Connection
-from typing import Any
+from typing import Any, Protocol
 
 from aiohttp import web
 
 from portway.config import Settings, TlsConfig
-from portway.http.app import build_app, build_context, open_stores
+from portway.http.app import build_app
 from portway.http.auth import SecurityAuthorizer
-from portway.http.context import AppContext
+from portway.http.context import AppContext, Authorizer
 from portway.http.drain import drain
 from portway.http.drain import install as install_drain
 from portway.http.listeners import (
@@ -44,6 +45,21 @@ from portway.maintenance.proxy_state import publish_loop
 from portway.storage.blobstore import BlobStore
 
 log = logging.getLogger("portway.server")
+
+
+class Composition(Protocol):
+    """What a worker needs of the composition root (portway/compose.py, which is above this
+    layer and hands its class to `serve`)."""
+
+    @property
+    def blobs(self) -> BlobStore: ...
+
+    def context(self, authorizer: Authorizer | None = None) -> AppContext: ...
+
+    async def aclose(self) -> None: ...
+
+
+Compose = Callable[[Settings], Composition]
 PURGE_INTERVAL = 600.0
 
 
@@ -146,10 +162,14 @@ async def purge_once(ctx: AppContext, blobs: BlobStore) -> dict[str, int]:
 
 
 async def run_worker(
-    settings: Settings, sockets: Listeners, on_listening: Callable[[], None] | None = None
+    settings: Settings,
+    sockets: Listeners,
+    compose: Compose,
+    on_listening: Callable[[], None] | None = None,
 ) -> None:
-    meta, blobs = open_stores(settings)
-    ctx = build_context(settings, meta, blobs)
+    root = compose(settings)
+    ctx = root.context()
+    blobs = root.blobs
     app = build_app(ctx)
     draining = install_drain(app)
     runner = RegistryRunner(
@@ -179,7 +199,7 @@ async def run_worker(
             on_listening()
         tasks = [
             asyncio.create_task(_purge_loop(ctx, blobs)),
-            asyncio.create_task(publish_loop(ctx.repos, settings.server.data_dir)),
+            asyncio.create_task(publish_loop(lambda: ctx.repos, settings.server.data_dir)),
         ]
         await stop.wait()
         for task in tasks:
@@ -187,11 +207,7 @@ async def run_worker(
         await drain(runner, draining, settings.server.drain_timeout)
     finally:
         await runner.cleanup()
-        for repo in ctx.repos.values():
-            close = getattr(repo, "close", None)
-            if close is not None:
-                await close()
-        meta.close()
+        await root.aclose()
 
 
 def _no_rolling_restart(alone: bool) -> None:
@@ -207,14 +223,19 @@ def _die_with_parent() -> None:
 
 
 def _run(
-    settings: Settings, sockets: Listeners, on_listening: Callable[[], None] | None = None
+    settings: Settings,
+    sockets: Listeners,
+    compose: Compose,
+    on_listening: Callable[[], None] | None = None,
 ) -> None:
     # asyncio's own loop, not uvloop: uvloop has no loop.sendfile, and blob pulls fell from
     # 3.4 GB/s to 1 GB/s without zero-copy (ADR 3).
-    asyncio.run(run_worker(settings, sockets, on_listening))
+    asyncio.run(run_worker(settings, sockets, compose, on_listening))
 
 
-def _worker_main(settings: Settings, sockets: Listeners, ready: Connection) -> None:
+def _worker_main(
+    compose: Compose, settings: Settings, sockets: Listeners, ready: Connection
+) -> None:
     _die_with_parent()
     configure_logging(settings)
 
@@ -223,7 +244,7 @@ def _worker_main(settings: Settings, sockets: Listeners, ready: Connection) -> N
             ready.send(os.getpid())
         ready.close()
 
-    _run(settings, sockets, listening)
+    _run(settings, sockets, compose, listening)
 
 
 def configure_logging(settings: Settings) -> None:
@@ -234,9 +255,11 @@ def configure_logging(settings: Settings) -> None:
     )
 
 
-def serve(settings: Settings, workers: int) -> int:
+def serve(settings: Settings, workers: int, compose: Compose) -> int:
     """Bind the listeners, then serve them in this process (one worker) or in `workers`
-    supervised processes. Returns the exit status."""
+    supervised processes, each composing the application with `compose` (a class or
+    function importable by name: spawned workers are handed it by reference). Returns the
+    exit status."""
     configure_logging(settings)
     before, after = raise_descriptor_limit()
     if after != before:
@@ -247,6 +270,6 @@ def serve(settings: Settings, workers: int) -> int:
         log.error("%s", exc)
         return 2
     if workers <= 1:
-        _run(settings, sockets)
+        _run(settings, sockets, compose)
         return 0
-    return Supervisor(settings, sockets, workers, _worker_main).run()
+    return Supervisor(settings, sockets, workers, partial(_worker_main, compose)).run()

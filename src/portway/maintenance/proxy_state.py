@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+from collections.abc import Callable, Mapping
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -44,10 +45,11 @@ def read_state(data_dir: Path, repository: str) -> dict[str, Any] | None:
     return data
 
 
-async def publish_loop(repos: dict[str, Repository], data_dir: Path) -> None:
+async def publish_loop(repos: Callable[[], Mapping[str, Repository]], data_dir: Path) -> None:
+    """`repos`: the repositories in service now (they change when the registry is rebuilt)."""
     last: dict[str, dict[str, Any]] = {}
     while True:
-        for name, repo in repos.items():
+        for name, repo in repos().items():
             state = snapshot(repo)
             if state is not None and state != last.get(name):
                 await asyncio.to_thread(write_state, data_dir, name, state)

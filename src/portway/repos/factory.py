@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from portway.config import Settings
 from portway.db.store import MetadataStore
 from portway.repos.base import Repository
@@ -12,12 +14,21 @@ from portway.storage.blobstore import BlobStore
 
 
 def build_repositories(
-    settings: Settings, meta: MetadataStore, blobs: BlobStore
+    settings: Settings,
+    meta: MetadataStore,
+    blobs: BlobStore,
+    reuse: Mapping[str, Repository] | None = None,
 ) -> dict[str, Repository]:
+    """`reuse`: repositories already in service (registry.py); a hosted or proxy one whose
+    definition is unchanged is kept as it is, with its connections and caches. Groups are
+    always made again (they hold nothing but their members)."""
     repos: dict[str, Repository] = {}
     for cfg in settings.repository:
         repo_id = meta.ensure_repository(cfg.name, cfg.type)
-        if cfg.type == "hosted":
+        old = (reuse or {}).get(cfg.name)
+        if cfg.type != "group" and old is not None and old.config == cfg:
+            repos[cfg.name] = old
+        elif cfg.type == "hosted":
             repos[cfg.name] = HostedRepository(cfg, repo_id, meta, blobs)
         elif cfg.type == "proxy":
             repos[cfg.name] = ProxyRepository(cfg, repo_id, meta, blobs)
@@ -25,7 +36,6 @@ def build_repositories(
     for cfg in settings.repository:
         if cfg.type != "group":
             continue
-        meta.ensure_repository(cfg.name, cfg.type)
         leaves = [repos[name] for name in resolution_order(cfg.name, members_of)]
         writable = repos.get(cfg.writable_member) if cfg.writable_member else None
         assert writable is None or isinstance(writable, HostedRepository)

@@ -77,19 +77,8 @@ async def catalog(
     elif repository is not None:
         names = await repository_named(ctx, repository).catalog(last, want_total)
     else:
-        names = []
-        for repo_name in ctx.routes.path_routed():
-            if not ctx.authorizer.visible(request, repo_name):
-                continue
-            if last is not None and last.partition("/")[0] > repo_name:
-                continue
-            inner_last = None
-            if last is not None and last.partition("/")[0] == repo_name:
-                inner_last = last.partition("/")[2]
-            want = None if want_total is None else want_total - len(names)
-            images = await ctx.repos[repo_name].catalog(inner_last, want)
-            names.extend(f"{repo_name}/{image}" for image in images)
-            if want_total is not None and len(names) >= want_total:
-                break
+        names = await ctx.catalog.names(
+            lambda name: ctx.authorizer.visible(request, name), last, want_total
+        )
     names, headers = _page(f"{base}/v2/_catalog", n or None, names)
     return _json({"repositories": names}, headers)

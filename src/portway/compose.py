@@ -1,0 +1,224 @@
+"""The composition root: the whole application, built from `Settings` (ADR 17).
+
+`Portway(settings)` is the only place that constructs the stores (metadata, blobs, users), the
+security pieces (login limiter, signing keys, audit log, auth service, authorizer), the
+repository registry with its route table, and the services. `portway serve` (each worker),
+every CLI command and, later, the admin API take what they need from it.
+
+Everything is made on first use, so a command pays only for what it touches: `portway key
+rotate` opens no database, `portway repo list` never creates the admin account (only
+`security()` does, and only `serve` calls it), and nothing here starts a server.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from functools import cached_property
+from types import TracebackType
+from typing import TYPE_CHECKING
+
+from portway.config import RepositoryConfig, Settings
+from portway.db.store import MetadataStore
+from portway.http.context import AllowAll, AppContext, Authorizer
+from portway.http.forwarded import TrustedProxies
+from portway.http.routing import PortBindings, RouteTable
+from portway.repos.base import Repository
+from portway.repos.factory import build_repositories
+from portway.repos.registry import RepositoryRegistry, Snapshot
+from portway.repos.services import SharedCatalog
+from portway.storage.blobstore import BlobStore
+from portway.storage.filesystem import FilesystemBackend
+
+if TYPE_CHECKING:
+    from portway.auth.audit import AuditLog
+    from portway.auth.keys import KeyRing
+    from portway.auth.ratelimit import LoginLimiter
+    from portway.auth.service import AuthService
+    from portway.auth.services import KeyService, RoleService, UserService
+    from portway.auth.store import UserStore
+
+
+class Portway:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._admin_password: str | None = None
+
+    # -- stores ----------------------------------------------------------------------------
+
+    @cached_property
+    def meta(self) -> MetadataStore:
+        data_dir = self.settings.server.data_dir
+        data_dir.mkdir(parents=True, exist_ok=True)
+        return MetadataStore.open_sqlite(
+            data_dir / "portway.db", busy_timeout=self.settings.server.database_busy_timeout
+        )
+
+    @cached_property
+    def blobs(self) -> BlobStore:
+        return BlobStore(FilesystemBackend(self.settings.server.data_dir / "storage"))
+
+    @cached_property
+    def user_store(self) -> UserStore:
+        from portway.auth.store import UserStore
+
+        store = UserStore(self.meta.engine, read_engine=self.meta.read_engine)
+        store.ensure_builtin_roles()
+        return store
+
+    @cached_property
+    def audit(self) -> AuditLog:
+        from portway.auth.audit import AuditLog
+
+        return AuditLog(self.settings.server.data_dir / "audit.log")
+
+    @cached_property
+    def keyring(self) -> KeyRing:
+        from portway.auth.keys import KeyRing
+
+        return KeyRing.in_data_dir(self.settings.server.data_dir)
+
+    @cached_property
+    def limiter(self) -> LoginLimiter:
+        from portway.auth.ratelimit import LoginLimiter
+
+        sec = self.settings.security
+        return LoginLimiter(
+            self.meta.engine,
+            sec.login_max_failures,
+            sec.login_failure_window,
+            max_failures_per_address=sec.login_max_failures_per_address,
+            read_engine=self.meta.read_engine,
+        )
+
+    # -- repositories and routes -----------------------------------------------------------
+
+    @cached_property
+    def registry(self) -> RepositoryRegistry[RouteTable]:
+        """The definitions of the configuration file, with the repositories (their database
+        rows made on first use) and the route table over them."""
+        ports: PortBindings = {}  # the listeners' bindings, kept across rebuilds
+
+        def build(settings: Settings, reuse: Mapping[str, Repository]) -> dict[str, Repository]:
+            return build_repositories(settings, self.meta, self.blobs, reuse)
+
+        def routes(settings: Settings) -> RouteTable:
+            return RouteTable.from_settings(settings, ports)
+
+        return RepositoryRegistry(self.settings, build, routes)
+
+    async def apply_repositories(
+        self, definitions: tuple[RepositoryConfig, ...]
+    ) -> Snapshot[RouteTable]:
+        """Serve `definitions` from now on (the admin API's path); raises ValueError for a set
+        the configuration file could not declare, and then nothing changes."""
+        snapshot, retired = self.registry.rebuild(definitions)
+        auth = self.__dict__.get("auth")
+        if auth is not None:
+            auth.set_repositories(snapshot.definitions)
+        for repo in retired:
+            close = getattr(repo, "close", None)
+            if close is not None:
+                await close()
+        return snapshot
+
+    # -- security --------------------------------------------------------------------------
+
+    @cached_property
+    def auth(self) -> AuthService:
+        from portway.auth.service import AuthService
+        from portway.auth.tokens import TokenAuthority
+
+        sec = self.settings.security
+        tokens = TokenAuthority(self.keyring, issuer="portway", ttl=sec.token_ttl)
+        return AuthService(
+            self.user_store,
+            tokens,
+            limiter=self.limiter,
+            audit=self.audit,
+            repositories=self.registry.current.definitions,
+        )
+
+    def security(self) -> tuple[Authorizer | None, str | None]:
+        """The authorizer for `[security]` (None when it is off), and the admin's first
+        password when this call created the account (first start only)."""
+        if not self.settings.security.enabled:
+            return None, None
+        from portway.http.auth import SecurityAuthorizer
+
+        if "authorizer" not in self.__dict__:
+            self._admin_password = self.user_store.ensure_admin(self.settings.server.data_dir)
+            sec = self.settings.security
+            self.__dict__["authorizer"] = SecurityAuthorizer(
+                self.auth, sec.service, sec.login_threads
+            )
+        authorizer: Authorizer = self.__dict__["authorizer"]
+        return authorizer, self._admin_password
+
+    def context(self, authorizer: Authorizer | None = None) -> AppContext:
+        """What the HTTP layer serves. With no authorizer given, `[security]` decides (and the
+        admin account is made if missing); pass `AllowAll()` to read without security."""
+        if authorizer is None:
+            authorizer = self.security()[0] or AllowAll()
+        return AppContext(
+            settings=self.settings,
+            registry=self.registry,
+            trusted=TrustedProxies(self.settings.server.trusted_proxies),
+            catalog=self.catalog,
+            authorizer=authorizer,
+        )
+
+    # -- services --------------------------------------------------------------------------
+
+    @cached_property
+    def users(self) -> UserService:
+        from portway.auth.services import UserService
+
+        return UserService(
+            self.user_store,
+            self.limiter,
+            self.audit,
+            self.settings.security,
+            self.settings.server.data_dir,
+        )
+
+    @cached_property
+    def roles(self) -> RoleService:
+        from portway.auth.services import RoleService
+
+        return RoleService(self.user_store, self.audit)
+
+    @cached_property
+    def keys(self) -> KeyService:
+        from portway.auth.services import KeyService
+
+        return KeyService(self.keyring, self.audit)
+
+    @cached_property
+    def catalog(self) -> SharedCatalog:
+        return SharedCatalog(self.registry)
+
+    # -- life ------------------------------------------------------------------------------
+
+    async def aclose(self) -> None:
+        """Close the repositories in service (a proxy's upstream connections), then `close`."""
+        if "registry" in self.__dict__:
+            for repo in self.registry.current.repos.values():
+                close = getattr(repo, "close", None)
+                if close is not None:
+                    await close()
+        self.close()
+
+    def close(self) -> None:
+        if "meta" in self.__dict__:
+            self.meta.close()
+
+    def __enter__(self) -> Portway:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        value: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
