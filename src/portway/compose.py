@@ -18,7 +18,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING
 
 from portway.config import RepositoryConfig, Settings
-from portway.db.store import MetadataStore
+from portway.db.store import MetadataStore, open_metadata
 from portway.http.context import AllowAll, AppContext, Authorizer
 from portway.http.forwarded import TrustedProxies
 from portway.http.routing import PortBindings, RouteTable
@@ -49,9 +49,7 @@ class Portway:
     def meta(self) -> MetadataStore:
         data_dir = self.settings.server.data_dir
         data_dir.mkdir(parents=True, exist_ok=True)
-        return MetadataStore.open_sqlite(
-            data_dir / "portway.db", busy_timeout=self.settings.server.database_busy_timeout
-        )
+        return open_metadata(self.settings)  # [database] url, else <data_dir>/portway.db
 
     @cached_property
     def blobs(self) -> BlobStore:
