@@ -162,8 +162,14 @@ async def observe_middleware(request: web.Request, handler: Handler) -> web.Stre
         response = await handler(request)
         status = response.status
         # Send it here, so what is counted and logged is what the client got.
-        await response.prepare(request)
-        await response.write_eof()
+        try:
+            await response.prepare(request)
+            await response.write_eof()
+        except ConnectionError:
+            # The client went away while it was being answered: nothing to report but the
+            # count. aiohttp's own finishing of this response sees the same closed transport
+            # and ignores it quietly.
+            status = CLIENT_GONE
         return response
     except web.HTTPException as exc:
         status = exc.status
