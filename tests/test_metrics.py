@@ -21,6 +21,7 @@ import pytest
 import requests
 
 from metrics_support import key, label_values, scrape, settle, value
+from portway.http.observe import _metrics_dir
 from push_support import Registry, manifest_for, sha256
 from support.ports import free_port
 from support.server import PortwayServer
@@ -173,7 +174,7 @@ def test_metrics_can_be_turned_off(tmp_path: Path) -> None:
     srv = PortwayServer(tmp_path, server={"metrics": False}).start(timeout=60)
     try:
         assert requests.get(f"{srv.url}/metrics", timeout=10).status_code == 404
-        assert not (srv.data_dir / "metrics").exists()
+        assert not _metrics_dir(srv.data_dir).exists()
     finally:
         srv.stop()
 
@@ -189,7 +190,7 @@ def test_a_killed_worker_keeps_its_counts_and_a_new_run_starts_from_zero(tmp_pat
         counted = key("portway_http_requests_total", route="manifest", method="GET", status="404")
         settle(srv.url, {counted: 20})
         time.sleep(1.5)  # both workers flushed what they served
-        runs = list((srv.data_dir / "metrics").iterdir())
+        runs = list(_metrics_dir(srv.data_dir).iterdir())
         assert len(runs) == 1
         pids = sorted({int(p) for p in re.findall(r"worker (\d+) listening on", srv.log())})
         assert len(pids) == 2, srv.log()[-2000:]
@@ -207,7 +208,7 @@ def test_a_killed_worker_keeps_its_counts_and_a_new_run_starts_from_zero(tmp_pat
         srv.stop()
         srv.start(timeout=60)
         assert value(scrape(srv.url), counted[0], **dict(counted[1])) == 0
-        assert [p.name for p in (srv.data_dir / "metrics").iterdir()] != [runs[0].name]
+        assert [p.name for p in _metrics_dir(srv.data_dir).iterdir()] != [runs[0].name]
         assert not runs[0].exists()
     finally:
         srv.stop()

@@ -226,6 +226,9 @@ def test_600_slow_connections_against_256_descriptors_leave_normal_clients_serve
     failed = sum(1 for t in times if t == float("inf"))
     p99 = times[int(len(times) * 0.99) - 1] if times else float("inf")
     log = server.log().splitlines()[log_before:]
+    # The access log writes one line per request served; the flood this guards against is
+    # the server's own lines (one per refused accept), so those are what is counted.
+    log = [x for x in log if " portway.access[" not in x]
     warnings = [x for x in log if "connection limit reached" in x]
     print(
         f"normal clients: {len(times)} rounds, {failed} failed, p50 {times[len(times) // 2]:.3f}s "

@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
+import tempfile
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from aiohttp import web
 
@@ -48,12 +51,19 @@ class Observer:
 OBSERVE_KEY = web.AppKey("portway.observe", Observer)
 
 
+def _metrics_dir(data_dir: Path) -> Path:
+    """Where the workers' metric files live: outside the data directory, whose disk may fill
+    up (a full file system under prometheus-client's memory-mapped files kills the worker)."""
+    digest = hashlib.sha256(str(data_dir.resolve()).encode()).hexdigest()[:16]
+    return Path(tempfile.gettempdir()) / f"portway-metrics-{digest}"
+
+
 def build_observer(ctx: AppContext) -> Observer:
     server = ctx.settings.server
     recorder = None
     if server.metrics:
         names = [r.name for r in ctx.settings.repository]
-        recorder = Recorder(server.data_dir / "metrics", names, server.metrics_repository_labels)
+        recorder = Recorder(_metrics_dir(server.data_dir), names, server.metrics_repository_labels)
     health = Health(
         server.data_dir / "portway.db",
         server.data_dir / "storage",
