@@ -105,7 +105,7 @@ def _generate(algorithm: Algorithm) -> PrivateKey:
     return rsa.generate_private_key(public_exponent=65537, key_size=3072)
 
 
-def _write_private(path: Path, data: bytes) -> None:
+def write_private(path: Path, data: bytes) -> None:
     """Put `data` at `path` whole or not at all, mode 0600 from the first instant.
 
     Written to a temporary file in the same folder, synced, renamed over `path`, then the
@@ -316,9 +316,9 @@ class KeyRing:
         path = self.directory / f"{kid}.pem"
         try:
             self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-            _write_private(path, pem)
+            write_private(path, pem)
             try:
-                _write_private(self.directory / CURRENT, kid.encode() + b"\n")
+                write_private(self.directory / CURRENT, kid.encode() + b"\n")
             except BaseException:
                 path.unlink(missing_ok=True)
                 raise

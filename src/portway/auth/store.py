@@ -8,7 +8,6 @@ role checks go on while another process writes; changes go through the write eng
 from __future__ import annotations
 
 import contextlib
-import os
 import re
 import secrets
 import time
@@ -20,6 +19,7 @@ from pathlib import Path
 from sqlalchemy import Connection, Engine, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
+from portway.auth.keys import write_private
 from portway.auth.passwords import PasswordHasher
 from portway.auth.privileges import (
     ACTIONS,
@@ -402,7 +402,7 @@ class UserStore:
                 self._insert_user(conn, ADMIN_USER, password_hash, [ADMIN_ROLE], disabled=False)
                 # Written inside the transaction: if the file cannot be written, no admin
                 # exists whose password nobody knows.
-                _write_secret(data_dir / ADMIN_PASSWORD_FILE, password + "\n")
+                write_private(data_dir / ADMIN_PASSWORD_FILE, (password + "\n").encode())
         except IntegrityError:
             return None
         return password
@@ -456,21 +456,3 @@ class UserStore:
                 delete(refresh_tokens).where(refresh_tokens.c.expires <= self._now())
             )
             return int(done.rowcount)
-
-
-def _write_secret(path: Path, text: str) -> None:
-    """Write `text` to `path` with mode 0600, replacing what was there; no copy left behind."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.unlink(missing_ok=True)
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            os.fchmod(fd, 0o600)
-            os.write(fd, text.encode())
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
