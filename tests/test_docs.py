@@ -60,13 +60,16 @@ def test_nginx_is_not_told_to_overwrite_the_distribution_config() -> None:
 def test_readme_documents_every_configuration_key() -> None:
     from portway.config import (
         ConnectorConfig,
+        DatabaseConfig,
         HostConfig,
         RepositoryConfig,
         SecurityConfig,
         ServerConfig,
+        StorageConfig,
     )
 
-    for model in (ServerConfig, SecurityConfig, RepositoryConfig, ConnectorConfig, HostConfig):
+    models = (ServerConfig, SecurityConfig, DatabaseConfig, StorageConfig, RepositoryConfig)
+    for model in (*models, ConnectorConfig, HostConfig):
         for key in model.model_fields:
             documented = re.search(rf"^\s*{key} = ", README, re.MULTILINE) or f"`{key}`" in README
             assert documented, f"{model.__name__}.{key} is not in the README"

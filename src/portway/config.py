@@ -88,6 +88,59 @@ class TlsConfig(_Strict):
     key: Path
 
 
+Redirect = Literal["off", "always", "auto"]
+
+
+class DatabaseConfig(_Strict):
+    # Empty: the embedded SQLite file <data_dir>/portway.db. A cluster: postgresql://USER@HOST:PORT/DB
+    # (password from PGPASSWORD or ~/.pgpass, never in this file).
+    url: str = ""
+    pool_size: int = Field(default=10, ge=1, le=200)
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        if value and not value.startswith(("sqlite:///", "postgresql://", "postgresql+")):
+            raise ValueError(f"expected sqlite:///PATH or postgresql://..., got {value!r}")
+        return value
+
+
+class StorageConfig(_Strict):
+    # Where blobs live: "filesystem" (<data_dir>/storage, or `path`) or "s3" (a bucket;
+    # credentials from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY in the environment).
+    type: Literal["filesystem", "s3"] = "filesystem"
+    path: Path | None = None
+    bucket: str = ""
+    endpoint: str = ""  # e.g. http://rgw.example.com:7480; empty: AWS
+    region: str = "us-east-1"
+    prefix: str = ""  # keys under this prefix in the bucket
+    # Blob GETs answered by a presigned redirect to the bucket: off, always, or auto (only
+    # for clients in redirect_networks). A repository may override it. HEAD never redirects.
+    redirect: Redirect = "off"
+    redirect_networks: tuple[str, ...] = ()
+    redirect_expiry: int = Field(default=1200, ge=10, le=604800, description="seconds")
+    public_endpoint: str = ""  # the endpoint clients reach, used to sign redirects
+    part_size: int = Field(default=8 * 1024 * 1024, ge=5 * 1024 * 1024, le=5 * 1024**3)
+    temp_dir: Path | None = None  # bounded temporary space (default: the system's temp dir)
+
+    @field_validator("redirect_networks")
+    @classmethod
+    def _networks(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for net in value:
+            ipaddress.ip_network(net, strict=False)
+        return value
+
+    @model_validator(mode="after")
+    def _s3_fields(self) -> StorageConfig:
+        if self.type == "s3" and not self.bucket:
+            raise ValueError("[storage] type = \"s3\" needs bucket")
+        if self.type == "filesystem" and self.redirect != "off":
+            raise ValueError(
+                "[storage] redirect needs type = \"s3\" (a filesystem cannot sign URLs)"
+            )
+        return self
+
+
 class RepositoryConfig(_Strict):
     name: str
     type: Literal["hosted", "proxy", "group"]
@@ -96,6 +149,7 @@ class RepositoryConfig(_Strict):
     strict_content_types: bool = False
     v1_enabled: bool = True
     anonymous_pull: bool = False
+    redirect: Redirect | None = None  # blob GETs: overrides [storage] redirect
     # proxy
     remote_url: str | None = None
     remote_username: str | None = None
@@ -202,6 +256,8 @@ class SecurityConfig(_Strict):
 class Settings(_Strict):
     server: ServerConfig = ServerConfig()
     security: SecurityConfig = SecurityConfig()
+    database: DatabaseConfig = DatabaseConfig()
+    storage: StorageConfig = StorageConfig()
     repository: tuple[RepositoryConfig, ...] = ()
     connector: tuple[ConnectorConfig, ...] = ()
     host: tuple[HostConfig, ...] = ()
