@@ -184,9 +184,30 @@ class Client:
             conn.putheader(k, v)
         conn.endheaders()
         resp = conn.getresponse()
+        redirect = None
+        if resp.status in (302, 303, 307) and resp.getheader("Location"):
+            resp.read()
+            redirect = urllib.parse.urlsplit(resp.getheader("Location", ""))
+            # A presigned bucket URL: fetched without the registry's credentials.
+            other = http.client.HTTPConnection(redirect.hostname or "", redirect.port or 80)
+            other.putrequest(
+                "GET", f"{redirect.path}?{redirect.query}", skip_accept_encoding=True
+            )
+            other.endheaders()
+            resp = other.getresponse()
         if resp.status != 200:
             body = resp.read()
             raise TransferError(f"GET blob {digest}: HTTP {resp.status}: {body[:300]!r}")
+        try:
+            return self._read_body(resp, digest, buf, verify)
+        finally:
+            if redirect is not None:
+                other.close()
+
+    @staticmethod
+    def _read_body(
+        resp: http.client.HTTPResponse, digest: str, buf: bytearray, verify: bool
+    ) -> int:
         h = hashlib.sha256() if verify else None
         view = memoryview(buf)
         got = 0

@@ -246,8 +246,11 @@ def start_portway(
     cpus: str | None = None,
     name: str = "portway",
     auth: str = "none",
+    extra_config: str = "",
+    env: dict[str, str] | None = None,
 ) -> tuple[ServerProcess, Target]:
-    """Portway with a fresh data folder; `layout` is `path` (/v2/docker-hosted/<image>) or
+    """Portway with a fresh data folder (`extra_config`: TOML tables appended, e.g.
+    `[storage]`; `env`: added to the environment); `layout` is `path` (/v2/docker-hosted/<image>) or
     `nexus` (/repository/docker-hosted/v2/<image>). `auth` "bearer" or "basic" turns
     `[security]` on; requests then go as the admin user that the first start creates."""
     if auth not in ("none", "bearer", "basic"):
@@ -260,11 +263,14 @@ def start_portway(
         portway_config(
             port, home / "data", workers, connectors, proxied=proxied, security=auth != "none"
         )
+        + "\n"
+        + extra_config
     )
     argv = [venv_python(), "-m", "portway", "serve", "--config", str(config)]
     if workers:
         argv += ["--workers", str(workers)]
-    server = ServerProcess(name, argv, home, env={"PYTHONUNBUFFERED": "1"}, cpus=cpus)
+    env = {"PYTHONUNBUFFERED": "1", **(env or {})}
+    server = ServerProcess(name, argv, home, env=env, cpus=cpus)
     server.wait_ready(f"http://127.0.0.1:{port}/v2/")
     if layout == "nexus":
         api = f"/repository/{HOSTED}/v2/"
@@ -287,7 +293,11 @@ def connector_target(port: int, name: str) -> Target:
 # --------------------------------------------------------------------------- distribution
 
 
-def distribution_config(port: int, root: Path, debug_port: int | None = None) -> str:
+def distribution_config(
+    port: int, root: Path, debug_port: int | None = None, storage: Sequence[str] = ()
+) -> str:
+    """`storage`: the driver's lines under `storage:` (default: the filesystem at `root`)."""
+    driver = list(storage) or ["  filesystem:", f"    rootdirectory: {root}"]
     lines = [
         "version: 0.1",
         "log:",
@@ -295,8 +305,7 @@ def distribution_config(port: int, root: Path, debug_port: int | None = None) ->
         "  accesslog:",
         "    disabled: true",
         "storage:",
-        "  filesystem:",
-        f"    rootdirectory: {root}",
+        *driver,
         "  cache:",
         "    blobdescriptor: inmemory",
         "  delete:",
@@ -314,7 +323,12 @@ def distribution_config(port: int, root: Path, debug_port: int | None = None) ->
 
 
 def start_distribution(
-    workdir: Path, *, cpus: str | None = None, name: str = "distribution"
+    workdir: Path,
+    *,
+    cpus: str | None = None,
+    name: str = "distribution",
+    storage: Sequence[str] = (),
+    env: dict[str, str] | None = None,
 ) -> tuple[ServerProcess, Target]:
     binary = shutil.which("docker-registry") or shutil.which("registry")
     if binary is None:
@@ -324,8 +338,7 @@ def start_distribution(
     home.mkdir(parents=True, exist_ok=True)
     (home / "data").mkdir(exist_ok=True)
     config = home / "config.yml"
-    config.write_text(distribution_config(port, home / "data"))
-    # OTEL/other env is irrelevant for 2.8; keep the environment as is.
-    server = ServerProcess(name, [binary, "serve", str(config)], home, cpus=cpus)
+    config.write_text(distribution_config(port, home / "data", storage=storage))
+    server = ServerProcess(name, [binary, "serve", str(config)], home, env=env, cpus=cpus)
     server.wait_ready(f"http://127.0.0.1:{port}/v2/")
     return server, Target(name, "127.0.0.1", port, "/v2/", f"127.0.0.1:{port}")
