@@ -10,6 +10,7 @@ from typing import Any
 
 from portway.config import load_settings
 from portway.proxyconf import ProxyConfigError, ProxyOptions, build_plan, render
+from portway.proxyconf.nodes import parse_nodes
 from portway.proxyconf.render import SERVERS, ProxyServer
 from portway.proxyconf.routes import DEFAULT_TIMEOUT, CertPair
 from portway.proxyconf.snippet import nginx_snippet
@@ -51,6 +52,15 @@ def register(subparsers: Any) -> None:
         metavar="URL",
         help="Portway's main listener as the proxy reaches it "
         "(default: [server] listen, 0.0.0.0 as 127.0.0.1)",
+    )
+    parser.add_argument(
+        "--nodes",
+        default=None,
+        metavar="HOST:PORT,...",
+        help="several Portway nodes (their main listeners) sharing one database and blob "
+        "store: requests go round-robin with no affinity, and the proxy checks each node's "
+        "/readyz where it can (HAProxy, Apache, Caddy); the host listener (--http-port or "
+        "--https-port) passes everything through even without [[host]] entries",
     )
     parser.add_argument(
         "--http-port", type=int, default=80, help="port for host mappings without TLS (default 80)"
@@ -116,6 +126,7 @@ def options_from_args(args: argparse.Namespace) -> ProxyOptions:
     runtime: Path | None = args.runtime_dir
     return ProxyOptions(
         upstream=args.upstream,
+        nodes=parse_nodes(args.nodes) if args.nodes is not None else (),
         certs=tuple(
             CertPair(Path(c).resolve(), Path(k).resolve()) for c, k in zip(certs, keys, strict=True)
         ),

@@ -7,6 +7,7 @@ from typing import Literal, get_args
 
 import jinja2
 
+from portway.proxyconf import nodes
 from portway.proxyconf.routes import CertPair, ProxyConfigError, ProxyPlan
 
 ProxyServer = Literal["nginx", "apache", "haproxy", "caddy"]
@@ -91,4 +92,13 @@ def render(server: ProxyServer, plan: ProxyPlan) -> str:
         options=plan.options,
         paths=runtime_paths(plan, server),
         timeout=plan.options.timeout,
+        # Apache names the nodes' balancer in its proxy targets; the others name an
+        # upstream group (nginx, HAProxy) or list the nodes (Caddy) in one place.
+        backend="balancer://portway" if plan.balanced else plan.upstream.url,
+        health={
+            "path": nodes.HEALTH_PATH,
+            "interval": nodes.HEALTH_INTERVAL,
+            "fall": nodes.HEALTH_FALL,
+            "rise": nodes.HEALTH_RISE,
+        },
     )

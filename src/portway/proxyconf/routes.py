@@ -164,6 +164,8 @@ class ProxyOptions:
     """Choices the settings file does not make: where the proxy listens, certificates, paths."""
 
     upstream: str | None = None
+    # Several nodes behind one front door, round-robin (portway.proxyconf.nodes.parse_nodes).
+    nodes: tuple[Upstream, ...] = ()
     certs: tuple[CertPair, ...] = ()
     http_port: int = 80
     https_port: int = 443
@@ -185,6 +187,16 @@ class ProxyPlan:
     @property
     def tls(self) -> bool:
         return any(listener.tls for listener in self.listeners)
+
+    @property
+    def nodes(self) -> tuple[Upstream, ...]:
+        """The Portway nodes requests go to: `--nodes`, else the one upstream."""
+        return self.options.nodes or (self.upstream,)
+
+    @property
+    def balanced(self) -> bool:
+        """Whether the proxy spreads requests over nodes (and checks their /readyz)."""
+        return bool(self.options.nodes)
 
     @property
     def sites(self) -> tuple[Site, ...]:
@@ -287,15 +299,21 @@ def build_plan(settings: Settings, options: ProxyOptions | None = None) -> Proxy
     - each `[[host]]`: a site on the host listener (`https_port` with certificates, else
       `http_port`), with the certificate whose SAN covers the name (else the first one);
     - the host listener also gets a default site passing everything through, so Portway's
-      own routing (repository paths, unknown hosts) still applies;
+      own routing (repository paths, unknown hosts) still applies; with `nodes` (a front
+      door for several nodes) that listener is there even without `[[host]]` entries;
     - on every TLS listener, certificate sites for the names of its certificates that no
       other site answers, so each name gets the certificate whose SAN covers it; the first
       certificate is the default (no SNI, or a name no certificate covers).
     """
     options = options or ProxyOptions()
-    upstream = (
-        parse_upstream(options.upstream) if options.upstream else main_listener_upstream(settings)
-    )
+    if options.nodes and options.upstream:
+        raise ProxyConfigError("give either --upstream (one node) or --nodes (several), not both")
+    if options.nodes:
+        upstream = options.nodes[0]
+    elif options.upstream:
+        upstream = parse_upstream(options.upstream)
+    else:
+        upstream = main_listener_upstream(settings)
     pairs = list(options.certs)
     certs = _certificates(pairs)
 
@@ -322,7 +340,9 @@ def build_plan(settings: Settings, options: ProxyOptions | None = None) -> Proxy
         sites.sort(key=lambda site: site.match_order)
         listeners.append(Listener(port=port, bind=bind, tls=tls is not None, sites=tuple(sites)))
 
-    if settings.host:
+    if settings.host or options.nodes:
+        # A front door for several nodes has this listener even without [[host]] entries:
+        # its default site passes everything through, so repository paths work there.
         tls_on = bool(pairs)
         port = options.https_port if tls_on else options.http_port
 
