@@ -68,6 +68,7 @@ def build_observer(ctx: AppContext) -> Observer:
         server.data_dir / "portway.db",
         server.data_dir / "storage",
         server.health_check_interval,
+        database_url=ctx.settings.database.url,
         on_result=(lambda name, c: recorder.health(name, c.writable, c.seconds))
         if recorder is not None
         else None,

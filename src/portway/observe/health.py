@@ -7,7 +7,9 @@ last results:
 
 - the database is *reachable* when a new connection opens the file and reads its schema;
   *writable* when the file and its folder accept writes and the write lock can be taken
-  within a second (held longer: "locked");
+  within a second (held longer: "locked"); with `[database] url` on PostgreSQL, reachable
+  when a new connection to the server opens, writable unless the server is a read-only
+  standby;
 - the blob store is *reachable* when its folder can be listed; *writable* when a small probe
   file can be written and removed there.
 
@@ -55,6 +57,7 @@ class Health:
     blob_root: Path
     interval: float
     on_result: Callable[[str, Check], None] | None = None
+    database_url: str = ""  # [database] url: a PostgreSQL server instead of the file
     results: dict[str, Check] = field(default_factory=dict)
     started_at: float | None = None  # time.time() of the first finished round
     _running: asyncio.Future[dict[str, Check]] | None = None
@@ -105,7 +108,11 @@ class Health:
     def _probe_all(self) -> dict[str, Check]:
         lock_wait = min(1.0, self.interval / 4)
         return {
-            "database": _timed(lambda: probe_database(self.database, lock_wait)),
+            "database": _timed(
+                lambda: probe_postgres(self.database_url, self.interval)
+                if self.database_url.startswith("postgres")
+                else probe_database(self.database, lock_wait)
+            ),
             "blob_store": _timed(lambda: probe_blob_store(self.blob_root)),
         }
 
@@ -150,6 +157,24 @@ def probe_database(path: Path, lock_wait: float) -> Check:
         return Check(True, True)
     finally:
         conn.close()
+
+
+def probe_postgres(url: str, timeout: float) -> Check:
+    """Connect to the PostgreSQL server anew and ask it whether it takes writes (a hot
+    standby, or a server in recovery, does not)."""
+    import psycopg
+
+    conninfo = "postgresql://" + url.partition("://")[2]  # no SQLAlchemy driver suffix
+    try:
+        wait = max(1, int(timeout))
+        with psycopg.connect(conninfo, connect_timeout=wait, autocommit=True) as conn:
+            row = conn.execute("SELECT pg_is_in_recovery()").fetchone()
+    except psycopg.Error as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return Check(False, False, f"cannot reach the database server: {first}")
+    if row is not None and row[0]:
+        return Check(True, False, "the database server is a read-only standby")
+    return Check(True, True)
 
 
 def probe_blob_store(root: Path) -> Check:

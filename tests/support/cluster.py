@@ -1,0 +1,240 @@
+"""Several real `portway serve` nodes sharing one database and one blob store, behind HAProxy.
+
+    with start_cluster(root, postgres_url) as cluster:   # 3 nodes, security on
+        cluster.front            # "127.0.0.1:PORT": HAProxy, round-robin, no affinity
+        cluster.nodes[1].url     # one node directly, e.g. to see what *it* answers
+        cluster.admin            # ("admin", password)
+        cluster.image("app")     # "127.0.0.1:PORT/docker-hosted/app" through the front door
+
+What the nodes share, as an operator would set it up:
+
+- metadata: one `[database] url` (PostgreSQL);
+- blobs: `[storage] type = "s3"` on a bucket when `storage=` says so (Ceph RGW); by default
+  one folder for all nodes, as `[storage] path`, and each node's `<data_dir>/storage` is a
+  link to that folder too, so nodes share blobs whether or not a release reads `path`;
+- signing keys: made once before any node starts (as `portway key rotate` would), then the
+  key folder is copied into every node's data directory (what a deployment does with its
+  configuration management).
+
+The front door's configuration is what `portway proxy-config haproxy --nodes A,B,C` prints
+for the first node's settings. Nodes start one after another: the first creates the admin
+account (and writes `admin.password`); the others find it in the database.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import requests
+
+from portway.auth.keys import KeyRing
+
+from . import toml
+from .ports import free_port
+from .process import ManagedProcess, http_answers
+from .server import DEFAULT_REPOSITORIES, PortwayServer
+
+SIZE = 3
+
+
+class ClusterNode(PortwayServer):
+    """A `PortwayServer` whose configuration also has `[database]` and `[storage]`."""
+
+    def __init__(
+        self, tmp_path: Path, *, tables: Mapping[str, Mapping[str, Any]], **kwargs: Any
+    ) -> None:
+        self.tables = {name: dict(table) for name, table in tables.items()}
+        super().__init__(tmp_path, **kwargs)
+
+    def _config(self) -> dict[str, Any]:
+        doc = super()._config()
+        doc.update(self.tables)
+        return doc
+
+    def rewrite_config(self) -> None:
+        """Write the configuration again (after changing `tables` or `security`)."""
+        self.config_path.write_text(toml.dumps(self._config()))
+
+
+def portway_cli(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    argv = [sys.executable, "-m", "portway", *args, "--config", str(config)]
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
+    if result.returncode != 0:
+        raise AssertionError(f"{argv} failed: {result.stdout}{result.stderr}")
+    return result
+
+
+@dataclass
+class Cluster:
+    root: Path
+    database_url: str
+    size: int = SIZE
+    storage: Mapping[str, Any] | None = None
+    env: Mapping[str, str] = field(default_factory=dict)
+    security: Mapping[str, Any] = field(default_factory=lambda: {"enabled": True})
+    repositories: Sequence[Mapping[str, Any]] = DEFAULT_REPOSITORIES
+    server: Mapping[str, Any] = field(default_factory=dict)
+    nodes: list[ClusterNode] = field(default_factory=list)
+    proxy: ManagedProcess | None = None
+    front_port: int = 0
+
+    def __post_init__(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.shared_blobs = self.root / "blobs"
+        self.shared_blobs.mkdir(exist_ok=True)
+        self.keys = self.root / "keys"
+        self.front_port = free_port()
+
+    # -- addresses -------------------------------------------------------------------------
+
+    @property
+    def front(self) -> str:
+        return f"127.0.0.1:{self.front_port}"
+
+    @property
+    def front_url(self) -> str:
+        return f"http://{self.front}"
+
+    def image(self, name: str, repository: str = "docker-hosted") -> str:
+        return f"{self.front}/{repository}/{name}"
+
+    @property
+    def admin(self) -> tuple[str, str]:
+        password = self.nodes[0].admin_password()
+        assert password, "the first node wrote no admin.password"
+        return "admin", password
+
+    # -- nodes -----------------------------------------------------------------------------
+
+    def storage_table(self) -> dict[str, Any]:
+        if self.storage is not None:
+            return dict(self.storage)
+        return {"type": "filesystem", "path": str(self.shared_blobs)}
+
+    def make_node(
+        self,
+        name: str,
+        *,
+        database: Mapping[str, Any] | None = None,
+        storage: Mapping[str, Any] | None = None,
+        security: Mapping[str, Any] | None = None,
+        server: Mapping[str, Any] | None = None,
+        keys: Path | None = None,
+    ) -> ClusterNode:
+        """A node of this cluster (not started); each argument overrides the shared table."""
+        tables = {
+            "database": dict(database or {"url": self.database_url}),
+            "storage": dict(storage or self.storage_table()),
+        }
+        node = ClusterNode(
+            self.root / name,
+            tables=tables,
+            repositories=self.repositories,
+            security=security or self.security,
+            server={**self.server, **(server or {})},
+            env=self.env,
+        )
+        node.data_dir.mkdir(parents=True, exist_ok=True)
+        if tables["storage"].get("type", "filesystem") == "filesystem":
+            link = node.data_dir / "storage"
+            if not link.exists():
+                link.symlink_to(Path(tables["storage"]["path"]), target_is_directory=True)
+        source = keys or self.keys
+        if source.exists():
+            shutil.copytree(source, node.data_dir / "keys", dirs_exist_ok=True)
+        return node
+
+    def start(self) -> Cluster:
+        KeyRing.in_data_dir(self.root).rotate()  # the signing key every node shares
+        self.nodes = [self.make_node(f"node{i}") for i in range(1, self.size + 1)]
+        with ThreadPoolExecutor(len(self.nodes)) as pool:
+            config = pool.submit(self.proxy_config)  # `portway proxy-config`, meanwhile
+            self.nodes[0].start()  # creates the admin account; the others find it in the database
+            for started in pool.map(lambda node: node.start(), self.nodes[1:]):
+                assert started.alive()
+            self.start_proxy(config.result())
+        return self
+
+    # -- the front door --------------------------------------------------------------------
+
+    def proxy_config(self, nodes: Sequence[PortwayServer] | None = None) -> Path:
+        run = self.root / "haproxy"
+        run.mkdir(exist_ok=True)
+        conf = run / "haproxy.cfg"
+        members = ",".join(n.host for n in (nodes or self.nodes))
+        portway_cli(
+            self.nodes[0].config_path, "proxy-config", "haproxy", "--nodes", members,
+            "--http-port", str(self.front_port), "--bind", "127.0.0.1",
+            "--runtime-dir", str(run), "--output", str(conf),
+        )
+        return conf
+
+    def start_proxy(self, conf: Path | None = None) -> None:
+        conf = conf or self.proxy_config()
+        self.proxy = ManagedProcess(["haproxy", "-db", "-f", str(conf)], conf.parent / "out.log")
+        self.proxy.start()
+        self.proxy.wait_until(
+            lambda: http_answers(f"{self.front_url}/v2/"), 30, f"HAProxy on {self.front}"
+        )
+
+    def stop_proxy(self) -> None:
+        if self.proxy is not None:
+            self.proxy.stop()
+            self.proxy = None
+
+    # -- life cycle ------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        self.stop_proxy()
+        with ThreadPoolExecutor(max(1, len(self.nodes))) as pool:
+            list(pool.map(lambda node: node.stop(), self.nodes))
+
+    def logs(self) -> str:
+        parts = [f"--- {n.root.name} ---\n{n.log()[-3000:]}" for n in self.nodes]
+        if self.proxy is not None:
+            parts.append(f"--- haproxy ---\n{self.proxy.log()[-2000:]}")
+        return "\n".join(parts)
+
+    def session(self) -> requests.Session:
+        """A requests session with the admin's Basic credentials."""
+        session = requests.Session()
+        session.auth = self.admin
+        return session
+
+
+@contextlib.contextmanager
+def start_cluster(root: Path, database_url: str, **kwargs: Any) -> Iterator[Cluster]:
+    cluster = Cluster(root, database_url, **kwargs)
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+# -- a raw registry client through the front door ----------------------------------------
+
+
+def node_of(response: requests.Response) -> str:
+    """Which node answered: the per-process prefix of Portway's X-Request-Id."""
+    return response.headers.get("X-Request-Id", "?").rpartition("-")[0]
+
+
+def token(base: str, auth: tuple[str, str], scopes: Sequence[str]) -> str:
+    """One bearer token for every scope (one password check for many pushes)."""
+    answer = requests.get(
+        f"{base}/v2/token",
+        params={"service": "portway", "scope": list(scopes)},
+        auth=auth,
+        timeout=60,
+    )
+    assert answer.status_code == 200, answer.text
+    return str(answer.json()["token"])

@@ -1,0 +1,188 @@
+"""A 3-node cluster (PostgreSQL, one blob store, HAProxy round-robin): real clients push and
+pull through the front door, and many chunked pushes at once have their requests spread over
+the nodes, every byte verified. See tests/support/cluster.py for what the nodes share."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from urllib.parse import urljoin
+
+import pytest
+import requests
+
+from support.cluster import Cluster, node_of, start_cluster, token
+from support.dockerd import Dockerd
+from support.engines import ContainerStorage, skopeo
+from support.images import OciImage, files_in_docker_archive
+from support.security import OCI_CONFIG, OCI_LAYER, OCI_MANIFEST
+
+PUSHES = 50
+CHUNK = 128 * 1024
+CHUNKS = 3
+
+
+def sha256(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory, postgres_url: str) -> Iterator[Cluster]:
+    with start_cluster(tmp_path_factory.mktemp("cluster"), postgres_url) as started:
+        yield started
+
+
+def creds(cluster: Cluster) -> str:
+    return ":".join(cluster.admin)
+
+
+def raw_manifest(ref: str, cluster: Cluster) -> bytes:
+    out = skopeo("inspect", "--raw", "--tls-verify=false", "--creds", creds(cluster), ref)
+    return out.stdout.encode()
+
+
+def test_skopeo_push_through_front_seen_by_every_node(
+    cluster: Cluster, oci_image: OciImage, tmp_path: Path
+) -> None:
+    digestfile = tmp_path / "digest"
+    skopeo(
+        "copy", "--dest-tls-verify=false", "--dest-creds", creds(cluster),
+        "--digestfile", str(digestfile), oci_image.ref, f"docker://{cluster.image('skopeo')}:v1",
+    )
+    pushed = digestfile.read_text().strip()
+    for node in cluster.nodes:
+        assert sha256(raw_manifest(f"docker://{node.image('skopeo')}:v1", cluster)) == pushed
+    out = tmp_path / "out"
+    skopeo(
+        "copy", "--src-tls-verify=false", "--src-creds", creds(cluster),
+        f"docker://{cluster.image('skopeo')}@{pushed}", f"dir:{out}",
+    )
+    manifest = json.loads((out / "manifest.json").read_bytes())
+    for layer in manifest["layers"]:
+        blob = (out / layer["digest"].removeprefix("sha256:")).read_bytes()
+        assert sha256(blob) == layer["digest"]
+
+
+def test_podman_push_pull_through_front(
+    cluster: Cluster, oci_image: OciImage, container_storage: ContainerStorage, tmp_path: Path
+) -> None:
+    podman = container_storage.podman
+    user, password = cluster.admin
+    podman("login", "--tls-verify=false", "-u", user, "-p", password, cluster.front)
+    local_id = podman("pull", "--quiet", oci_image.ref).stdout.split()[-1]
+    target = f"{cluster.image('podman')}:v1"
+    podman("tag", local_id, target)
+    digestfile = tmp_path / "digest"
+    podman("push", "--tls-verify=false", "--digestfile", str(digestfile), target)
+    pushed = digestfile.read_text().strip()
+    podman("rmi", "--force", local_id)
+    podman("pull", "--tls-verify=false", f"{cluster.image('podman')}@{pushed}")
+    archive = tmp_path / "saved.tar"
+    podman("save", "--format", "docker-archive", "-o", str(archive),
+           f"{cluster.image('podman')}@{pushed}")  # fmt: skip
+    assert files_in_docker_archive(archive) == oci_image.files
+
+
+def test_docker_push_pull_through_front(
+    cluster: Cluster, dockerd: Dockerd, oci_image: OciImage, tmp_path: Path
+) -> None:
+    user, password = cluster.admin
+    login = dockerd.docker("login", "-u", user, "--password-stdin", cluster.front,
+                           input=password)  # fmt: skip
+    assert "Login Succeeded" in login.stdout
+    target = f"{cluster.image('docker')}:v1"
+    dockerd.load_oci(oci_image.ref, target, tmp_path)
+    pushed = dockerd.docker("push", target).stdout
+    dockerd.docker("rmi", target)
+    dockerd.docker("pull", target)
+    archive = tmp_path / "saved.tar"
+    dockerd.docker("save", "-o", str(archive), target)
+    assert files_in_docker_archive(archive) == oci_image.files
+    assert "digest: sha256:" in pushed
+    dockerd.docker("logout", cluster.front)
+
+
+# -- many chunked pushes at once ----------------------------------------------------------
+
+
+def _push_chunked(cluster: Cluster, bearer: str, index: int) -> tuple[str, set[str], str]:
+    """One image whose layer goes up in PATCH chunks, each request on a new connection (so
+    HAProxy picks a node for each); returns (layer digest, nodes the upload met, manifest
+    digest)."""
+    auth = {"Authorization": f"Bearer {bearer}"}
+    base = cluster.front_url
+    name = f"docker-hosted/chunked-{index}"
+    layer = os.urandom(CHUNK * CHUNKS)
+    nodes: set[str] = set()
+    answer = requests.post(f"{base}/v2/{name}/blobs/uploads/", headers=auth, timeout=60)
+    assert answer.status_code == 202, answer.text
+    nodes.add(node_of(answer))
+    for part in range(CHUNKS):
+        body = layer[part * CHUNK : (part + 1) * CHUNK]
+        answer = requests.patch(
+            urljoin(base, answer.headers["Location"]),
+            data=body,
+            headers={**auth, "Content-Type": "application/octet-stream",
+                     "Content-Range": f"{part * CHUNK}-{(part + 1) * CHUNK - 1}"},
+            timeout=60,
+        )  # fmt: skip
+        assert answer.status_code == 202, (part, answer.status_code, answer.text)
+        nodes.add(node_of(answer))
+    location = answer.headers["Location"]
+    joiner = "&" if "?" in location else "?"
+    answer = requests.put(
+        urljoin(base, f"{location}{joiner}digest={sha256(layer)}"), headers=auth, timeout=60
+    )
+    assert answer.status_code == 201, answer.text
+    nodes.add(node_of(answer))
+    config = json.dumps({"architecture": "amd64", "os": "linux", "n": index}).encode()
+    answer = requests.post(
+        f"{base}/v2/{name}/blobs/uploads/", params={"digest": sha256(config)}, data=config,
+        headers={**auth, "Content-Type": "application/octet-stream"}, timeout=60,
+    )  # fmt: skip
+    assert answer.status_code == 201, answer.text
+    manifest = json.dumps({
+        "schemaVersion": 2, "mediaType": OCI_MANIFEST,
+        "config": {"mediaType": OCI_CONFIG, "digest": sha256(config), "size": len(config)},
+        "layers": [{"mediaType": OCI_LAYER, "digest": sha256(layer), "size": len(layer)}],
+    }).encode()  # fmt: skip
+    answer = requests.put(
+        f"{base}/v2/{name}/manifests/v1", data=manifest,
+        headers={**auth, "Content-Type": OCI_MANIFEST}, timeout=60,
+    )  # fmt: skip
+    assert answer.status_code == 201, answer.text
+    return sha256(layer), nodes, sha256(manifest)
+
+
+def test_concurrent_chunked_pushes_spread_over_nodes(cluster: Cluster) -> None:
+    # Tokens signed by whichever node the front door picked, used on every node; one token
+    # for ten images (at most 16 scopes per token request), so few password checks.
+    bearers = [
+        token(cluster.front_url, cluster.admin,
+              [f"repository:docker-hosted/chunked-{i}:pull,push" for i in range(g, g + 10)])
+        for g in range(0, PUSHES, 10)
+    ]  # fmt: skip
+    with ThreadPoolExecutor(PUSHES) as pool:
+        results = list(
+            pool.map(lambda i: _push_chunked(cluster, bearers[i // 10], i), range(PUSHES))
+        )
+    spread = sum(len(nodes) > 1 for _, nodes, _ in results)
+    every = set().union(*(nodes for _, nodes, _ in results))
+    assert len(every) == len(cluster.nodes), every
+    # Five requests per upload, round-robin among 50 at once: nearly every upload meets
+    # several nodes (all five on one node happens, rarely).
+    assert spread >= PUSHES * 0.8, [sorted(n) for _, n, _ in results]
+    for index, (layer_digest, _, manifest_digest) in enumerate(results):
+        node = cluster.nodes[index % len(cluster.nodes)]  # read back from one node directly
+        name = f"docker-hosted/chunked-{index}"
+        auth = {"Authorization": f"Bearer {bearers[index // 10]}"}
+        blob = requests.get(f"{node.url}/v2/{name}/blobs/{layer_digest}", headers=auth,
+                            timeout=60)  # fmt: skip
+        assert blob.status_code == 200 and sha256(blob.content) == layer_digest, index
+        got = requests.get(f"{node.url}/v2/{name}/manifests/v1",
+                           headers={**auth, "Accept": OCI_MANIFEST}, timeout=60)  # fmt: skip
+        assert got.status_code == 200 and sha256(got.content) == manifest_digest, index
