@@ -14,19 +14,15 @@ import pytest
 from sqlalchemy import create_engine
 
 from portway.auth.audit import AuditLog
+from portway.auth.errors import InvalidCredentials, InvalidToken, LoginLocked
+from portway.auth.grants import Grant
 from portway.auth.keys import KeyRing
 from portway.auth.passwords import FAST_TEST_PARAMS, PasswordHasher
 from portway.auth.privileges import Privilege, Role
 from portway.auth.ratelimit import LoginLimiter
 from portway.auth.scopes import parse_scopes
-from portway.auth.service import (
-    GENERATION_CHECK,
-    AuthService,
-    Grant,
-    InvalidCredentials,
-    InvalidToken,
-    LoginLocked,
-)
+from portway.auth.service import AuthService
+from portway.auth.state import GENERATION_CHECK
 from portway.auth.store import UserStore
 from portway.auth.tokens import TokenAuthority
 from portway.config import RepositoryConfig

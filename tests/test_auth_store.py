@@ -11,7 +11,9 @@ from sqlalchemy import Engine, create_engine, select
 import portway.db.auth_schema as auth_schema
 from portway.auth.passwords import FAST_TEST_PARAMS, HashParams, PasswordHasher
 from portway.auth.privileges import ACTIONS, Privilege, Role, allowed_actions
-from portway.auth.store import ADMIN_PASSWORD_FILE, StoreError, UserStore
+from portway.auth.store import UserStore
+from portway.auth.store_base import StoreError
+from portway.auth.users_store import ADMIN_PASSWORD_FILE
 from portway.db.schema import metadata
 
 HASHER = PasswordHasher(FAST_TEST_PARAMS)

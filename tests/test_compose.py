@@ -16,7 +16,7 @@ import pytest
 from aiohttp.test_utils import TestServer
 
 import portway
-from portway.auth.store import StoreError
+from portway.auth.store_base import StoreError
 from portway.compose import Portway
 from portway.config import RepositoryConfig, Settings, parse_settings
 from portway.http.app import build_app

@@ -19,7 +19,8 @@ from sqlalchemy import func, select
 from portway.auth.passwords import FAST_TEST_PARAMS, PasswordHasher
 from portway.auth.privileges import Privilege, Role
 from portway.auth.ratelimit import LoginLimiter
-from portway.auth.store import StoreError, UserStore
+from portway.auth.store import UserStore
+from portway.auth.store_base import StoreError
 from portway.db.auth_schema import security_state
 from portway.db.schema import blob_links, manifest_refs, manifests, metadata, schema_version, tags
 from portway.db.store import MetadataStore, NewManifest, open_metadata

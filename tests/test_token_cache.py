@@ -17,11 +17,13 @@ import pytest
 import requests
 from sqlalchemy import create_engine
 
+from portway.auth.errors import InvalidToken
 from portway.auth.keys import KeyRing
 from portway.auth.passwords import FAST_TEST_PARAMS, PasswordHasher
 from portway.auth.privileges import Privilege, Role
 from portway.auth.scopes import parse_scopes
-from portway.auth.service import GENERATION_CHECK, AuthService, InvalidToken
+from portway.auth.service import AuthService
+from portway.auth.state import GENERATION_CHECK
 from portway.auth.store import UserStore
 from portway.auth.tokens import TokenAuthority, TokenClaims
 from portway.config import RepositoryConfig

@@ -16,7 +16,9 @@ from portway.auth.keys import KeyRing
 from portway.auth.passwords import MAX_PASSWORD_BYTES
 from portway.auth.privileges import Role
 from portway.auth.ratelimit import LoginLimiter
-from portway.auth.store import StoreError, UserInfo, UserStore
+from portway.auth.store import UserStore
+from portway.auth.store_base import StoreError
+from portway.auth.users_store import UserInfo
 from portway.config import SecurityConfig
 
 

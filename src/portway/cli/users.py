@@ -62,7 +62,7 @@ def _run(args: argparse.Namespace, change: Callable[[Portway], object]) -> int:
     """One change through the services (which write its audit record); a refused one ends
     the command with one line and status 1."""
     from portway.auth.privileges import PrivilegeError
-    from portway.auth.store import StoreError
+    from portway.auth.store_base import StoreError
 
     with _root(args) as root:
         try:

@@ -14,11 +14,13 @@ from typing import Any
 
 from aiohttp import web
 
+from portway.auth.errors import AuthError, InvalidCredentials, LoginLocked
+from portway.auth.grants import Grant
 from portway.auth.keys import KeyFolderError
 from portway.auth.passwords import lower_thread_priority
 from portway.auth.privileges import ACTIONS, BROWSE, READ, Principal, allowed_actions
 from portway.auth.scopes import Scope, ScopeError, parse_scopes
-from portway.auth.service import AuthError, AuthService, Grant, InvalidCredentials, LoginLocked
+from portway.auth.service import AuthService
 from portway.http.concealed import concealable
 from portway.http.context import CONTEXT_KEY, AppContext
 from portway.http.forwarded import client_address, client_origin
