@@ -4,12 +4,20 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sqlalchemy import create_engine, inspect, select, text
+from sqlalchemy import Connection, create_engine, inspect, select, text
 
 from portway.auth.passwords import FAST_TEST_PARAMS, PasswordHasher
 from portway.auth.store import UserStore
 from portway.db import schema
-from portway.db.migrations import HEAD, LEGACY_STEPS, migrate
+from portway.db.migrations import AFTER_BASELINE, HEAD, LEGACY_STEPS, migrate
+
+
+def _before_alembic(conn: Connection) -> None:
+    """What a database of a release before Alembic lacks: alembic_version and the tables of
+    the revisions after the baseline."""
+    conn.execute(text("DROP TABLE alembic_version"))
+    for table in AFTER_BASELINE:
+        conn.execute(text(f"DROP TABLE {table}"))
 
 
 def test_version_1_database_gains_the_security_generation(tmp_path: Path) -> None:
@@ -19,7 +27,7 @@ def test_version_1_database_gains_the_security_generation(tmp_path: Path) -> Non
     store.add_user("alice", "pw")
     # Make it look like a database from before step 2.
     with engine.begin() as conn:
-        conn.execute(text("DROP TABLE alembic_version"))  # before Alembic
+        _before_alembic(conn)
         conn.execute(text("DROP TABLE security_state"))
         conn.execute(schema.schema_version.delete().where(schema.schema_version.c.version >= 2))
     assert migrate(engine) == HEAD
@@ -39,7 +47,7 @@ def test_version_2_database_gains_the_failed_login_counts(tmp_path: Path) -> Non
     engine = create_engine(f"sqlite:///{tmp_path / 'meta.db'}")
     migrate(engine)
     with engine.begin() as conn:
-        conn.execute(text("DROP TABLE alembic_version"))  # before Alembic
+        _before_alembic(conn)
         conn.execute(text("DROP TABLE login_failures"))
         conn.execute(schema.schema_version.delete().where(schema.schema_version.c.version >= 3))
     assert migrate(engine) == HEAD

@@ -18,6 +18,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING
 
 from portway.config import RepositoryConfig, Settings
+from portway.coordination.interfaces import Leases, Locks
 from portway.db.store import MetadataStore, open_metadata
 from portway.http.context import AllowAll, AppContext, Authorizer
 from portway.http.forwarded import TrustedProxies
@@ -54,6 +55,31 @@ class Portway:
     @cached_property
     def blobs(self) -> BlobStore:
         return BlobStore(FilesystemBackend(self.settings.server.data_dir / "storage"))
+
+    # -- coordination (ADR 0021) --------------------------------------------------------------
+
+    @property
+    def clustered(self) -> bool:
+        """Metadata in PostgreSQL: other nodes may share it, so share state through it."""
+        return self.meta.dialect.name == "postgresql"
+
+    @cached_property
+    def locks(self) -> Locks:
+        """Single flight: advisory locks on PostgreSQL, flock files on one host."""
+        if self.clustered:
+            from portway.coordination.postgres import AdvisoryLocks
+
+            return AdvisoryLocks(self.meta.read_engine)
+        from portway.coordination.flock import FileLocks
+
+        return FileLocks(self.blobs.lock_dir)
+
+    @cached_property
+    def leases(self) -> Leases:
+        """Job singletons: lease rows with a fencing token in the metadata database."""
+        from portway.coordination.leases import DatabaseLeases
+
+        return DatabaseLeases(self.meta.engine)
 
     @cached_property
     def user_store(self) -> UserStore:
@@ -97,7 +123,7 @@ class Portway:
         ports: PortBindings = {}  # the listeners' bindings, kept across rebuilds
 
         def build(settings: Settings, reuse: Mapping[str, Repository]) -> dict[str, Repository]:
-            return build_repositories(settings, self.meta, self.blobs, reuse)
+            return build_repositories(settings, self.meta, self.blobs, reuse, self.locks)
 
         def routes(settings: Settings) -> RouteTable:
             return RouteTable.from_settings(settings, ports)
@@ -207,6 +233,8 @@ class Portway:
         self.close()
 
     def close(self) -> None:
+        if "locks" in self.__dict__:
+            self.locks.close()
         if "meta" in self.__dict__:
             self.meta.close()
 

@@ -9,7 +9,7 @@ all, and a write lock held elsewhere delays only writes (see portway.db.engine).
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, Self, TypeVar
 
 from sqlalchemy import Connection, Engine
 
@@ -58,6 +58,12 @@ class StoreBase:
             self._reader = None
         self._read_engine.dispose()
         self._write_engine.dispose()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def _conn(self) -> Connection:
         if self._reader is None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from portway.config import Settings
+from portway.coordination.interfaces import Locks
 from portway.db.store import MetadataStore
 from portway.repos.base import Repository
 from portway.repos.group import GroupRepository, resolution_order
@@ -18,10 +19,12 @@ def build_repositories(
     meta: MetadataStore,
     blobs: BlobStore,
     reuse: Mapping[str, Repository] | None = None,
+    locks: Locks | None = None,
 ) -> dict[str, Repository]:
     """`reuse`: repositories already in service (registry.py); a hosted or proxy one whose
     definition is unchanged is kept as it is, with its connections and caches. Groups are
-    always made again (they hold nothing but their members)."""
+    always made again (they hold nothing but their members). `locks`: single flight of the
+    proxy repositories (flock in the blob store's lock folder when None)."""
     repos: dict[str, Repository] = {}
     for cfg in settings.repository:
         repo_id = meta.ensure_repository(cfg.name, cfg.type)
@@ -31,7 +34,7 @@ def build_repositories(
         elif cfg.type == "hosted":
             repos[cfg.name] = HostedRepository(cfg, repo_id, meta, blobs)
         elif cfg.type == "proxy":
-            repos[cfg.name] = ProxyRepository(cfg, repo_id, meta, blobs)
+            repos[cfg.name] = ProxyRepository(cfg, repo_id, meta, blobs, locks)
     members_of = {c.name: c.members for c in settings.repository if c.type == "group"}
     for cfg in settings.repository:
         if cfg.type != "group":

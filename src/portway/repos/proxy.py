@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 
 from portway.config import RepositoryConfig
+from portway.coordination.interfaces import Locks
 from portway.db.store import MetadataStore, NewManifest
 from portway.oci import mediatypes as mt
 from portway.oci.digest import Digest
@@ -36,7 +37,6 @@ from portway.repos.proxy_errors import (
 from portway.storage.blobstore import BlobStore
 from portway.upstream.breaker import BreakerState, UpstreamBreaker
 from portway.upstream.client import UpstreamRegistry
-from portway.upstream.crossworker import WorkerLock
 from portway.upstream.errors import UpstreamError
 from portway.upstream.heads import SharedHeads
 from portway.upstream.singleflight import SharedDownloads, SingleFlight
@@ -53,7 +53,12 @@ class ProxyRepository(ProxyBlobs):
     kind = "proxy"
 
     def __init__(
-        self, config: RepositoryConfig, repo_id: int, meta: MetadataStore, blobs: BlobStore
+        self,
+        config: RepositoryConfig,
+        repo_id: int,
+        meta: MetadataStore,
+        blobs: BlobStore,
+        locks: Locks | None = None,
     ) -> None:
         assert config.remote_url is not None
         self.name = config.name
@@ -67,6 +72,7 @@ class ProxyRepository(ProxyBlobs):
         self._manifest_flights: SingleFlight[tuple[str, str], Manifest] = SingleFlight()
         self._downloads: SharedDownloads[str] | None = None
         self._heads: SharedHeads | None = None
+        self._locks = locks
         self._negative: dict[tuple[str, str], float] = {}
 
     # -- plumbing ----------------------------------------------------------------------
@@ -162,7 +168,7 @@ class ProxyRepository(ProxyBlobs):
     ) -> Manifest:
         """One worker process at a time asks the upstream for a manifest; a worker that waited
         finds what the other one stored."""
-        lock = WorkerLock(self.blobs.lock_dir(), self._lock_name("m", image, reference))
+        lock = self.locks().lock(self._lock_name("m", image, reference))
         await lock.acquire()
         try:
             stored = self.meta.manifest(self.repo_id, image, reference)
@@ -172,7 +178,7 @@ class ProxyRepository(ProxyBlobs):
                 return stored
             return await self._fetch_manifest(image, reference, stored or cached)
         finally:
-            lock.release()
+            await lock.release()
 
     async def _fetch_manifest(
         self, image: str, reference: str, cached: Manifest | None

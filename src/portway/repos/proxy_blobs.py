@@ -13,6 +13,8 @@ from collections.abc import AsyncIterable
 import aiohttp
 
 from portway.config import RepositoryConfig
+from portway.coordination.flock import FileLocks
+from portway.coordination.interfaces import Locks
 from portway.db.store import MetadataStore
 from portway.oci.digest import Digest
 from portway.oci.errors import RegistryError
@@ -21,7 +23,7 @@ from portway.repos.proxy_errors import upstream_unavailable
 from portway.repos.spoolcopy import copy_growing, foreign_urls, mirror
 from portway.storage.blobstore import BlobStore
 from portway.upstream.client import UpstreamRegistry
-from portway.upstream.crossworker import SpoolNotice, WorkerLock
+from portway.upstream.crossworker import SpoolNotice
 from portway.upstream.errors import (
     UpstreamDigestMismatchError,
     UpstreamError,
@@ -44,6 +46,7 @@ class ProxyBlobs:
     blobs: BlobStore
     _downloads: SharedDownloads[str] | None
     _heads: SharedHeads | None
+    _locks: Locks | None
 
     @property
     def remote(self) -> str:
@@ -60,8 +63,14 @@ class ProxyBlobs:
 
     def heads(self) -> SharedHeads:
         if self._heads is None:
-            self._heads = SharedHeads(self.blobs.lock_dir())
+            self._heads = SharedHeads(self.blobs.lock_dir(), locks=self.locks())
         return self._heads
+
+    def locks(self) -> Locks:
+        """Single flight among workers and nodes: the coordinator's locks, else flock."""
+        if self._locks is None:
+            self._locks = FileLocks(self.blobs.lock_dir)
+        return self._locks
 
     def _lock_name(self, kind: str, *parts: str) -> str:
         key = "\0".join((str(self.repo_id), *parts))
@@ -127,9 +136,9 @@ class ProxyBlobs:
 
         async def fill(spool: Spool) -> None:
             name = self._lock_name("b", image, str(digest))
-            lock = WorkerLock(self.blobs.lock_dir(), name)
+            lock = self.locks().lock(name)
             notice = SpoolNotice(self.blobs.lock_dir(), name)
-            if not lock.try_acquire():
+            if not await lock.try_acquire():
                 await mirror(lock, notice, spool)
             try:
                 notice.withdraw()  # one left by a worker killed while it fetched
@@ -151,7 +160,7 @@ class ProxyBlobs:
                     await self._fill_foreign(url, image, digest, spool, notice)
             finally:
                 notice.withdraw()
-                lock.release()
+                await lock.release()
 
         return self.downloads().follow(key, fill)
 

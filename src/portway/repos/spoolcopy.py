@@ -7,17 +7,18 @@ import asyncio
 import json
 import os
 
-from portway.upstream.crossworker import POLL_MAX, POLL_MIN, SpoolNotice, WorkerLock
+from portway.coordination.interfaces import Lock
+from portway.upstream.crossworker import POLL_MAX, POLL_MIN, SpoolNotice
 from portway.upstream.singleflight import Spool
 
 
-async def mirror(lock: WorkerLock, notice: SpoolNotice, spool: Spool) -> None:
+async def mirror(lock: Lock, notice: SpoolNotice, spool: Spool) -> None:
     """Another worker holds `lock` and fetches the blob: copy its spool file into ours as it
     grows (our clients are served meanwhile), until the lock is ours."""
     source: int | None = None
     delay = POLL_MIN
     try:
-        while not lock.try_acquire():
+        while not await lock.try_acquire():
             if source is None:
                 source = open_noticed(notice, spool)
             moved = await copy_growing(source, spool) if source is not None else 0

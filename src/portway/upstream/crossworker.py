@@ -2,7 +2,8 @@
 
 `SingleFlight` and `SharedDownloads` share one upstream request among the requests of one
 process. Workers share nothing but the data folder, so a second layer coordinates them there:
-one `flock`'d file per key. The worker holding a key's lock fetches; the others wait (a
+one `flock`'d file per key (portway.coordination.flock; a cluster uses the `Locks` of
+portway.coordination instead). The worker holding a key's lock fetches; the others wait (a
 manifest: then read what it stored) or mirror the holder's spool file as it grows (a blob:
 their clients are served while the bytes arrive, as the holder's are).
 
@@ -12,62 +13,14 @@ request could exhaust the executor the holder needs for hashing and writing.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import fcntl
 import json
 import os
 from pathlib import Path
 
-POLL_MIN = 0.002  # seconds between looks while a holder makes progress
-POLL_MAX = 0.05  # and when nothing moved for a while
+from portway.coordination.flock import POLL_MAX, POLL_MIN, WorkerLock
 
-
-class WorkerLock:
-    """An exclusive lock on `<directory>/<name>.lock` (the folder must exist) among processes,
-    and among lock objects of one process: each holds its own descriptor. The holder removes
-    the file when it releases; an inode check after locking keeps that safe."""
-
-    def __init__(self, directory: Path, name: str) -> None:
-        self.path = directory / f"{name}.lock"
-        self._fd: int | None = None
-
-    @property
-    def held(self) -> bool:
-        return self._fd is not None
-
-    def try_acquire(self) -> bool:
-        if self._fd is not None:
-            return True
-        while True:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                os.close(fd)
-                return False
-            try:
-                same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
-            except FileNotFoundError:
-                same = False
-            if same:
-                self._fd = fd
-                return True
-            os.close(fd)  # a holder removed that file before we locked it: take a fresh one
-
-    async def acquire(self) -> None:
-        delay = POLL_MIN
-        while not self.try_acquire():
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, POLL_MAX)
-
-    def release(self) -> None:
-        if self._fd is None:
-            return
-        with contextlib.suppress(FileNotFoundError):
-            self.path.unlink()
-        os.close(self._fd)
-        self._fd = None
+__all__ = ["POLL_MAX", "POLL_MIN", "SpoolNotice", "WorkerLock"]
 
 
 class SpoolNotice:

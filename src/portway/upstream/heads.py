@@ -16,7 +16,9 @@ import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from .crossworker import WorkerLock
+from portway.coordination.flock import FileLocks
+from portway.coordination.interfaces import Locks
+
 from .singleflight import SingleFlight
 
 ANSWER_TTL = 30.0  # seconds an upstream's "this blob exists, N bytes" is reused
@@ -25,8 +27,11 @@ ANSWER_TTL = 30.0  # seconds an upstream's "this blob exists, N bytes" is reused
 class SharedHeads:
     """Upstream blob lengths, asked once per key among all workers sharing `lock_dir`."""
 
-    def __init__(self, lock_dir: Path, ttl: float = ANSWER_TTL) -> None:
+    def __init__(
+        self, lock_dir: Path, ttl: float = ANSWER_TTL, locks: Locks | None = None
+    ) -> None:
         self.lock_dir = lock_dir
+        self.locks = locks if locks is not None else FileLocks(lambda: lock_dir)
         self.ttl = ttl
         self._flights: SingleFlight[str, int | None] = SingleFlight()
 
@@ -39,7 +44,7 @@ class SharedHeads:
         return await self._flights.do(name, lambda: self._ask_once(name, ask))
 
     async def _ask_once(self, name: str, ask: Callable[[], Awaitable[int | None]]) -> int | None:
-        lock = WorkerLock(self.lock_dir, name)
+        lock = self.locks.lock(name)
         await lock.acquire()
         try:
             known = self._read(name)  # the worker that held the lock before us asked
@@ -50,7 +55,7 @@ class SharedHeads:
                 self._write(name, size)
             return size
         finally:
-            lock.release()
+            await lock.release()
 
     def _path(self, name: str) -> Path:
         return self.lock_dir / f"{name}.head"

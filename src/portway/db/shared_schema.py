@@ -1,0 +1,67 @@
+"""Tables for what the nodes of a cluster share besides images: leases, signing keys, the
+audit log and proxy repositories' upstream health (ADR 0021, ADR 0022)."""
+
+from __future__ import annotations
+
+from sqlalchemy import BigInteger, Column, Float, Index, Integer, String, Table, Text
+
+from portway.db.schema import BigId, metadata
+
+# A lease: one holder at a time for a named job; `token` grows by one at every take-over, so
+# a holder that lost the lease (paused, partitioned) can be fenced off by its old token.
+leases = Table(
+    "leases",
+    metadata,
+    Column("name", String(128), primary_key=True),
+    Column("holder", String(128), nullable=False),
+    Column("token", BigInteger, nullable=False),
+    Column("expires", Float, nullable=False),
+)
+
+# Token signing keys of a cluster: every node signs with the current one and verifies with
+# all of them. `pem` is the PKCS#8 private key; `current` marks the one that signs.
+signing_keys = Table(
+    "signing_keys",
+    metadata,
+    Column("kid", String(64), primary_key=True),
+    Column("algorithm", String(8), nullable=False),
+    Column("pem", Text, nullable=False),
+    Column("created", Float, nullable=False),
+    Column("current", Integer, nullable=False, default=0),
+)
+
+# The audit log of every node: one row per record, `record` its JSON line.
+audit_events = Table(
+    "audit_events",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("at", Float, nullable=False),
+    Column("node", String(128), nullable=False),
+    Column("event", String(64), nullable=False),
+    Column("record", Text, nullable=False),
+    Index("ix_audit_events_at", "at"),
+)
+
+# A proxy repository's circuit breaker as the node that saw the failures last left it.
+proxy_breakers = Table(
+    "proxy_breakers",
+    metadata,
+    Column("repository", String(64), primary_key=True),
+    Column("consecutive_failures", Integer, nullable=False),
+    Column("blocked_until", Float),
+    Column("last_error", Text),
+    Column("last_error_at", Float),
+    Column("node", String(128), nullable=False),
+    Column("updated", Float, nullable=False),
+)
+
+# A proxy repository's negative cache: "the upstream has no such manifest" until `expires`.
+proxy_negative = Table(
+    "proxy_negative",
+    metadata,
+    Column("repository", String(64), primary_key=True),
+    Column("image", String(255), primary_key=True),
+    Column("reference", String(160), primary_key=True),
+    Column("expires", Float, nullable=False),
+    Index("ix_proxy_negative_expires", "expires"),
+)
