@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import logging
-import os
-import subprocess
 from pathlib import Path
 
 import pytest
 
 from portway.auth.keys import KeyFolderError, KeyRing
+from support.smallfs import SmallDisk
 
 A_KID = "A" * 43  # a well-formed kid naming no real key
 
@@ -53,25 +52,19 @@ def test_no_temporary_files_left(tmp_path: Path) -> None:
 def test_failed_rotation_leaves_the_ring_as_it_was(tmp_path: Path) -> None:
     """On a real full file system (a tmpfs of a few pages, filled)."""
     folder = tmp_path / "keys"
-    folder.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=32k", "tmpfs", str(folder)], check=True)
+    disk = SmallDisk(folder, "32k")
+    disk.mount()
     try:
         ring = KeyRing(folder)
         kid = ring.current.kid
         before = {p.name: p.read_bytes() for p in folder.iterdir()}
-        fd = os.open(folder / "filler", os.O_WRONLY | os.O_CREAT, 0o600)
-        try:
-            with pytest.raises(OSError):
-                while True:
-                    os.write(fd, b"\0" * 4096)
-        finally:
-            os.close(fd)
+        disk.fill()
         with pytest.raises(KeyFolderError, match="No space left"):
             ring.rotate()
         assert ring.current.kid == kid and ring.kids() == [kid]
         after = {p.name: p.read_bytes() for p in folder.iterdir() if p.name != "filler"}
         assert after == before
-        (folder / "filler").unlink()
+        disk.free()
         assert ring.rotate() != kid  # with space again, a rotation works
     finally:
-        subprocess.run(["umount", "-l", str(folder)], check=False)
+        disk.unmount()

@@ -9,8 +9,6 @@ check intervals and back once the fault is gone.
 
 from __future__ import annotations
 
-import contextlib
-import errno
 import os
 import sqlite3
 import subprocess
@@ -22,6 +20,7 @@ import pytest
 import requests
 
 from support.server import PortwayServer
+from support.smallfs import SmallDisk
 
 INTERVAL = 1.0
 # A change shows at the next check (one interval, plus the check's own time): two intervals,
@@ -161,46 +160,10 @@ def test_held_write_lock_is_ready_but_not_writable(server: PortwayServer) -> Non
         holder.close()
 
 
-class SmallDisk:
-    """A 1 MiB tmpfs mounted on `path`; `fill()` takes every free byte."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.filler = path / "filler"
-
-    def mount(self) -> None:
-        self.path.mkdir(parents=True, exist_ok=True)
-        subprocess.run(
-            ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(self.path)],
-            check=True,
-            capture_output=True,
-        )
-
-    def fill(self) -> None:
-        fd = os.open(self.filler, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        try:
-            with contextlib.suppress(OSError):
-                while True:
-                    os.write(fd, b"\0" * 4096)
-        finally:
-            os.close(fd)
-        with pytest.raises(OSError) as raised:
-            (self.path / "probe").write_bytes(b"x" * 4096)
-        assert raised.value.errno == errno.ENOSPC
-
-    def free(self) -> None:
-        self.filler.unlink(missing_ok=True)
-        (self.path / "probe").unlink(missing_ok=True)
-
-    def unmount(self) -> None:
-        if subprocess.run(["umount", str(self.path)], capture_output=True).returncode != 0:
-            subprocess.run(["umount", "-l", str(self.path)], capture_output=True)
-
-
 def test_full_blob_store_is_ready_but_not_writable(tmp_path: Path) -> None:
     _root()
     srv = PortwayServer(tmp_path, workers=2, server={"health_check_interval": INTERVAL})
-    disk = SmallDisk(srv.data_dir / "storage")
+    disk = SmallDisk(srv.data_dir / "storage", "1m")
     disk.mount()
     try:
         srv.start(timeout=60)

@@ -4,9 +4,7 @@ half-written key behind; once space is freed and the server restarted, logins wo
 
 from __future__ import annotations
 
-import errno
 import os
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,48 +13,9 @@ import requests
 
 from support.security import cli
 from support.server import PortwayServer
+from support.smallfs import SmallDisk
 
 pytestmark = pytest.mark.slow
-
-
-class SmallDisk:
-    """A tmpfs of a few pages mounted on `path`; `fill()` takes every free byte."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.filler = path / "filler"
-
-    def mount(self) -> None:
-        self.path.mkdir(parents=True, exist_ok=True)
-        subprocess.run(
-            ["mount", "-t", "tmpfs", "-o", "size=64k,mode=0700", "tmpfs", str(self.path)],
-            check=True,
-            capture_output=True,
-        )
-
-    def fill(self) -> None:
-        fd = os.open(self.filler, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        try:
-            while True:
-                try:
-                    os.write(fd, b"\0" * 4096)
-                except OSError as exc:
-                    assert exc.errno == errno.ENOSPC, exc
-                    break
-        finally:
-            os.close(fd)
-        probe = self.path / "probe"
-        with pytest.raises(OSError):
-            probe.write_bytes(b"x" * 64)
-        probe.unlink(missing_ok=True)
-
-    def free(self) -> None:
-        self.filler.unlink(missing_ok=True)
-
-    def unmount(self) -> None:
-        done = subprocess.run(["umount", str(self.path)], capture_output=True)
-        if done.returncode != 0:
-            subprocess.run(["umount", "-l", str(self.path)], capture_output=True)
 
 
 @pytest.fixture
@@ -64,7 +23,7 @@ def server(tmp_path: Path) -> Iterator[tuple[PortwayServer, SmallDisk]]:
     if os.geteuid() != 0:
         pytest.fail("mounting a tmpfs needs root")
     srv = PortwayServer(tmp_path / "srv", security={"enabled": True})
-    disk = SmallDisk(srv.data_dir / "keys")
+    disk = SmallDisk(srv.data_dir / "keys", "64k", mode="0700")
     disk.mount()
     try:
         srv.start()

@@ -12,14 +12,18 @@ from pathlib import Path
 MiB = 1024 * 1024
 
 
+def mount_tmpfs(path: Path, size: str, *, mode: str | None = None) -> None:
+    """Mount a tmpfs of `size` (mount's words: 64k, 1m) at `path` (created), its root folder
+    with `mode` (tmpfs's own 1777 when None)."""
+    path.mkdir(parents=True, exist_ok=True)
+    options = f"size={size}" + (f",mode={mode}" if mode is not None else "")
+    subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], check=True)
+
+
 @contextmanager
 def small_fs(path: Path, size_mib: int) -> Iterator[Path]:
     """A tmpfs of `size_mib` MiB mounted at `path` (created); unmounted afterwards."""
-    path.mkdir(parents=True, exist_ok=True)
-    subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={size_mib}m,mode=0755", "tmpfs", str(path)],
-        check=True,
-    )
+    mount_tmpfs(path, f"{size_mib}m", mode="0755")
     try:
         yield path
     finally:
@@ -61,3 +65,38 @@ def free_bytes(path: Path) -> int:
 def used_bytes(path: Path) -> int:
     st = os.statvfs(path)
     return (st.f_blocks - st.f_bfree) * st.f_frsize
+
+
+class SmallDisk:
+    """A tmpfs of `size` on `path` that a test mounts, fills, frees and unmounts at the
+    moments it chooses (a server started on it before the fault, stopped before unmount)."""
+
+    def __init__(self, path: Path, size: str, *, mode: str | None = None) -> None:
+        self.path = path
+        self.size = size
+        self.mode = mode
+        self.filler = path / "filler"
+
+    def mount(self) -> None:
+        mount_tmpfs(self.path, self.size, mode=self.mode)
+
+    def fill(self) -> None:
+        """Take every free byte (checked: a new file cannot be written), with `filler`."""
+        fill(self.path, self.filler.name)
+        probe = self.path / "probe"
+        try:
+            probe.write_bytes(b"x" * 64)
+        except OSError as exc:
+            assert exc.errno == errno.ENOSPC, exc
+        else:
+            raise AssertionError(f"{self.path} still has room after filling it")
+        finally:
+            probe.unlink(missing_ok=True)
+
+    def free(self) -> None:
+        self.filler.unlink(missing_ok=True)
+
+    def unmount(self) -> None:
+        """Unmount; lazily when a process still holds a file there."""
+        if subprocess.run(["umount", str(self.path)], capture_output=True).returncode != 0:
+            subprocess.run(["umount", "-l", str(self.path)], capture_output=True)
