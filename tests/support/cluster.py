@@ -43,6 +43,7 @@ from .process import ManagedProcess, http_answers
 from .server import DEFAULT_REPOSITORIES, PortwayServer
 
 SIZE = 3
+START_TIMEOUT = 60.0  # seconds per node: several Python processes start at once on 2 cores
 
 
 class ClusterNode(PortwayServer):
@@ -157,8 +158,9 @@ class Cluster:
         self.nodes = [self.make_node(f"node{i}") for i in range(1, self.size + 1)]
         with ThreadPoolExecutor(len(self.nodes)) as pool:
             config = pool.submit(self.proxy_config)  # `portway proxy-config`, meanwhile
-            self.nodes[0].start()  # creates the admin account; the others find it in the database
-            for started in pool.map(lambda node: node.start(), self.nodes[1:]):
+            # the first creates the admin account; the others find it in the database
+            self.nodes[0].start(START_TIMEOUT)
+            for started in pool.map(lambda node: node.start(START_TIMEOUT), self.nodes[1:]):
                 assert started.alive()
             self.start_proxy(config.result())
         return self

@@ -1,0 +1,149 @@
+"""What one node changes, every node sees: a re-tag and a delete within a second, failed-login
+counts, users and roles (a reduced isolation matrix), on a 3-node cluster sharing PostgreSQL.
+Each request goes to one node directly, so the test knows which node answered."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+import requests
+
+from portway.auth.privileges import Privilege, Role
+from portway.compose import Portway
+from portway.config import load_settings
+from support.cluster import Cluster, portway_cli, start_cluster
+from support.security import OCI_MANIFEST, Client, digest_of, make_image, push_image
+from support.server import PortwayServer
+
+FAILURES = 3  # login_max_failures for the cluster
+SEEN_WITHIN = 1.0  # seconds: a change on one node is answered by every node after this
+REPOSITORIES = (
+    {"name": "docker-hosted", "type": "hosted", "path_routing": True},
+    {"name": "team-a-hosted", "type": "hosted", "path_routing": True},
+    {"name": "team-b-hosted", "type": "hosted", "path_routing": True},
+)
+ALL = frozenset({"browse", "read", "add", "edit", "delete"})
+PASSWORDS = {"alice": "alice-Secret-1", "bob": "bob-Secret-3", "limited": "limited-Secret-5"}
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory, postgres_url: str) -> Iterator[Cluster]:
+    security = {"enabled": True, "login_max_failures": FAILURES, "login_failure_window": 300}
+    with start_cluster(
+        tmp_path_factory.mktemp("cluster"), postgres_url,
+        security=security, repositories=REPOSITORIES,
+    ) as started:  # fmt: skip
+        # Roles and users through the services `portway role add` / `user add` call, in this
+        # process (each `portway` command takes seconds to start on a busy machine).
+        with Portway(load_settings(started.nodes[0].config_path)) as root:
+            for team in "ab":
+                privilege = Privilege(f"team-{team}-*", ALL)
+                root.roles.put(Role(f"team-{team}", privileges=(privilege,)), actor="test")
+            for user, roles in {"alice": ["team-a"], "bob": ["team-b"], "limited": []}.items():
+                root.users.add(user, PASSWORDS[user], roles, actor="test")
+        yield started
+
+
+def admin_client(cluster: Cluster, node: PortwayServer) -> Client:
+    user, password = cluster.admin
+    return Client(node.url, user=user, password=password)
+
+
+def until_every_node(
+    cluster: Cluster, check: Callable[[PortwayServer], bool], timeout: float = 10.0
+) -> list[float]:
+    """Seconds until each node passes `check` (asked in turn, every 20 ms)."""
+    start = time.monotonic()
+    seen: dict[int, float] = {}
+    while len(seen) < len(cluster.nodes) and time.monotonic() - start < timeout:
+        for index, node in enumerate(cluster.nodes):
+            if index not in seen and check(node):
+                seen[index] = time.monotonic() - start
+        time.sleep(0.02)
+    return [seen.get(i, float("inf")) for i in range(len(cluster.nodes))]
+
+
+def test_retag_and_delete_seen_on_every_node_within_a_second(cluster: Cluster) -> None:
+    clients = [admin_client(cluster, node) for node in cluster.nodes]
+    first, second = make_image("retag"), make_image("retag", note="second")
+    assert push_image(clients[0], "docker-hosted/retag", "t", first).status_code == 201
+    for client in clients:  # every node has answered (and may cache) the first digest
+        answer = client.get_manifest("docker-hosted/retag", "t")
+        assert answer.headers.get("Docker-Content-Digest") == first.digest
+
+    def digest_on(node: PortwayServer) -> str | None:
+        answer = clients[cluster.nodes.index(node)].get_manifest("docker-hosted/retag", "t")
+        return answer.headers.get("Docker-Content-Digest") if answer.status_code == 200 else None
+
+    moved = clients[1].put_manifest("docker-hosted/retag", "t", second.manifest)
+    assert moved.status_code == 201, moved.text
+    seen = until_every_node(cluster, lambda node: digest_on(node) == second.digest)
+    assert max(seen) <= SEEN_WITHIN, f"re-tag seen after {seen} s"
+
+    gone = clients[2].request("DELETE", f"/v2/docker-hosted/retag/manifests/{second.digest}")
+    assert gone.status_code == 202, gone.text
+    seen = until_every_node(cluster, lambda node: digest_on(node) is None)
+    assert max(seen) <= SEEN_WITHIN, f"delete seen after {seen} s"
+    for client in clients:
+        assert client.get_manifest("docker-hosted/retag", "t").status_code == 404
+
+
+def login(node: PortwayServer, user: str, password: str) -> int:
+    answer = requests.get(
+        f"{node.url}/v2/token", params={"service": "portway"}, auth=(user, password),
+        headers={"X-Forwarded-For": "198.51.100.20", "Connection": "close"}, timeout=30,
+    )  # fmt: skip
+    return answer.status_code
+
+
+def test_failed_logins_count_across_nodes(cluster: Cluster) -> None:
+    nodes = cluster.nodes
+    wrong = [login(nodes[i % 3], "limited", f"guess-{i}") for i in range(FAILURES)]
+    assert wrong == [401] * FAILURES
+    # Every node refuses from now on, the right password too: the counts are shared.
+    assert [login(node, "limited", PASSWORDS["limited"]) for node in nodes] == [429] * 3
+    unlocked = portway_cli(nodes[2].config_path, "user", "unlock", "limited")
+    assert "unlocked limited" in unlocked.stdout
+    assert [login(node, "limited", PASSWORDS["limited"]) for node in nodes] == [200] * 3
+
+
+def test_isolation_across_nodes(cluster: Cluster) -> None:
+    """A reduced matrix: each principal's outcome is the same whichever node answers, and a
+    token one node signed means the same on every other node."""
+    one, two, three = cluster.nodes
+    image = make_image("team")
+    alice = Client(one.url, user="alice", password=PASSWORDS["alice"])
+    assert push_image(alice, "team-a-hosted/app", "v1", image).status_code == 201
+    bob = Client(two.url, user="bob", password=PASSWORDS["bob"])
+    assert push_image(bob, "team-b-hosted/app", "v1", image).status_code == 201
+
+    def outcome(client: Client, name: str) -> tuple[int, str]:
+        answer = client.get_manifest(name, "v1")
+        code = "" if answer.status_code == 200 else answer.json()["errors"][0]["code"]
+        return answer.status_code, code
+
+    def fresh(node: PortwayServer, user: str | None) -> Client:  # a new login for each cell
+        return Client(node.url, user=user, password=PASSWORDS.get(user or ""))
+
+    for node in cluster.nodes:
+        assert outcome(fresh(node, "alice"), "team-a-hosted/app") == (200, ""), node.url
+        assert outcome(fresh(node, "alice"), "team-b-hosted/app") == (404, "NAME_UNKNOWN")
+        assert outcome(fresh(node, "bob"), "team-a-hosted/app") == (404, "NAME_UNKNOWN")
+        assert outcome(fresh(node, "bob"), "team-b-hosted/app") == (200, ""), node.url
+        assert outcome(fresh(node, None), "team-a-hosted/app") == (401, "UNAUTHORIZED")
+        refused = push_image(fresh(node, "bob"), "team-a-hosted/intruder", "v1",
+                             make_image("intruder"))  # fmt: skip
+        assert refused.status_code == 404, (node.url, refused.text)
+
+    # alice's token from node one, replayed unchanged on node three
+    assert alice.token is not None
+    replay = Client(three.url, token=alice.token, fixed_token=True)
+    assert outcome(replay, "team-a-hosted/app") == (200, "")
+    assert outcome(replay, "team-b-hosted/app")[0] in (401, 404)
+    pulled = replay.request("GET", f"/v2/team-a-hosted/app/blobs/{digest_of(image.layer)}")
+    assert pulled.status_code == 200 and pulled.content == image.layer
+    listed = admin_client(cluster, three).request("GET", "/v2/team-a-hosted/app/tags/list")
+    assert listed.json()["tags"] == ["v1"]
+    assert OCI_MANIFEST  # the media type the helpers push
