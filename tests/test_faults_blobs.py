@@ -103,7 +103,7 @@ def test_damaged_blobs_are_counted_and_logged_once(
     async def scenario() -> list[bool]:
         await store.ingest(_chunks(data), digest, len(data))
         seen = [await store.intact(digest, len(data))]
-        path = store.local_path(digest)
+        path = store.backend.local_path(store.blob_key(digest))
         assert path is not None
         os.truncate(path, MiB)
         seen += [await store.intact(digest, len(data)) for _ in range(3)]

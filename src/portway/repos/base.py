@@ -3,32 +3,18 @@ handlers never branch on a repository's kind."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
-from pathlib import Path
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 from portway.config import RepositoryConfig
 from portway.db.store import ManifestRow as Manifest  # digest, media type, body
 from portway.oci.digest import Digest
+from portway.storage.body import BlobBody
 
 __all__ = ["BlobBody", "Manifest", "Repository"]
 
 if TYPE_CHECKING:
     from portway.repos.hosted import HostedRepository
-    from portway.upstream.singleflight import SpoolReader
-
-
-@dataclass(frozen=True, slots=True)
-class BlobBody:
-    """A blob to send: a local file (sent with sendfile), a file still being written (a
-    proxy's cache fill, sent with sendfile as it grows), or a stream."""
-
-    digest: Digest
-    size: int
-    path: Path | None = None
-    stream: AsyncIterator[bytes] | None = None
-    growing: SpoolReader | None = None
 
 
 class Repository(Protocol):

@@ -89,11 +89,7 @@ class HostedRepository:
         return size
 
     async def open_blob(self, image: str, digest: Digest) -> BlobBody:
-        size = await self.stat_blob(image, digest)
-        path = self.blobs.local_path(digest)
-        if path is not None:
-            return BlobBody(digest=digest, size=size, path=path)
-        return BlobBody(digest=digest, size=size, stream=self.blobs.read(digest))
+        return self.blobs.body(digest, await self.stat_blob(image, digest))
 
     async def list_tags(self, image: str, last: str | None, n: int | None) -> list[str]:
         if not self.meta.image_exists(self.repo_id, image):

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-import os
 import re
 from collections.abc import AsyncIterable
 
@@ -20,7 +19,7 @@ from portway.oci.digest import Digest
 from portway.oci.errors import RegistryError
 from portway.repos.base import BlobBody
 from portway.repos.proxy_errors import upstream_unavailable
-from portway.repos.spoolcopy import copy_growing, foreign_urls, mirror
+from portway.repos.spoolcopy import foreign_urls, mirror
 from portway.storage.blobstore import BlobStore
 from portway.upstream.client import UpstreamRegistry
 from portway.upstream.crossworker import SpoolNotice
@@ -116,11 +115,8 @@ class ProxyBlobs:
 
     async def open_blob(self, image: str, digest: Digest) -> BlobBody:
         size = self.meta.blob_size(self.repo_id, image, str(digest))
-        path = self.blobs.local_path(digest)
         if size is not None and await self.blobs.intact(digest, size):
-            if path is not None:
-                return BlobBody(digest=digest, size=size, path=path)
-            return BlobBody(digest=digest, size=size, stream=self.blobs.read(digest))
+            return self.blobs.body(digest, size)
         reader = await self._follow(image, digest)
         try:
             total = await self._wait_size(reader, digest)
@@ -171,15 +167,11 @@ class ProxyBlobs:
         )
 
     async def _copy_stored(self, digest: Digest, spool: Spool) -> None:
-        path = self.blobs.local_path(digest)
-        assert path is not None  # proxy caches live on a local filesystem (spool + link)
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            if not spool.started:
-                spool.set_size(os.fstat(fd).st_size)
-            await copy_growing(fd, spool)
-        finally:
-            os.close(fd)
+        """The rest of a blob another worker cached meanwhile, read from the store."""
+        if not spool.started:
+            spool.set_size(await self.blobs.stat(digest))
+        async for chunk in self.blobs.read(digest, spool.written):
+            await spool.write(chunk)
 
     async def _wait_size(self, reader: SpoolReader, digest: Digest) -> int:
         try:

@@ -66,12 +66,11 @@ async def get(call: V2Call, digest_text: str) -> web.StreamResponse:
     range_header = call.request.headers.get("Range")
     if range_header:
         check_range(range_header, blob.size)
-    if blob.path is not None:
+    if blob.local is not None:
         if blob.size <= SMALL_BLOB and not range_header:
             # Configs and small layers: one read on the loop beats a thread-pool round trip.
             try:
-                with open(blob.path, "rb") as f:
-                    data = f.read(SMALL_BLOB + 1)
+                data = blob.local.read_small(SMALL_BLOB)
             except FileNotFoundError:
                 raise RegistryError(
                     "BLOB_UNKNOWN", f"blob {digest} is missing from storage"
@@ -79,7 +78,7 @@ async def get(call: V2Call, digest_text: str) -> web.StreamResponse:
             if len(data) != blob.size:  # changed on disk since it was checked
                 raise RegistryError("BLOB_UNKNOWN", f"blob {digest} is damaged in storage")
             return web.Response(body=data, headers=headers)
-        return _BlobFile(blob.path, headers=headers)
+        return _BlobFile(blob.local.sendfile_path(), headers=headers)
     response = web.StreamResponse(status=200, headers=headers)
     response.content_length = blob.size
     await response.prepare(call.request)

@@ -1,0 +1,52 @@
+"""BlobBody: what a repository hands the HTTP layer for a blob GET, never a path.
+
+One of: bytes to stream (`stream`), an opaque local file the HTTP layer may send with
+sendfile (`local`; only the filesystem backend makes one), a file still being written (a
+proxy's cache fill, `growing`). Where the backend can sign URLs, `presign` makes a
+time-limited one the client may fetch directly (the HTTP layer decides whether to redirect).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from portway.oci.digest import Digest
+
+if TYPE_CHECKING:
+    from portway.upstream.singleflight import SpoolReader
+
+
+class LocalFile:
+    """A blob's bytes in a file on this host: a capability for sendfile, not a path to use.
+
+    Only the HTTP edge calls `sendfile_path` (aiohttp's file response opens it); `read_small`
+    reads a small blob whole on the event loop (one read beats a thread-pool round trip)."""
+
+    __slots__ = ("_path",)
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+
+    def sendfile_path(self) -> Path:
+        return self._path
+
+    def read_small(self, limit: int) -> bytes:
+        """Up to `limit + 1` bytes; FileNotFoundError when the file went away."""
+        with open(self._path, "rb") as f:
+            return f.read(limit + 1)
+
+
+Presigner = Callable[[float], Awaitable[str | None]]
+
+
+@dataclass(frozen=True, slots=True)
+class BlobBody:
+    digest: Digest
+    size: int
+    stream: AsyncIterator[bytes] | None = None
+    local: LocalFile | None = None
+    growing: SpoolReader | None = None
+    presign: Presigner | None = None  # seconds of validity -> URL (None: cannot sign)
