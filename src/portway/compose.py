@@ -31,12 +31,14 @@ from portway.storage.blobstore import BlobStore
 from portway.storage.filesystem import FilesystemBackend
 
 if TYPE_CHECKING:
+    from portway.api.services import AdminServices
     from portway.auth.audit import AuditLog
     from portway.auth.keys import KeyRing
     from portway.auth.ratelimit import LoginLimiter
     from portway.auth.service import AuthService
     from portway.auth.services import KeyService, RoleService, UserService
     from portway.auth.store import UserStore
+    from portway.repos.admin import RepositoryAdmin
 
 
 class Portway:
@@ -128,7 +130,22 @@ class Portway:
         def routes(settings: Settings) -> RouteTable:
             return RouteTable.from_settings(settings, ports)
 
-        return RepositoryRegistry(self.settings, build, routes)
+        # The file's repositories and those made through the admin API (repos/admin.py).
+        admin = self.repository_admin
+        settings = self.settings.model_copy(update={"repository": admin.initial()})
+        registry = RepositoryRegistry(settings, build, routes)
+        registry.on_read = admin.maybe_refresh  # another worker's or node's change
+        return registry
+
+    @cached_property
+    def repository_admin(self) -> RepositoryAdmin:
+        from portway.db.repositories import DefinitionStore
+        from portway.repos.admin import RepositoryAdmin
+
+        store = DefinitionStore(self.meta.engine, self.meta.read_engine)
+        admin = RepositoryAdmin(self.settings, store, audit=self.audit)
+        admin.apply = self.apply_repositories
+        return admin
 
     async def apply_repositories(
         self, definitions: tuple[RepositoryConfig, ...]
@@ -189,6 +206,7 @@ class Portway:
             trusted=TrustedProxies(self.settings.server.trusted_proxies),
             catalog=self.catalog,
             authorizer=authorizer,
+            admin=self.admin_services,
         )
 
     # -- services --------------------------------------------------------------------------
@@ -216,6 +234,23 @@ class Portway:
         from portway.auth.services import KeyService
 
         return KeyService(self.keyring, self.audit)
+
+    @cached_property
+    def admin_services(self) -> AdminServices:
+        from portway.api.services import AdminServices
+        from portway.db.browse import BrowseQueries
+        from portway.repos.browse import TagBrowser
+
+        queries = BrowseQueries(self.meta.read_engine)
+        return AdminServices(
+            users=self.users,
+            roles=self.roles,
+            keys=self.keys,
+            repositories=self.repository_admin,
+            browse=queries,
+            tags=TagBrowser(queries),
+            audit_path=self.settings.server.data_dir / "audit.log",
+        )
 
     @cached_property
     def catalog(self) -> SharedCatalog:

@@ -20,7 +20,7 @@ from sqlalchemy.exc import DBAPIError
 from portway.db import schema
 from portway.db.dialect import dialect_for
 
-HEAD = "0002"  # the newest revision in portway/db/revisions/versions
+HEAD = "0003"  # the newest revision in portway/db/revisions/versions
 BASELINE = "0001"  # the schema the hand-made steps leave
 REVISIONS = Path(__file__).with_name("revisions")
 
@@ -41,7 +41,11 @@ def load_table_modules() -> None:
     """Import every module that declares tables on the shared metadata."""
     import importlib
 
-    for name in ("portway.db.auth_schema", "portway.db.shared_schema"):
+    for name in (
+        "portway.db.auth_schema",
+        "portway.db.shared_schema",
+        "portway.db.repositories",
+    ):
         try:
             importlib.import_module(name)
         except ModuleNotFoundError as exc:

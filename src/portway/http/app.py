@@ -62,5 +62,9 @@ def build_app(ctx: AppContext) -> web.Application:
     app[FAULTS_KEY] = FaultReport()
     app.on_response_prepare.append(add_api_version)
     install_observe(app, ctx)  # metrics, access log, health routes: before the catch-all
+    if ctx.admin is not None:
+        from portway.api.views import install as install_api
+
+        install_api(app)  # /service/rest/v1/..., /api/v1/..., /api/openapi.json
     app.router.add_route("*", "/{tail:.*}", handle)
     return app

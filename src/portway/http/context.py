@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from aiohttp import web
 
@@ -14,6 +14,9 @@ from portway.http.routing import RouteTable
 from portway.repos.base import Repository
 from portway.repos.registry import RepositoryRegistry, Snapshot
 from portway.repos.services import SharedCatalog
+
+if TYPE_CHECKING:
+    from portway.api.services import AdminServices
 
 ACTIONS = ("pull", "push", "delete")
 
@@ -68,6 +71,7 @@ class AppContext:
     trusted: TrustedProxies
     catalog: SharedCatalog  # what a shared host's `_catalog` lists
     authorizer: Authorizer = field(default_factory=AllowAll)
+    admin: AdminServices | None = None  # the admin API's services (api/, issue 13)
 
     @property
     def snapshot(self) -> Snapshot[RouteTable]:

@@ -49,9 +49,14 @@ class RepositoryRegistry(Generic[R]):
         self._build = build
         self._routes = routes
         self._current: Snapshot[R] = self._snapshot(settings, 1, {})
+        # Called at each read of the current snapshot: the admin service's cheap look at
+        # whether another worker or node changed the repositories (repos/admin.py).
+        self.on_read: Callable[[], None] | None = None
 
     @property
     def current(self) -> Snapshot[R]:
+        if self.on_read is not None:
+            self.on_read()
         return self._current
 
     @property
@@ -78,6 +83,8 @@ class RepositoryRegistry(Generic[R]):
             {
                 "server": self._settings.server,
                 "security": self._settings.security,
+                "database": self._settings.database,
+                "storage": self._settings.storage,
                 "repository": tuple(definitions),
                 "connector": self._settings.connector,
                 "host": self._settings.host,

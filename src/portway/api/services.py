@@ -1,0 +1,22 @@
+"""What the admin API's handlers call: the services of the composition root (ADR 17)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from portway.auth.services import KeyService, RoleService, UserService
+from portway.db.browse import BrowseQueries
+from portway.repos.admin import RepositoryAdmin
+from portway.repos.browse import TagBrowser
+
+
+@dataclass
+class AdminServices:
+    users: UserService
+    roles: RoleService
+    keys: KeyService
+    repositories: RepositoryAdmin
+    browse: BrowseQueries
+    tags: TagBrowser
+    audit_path: Path

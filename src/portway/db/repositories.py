@@ -1,0 +1,133 @@
+"""Repository definitions made through the admin API, stored in the metadata database.
+
+Each row is one repository's definition (the same fields as a `[[repository]]` table, as
+JSON) with a revision that moves on every change (the API's ETag). One more row,
+`repository_generation`, counts changes of the whole set: every worker and node reads it (one
+indexed row, at most every `FRESHNESS` seconds while it serves requests) and rebuilds its
+repository registry when it moved (repos/admin.py, ADR 24).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Column, Engine, Float, Integer, String, Table, Text, select, update
+
+from portway.db.schema import metadata
+
+repository_definitions = Table(
+    "repository_definitions",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("definition", Text, nullable=False),  # JSON: RepositoryConfig's fields
+    Column("revision", Integer, nullable=False),
+    Column("updated", Float, nullable=False),
+)
+
+repository_generation = Table(
+    "repository_generation",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("generation", Integer, nullable=False),
+)
+
+
+class DefinitionConflict(Exception):
+    """The stored definition is not the one the caller expected (exists, gone, or edited)."""
+
+
+@dataclass(frozen=True, slots=True)
+class StoredDefinition:
+    name: str
+    definition: dict[str, Any]
+    revision: int
+    updated: float
+
+
+class DefinitionStore:
+    def __init__(self, engine: Engine, read_engine: Engine | None = None) -> None:
+        self.engine = engine
+        self.read_engine = read_engine or engine
+
+    def generation(self) -> int:
+        with self.read_engine.connect() as conn:
+            value = conn.execute(
+                select(repository_generation.c.generation).where(repository_generation.c.id == 1)
+            ).scalar()
+        return int(value or 0)
+
+    def list(self) -> list[StoredDefinition]:
+        with self.read_engine.connect() as conn:
+            rows = conn.execute(
+                select(repository_definitions).order_by(repository_definitions.c.name)
+            ).all()
+        return [
+            StoredDefinition(r.name, json.loads(r.definition), r.revision, r.updated) for r in rows
+        ]
+
+    def _bump(self, conn: Any) -> None:
+        moved = conn.execute(
+            update(repository_generation)
+            .where(repository_generation.c.id == 1)
+            .values(generation=repository_generation.c.generation + 1)
+        )
+        if moved.rowcount == 0:
+            conn.execute(repository_generation.insert().values(id=1, generation=1))
+
+    def create(self, name: str, definition: dict[str, Any]) -> StoredDefinition:
+        now = time.time()
+        with self.engine.begin() as conn:
+            found = conn.execute(
+                select(repository_definitions.c.name).where(repository_definitions.c.name == name)
+            ).first()
+            if found is not None:
+                raise DefinitionConflict(f"repository {name!r} exists")
+            conn.execute(
+                repository_definitions.insert().values(
+                    name=name, definition=json.dumps(definition), revision=1, updated=now
+                )
+            )
+            self._bump(conn)
+        return StoredDefinition(name, definition, 1, now)
+
+    def replace(
+        self, name: str, definition: dict[str, Any], expected: int | None
+    ) -> StoredDefinition:
+        """Store a new definition; `expected`: the revision the caller saw (None: any)."""
+        now = time.time()
+        with self.engine.begin() as conn:
+            current = conn.execute(
+                select(repository_definitions.c.revision).where(
+                    repository_definitions.c.name == name
+                )
+            ).scalar()
+            if current is None:
+                raise DefinitionConflict(f"no repository {name!r}")
+            if expected is not None and current != expected:
+                raise DefinitionConflict(f"repository {name!r} changed (revision {current})")
+            conn.execute(
+                update(repository_definitions)
+                .where(repository_definitions.c.name == name)
+                .values(definition=json.dumps(definition), revision=current + 1, updated=now)
+            )
+            self._bump(conn)
+        return StoredDefinition(name, definition, current + 1, now)
+
+    def delete(self, name: str, expected: int | None) -> None:
+        with self.engine.begin() as conn:
+            current = conn.execute(
+                select(repository_definitions.c.revision).where(
+                    repository_definitions.c.name == name
+                )
+            ).scalar()
+            if current is None:
+                raise DefinitionConflict(f"no repository {name!r}")
+            if expected is not None and current != expected:
+                raise DefinitionConflict(f"repository {name!r} changed (revision {current})")
+            conn.execute(
+                repository_definitions.delete().where(repository_definitions.c.name == name)
+            )
+            self._bump(conn)

@@ -1,0 +1,259 @@
+"""Repositories created, changed and deleted while Portway runs (the admin API's service).
+
+The configuration file's `[[repository]]` tables are provisioning: applied at start, shown as
+managed by the file, and refused for change here (the file stays the truth for what it
+declares). Every other repository is a row of `repository_definitions` (db/repositories.py).
+A change is stored, then applied to this process at once; every other worker and node sees
+the set's generation move the next time it serves a request (one indexed row read at most
+every `FRESHNESS` seconds) and rebuilds its registry snapshot (ADR 17, ADR 24).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from pydantic import ValidationError
+
+from portway.auth.audit import AuditLog
+from portway.config import RepositoryConfig, Settings
+from portway.db.repositories import DefinitionConflict, DefinitionStore, StoredDefinition
+
+log = logging.getLogger("portway.repos.admin")
+
+FRESHNESS = 0.05  # seconds between two looks at the generation row, while serving
+
+
+class RepositoryRefused(ValueError):
+    """A change that cannot be made; `status` is the HTTP answer that fits."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+
+
+@dataclass(frozen=True, slots=True)
+class RepositoryEntry:
+    config: RepositoryConfig
+    managed_by: Literal["file", "api"]
+    revision: int  # 0 for the file's; the API's ETag otherwise
+
+    @property
+    def etag(self) -> str:
+        if self.managed_by == "file":
+            digest = hashlib.sha256(self.config.model_dump_json().encode()).hexdigest()
+            return f'"file-{digest[:16]}"'
+        return f'"{self.config.name}-{self.revision}"'
+
+
+def _message(exc: ValidationError | ValueError) -> str:
+    if isinstance(exc, ValidationError):
+        parts = []
+        for err in exc.errors():
+            where = ".".join(str(p) for p in err["loc"] if not isinstance(p, int))
+            msg = err["msg"].removeprefix("Value error, ")
+            parts.append(f"{where}: {msg}" if where else msg)
+        return "; ".join(parts)
+    return str(exc)
+
+
+Apply = Callable[[tuple[RepositoryConfig, ...]], Awaitable[Any]]
+
+
+class RepositoryAdmin:
+    def __init__(
+        self,
+        settings: Settings,
+        store: DefinitionStore,
+        audit: AuditLog | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.settings = settings  # the file's
+        self.file_names = frozenset(r.name for r in settings.repository)
+        self.store = store
+        self.audit = audit
+        self.clock = clock
+        self.apply: Apply | None = None  # set by the composition root
+        self._stored: dict[str, StoredDefinition] = {}
+        self._generation = -1
+        self._next_check = 0.0
+        self._lock = asyncio.Lock()
+        self._task: asyncio.Task[None] | None = None
+
+    # -- the set ---------------------------------------------------------------------------
+    def _merge(self, stored: Iterable[StoredDefinition]) -> tuple[RepositoryConfig, ...]:
+        defs = list(self.settings.repository)
+        for row in stored:
+            if row.name in self.file_names:
+                log.warning(
+                    "repository %r is declared by the file; its API definition is ignored", row.name
+                )
+                continue
+            defs.append(RepositoryConfig.model_validate(row.definition))
+        return tuple(defs)
+
+    def check(self, definitions: tuple[RepositoryConfig, ...]) -> None:
+        """Refuse a set the configuration file could not declare (unknown members, cycles)."""
+        try:
+            Settings.model_validate(
+                {
+                    "server": self.settings.server,
+                    "security": self.settings.security,
+                    "repository": definitions,
+                    "connector": self.settings.connector,
+                    "host": self.settings.host,
+                }
+            )
+        except ValidationError as exc:
+            raise RepositoryRefused(_message(exc)) from None
+
+    def initial(self) -> tuple[RepositoryConfig, ...]:
+        """What to serve at start: the file's repositories and the stored ones (the file's
+        alone, with an error in the log, when the stored ones no longer fit the file)."""
+        self._generation = self.store.generation()
+        rows = self.store.list()
+        try:
+            merged = self._merge(rows)
+            self.check(merged)
+        except (RepositoryRefused, ValidationError) as exc:
+            log.error("repositories made through the API are not served: %s", exc)
+            return self.settings.repository
+        self._stored = {r.name: r for r in rows}
+        return merged
+
+    def entries(self) -> list[RepositoryEntry]:
+        out = [RepositoryEntry(c, "file", 0) for c in self.settings.repository]
+        for row in self._stored.values():
+            if row.name not in self.file_names:
+                out.append(
+                    RepositoryEntry(
+                        RepositoryConfig.model_validate(row.definition), "api", row.revision
+                    )
+                )
+        return out
+
+    def entry(self, name: str) -> RepositoryEntry | None:
+        return next((e for e in self.entries() if e.config.name == name), None)
+
+    # -- freshness -------------------------------------------------------------------------
+    def maybe_refresh(self) -> None:
+        """Called whenever the registry is read: at most every FRESHNESS seconds, read the
+        generation; when it moved, rebuild in the background (the next requests see it)."""
+        now = self.clock()
+        if now < self._next_check or (self._task is not None and not self._task.done()):
+            return
+        self._next_check = now + FRESHNESS
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        try:
+            generation = self.store.generation()
+        except Exception as exc:  # a database away: keep serving what we have
+            log.debug("repository generation not read: %s", exc)
+            return
+        if generation != self._generation:
+            self._task = loop.create_task(self.refresh())
+
+    async def refresh(self, force: bool = False) -> None:
+        async with self._lock:
+            generation = await asyncio.to_thread(self.store.generation)
+            if generation == self._generation and not force:
+                return
+            rows = await asyncio.to_thread(self.store.list)
+            merged = self._merge(rows)
+            try:
+                self.check(merged)
+            except RepositoryRefused as exc:
+                log.error("repository change not applied: %s", exc.message)
+                self._generation = generation
+                return
+            if self.apply is not None:
+                await self.apply(merged)
+            self._stored = {r.name: r for r in rows}
+            self._generation = generation
+
+    # -- changes ---------------------------------------------------------------------------
+    def _writable(self, name: str) -> StoredDefinition:
+        if name in self.file_names:
+            raise RepositoryRefused(
+                f"repository {name!r} is managed by the configuration file; change it there "
+                "(and restart), not through the API",
+                status=409,
+            )
+        row = self._stored.get(name)
+        if row is None:
+            raise RepositoryRefused(f"no repository {name!r}", status=404)
+        return row
+
+    def _record(self, event: str, name: str, actor: str, detail: dict[str, Any]) -> None:
+        if self.audit is not None:
+            self.audit.write(event, principal=actor, repository=name, detail=detail)
+
+    async def create(self, config: RepositoryConfig, *, actor: str) -> RepositoryEntry:
+        await self.refresh()
+        name = config.name
+        if name in self.file_names or name in self._stored:
+            raise RepositoryRefused(f"repository {name!r} exists", status=409)
+        self.check((*self._merge(self._stored.values()), config))
+        try:
+            await asyncio.to_thread(self.store.create, name, config.model_dump(mode="json"))
+        except DefinitionConflict as exc:
+            raise RepositoryRefused(str(exc), status=409) from None
+        await self.refresh(force=True)
+        self._record("repository.create", name, actor, {"type": config.type})
+        entry = self.entry(name)
+        assert entry is not None
+        return entry
+
+    async def replace(
+        self, config: RepositoryConfig, *, actor: str, expected: int | None = None
+    ) -> RepositoryEntry:
+        await self.refresh()
+        name = config.name
+        row = self._writable(name)
+        if expected is not None and row.revision != expected:
+            raise RepositoryRefused(
+                f"repository {name!r} changed since it was read (revision {row.revision})", 412
+            )
+        if row.definition.get("type") != config.type:
+            raise RepositoryRefused(
+                f"repository {name!r} is {row.definition.get('type')}; delete and create it "
+                "to change its type",
+                status=400,
+            )
+        others = [c for c in self._merge(self._stored.values()) if c.name != name]
+        self.check((*others, config))
+        try:
+            await asyncio.to_thread(
+                self.store.replace, name, config.model_dump(mode="json"), expected
+            )
+        except DefinitionConflict as exc:
+            raise RepositoryRefused(str(exc), status=412 if expected else 404) from None
+        await self.refresh(force=True)
+        self._record("repository.update", name, actor, {"type": config.type})
+        entry = self.entry(name)
+        assert entry is not None
+        return entry
+
+    async def delete(self, name: str, *, actor: str, expected: int | None = None) -> None:
+        await self.refresh()
+        row = self._writable(name)
+        if expected is not None and row.revision != expected:
+            raise RepositoryRefused(
+                f"repository {name!r} changed since it was read (revision {row.revision})", 412
+            )
+        rest = tuple(c for c in self._merge(self._stored.values()) if c.name != name)
+        self.check(rest)  # a group still naming it, a connector or host pointing at it
+        try:
+            await asyncio.to_thread(self.store.delete, name, expected)
+        except DefinitionConflict as exc:
+            raise RepositoryRefused(str(exc), status=412 if expected else 404) from None
+        await self.refresh(force=True)
+        self._record("repository.delete", name, actor, {})
