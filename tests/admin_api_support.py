@@ -93,3 +93,11 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PortwayServer]:
 @pytest.fixture(scope="module")
 def admin(server: PortwayServer) -> requests.Session:
     return admin_session(server)
+
+
+def eventually(check: Callable[[], bool], within: float = 2.0) -> None:
+    """User and role changes reach every worker within a second (auth/state.py)."""
+    deadline = time.monotonic() + within
+    while not check():
+        assert time.monotonic() < deadline, "not within the time allowed"
+        time.sleep(0.05)
