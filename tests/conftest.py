@@ -22,7 +22,7 @@ from support.engines import ContainerStorage
 from support.images import MultiArchImage, OciImage, make_multiarch_layout, make_oci_layout
 from support.postgres import Postgres
 from support.process import stop_all
-from support.server import PortwayServer
+from support.server import START_TIMEOUT, PortwayServer
 
 PortwayFactory = Callable[..., PortwayServer]
 DistributionFactory = Callable[..., Distribution]
@@ -44,21 +44,34 @@ def _show_log(name: str, text: str, lines: int = 60) -> None:
     print(f"\n----- {name} log (last {lines} lines) -----\n{tail}")
 
 
+def _servers(
+    root: Path, *, start_timeout: float = START_TIMEOUT, stop_timeout: float = 10.0
+) -> Iterator[PortwayFactory]:
+    servers: list[PortwayServer] = []
+
+    def make(**kwargs: Any) -> PortwayServer:
+        server = PortwayServer(root / f"portway-{len(servers)}", **kwargs)
+        servers.append(server)
+        return server.start(start_timeout)
+
+    yield make
+    for server in servers:
+        server.stop(stop_timeout)
+        _show_log(f"portway {server.host}", server.log())
+
+
 @pytest.fixture
 def portway_factory(tmp_path: Path) -> Iterator[PortwayFactory]:
     """`portway_factory(repositories=[...], connectors=[...], hosts=[...], workers=N, ...)`
     starts a server (see `PortwayServer`); every one is stopped at teardown."""
-    servers: list[PortwayServer] = []
+    yield from _servers(tmp_path)
 
-    def make(**kwargs: Any) -> PortwayServer:
-        server = PortwayServer(tmp_path / f"portway-{len(servers)}", **kwargs)
-        servers.append(server)
-        return server.start()
 
-    yield make
-    for server in servers:
-        server.stop()
-        _show_log(f"portway {server.host}", server.log())
+@pytest.fixture
+def start_portway(tmp_path: Path) -> Iterator[PortwayFactory]:
+    """Like `portway_factory`, for tests of the worker processes: a start timeout for a busy
+    machine (spawned workers take their time) and a stop that lets a drain finish."""
+    yield from _servers(tmp_path, start_timeout=60, stop_timeout=60)
 
 
 @pytest.fixture

@@ -7,22 +7,11 @@ import http.client
 import os
 import random
 import threading
-import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from push_support import MiB, Registry, manifest_for, sha256
 
 BIG = 64 * MiB
-
-
-def wait_for(what: str, check: Callable[[], bool], timeout: float) -> float:
-    start = time.monotonic()
-    while time.monotonic() - start < timeout:
-        if check():
-            return time.monotonic() - start
-        time.sleep(0.02)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
 
 
 def push_image(reg: Registry, image: str) -> tuple[bytes, bytes, str]:

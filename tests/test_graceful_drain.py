@@ -12,8 +12,7 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 
 import pytest
 
@@ -24,29 +23,12 @@ from drain_support import (
     holder_of,
     pull_loop,
     push_image,
-    wait_for,
 )
 from push_support import Registry
 from support.server import PortwayServer
+from support.workers import listening, wait_for
 
 pytestmark = pytest.mark.slow
-
-_LISTENING_RE = re.compile(r"portway\.server\[(\d+)\]: worker \d+ listening on")
-
-
-@pytest.fixture
-def start_server(tmp_path: Path) -> Iterator[Callable[..., PortwayServer]]:
-    servers: list[PortwayServer] = []
-
-    def make(**kwargs: object) -> PortwayServer:
-        server = PortwayServer(tmp_path / f"portway-{len(servers)}", **kwargs)  # type: ignore[arg-type]
-        servers.append(server)
-        return server.start(60)
-
-    yield make
-    for server in servers:
-        server.stop(60)
-        print(server.log()[-4000:])
 
 
 def _exit_status(server: PortwayServer, timeout: float) -> int:
@@ -55,9 +37,9 @@ def _exit_status(server: PortwayServer, timeout: float) -> int:
 
 
 def test_sigterm_finishes_a_download_answers_readyz_503_then_exits_0(
-    start_server: Callable[..., PortwayServer],
+    start_portway: Callable[..., PortwayServer],
 ) -> None:
-    server = start_server(workers=1, server={"drain_timeout": 60})
+    server = start_portway(workers=1, server={"drain_timeout": 60})
     reg = Registry(server.repository_url(), timeout=60)
     _, _, big = push_image(reg, "drain/img")
     download = SlowDownload(reg, "drain/img", big)
@@ -105,9 +87,9 @@ def test_sigterm_finishes_a_download_answers_readyz_503_then_exits_0(
 
 
 def test_drain_timeout_bounds_a_download_that_stalls(
-    start_server: Callable[..., PortwayServer],
+    start_portway: Callable[..., PortwayServer],
 ) -> None:
-    server = start_server(workers=1, server={"drain_timeout": 2})
+    server = start_portway(workers=1, server={"drain_timeout": 2})
     reg = Registry(server.repository_url(), timeout=60)
     _, _, big = push_image(reg, "drain/stall")
     download = SlowDownload(reg, "drain/stall", big)  # never told to go on: reads 1 MiB only
@@ -128,11 +110,11 @@ def test_drain_timeout_bounds_a_download_that_stalls(
 
 
 def test_rolling_restart_of_two_workers_under_load_fails_no_request(
-    start_server: Callable[..., PortwayServer],
+    start_portway: Callable[..., PortwayServer],
 ) -> None:
-    server = start_server(workers=2, server={"drain_timeout": 120})
-    wait_for("two workers", lambda: len(_LISTENING_RE.findall(server.log())) >= 2, 60)
-    old = [int(p) for p in _LISTENING_RE.findall(server.log())]
+    server = start_portway(workers=2, server={"drain_timeout": 120})
+    wait_for("two workers", lambda: len(listening(server)) >= 2, 60)
+    old = listening(server)
     reg = Registry(server.repository_url(), timeout=60)
     manifest, layer, big = push_image(reg, "rolling/img")
 
@@ -183,7 +165,7 @@ def test_rolling_restart_of_two_workers_under_load_fails_no_request(
     assert served > 50
     assert all(s.ok > 0 for s in stats)
     assert not any(_alive(p) for p in old)
-    new = [int(p) for p in _LISTENING_RE.findall(server.log())][2:]
+    new = listening(server)[2:]
     assert len(new) == 2 and all(_alive(p) for p in new), new
     log = server.log()
     assert "was killed" not in log and "did not stop" not in log, log[-4000:]
@@ -199,11 +181,11 @@ def _alive(pid: int) -> bool:
 
 
 def test_a_kept_alive_connection_goes_on_after_a_blob_download(
-    start_server: Callable[..., PortwayServer],
+    start_portway: Callable[..., PortwayServer],
 ) -> None:
     # The rolling restart's kept-alive clients found this: the access-log middleware sent a
     # blob's file, aiohttp then prepared it a second time and dropped the connection.
-    server = start_server(workers=1)
+    server = start_portway(workers=1)
     reg = Registry(server.repository_url(), timeout=60)
     manifest, layer, _ = push_image(reg, "keepalive/img")
     stop = threading.Event()

@@ -10,40 +10,18 @@ import re
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 
 from push_support import MiB, Registry, manifest_for, proc_stat, sha256
 from support.server import PortwayServer
+from support.workers import listening, wait_for
 
 pytestmark = pytest.mark.slow
 
-_WORKER_RE = re.compile(r"portway\.server\[(\d+)\]: worker \d+ listening on")
 _SERVED_RE = re.compile(r"portway\.access\[(\d+)\]: ")
-
-
-@pytest.fixture
-def start_server(tmp_path: Path) -> Iterator[Callable[..., PortwayServer]]:
-    """Like `portway_factory`, with a start timeout for a busy machine (spawned workers)."""
-    servers: list[PortwayServer] = []
-
-    def make(**kwargs: object) -> PortwayServer:
-        server = PortwayServer(tmp_path / f"portway-{len(servers)}", **kwargs)  # type: ignore[arg-type]
-        servers.append(server)
-        return server.start(60)
-
-    yield make
-    for server in servers:
-        server.stop()
-        print(server.log()[-3000:])
-
-
-def _listening(server: PortwayServer) -> list[int]:
-    """Worker pids in the order they reported listening."""
-    return [int(p) for p in _WORKER_RE.findall(server.log())]
 
 
 def _alive(pid: int) -> bool:
@@ -51,19 +29,10 @@ def _alive(pid: int) -> bool:
     return stat is not None and stat[0] != "Z"
 
 
-def _wait(what: str, check: Callable[[], bool], timeout: float) -> float:
-    start = time.monotonic()
-    while time.monotonic() - start < timeout:
-        if check():
-            return time.monotonic() - start
-        time.sleep(0.02)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-
-
 def _kill(pid: int) -> float:
     """SIGKILL `pid` and wait until it is gone (its sockets closed); returns that moment."""
     os.kill(pid, signal.SIGKILL)
-    _wait(f"worker {pid} to die", lambda: not _alive(pid), 10)
+    wait_for(f"worker {pid} to die", lambda: not _alive(pid), 10)
     return time.monotonic()
 
 
@@ -109,11 +78,11 @@ def _push_image(reg: Registry, image: str) -> tuple[bytes, bytes]:
 
 
 def test_a_killed_worker_is_replaced_while_the_other_keeps_serving(
-    start_server: Callable[..., PortwayServer],
+    start_portway: Callable[..., PortwayServer],
 ) -> None:
-    server = start_server(workers=2, server={"log_level": "debug"})
-    _wait("two workers", lambda: len(_listening(server)) >= 2, 30)
-    victim, survivor = _listening(server)[:2]
+    server = start_portway(workers=2, server={"log_level": "debug"})
+    wait_for("two workers", lambda: len(listening(server)) >= 2, 30)
+    victim, survivor = listening(server)[:2]
     reg = Registry(server.repository_url(), timeout=30)
     manifest, blob = _push_image(reg, "supervised/img")
 
@@ -132,11 +101,11 @@ def test_a_killed_worker_is_replaced_while_the_other_keeps_serving(
         log_mark = len(server.log())
 
         def replacement_served() -> bool:
-            pids = set(_listening(server)) - {victim, survivor}
+            pids = set(listening(server)) - {victim, survivor}
             served = {int(p) for p in _SERVED_RE.findall(server.log()[log_mark:])}
             return bool(pids & served)
 
-        took = _wait("a replacement worker to serve a request", replacement_served, 60)
+        took = wait_for("a replacement worker to serve a request", replacement_served, 60)
         time.sleep(2)  # and go on a little with both
     finally:
         stop.set()
@@ -159,22 +128,22 @@ def test_a_killed_worker_is_replaced_while_the_other_keeps_serving(
     assert len(failed_in_flight) <= len(threads), failed_in_flight
     assert len(after) > 20
     assert _alive(survivor)
-    replacements = set(_listening(server)) - {victim, survivor}
-    assert len(replacements) == 1, _listening(server)
+    replacements = set(listening(server)) - {victim, survivor}
+    assert len(replacements) == 1, listening(server)
     assert "was killed by SIGKILL" in server.log()
 
     # a clean stop still stops everything, with status 0
     workers = [survivor, *replacements]
     assert server.stop(30) == 0  # a graceful stop on a busy machine may take a while
-    _wait("workers to exit", lambda: not any(_alive(p) for p in workers), 15)
+    wait_for("workers to exit", lambda: not any(_alive(p) for p in workers), 15)
 
 
 def test_workers_dying_right_after_start_make_serve_exit_non_zero(
-    start_server: Callable[..., PortwayServer],
+    start_portway: Callable[..., PortwayServer],
 ) -> None:
-    server = start_server(workers=2)
-    _wait("two workers", lambda: len(_listening(server)) >= 2, 30)
-    victim, survivor = _listening(server)[:2]
+    server = start_portway(workers=2)
+    wait_for("two workers", lambda: len(listening(server)) >= 2, 30)
+    victim, survivor = listening(server)[:2]
     reg = Registry(server.repository_url(), timeout=10)
     killed = [victim]
     _kill(victim)
@@ -186,7 +155,7 @@ def test_workers_dying_right_after_start_make_serve_exit_non_zero(
         except OSError:  # only once the parent has given up and stops the survivor
             assert "giving up" in server.log(), server.log()[-3000:]
             break
-        fresh = [p for p in _listening(server) if p not in killed and p != survivor]
+        fresh = [p for p in listening(server) if p not in killed and p != survivor]
         for pid in fresh:
             killed.append(pid)
             if _alive(pid):
@@ -198,4 +167,4 @@ def test_workers_dying_right_after_start_make_serve_exit_non_zero(
     assert status != 0, log[-3000:]
     assert "giving up" in log, log[-3000:]
     assert len(killed) == 5, (killed, log[-3000:])
-    _wait("the survivor to stop", lambda: not _alive(survivor), 15)
+    wait_for("the survivor to stop", lambda: not _alive(survivor), 15)

@@ -15,6 +15,8 @@ import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
+START_MARK = "=== start: "  # written to the log before each start, then the command
+
 
 class ProcessError(RuntimeError):
     """A helper process failed to start or to become ready; the message carries its log."""
@@ -62,7 +64,7 @@ class ManagedProcess:
             raise ProcessError(f"already running: {self.argv[0]} (pid {self.pid})")
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as log:
-            log.write(f"\n=== start: {' '.join(self.argv)}\n".encode())
+            log.write(f"\n{START_MARK}{' '.join(self.argv)}\n".encode())
             log.flush()
             self.proc = subprocess.Popen(
                 self.argv,
