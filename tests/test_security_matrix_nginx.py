@@ -3,16 +3,14 @@ must not change who may do what, and challenges must name the proxy's address.""
 
 from __future__ import annotations
 
-import shutil
-import subprocess
-import sys
 from collections.abc import Iterator
 
 import pytest
 
 from conceal_support import RecordingClient
+from support.nginx import nginx_binary, start_nginx
 from support.ports import free_port
-from support.process import ManagedProcess, port_open
+from support.process import ManagedProcess
 from support.security import parse_challenge, push_image
 from support.server import PortwayServer
 from test_security_matrix import (
@@ -53,16 +51,9 @@ class NginxEnv(Env):
         )
 
 
-def _nginx() -> str:
-    found = shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin:/sbin")
-    if found is None:
-        pytest.fail("nginx is not installed (scripts/install-test-deps.sh)")
-    return found
-
-
 @pytest.fixture(scope="module")
 def nginx_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NginxEnv]:
-    binary = _nginx()
+    nginx_binary()  # before anything is started
     root = tmp_path_factory.mktemp("security-nginx")
     repos = [r for r in team_repositories() if r["name"] in NGINX_REPOS]
     server = PortwayServer(
@@ -74,41 +65,11 @@ def nginx_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NginxEnv]:
     )
     server.start()
     http_port = free_port()
-    run_dir = root / "run"
-    run_dir.mkdir()
-    conf = root / "nginx.conf"
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "portway",
-            "proxy-config",
-            "nginx",
-            "--config",
-            str(server.config_path),
-            "--runtime-dir",
-            str(run_dir),
-            "--http-port",
-            str(http_port),
-            "--bind",
-            "127.0.0.1",
-            "--output",
-            str(conf),
-        ],
-        check=True,
-        capture_output=True,
-        timeout=60,
-    )
-    proxy = ManagedProcess(
-        [binary, "-c", str(conf), "-e", str(run_dir / "startup.log"), "-g", "daemon off;"],
-        run_dir / "nginx.out",
-        cwd=root,
-    )
-    proxy.start()
+    ports = [server.connector_port(i) for i in range(len(NGINX_REPOS))] + [http_port]
+    options = ("--http-port", str(http_port), "--bind", "127.0.0.1")
+    proxy: ManagedProcess | None = None
     try:
-        ports = [server.connector_port(i) for i in range(len(NGINX_REPOS))] + [http_port]
-        for port in ports:
-            proxy.wait_until(lambda p=port: port_open("127.0.0.1", p), 30, f"nginx on {port}")
+        proxy = start_nginx(server.config_path, root, ports, *options)
         add_principals(server)
         environment = NginxEnv(server, http_port)
         for team in TEAMS:
@@ -116,8 +77,10 @@ def nginx_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NginxEnv]:
             assert push_image(seeder, "base", "v1", BASE[team]).status_code == 201
         yield environment
     finally:
-        proxy.stop()
+        if proxy is not None:
+            proxy.stop()
         server.stop()
+        conf = root / "nginx.conf"
         print(conf.read_text() if conf.exists() else "(no nginx config)")
         print(server.log()[-3000:])
 

@@ -7,9 +7,6 @@ probe those ports.
 
 from __future__ import annotations
 
-import shutil
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -17,49 +14,13 @@ import pytest
 
 from support.engines import skopeo
 from support.images import OciImage
+from support.nginx import start_nginx
 from support.ports import free_ports
-from support.process import ManagedProcess, port_open
 from support.server import PortwayServer
 
 pytestmark = pytest.mark.slow
 
 PUSH_REPO, PULL_REPO = "docker-hosted-project", "docker-group-project"
-
-
-def _nginx() -> str:
-    path = shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin:/sbin")
-    if path is None:
-        pytest.fail("nginx is not installed (scripts/install-test-deps.sh)")
-    return path
-
-
-def _start_nginx(server: PortwayServer, root: Path, ports: list[int]) -> ManagedProcess:
-    runtime = root / "run"
-    runtime.mkdir(parents=True)
-    conf = root / "nginx.conf"
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "portway",
-            "proxy-config",
-            "nginx",
-            "--config",
-            str(server.config_path),
-            "--runtime-dir",
-            str(runtime),
-            "--output",
-            str(conf),
-        ],
-        check=True,
-        capture_output=True,
-        timeout=60,
-    )
-    argv = [_nginx(), "-c", str(conf), "-e", str(runtime / "startup.log"), "-g", "daemon off;"]
-    proc = ManagedProcess(argv, runtime / "nginx.out", cwd=root)
-    proc.start()
-    proc.wait_until(lambda: all(port_open("127.0.0.1", p) for p in ports), 30, f"ports {ports}")
-    return proc
 
 
 def _push_and_pull(
@@ -101,7 +62,7 @@ def test_two_workers_start_and_restart_while_nginx_holds_the_connector_ports(
             {"listen": f"127.0.0.1:{pull_port}", "repository": PULL_REPO, "served_by": "proxy"},
         ],
     )
-    nginx = _start_nginx(server, tmp_path / "nginx", [push_port, pull_port])
+    nginx = start_nginx(server.config_path, tmp_path / "nginx", [push_port, pull_port])
     try:
         server.start(60)  # nginx first, as after a reboot where it came up before Portway
         _push_and_pull(oci_image, tmp_path, push_port, pull_port, "v1")
