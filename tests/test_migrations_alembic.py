@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 import threading
+from asyncio import run
 from pathlib import Path
 
 from alembic.autogenerate import compare_metadata
@@ -48,13 +49,13 @@ def test_database_made_before_alembic_upgrades_in_place(tmp_path: Path) -> None:
             versions = [r[0] for r in conn.execute(select(schema_version.c.version))]
         assert sorted(versions) == [1, 2, 3]
         repo = store.ensure_repository("docker-hosted", "hosted")
-        tagged = store.manifest_by_tag(repo, "app", "latest")
+        tagged = run(store.manifest_by_tag(repo, "app", "latest"))
         assert tagged is not None and tagged.digest == "sha256:" + "1" * 64
-        assert store.list_tags(repo, "app", None, None) == ["latest", "v1"]
-        assert store.blob_size(repo, "app", "sha256:" + "a" * 64) == 1234
-        assert store.references(repo, "app", "sha256:" + "a" * 64)
-        assert store.get_upload("0f0f0f0f-0000-4000-8000-000000000000") is not None
-        assert store.image_descriptions(repo) == {"app": "old"}
+        assert run(store.list_tags(repo, "app", None, None)) == ["latest", "v1"]
+        assert run(store.blob_size(repo, "app", "sha256:" + "a" * 64)) == 1234
+        assert run(store.references(repo, "app", "sha256:" + "a" * 64))
+        assert run(store.get_upload("0f0f0f0f-0000-4000-8000-000000000000")) is not None
+        assert run(store.image_descriptions(repo)) == {"app": "old"}
         users = UserStore(store.engine, PasswordHasher(FAST_TEST_PARAMS))
         assert users.authenticate("alice", "correct horse") is not None
         with store.read_engine.connect() as conn:

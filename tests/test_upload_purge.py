@@ -33,7 +33,7 @@ def test_purge_keeps_sessions_still_receiving_data(tmp_path: Path) -> None:
         # Both session rows are "old"; only one data file is.
         purged = await _purge_with_old_rows(repo, meta, max_age=60)
         assert purged == 1
-        assert meta.get_upload(old.id) is None
+        assert await meta.get_upload(old.id) is None
         assert not (tmp_path / "storage" / "uploads" / old.id).exists()
         state = await repo.upload_state("app", busy.id)
         assert state.offset == 10

@@ -1,24 +1,36 @@
-"""The metadata store's plumbing: engines, the writer thread, the read connection, the cache.
+"""The metadata store's plumbing: engines, the writer thread, reads, the read cache.
 
-Reads run inline (indexed lookups of microseconds on SQLite, one connection per process, WAL
-snapshots that never wait for a writer); writes run in the store's writer thread, each in one
-transaction (`BEGIN IMMEDIATE` on SQLite), so a manifest and its tags change together or not at
-all, and a write lock held elsewhere delays only writes (see portway.db.engine).
+Writes run in the store's writer thread, each in one transaction (`BEGIN IMMEDIATE` on
+SQLite), so a manifest and its tags change together or not at all, and a write lock held
+elsewhere delays only writes (see portway.db.engine).
+
+Reads are coroutines. On SQLite they run inline on the event loop (indexed lookups of
+microseconds on a local file, one connection per process, WAL snapshots that never wait for a
+writer: a thread hop would cost more than the query). On PostgreSQL a query is a network
+round trip, so reads run in a pool of `[database] pool_size` threads, each with a connection
+of its own, and the event loop never waits for the database (ADR 0021). Hot lookups are
+cached in process and checked against the change signal on the loop (portway.db.notify), so a
+cached answer costs no thread hop and no round trip on either database.
 """
 
 from __future__ import annotations
 
+import asyncio
+import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Self, TypeVar
 
 from sqlalchemy import Connection, Engine
 
 from portway.db.dialect import Dialect, dialect_for
 from portway.db.engine import DEFAULT_BUSY_TIMEOUT, Writer
+from portway.db.notify import change_signal, notify_change
 
 T = TypeVar("T")
 
 CACHE_ENTRIES = 20000
+DEFAULT_READ_THREADS = 10
 
 
 class StoreBase:
@@ -27,18 +39,25 @@ class StoreBase:
         read_engine: Engine,
         write_engine: Engine,
         busy_timeout: float = DEFAULT_BUSY_TIMEOUT,
+        read_threads: int = DEFAULT_READ_THREADS,
     ) -> None:
         self._read_engine = read_engine
         self._write_engine = write_engine
         self.dialect: Dialect = dialect_for(write_engine)
         self._writer = Writer(write_engine, busy_timeout)
         self._reader: Connection | None = None
-        # Hot lookups (manifest by tag or digest, blob link size) cached in process. The cache
-        # is dropped whenever the database changed since the last look — the dialect's change
-        # token, on SQLite `data_version`, moves on any commit by another connection: this
-        # process's writer or another worker — so a cached answer is never staler than the
-        # database. A dialect without a token (None) caches nothing.
-        self._cache: dict[tuple[object, ...], Any] = {}
+        self._inline = self.dialect.name == "sqlite"
+        self._read_pool: ThreadPoolExecutor | None = None
+        self._read_threads = read_threads
+        self._local = threading.local()
+        self._thread_conns: list[Connection] = []
+        self._conns_lock = threading.Lock()
+        # Hot lookups (manifest by tag or digest, blob link size) cached in process. Each entry
+        # carries the change token seen before its query; it is used only while the token is
+        # unchanged, so a cached answer is never staler than the signal (data_version on one
+        # host, LISTEN/NOTIFY in a cluster). A token of None caches nothing.
+        self._signal = change_signal(write_engine, self._conn)
+        self._cache: dict[tuple[object, ...], tuple[object, Any]] = {}
         self._data_version: object = None
 
     @property
@@ -53,6 +72,11 @@ class StoreBase:
 
     def close(self) -> None:
         self._writer.close()
+        self._signal.close()
+        if self._read_pool is not None:
+            self._read_pool.shutdown(wait=True)
+        for conn in self._thread_conns:
+            conn.close()
         if self._reader is not None:
             self._reader.close()
             self._reader = None
@@ -66,28 +90,60 @@ class StoreBase:
         self.close()
 
     def _conn(self) -> Connection:
+        """The read connection of the event loop's thread (SQLite; also the CLI's reads)."""
         if self._reader is None:
             self._reader = self._read_engine.connect()
         return self._reader
 
-    def _one(self, stmt: Any) -> Any:
-        return self._conn().execute(stmt).first()
+    def read_now(self, fn: Callable[[Connection], T]) -> T:
+        """Run a read in the calling thread (CLI commands, start-up): not on a serving loop."""
+        return fn(self._conn())
 
-    def _cached(self, key: tuple[object, ...], load: Callable[[], T]) -> T:
-        version = self.dialect.change_token(self._conn())
-        if version is None or version != self._data_version:
+    async def _read(self, fn: Callable[[Connection], T]) -> T:
+        if self._inline:
+            return fn(self._conn())
+        if self._read_pool is None:
+            self._read_pool = ThreadPoolExecutor(
+                max_workers=self._read_threads, thread_name_prefix="portway-db-read"
+            )
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._read_pool, self._in_thread, fn)
+
+    def _in_thread(self, fn: Callable[[Connection], T]) -> T:
+        conn: Connection | None = getattr(self._local, "conn", None)
+        if conn is None or conn.invalidated or conn.closed:
+            conn = self._read_engine.connect()
+            self._local.conn = conn
+            with self._conns_lock:
+                self._thread_conns.append(conn)
+        return fn(conn)
+
+    async def _one(self, stmt: Any) -> Any:
+        return await self._read(lambda conn: conn.execute(stmt).first())
+
+    async def _cached(self, key: tuple[object, ...], load: Callable[[Connection], T]) -> T:
+        version = self._signal.token()
+        if version != self._data_version:
             self._cache.clear()
             self._data_version = version
-        try:
-            return self._cache[key]  # type: ignore[no-any-return]
-        except KeyError:
-            pass
-        value = load()
+        if version is not None:
+            entry = self._cache.get(key)
+            if entry is not None and entry[0] == version:
+                return entry[1]  # type: ignore[no-any-return]
+        value = await self._read(load)
         if version is not None:
             if len(self._cache) >= CACHE_ENTRIES:
                 self._cache.clear()
-            self._cache[key] = value
+            self._cache[key] = (version, value)
         return value
 
     async def _write(self, fn: Callable[[Connection], T]) -> T:
-        return await self._writer.run(fn)
+        def run(conn: Connection) -> T:
+            result = fn(conn)
+            notify_change(conn)
+            return result
+
+        try:
+            return await self._writer.run(run)
+        finally:
+            self._signal.written()

@@ -15,24 +15,22 @@ from portway.db.schema import blob_links, manifest_refs, uploads
 
 
 class BlobStore(StoreBase):
-    def blob_size(self, repo_id: int, image: str, digest: str) -> int | None:
-        return self._cached(
-            ("b", repo_id, image, digest), lambda: self._blob_size(repo_id, image, digest)
+    async def blob_size(self, repo_id: int, image: str, digest: str) -> int | None:
+        stmt = select(blob_links.c.size).where(
+            blob_links.c.repo_id == repo_id,
+            blob_links.c.image == image,
+            blob_links.c.digest == digest,
         )
 
-    def _blob_size(self, repo_id: int, image: str, digest: str) -> int | None:
-        row = self._one(
-            select(blob_links.c.size).where(
-                blob_links.c.repo_id == repo_id,
-                blob_links.c.image == image,
-                blob_links.c.digest == digest,
-            )
-        )
-        return None if row is None else int(row[0])
+        def load(conn: Connection) -> int | None:
+            row = conn.execute(stmt).first()
+            return None if row is None else int(row[0])
 
-    def references(self, repo_id: int, image: str, digest: str) -> bool:
+        return await self._cached(("b", repo_id, image, digest), load)
+
+    async def references(self, repo_id: int, image: str, digest: str) -> bool:
         """Whether a manifest stored in this image references `digest` (config, layer, child)."""
-        row = self._one(
+        row = await self._one(
             select(manifest_refs.c.manifest)
             .where(
                 manifest_refs.c.repo_id == repo_id,
@@ -43,18 +41,20 @@ class BlobStore(StoreBase):
         )
         return row is not None
 
-    def _missing(self, table: Any, repo_id: int, image: str, digests: Sequence[str]) -> list[str]:
+    async def _missing(
+        self, table: Any, repo_id: int, image: str, digests: Sequence[str]
+    ) -> list[str]:
         """The digests of `digests` that `table` has no row for in this image."""
         if not digests:
             return []
         stmt = select(table.c.digest).where(
             table.c.repo_id == repo_id, table.c.image == image, table.c.digest.in_(set(digests))
         )
-        have = {r[0] for r in self._conn().execute(stmt)}
+        have = await self._read(lambda conn: {r[0] for r in conn.execute(stmt)})
         return [d for d in digests if d not in have]
 
-    def missing_blobs(self, repo_id: int, image: str, digests: Sequence[str]) -> list[str]:
-        return self._missing(blob_links, repo_id, image, digests)
+    async def missing_blobs(self, repo_id: int, image: str, digests: Sequence[str]) -> list[str]:
+        return await self._missing(blob_links, repo_id, image, digests)
 
     async def link_blob(self, repo_id: int, image: str, digest: str, size: int) -> None:
         dialect = self.dialect
@@ -84,8 +84,8 @@ class BlobStore(StoreBase):
             )
         )
 
-    def get_upload(self, upload_id: str) -> UploadRow | None:
-        row = self._one(select(uploads).where(uploads.c.id == upload_id))
+    async def get_upload(self, upload_id: str) -> UploadRow | None:
+        row = await self._one(select(uploads).where(uploads.c.id == upload_id))
         return (
             None
             if row is None
@@ -109,10 +109,10 @@ class BlobStore(StoreBase):
             lambda conn: conn.execute(delete(uploads).where(uploads.c.id == upload_id))
         )
 
-    def expired_uploads(self, older_than: float) -> list[str]:
+    async def expired_uploads(self, older_than: float) -> list[str]:
         """Sessions opened before `older_than` (their data may have been written since)."""
         stmt = select(uploads.c.id).where(uploads.c.created < older_than)
-        return [r[0] for r in self._conn().execute(stmt)]
+        return await self._read(lambda conn: [r[0] for r in conn.execute(stmt)])
 
 
 def link(

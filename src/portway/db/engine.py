@@ -105,12 +105,15 @@ def postgres_url(url: str) -> str:
 
 
 def postgres_engines(
-    url: str, busy_timeout: float = DEFAULT_BUSY_TIMEOUT
+    url: str, busy_timeout: float = DEFAULT_BUSY_TIMEOUT, pool_size: int = 10
 ) -> tuple[Engine, Engine]:
     """A read engine (autocommit statements) and a write engine (READ COMMITTED transactions,
-    lock waits bounded by the busy timeout) on one PostgreSQL database."""
+    lock waits bounded by the busy timeout) on one PostgreSQL database. `pool_size`: the read
+    engine's connections (one per read thread, plus the lock connection)."""
     target = postgres_url(url)
-    read = create_engine(target, isolation_level="AUTOCOMMIT", pool_pre_ping=True)
+    read = create_engine(
+        target, isolation_level="AUTOCOMMIT", pool_pre_ping=True, pool_size=pool_size + 1
+    )
     write = create_engine(target, pool_pre_ping=True)
     for engine in (read, write):
         event.listen(engine, "handle_error", _translate_pg)
@@ -124,14 +127,16 @@ def postgres_engines(
     return read, write
 
 
-def engines_for(url: str, busy_timeout: float = DEFAULT_BUSY_TIMEOUT) -> tuple[Engine, Engine]:
+def engines_for(
+    url: str, busy_timeout: float = DEFAULT_BUSY_TIMEOUT, pool_size: int = 10
+) -> tuple[Engine, Engine]:
     """Read and write engines for `sqlite:///PATH` or `postgresql://...`."""
     if url.startswith("sqlite:///"):
         path = Path(url.removeprefix("sqlite:///"))
         path.parent.mkdir(parents=True, exist_ok=True)
         return sqlite_engines(path, busy_timeout)
     if url.startswith(("postgresql:", "postgres:", "postgresql+psycopg:")):
-        return postgres_engines(url, busy_timeout)
+        return postgres_engines(url, busy_timeout, pool_size)
     raise ValueError(f"database url {url!r}: use sqlite:///PATH or postgresql://...")
 
 

@@ -49,11 +49,14 @@ class MetadataStore(BlobStore):
         return cls(read, write, busy_timeout)
 
     @classmethod
-    def open_url(cls, url: str, busy_timeout: float = DEFAULT_BUSY_TIMEOUT) -> MetadataStore:
-        """`sqlite:///PATH` or `postgresql://user@host:port/db`, migrated to the newest schema."""
-        read, write = engines_for(url, busy_timeout)
+    def open_url(
+        cls, url: str, busy_timeout: float = DEFAULT_BUSY_TIMEOUT, pool_size: int = 10
+    ) -> MetadataStore:
+        """`sqlite:///PATH` or `postgresql://user@host:port/db`, migrated to the newest schema.
+        `pool_size`: PostgreSQL read threads (and their connections) of this process."""
+        read, write = engines_for(url, busy_timeout, pool_size)
         migrate(write)
-        return cls(read, write, busy_timeout)
+        return cls(read, write, busy_timeout, read_threads=pool_size)
 
     # -- repositories ------------------------------------------------------------------
     def ensure_repository(self, name: str, kind: str) -> int:
@@ -66,17 +69,14 @@ class MetadataStore(BlobStore):
             return int(conn.execute(stmt).scalar_one())
 
     # -- manifests and tags ------------------------------------------------------------
-    def manifest(self, repo_id: int, image: str, reference: str) -> ManifestRow | None:
+    async def manifest(self, repo_id: int, image: str, reference: str) -> ManifestRow | None:
         """By digest when `reference` is one (validated by the caller), else by tag."""
         if ":" in reference:
-            return self.manifest_by_digest(repo_id, image, reference)
-        return self.manifest_by_tag(repo_id, image, reference)
+            return await self.manifest_by_digest(repo_id, image, reference)
+        return await self.manifest_by_tag(repo_id, image, reference)
 
-    def manifest_by_tag(self, repo_id: int, image: str, tag: str) -> ManifestRow | None:
-        return self._cached(("t", repo_id, image, tag), lambda: self._by_tag(repo_id, image, tag))
-
-    def _by_tag(self, repo_id: int, image: str, tag: str) -> ManifestRow | None:
-        row = self._one(
+    async def manifest_by_tag(self, repo_id: int, image: str, tag: str) -> ManifestRow | None:
+        stmt = (
             select(manifests.c.digest, manifests.c.media_type, manifests.c.body)
             .select_from(
                 tags.join(
@@ -90,31 +90,28 @@ class MetadataStore(BlobStore):
             )
             .where(tags.c.repo_id == repo_id, tags.c.image == image, tags.c.name == tag)
         )
-        return None if row is None else ManifestRow(row[0], row[1], row[2])
+        return await self._cached(("t", repo_id, image, tag), lambda c: _manifest_row(c, stmt))
 
-    def manifest_by_digest(self, repo_id: int, image: str, digest: str) -> ManifestRow | None:
-        return self._cached(
-            ("m", repo_id, image, digest), lambda: self._by_digest(repo_id, image, digest)
+    async def manifest_by_digest(
+        self, repo_id: int, image: str, digest: str
+    ) -> ManifestRow | None:
+        stmt = select(manifests.c.digest, manifests.c.media_type, manifests.c.body).where(
+            manifests.c.repo_id == repo_id,
+            manifests.c.image == image,
+            manifests.c.digest == digest,
         )
+        return await self._cached(("m", repo_id, image, digest), lambda c: _manifest_row(c, stmt))
 
-    def _by_digest(self, repo_id: int, image: str, digest: str) -> ManifestRow | None:
-        row = self._one(
-            select(manifests.c.digest, manifests.c.media_type, manifests.c.body).where(
-                manifests.c.repo_id == repo_id,
-                manifests.c.image == image,
-                manifests.c.digest == digest,
-            )
-        )
-        return None if row is None else ManifestRow(row[0], row[1], row[2])
-
-    def manifest_bodies(self, repo_id: int, image: str) -> list[bytes]:
+    async def manifest_bodies(self, repo_id: int, image: str) -> list[bytes]:
         stmt = select(manifests.c.body).where(
             manifests.c.repo_id == repo_id, manifests.c.image == image
         )
-        return [bytes(r[0]) for r in self._conn().execute(stmt)]
+        return await self._read(lambda conn: [bytes(r[0]) for r in conn.execute(stmt)])
 
-    def missing_manifests(self, repo_id: int, image: str, digests: Sequence[str]) -> list[str]:
-        return self._missing(manifests, repo_id, image, digests)
+    async def missing_manifests(
+        self, repo_id: int, image: str, digests: Sequence[str]
+    ) -> list[str]:
+        return await self._missing(manifests, repo_id, image, digests)
 
     async def put_manifest(
         self, repo_id: int, image: str, new: NewManifest, tag_names: Sequence[str], guard: TagGuard
@@ -226,20 +223,18 @@ class MetadataStore(BlobStore):
 
         return await self._write(run)
 
-    def tag_info(self, repo_id: int, image: str, tag: str) -> tuple[str, float] | None:
+    async def tag_info(self, repo_id: int, image: str, tag: str) -> tuple[str, float] | None:
         """(digest, time the tag was last set or confirmed) — a proxy's freshness clock,
         read on every pull of a cached tag, so cached like the manifest itself."""
-        return self._cached(
-            ("ti", repo_id, image, tag), lambda: self._tag_info(repo_id, image, tag)
+        stmt = select(tags.c.digest, tags.c.updated).where(
+            tags.c.repo_id == repo_id, tags.c.image == image, tags.c.name == tag
         )
 
-    def _tag_info(self, repo_id: int, image: str, tag: str) -> tuple[str, float] | None:
-        row = self._one(
-            select(tags.c.digest, tags.c.updated).where(
-                tags.c.repo_id == repo_id, tags.c.image == image, tags.c.name == tag
-            )
-        )
-        return None if row is None else (str(row[0]), float(row[1]))
+        def load(conn: Connection) -> tuple[str, float] | None:
+            row = conn.execute(stmt).first()
+            return None if row is None else (str(row[0]), float(row[1]))
+
+        return await self._cached(("ti", repo_id, image, tag), load)
 
     async def touch_tag(self, repo_id: int, image: str, tag: str) -> None:
         now = time.time()
@@ -251,26 +246,27 @@ class MetadataStore(BlobStore):
             )
         )
 
-    def list_tags(self, repo_id: int, image: str, last: str | None, n: int | None) -> list[str]:
+    async def list_tags(
+        self, repo_id: int, image: str, last: str | None, n: int | None
+    ) -> list[str]:
         stmt = select(tags.c.name).where(tags.c.repo_id == repo_id, tags.c.image == image)
-        return self._page(stmt, tags.c.name, last, n)
+        return await self._page(stmt, tags.c.name, last, n)
 
-    def image_exists(self, repo_id: int, image: str) -> bool:
-        return self._cached(("i", repo_id, image), lambda: self._image_exists(repo_id, image))
-
-    def _image_exists(self, repo_id: int, image: str) -> bool:
+    async def image_exists(self, repo_id: int, image: str) -> bool:
         stmt = (
             select(manifests.c.digest)
             .where(manifests.c.repo_id == repo_id, manifests.c.image == image)
             .limit(1)
         )
-        return self._one(stmt) is not None
+        return await self._cached(
+            ("i", repo_id, image), lambda conn: conn.execute(stmt).first() is not None
+        )
 
-    def list_images(self, repo_id: int, last: str | None, n: int | None) -> list[str]:
+    async def list_images(self, repo_id: int, last: str | None, n: int | None) -> list[str]:
         stmt = select(manifests.c.image).where(manifests.c.repo_id == repo_id).distinct()
-        return self._page(stmt, manifests.c.image, last, n)
+        return await self._page(stmt, manifests.c.image, last, n)
 
-    def _page(
+    async def _page(
         self, stmt: Select[Any], column: ColumnElement[str], last: str | None, n: int | None
     ) -> list[str]:
         """Names after `last` in order, at most `n` (the spec's `last`/`n` pagination)."""
@@ -279,23 +275,25 @@ class MetadataStore(BlobStore):
         stmt = stmt.order_by(column)
         if n is not None:
             stmt = stmt.limit(n)
-        return [r[0] for r in self._conn().execute(stmt)]
+        final = stmt
+        return await self._read(lambda conn: [r[0] for r in conn.execute(final)])
 
-    def image_descriptions(self, repo_id: int) -> dict[str, str]:
+    async def image_descriptions(self, repo_id: int) -> dict[str, str]:
         """image -> `org.opencontainers.image.description` from its newest annotated manifest."""
         stmt = (
             select(manifests.c.image, manifests.c.annotations)
             .where(manifests.c.repo_id == repo_id, manifests.c.annotations.is_not(None))
             .order_by(manifests.c.created)
         )
+        rows = await self._read(lambda conn: list(conn.execute(stmt)))
         out: dict[str, str] = {}
-        for image, raw in self._conn().execute(stmt):
+        for image, raw in rows:
             text = json.loads(raw).get("org.opencontainers.image.description")
             if isinstance(text, str) and text:
                 out[image] = text
         return out
 
-    def referrers(self, repo_id: int, image: str, subject: str) -> list[ReferrerRow]:
+    async def referrers(self, repo_id: int, image: str, subject: str) -> list[ReferrerRow]:
         stmt = (
             select(
                 manifests.c.digest,
@@ -311,10 +309,16 @@ class MetadataStore(BlobStore):
             )
             .order_by(manifests.c.digest)
         )
+        rows = await self._read(lambda conn: list(conn.execute(stmt)))
         return [
             ReferrerRow(r[0], r[1], int(r[2]), r[3], json.loads(r[4]) if r[4] else None)
-            for r in self._conn().execute(stmt)
+            for r in rows
         ]
+
+
+def _manifest_row(conn: Connection, stmt: Select[Any]) -> ManifestRow | None:
+    row = conn.execute(stmt).first()
+    return None if row is None else ManifestRow(row[0], row[1], row[2])
 
 
 def open_metadata(
@@ -326,6 +330,7 @@ def open_metadata(
     `<data_dir>/portway.db`, and `[server] database_busy_timeout`), or a URL
     (`sqlite:///PATH`, `postgresql://user@host:port/db`), or a `Path` to an SQLite file.
     """
+    pool_size = 10
     if isinstance(settings_or_url, Path):
         timeout = DEFAULT_BUSY_TIMEOUT if busy_timeout is None else busy_timeout
         return MetadataStore.open_sqlite(settings_or_url, timeout)
@@ -339,6 +344,7 @@ def open_metadata(
         if not url:
             url = f"sqlite:///{server.data_dir / 'portway.db'}"
         timeout = server.database_busy_timeout if busy_timeout is None else busy_timeout
+        pool_size = int(getattr(database, "pool_size", pool_size))
     if url.startswith("sqlite:///"):
         return MetadataStore.open_sqlite(Path(url.removeprefix("sqlite:///")), timeout)
-    return MetadataStore.open_url(url, timeout)
+    return MetadataStore.open_url(url, timeout, pool_size)

@@ -70,8 +70,9 @@ class GroupRepository:
         if self.config.allow_proxy_shadowing:
             return self.members
         hosted = [m for m in self.members if isinstance(m, HostedRepository)]
-        if any(m.holds_image(image) for m in hosted):
-            return list(hosted)
+        for member in hosted:
+            if await member.holds_image(image):
+                return list(hosted)
         return self.members
 
     # -- manifests ---------------------------------------------------------------------

@@ -64,25 +64,25 @@ class HostedRepository:
 
     # -- reads -------------------------------------------------------------------------
     async def get_manifest(self, image: str, reference: str, accept: Sequence[str]) -> Manifest:
-        found = self.meta.manifest(self.repo_id, image, lookup_reference(reference))
+        found = await self.meta.manifest(self.repo_id, image, lookup_reference(reference))
         if found is None:
             raise RegistryError(
                 "MANIFEST_UNKNOWN", f"manifest {reference!r} not found in {image!r}"
             )
         return found
 
-    def holds_image(self, image: str) -> bool:
-        return self.meta.image_exists(self.repo_id, image)
+    async def holds_image(self, image: str) -> bool:
+        return await self.meta.image_exists(self.repo_id, image)
 
     async def has_blob(self, image: str, digest: Digest) -> bool:
-        size = self.meta.blob_size(self.repo_id, image, str(digest))
+        size = await self.meta.blob_size(self.repo_id, image, str(digest))
         return size is not None and await self.blobs.intact(digest, size)
 
     async def serves_blob(self, image: str, digest: Digest) -> bool:
         return await self.has_blob(image, digest)
 
     async def stat_blob(self, image: str, digest: Digest) -> int:
-        size = self.meta.blob_size(self.repo_id, image, str(digest))
+        size = await self.meta.blob_size(self.repo_id, image, str(digest))
         # A missing or cut file answers as a missing blob, so a client pushes it again.
         if size is None or not await self.blobs.intact(digest, size):
             raise RegistryError("BLOB_UNKNOWN", f"blob {digest} not found in {image!r}")
@@ -92,18 +92,18 @@ class HostedRepository:
         return self.blobs.body(digest, await self.stat_blob(image, digest))
 
     async def list_tags(self, image: str, last: str | None, n: int | None) -> list[str]:
-        if not self.meta.image_exists(self.repo_id, image):
+        if not await self.meta.image_exists(self.repo_id, image):
             raise RegistryError("NAME_UNKNOWN", f"image {image!r} not found")
-        return self.meta.list_tags(self.repo_id, image, last, n)
+        return await self.meta.list_tags(self.repo_id, image, last, n)
 
     async def catalog(self, last: str | None, n: int | None) -> list[str]:
-        return self.meta.list_images(self.repo_id, last, n)
+        return await self.meta.list_images(self.repo_id, last, n)
 
     async def search(self, query: str, n: int, page: int) -> dict[str, Any] | None:
-        described = self.meta.image_descriptions(self.repo_id)
+        described = await self.meta.image_descriptions(self.repo_id)
         found = [
             result(image, described.get(image, ""))
-            for image in self.meta.list_images(self.repo_id, None, None)
+            for image in await self.meta.list_images(self.repo_id, None, None)
             if matches(query, image) or (image in described and matches(query, described[image]))
         ]
         return page_of(query, found, n, page)
@@ -111,7 +111,7 @@ class HostedRepository:
     async def referrers(
         self, image: str, digest: Digest, artifact_type: str | None
     ) -> list[dict[str, Any]]:
-        return referrer_entries(self.meta, self.repo_id, image, digest, artifact_type)
+        return await referrer_entries(self.meta, self.repo_id, image, digest, artifact_type)
 
     # -- deployment policy -------------------------------------------------------------
     def _check_writable(self) -> None:
@@ -171,14 +171,14 @@ class HostedRepository:
         else:
             tag_names.insert(0, check_tag(reference))
             digest = Digest.of(body)
-        missing = self.meta.missing_blobs(
+        missing = await self.meta.missing_blobs(
             self.repo_id, image, [str(d.digest) for d in parsed.blobs]
         )
         # an empty config (artifacts) need not have been pushed as a blob
         missing = [d for d in missing if not _is_empty_descriptor(d, parsed.blobs)]
         if missing and self.mount_sources:
             missing = await self._adopt(image, missing)
-        missing += self.meta.missing_manifests(
+        missing += await self.meta.missing_manifests(
             self.repo_id, image, [str(d.digest) for d in parsed.children]
         )
         if missing:
@@ -251,7 +251,7 @@ class HostedRepository:
         return UploadState(upload_id, image, 0)
 
     async def upload_state(self, image: str, upload_id: str) -> UploadState:
-        row = self.meta.get_upload(upload_id) if _looks_like_uuid(upload_id) else None
+        row = await self.meta.get_upload(upload_id) if _looks_like_uuid(upload_id) else None
         if row is None or row.repo_id != self.repo_id or row.image != image:
             raise RegistryError("BLOB_UPLOAD_UNKNOWN", f"upload {upload_id[:64]!r} not found")
         size = await self.blobs.upload_size(upload_id)
@@ -293,7 +293,7 @@ class HostedRepository:
         """Drop sessions whose data was last written more than `max_age` seconds ago."""
         cutoff = time.time() - max_age
         purged = 0
-        for upload_id in self.meta.expired_uploads(cutoff):
+        for upload_id in await self.meta.expired_uploads(cutoff):
             used = await self.blobs.upload_mtime(upload_id)
             if used is not None and used >= cutoff:
                 continue
@@ -303,12 +303,12 @@ class HostedRepository:
         return purged
 
 
-def referrer_entries(
+async def referrer_entries(
     meta: MetadataStore, repo_id: int, image: str, digest: Digest, artifact_type: str | None
 ) -> list[dict[str, Any]]:
     """Descriptors of the manifests whose subject is `digest`, optionally filtered."""
     out: list[dict[str, Any]] = []
-    for row in meta.referrers(repo_id, image, str(digest)):
+    for row in await meta.referrers(repo_id, image, str(digest)):
         if artifact_type is not None and row.artifact_type != artifact_type:
             continue
         entry: dict[str, Any] = {

@@ -121,8 +121,8 @@ class ProxyRepository(ProxyBlobs):
             self._negative[(image, reference)] = time.monotonic() + self.config.negative_cache_ttl
 
     # -- manifests ---------------------------------------------------------------------
-    def _fresh(self, image: str, tag: str) -> bool:
-        info = self.meta.tag_info(self.repo_id, image, tag)
+    async def _fresh(self, image: str, tag: str) -> bool:
+        info = await self.meta.tag_info(self.repo_id, image, tag)
         if info is None:
             return False
         max_age = self.config.metadata_max_age
@@ -131,8 +131,8 @@ class ProxyRepository(ProxyBlobs):
     async def get_manifest(self, image: str, reference: str, accept: Sequence[str]) -> Manifest:
         reference = lookup_reference(reference)
         by_digest = Digest.is_digest(reference)
-        cached = self.meta.manifest(self.repo_id, image, reference)
-        if cached is not None and (by_digest or self._fresh(image, reference)):
+        cached = await self.meta.manifest(self.repo_id, image, reference)
+        if cached is not None and (by_digest or await self._fresh(image, reference)):
             return cached
         if self._negative_hit(image, reference) and cached is None:
             raise RegistryError(
@@ -171,9 +171,9 @@ class ProxyRepository(ProxyBlobs):
         lock = self.locks().lock(self._lock_name("m", image, reference))
         await lock.acquire()
         try:
-            stored = self.meta.manifest(self.repo_id, image, reference)
+            stored = await self.meta.manifest(self.repo_id, image, reference)
             if stored is not None and (
-                Digest.is_digest(reference) or self._fresh(image, reference)
+                Digest.is_digest(reference) or await self._fresh(image, reference)
             ):
                 return stored
             return await self._fetch_manifest(image, reference, stored or cached)
@@ -225,7 +225,7 @@ class ProxyRepository(ProxyBlobs):
         except UpstreamError as err:
             if err.kind == "not_found":
                 raise RegistryError("NAME_UNKNOWN", f"image {image!r} not found upstream") from None
-            names = self.meta.list_tags(self.repo_id, image, None, None)
+            names = await self.meta.list_tags(self.repo_id, image, None, None)
             if not names:
                 raise upstream_unavailable(err, self.name, self.remote) from None
         if last is not None:
@@ -233,14 +233,14 @@ class ProxyRepository(ProxyBlobs):
         return names if n is None else names[:n]
 
     async def catalog(self, last: str | None, n: int | None) -> list[str]:
-        return self.meta.list_images(self.repo_id, last, n)
+        return await self.meta.list_images(self.repo_id, last, n)
 
     async def referrers(
         self, image: str, digest: Digest, artifact_type: str | None
     ) -> list[dict[str, Any]]:
         from portway.repos.hosted import referrer_entries
 
-        return referrer_entries(self.meta, self.repo_id, image, digest, artifact_type)
+        return await referrer_entries(self.meta, self.repo_id, image, digest, artifact_type)
 
     async def search(self, query: str, n: int, page: int) -> dict[str, Any] | None:
         try:

@@ -77,18 +77,18 @@ class ProxyBlobs:
 
     # -- blobs -------------------------------------------------------------------------
     async def has_blob(self, image: str, digest: Digest) -> bool:
-        return self.meta.blob_size(self.repo_id, image, str(digest)) is not None
+        return await self.meta.blob_size(self.repo_id, image, str(digest)) is not None
 
     async def serves_blob(self, image: str, digest: Digest) -> bool:
         """Cached, or referenced by a manifest this proxy served (so its upstream has it)."""
-        return await self.has_blob(image, digest) or self.meta.references(
+        return await self.has_blob(image, digest) or await self.meta.references(
             self.repo_id, image, str(digest)
         )
 
     async def stat_blob(self, image: str, digest: Digest) -> int:
         """The length of a blob: from the cache, from a download in progress, else from an
         upstream HEAD (shared by all workers); a HEAD never downloads the blob."""
-        size = self.meta.blob_size(self.repo_id, image, str(digest))
+        size = await self.meta.blob_size(self.repo_id, image, str(digest))
         if size is not None and await self.blobs.intact(digest, size):
             return size
         fetching = self._lock_name("b", image, str(digest))
@@ -102,7 +102,7 @@ class ProxyBlobs:
                     lambda: self.upstream.head_blob(image, str(digest)),
                 )
             except UpstreamError as err:
-                if err.kind != "not_found" or self._foreign_url(image, digest) is None:
+                if err.kind != "not_found" or await self._foreign_url(image, digest) is None:
                     raise self._blob_error(err, digest) from None
                 size = None  # a foreign layer: only its download tells
             if size is not None:
@@ -114,7 +114,7 @@ class ProxyBlobs:
             reader.close()
 
     async def open_blob(self, image: str, digest: Digest) -> BlobBody:
-        size = self.meta.blob_size(self.repo_id, image, str(digest))
+        size = await self.meta.blob_size(self.repo_id, image, str(digest))
         if size is not None and await self.blobs.intact(digest, size):
             return self.blobs.body(digest, size)
         reader = await self._follow(image, digest)
@@ -150,7 +150,9 @@ class ProxyBlobs:
                 try:
                     await self._fill(image, digest, spool, notice)
                 except UpstreamError as err:
-                    url = self._foreign_url(image, digest) if err.kind == "not_found" else None
+                    url = None
+                    if err.kind == "not_found":
+                        url = await self._foreign_url(image, digest)
                     if url is None:
                         raise
                     await self._fill_foreign(url, image, digest, spool, notice)
@@ -162,7 +164,7 @@ class ProxyBlobs:
 
     async def _linked(self, image: str, digest: Digest) -> bool:
         return (
-            self.meta.blob_size(self.repo_id, image, str(digest)) is not None
+            await self.meta.blob_size(self.repo_id, image, str(digest)) is not None
             and await self.blobs.stat(digest) is not None
         )
 
@@ -237,12 +239,12 @@ class ProxyBlobs:
         await self.meta.link_blob(self.repo_id, image, str(digest), spool.written)
 
     # -- foreign (non-distributable) layers --------------------------------------------
-    def _foreign_url(self, image: str, digest: Digest) -> str | None:
+    async def _foreign_url(self, image: str, digest: Digest) -> str | None:
         """With `cache_foreign_layers`, the first URL of a cached manifest's layer `digest`
         that the allow-list (`foreign_layer_urls`, regular expressions) accepts."""
         if not self.config.cache_foreign_layers:
             return None
-        for body in self.meta.manifest_bodies(self.repo_id, image):
+        for body in await self.meta.manifest_bodies(self.repo_id, image):
             for url in foreign_urls(body, str(digest)):
                 if any(re.fullmatch(p, url) for p in self.config.foreign_layer_urls):
                     return url
