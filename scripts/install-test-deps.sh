@@ -31,6 +31,7 @@ PACKAGES=(
   ceph-mon
   ceph-osd
   systemd
+  faketime
 )
 
 missing=()

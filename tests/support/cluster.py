@@ -129,6 +129,7 @@ class Cluster:
         security: Mapping[str, Any] | None = None,
         server: Mapping[str, Any] | None = None,
         keys: Path | None = None,
+        env: Mapping[str, str] | None = None,
     ) -> ClusterNode:
         """A node of this cluster (not started); each argument overrides the shared table."""
         tables = {
@@ -141,7 +142,7 @@ class Cluster:
             repositories=self.repositories,
             security=security or self.security,
             server={**self.server, **(server or {})},
-            env=self.env,
+            env={**self.env, **(env or {})},
         )
         node.data_dir.mkdir(parents=True, exist_ok=True)
         if tables["storage"].get("type", "filesystem") == "filesystem":

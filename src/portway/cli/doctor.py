@@ -364,16 +364,38 @@ def run(args: argparse.Namespace) -> int:
     if args.user:
         password = _read_password(args)
         basic = "Basic " + base64.b64encode(f"{args.user}:{password}".encode()).decode()
-    try:
-        return run_checks(args.url, args.image, basic, args.insecure, args.ca, user=args.user)
-    except OSError as exc:
-        print(f"FAIL  cannot reach {args.url}: {exc}")
-        return 1
+    if args.url is None and args.cluster is None:
+        print("portway doctor: give the URL clients use, --cluster URL,URL,..., or both")
+        return 2
+    status = 0
+    if args.url is not None:
+        try:
+            status = run_checks(args.url, args.image, basic, args.insecure, args.ca, user=args.user)
+        except OSError as exc:
+            print(f"FAIL  cannot reach {args.url}: {exc}")
+            status = 1
+    if args.cluster is not None:
+        from portway.cli.doctor_cluster import parse_cluster, run_cluster
+
+        nodes = parse_cluster(args.cluster)
+        status = max(status, run_cluster(nodes, basic, args.insecure, args.ca))
+    return status
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("doctor", help="check a deployment as a Docker client sees it")
-    p.add_argument("url", help="the registry URL clients use, e.g. https://project.example.com")
+    p.add_argument(
+        "url",
+        nargs="?",
+        help="the registry URL clients use, e.g. https://project.example.com",
+    )
+    p.add_argument(
+        "--cluster",
+        metavar="URL,URL,...",
+        help="each node's own URL behind the front door: flags a node that is not ready (its "
+        "database or blob store), a skewed clock, and configuration or signing keys that "
+        "differ between nodes (give --user admin)",
+    )
     p.add_argument(
         "--image",
         help="image name for the probe upload (default: found by trying portway-doctor, then "

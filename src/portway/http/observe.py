@@ -330,7 +330,14 @@ async def handle_livez(request: web.Request) -> web.StreamResponse:
 
 
 async def handle_readyz(request: web.Request) -> web.StreamResponse:
-    return _state(request, request.app[OBSERVE_KEY].health.ready)
+    if "node" not in request.query:
+        return _state(request, request.app[OBSERVE_KEY].health.ready)
+    from portway.http.node_info import node_section  # `portway doctor --cluster` asks
+
+    health = request.app[OBSERVE_KEY].health
+    doc = {"status": "ok" if health.ready else "unavailable", "checks": health.report(),
+           "node": await node_section(request)}  # fmt: skip
+    return _json(200 if health.ready else 503, doc)
 
 
 async def handle_startupz(request: web.Request) -> web.StreamResponse:
