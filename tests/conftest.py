@@ -45,11 +45,17 @@ def _show_log(name: str, text: str, lines: int = 60) -> None:
 
 
 def _servers(
-    root: Path, *, start_timeout: float = START_TIMEOUT, stop_timeout: float = 10.0
+    root: Path,
+    *,
+    start_timeout: float = START_TIMEOUT,
+    stop_timeout: float = 10.0,
+    database_url: str | None = None,
 ) -> Iterator[PortwayFactory]:
     servers: list[PortwayServer] = []
 
     def make(**kwargs: Any) -> PortwayServer:
+        if database_url is not None:
+            kwargs.setdefault("database_url", database_url)
         server = PortwayServer(root / f"portway-{len(servers)}", **kwargs)
         servers.append(server)
         return server.start(start_timeout)
@@ -60,11 +66,37 @@ def _servers(
         _show_log(f"portway {server.host}", server.log())
 
 
+def _database(request: pytest.FixtureRequest, name: str) -> Iterator[str | None]:
+    if getattr(request, "param", "sqlite") == "sqlite":
+        yield None
+        return
+    cluster: Postgres = request.getfixturevalue("postgres")
+    url = cluster.create_database(name)
+    yield url
+    cluster.drop_database(url)
+
+
 @pytest.fixture
-def portway_factory(tmp_path: Path) -> Iterator[PortwayFactory]:
+def server_database(request: pytest.FixtureRequest) -> Iterator[str | None]:
+    """The `[database] url` of the servers `portway_factory` starts: None (the data folder's
+    SQLite), or a fresh PostgreSQL database for a test parametrized with
+    `@pytest.mark.parametrize("server_database", ["postgresql"], indirect=True)`."""
+    yield from _database(request, request.node.name)
+
+
+@pytest.fixture(scope="module")
+def module_database(request: pytest.FixtureRequest) -> Iterator[str | None]:
+    """The same for a module's shared server: `@pytest.fixture(scope="module",
+    params=["sqlite", "postgresql"])` on the server fixture, passed on with
+    `request.getfixturevalue`; see tests/test_api_tags.py."""
+    yield from _database(request, request.module.__name__.rpartition(".")[2])
+
+
+@pytest.fixture
+def portway_factory(tmp_path: Path, server_database: str | None) -> Iterator[PortwayFactory]:
     """`portway_factory(repositories=[...], connectors=[...], hosts=[...], workers=N, ...)`
     starts a server (see `PortwayServer`); every one is stopped at teardown."""
-    yield from _servers(tmp_path)
+    yield from _servers(tmp_path, database_url=server_database)
 
 
 @pytest.fixture
@@ -99,9 +131,10 @@ def distribution_factory(tmp_path: Path) -> Iterator[DistributionFactory]:
 @pytest.fixture
 def registry(
     request: pytest.FixtureRequest,
+    server_database: str | None,
 ) -> PortwayServer | Distribution:
     """The registry the client round trips talk to: Portway unless PORTWAY_TEST_REGISTRY says
-    `distribution`."""
+    `distribution` (`server_database`: see that fixture)."""
     target = os.environ.get("PORTWAY_TEST_REGISTRY", "portway")
     if target == "distribution":
         factory: DistributionFactory = request.getfixturevalue("distribution_factory")

@@ -31,15 +31,21 @@ from api_support import (
 from support.server import PortwayServer
 
 MAX_MANIFEST = 4 * 1024 * 1024
+# Every test twice: on the embedded SQLite and on a server whose [database] is PostgreSQL.
+pytestmark = pytest.mark.parametrize("module_database", ["sqlite", "postgresql"], indirect=True)
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PortwayServer]:
+def server(
+    tmp_path_factory: pytest.TempPathFactory, module_database: str | None
+) -> Iterator[PortwayServer]:
     repositories = [
         {"name": "docker-hosted", "type": "hosted", "path_routing": True},
         {"name": "docker-strict", "type": "hosted", "strict_content_types": True},
     ]
-    with running_server(tmp_path_factory, "api-manifests", repositories=repositories) as s:
+    with running_server(
+        tmp_path_factory, "api-manifests", repositories=repositories, database_url=module_database
+    ) as s:
         yield s
 
 

@@ -12,16 +12,22 @@ from api_support import Api, assert_error, running_server, unique
 from support.server import PortwayServer
 
 LINK_RE = re.compile(r'^<([^>]+)>;\s*rel="next"$')
+# Every test twice: on the embedded SQLite and on a server whose [database] is PostgreSQL.
+pytestmark = pytest.mark.parametrize("module_database", ["sqlite", "postgresql"], indirect=True)
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PortwayServer]:
+def server(
+    tmp_path_factory: pytest.TempPathFactory, module_database: str | None
+) -> Iterator[PortwayServer]:
     repositories = [
         {"name": "docker-hosted", "type": "hosted", "path_routing": True},
         {"name": "docker-other", "type": "hosted", "path_routing": True},
         {"name": "docker-hidden", "type": "hosted"},
     ]
-    with running_server(tmp_path_factory, "api-tags", repositories=repositories) as s:
+    with running_server(
+        tmp_path_factory, "api-tags", repositories=repositories, database_url=module_database
+    ) as s:
         yield s
 
 
@@ -138,13 +144,17 @@ def test_nested_image_names(api: Api) -> None:
 
 # -- catalog -------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def catalog_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PortwayServer]:
+def catalog_server(
+    tmp_path_factory: pytest.TempPathFactory, module_database: str | None
+) -> Iterator[PortwayServer]:
     repositories = [
         {"name": "alpha", "type": "hosted", "path_routing": True},
         {"name": "beta", "type": "hosted", "path_routing": True},
         {"name": "gamma", "type": "hosted"},  # no path routing: not on the shared host
     ]
-    with running_server(tmp_path_factory, "api-catalog", repositories=repositories) as s:
+    with running_server(
+        tmp_path_factory, "api-catalog", repositories=repositories, database_url=module_database
+    ) as s:
         for repo, images in (("alpha", ["a1", "a2", "z/deep"]), ("beta", ["b1"]), ("gamma", ["g"])):
             api = Api(s, repo)
             for image in images:

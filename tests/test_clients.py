@@ -74,7 +74,13 @@ def layout_files(layout: Path, manifest: dict[str, object]) -> dict[str, str]:
 
 # -- skopeo ---------------------------------------------------------------------------------
 
+# Client round trips on the embedded SQLite and on a server whose [database] is PostgreSQL.
+BOTH_DATABASES = pytest.mark.parametrize(
+    "server_database", ["sqlite", "postgresql"], indirect=True
+)
 
+
+@BOTH_DATABASES
 def test_skopeo_oci_push_pull_by_tag_and_digest(
     registry: Registry, oci_image: OciImage, tmp_path: Path
 ) -> None:
@@ -252,6 +258,7 @@ def test_nexus_path_reaches_the_same_repository(
 # -- podman ---------------------------------------------------------------------------------
 
 
+@BOTH_DATABASES
 def test_podman_push_pull(
     registry: Registry,
     oci_image: OciImage,

@@ -43,7 +43,9 @@ class PortwayServer:
         server: Mapping[str, Any] | None = None,
         security: Mapping[str, Any] | None = None,
         env: Mapping[str, str] | None = None,
+        database_url: str | None = None,
     ) -> None:
+        self.database_url = database_url  # `[database] url`; None: the data folder's SQLite
         self.root = tmp_path
         self.root.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
@@ -83,6 +85,8 @@ class PortwayServer:
             "security": self.security,
             "repository": self.repositories,
         }
+        if self.database_url:
+            doc["database"] = {"url": self.database_url}
         if self.connectors:
             doc["connector"] = self.connectors
         if self.hosts:
