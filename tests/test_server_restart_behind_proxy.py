@@ -17,10 +17,24 @@ from support.images import OciImage
 from support.nginx import start_nginx
 from support.ports import free_ports
 from support.server import PortwayServer
+from support.workers import listening, wait_for
 
 pytestmark = pytest.mark.slow
 
 PUSH_REPO, PULL_REPO = "docker-hosted-project", "docker-group-project"
+WORKERS_WITHIN = 180.0  # seconds for a spawned worker to start on a loaded machine
+
+
+def _wait_for_both_workers(server: PortwayServer) -> None:
+    """`start()` returns once one worker answers; the other may still be starting (spawned,
+    it imports everything again: many seconds on a loaded machine). Stopped before it listens,
+    it would never report it."""
+
+    def both() -> bool:
+        assert server.alive(), server.log()[-3000:]
+        return len(listening(server, this_run=True)) >= 2
+
+    wait_for("both workers of this start listening", both, WORKERS_WITHIN)
 
 
 def _push_and_pull(
@@ -65,19 +79,18 @@ def test_two_workers_start_and_restart_while_nginx_holds_the_connector_ports(
     nginx = start_nginx(server.config_path, tmp_path / "nginx", [push_port, pull_port])
     try:
         server.start(60)  # nginx first, as after a reboot where it came up before Portway
+        _wait_for_both_workers(server)
         _push_and_pull(oci_image, tmp_path, push_port, pull_port, "v1")
         begun = time.monotonic()
         status = server.stop(30)  # a graceful stop of two workers on a busy machine
         assert status == 0, (status, time.monotonic() - begun, server.log()[-2000:])
         assert nginx.alive()
         server.start(60)  # a restart with nginx still up
+        _wait_for_both_workers(server)
         _push_and_pull(oci_image, tmp_path, push_port, pull_port, "v2")
-        deadline = time.monotonic() + 60  # 2 workers, twice (the second may still start)
-        while server.log().count("listening on") < 4 and time.monotonic() < deadline:
-            time.sleep(0.1)
         log = server.log()
         assert "cannot listen" not in log, log[-3000:]
-        assert log.count("listening on") == 4, log[-3000:]
+        assert len(listening(server)) == 4, log[-3000:]  # 2 workers, twice, no replacement
     except BaseException:
         print(server.log()[-4000:])
         print(nginx.log()[-2000:])
