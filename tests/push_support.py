@@ -179,8 +179,10 @@ def random_blob(rng: random.Random, low: int, high: int) -> bytes:
     return rng.randbytes(rng.randint(low, high))
 
 
-def manifest_for(config: bytes, layers: list[bytes]) -> bytes:
-    doc = {
+def manifest_for(
+    config: bytes, layers: list[bytes], annotations: dict[str, str] | None = None
+) -> bytes:
+    doc: dict[str, object] = {
         "schemaVersion": 2,
         "mediaType": OCI_MANIFEST,
         "config": {"mediaType": OCI_CONFIG, "digest": sha256(config), "size": len(config)},
@@ -189,7 +191,22 @@ def manifest_for(config: bytes, layers: list[bytes]) -> bytes:
             for layer in layers
         ],
     }
+    if annotations:
+        doc["annotations"] = annotations
     return json.dumps(doc, sort_keys=True).encode()
+
+
+def push_config_only(
+    reg: Registry, image: str, tag: str, annotations: dict[str, str] | None = None
+) -> bytes:
+    """An image of a config blob and no layer pushed as `image:tag`; returns its manifest."""
+    config = b'{"architecture":"amd64","os":"linux"}'
+    blob = reg.upload_monolithic(image, sha256(config), config, len(config))
+    assert blob.status == 201, (blob.status, blob.body[:300])
+    manifest = manifest_for(config, [], annotations)
+    reply = reg.put_manifest(image, tag, manifest)
+    assert reply.status == 201, (reply.status, reply.body[:300])
+    return manifest
 
 
 # -- big deterministic blobs ---------------------------------------------------------------

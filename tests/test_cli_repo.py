@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import subprocess
 import sys
@@ -11,6 +10,7 @@ from pathlib import Path
 import requests
 
 from conftest import PortwayFactory
+from push_support import Registry, push_config_only
 from support import toml
 from support.server import PortwayServer
 
@@ -21,31 +21,6 @@ def _portway(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def _push_config_only_image(url: str, image: str) -> None:
-    config = b'{"architecture":"amd64","os":"linux"}'
-    digest = "sha256:" + hashlib.sha256(config).hexdigest()
-    base = f"{url}/repository/team-hosted/v2/{image}"
-    r = requests.post(f"{base}/blobs/uploads/", params={"digest": digest}, data=config, timeout=10)
-    assert r.status_code == 201, r.text
-    manifest = {
-        "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": {
-            "mediaType": "application/vnd.oci.image.config.v1+json",
-            "digest": digest,
-            "size": len(config),
-        },
-        "layers": [],
-    }
-    r = requests.put(
-        f"{base}/manifests/1",
-        data=json.dumps(manifest),
-        headers={"Content-Type": "application/vnd.oci.image.manifest.v1+json"},
-        timeout=10,
-    )
-    assert r.status_code == 201, r.text
-
-
 def test_list_and_show_count_hosted_and_group_images(portway_factory: PortwayFactory) -> None:
     server = portway_factory(
         repositories=[
@@ -53,7 +28,7 @@ def test_list_and_show_count_hosted_and_group_images(portway_factory: PortwayFac
             {"name": "team-group", "type": "group", "members": ["team-hosted"]},
         ]
     )
-    _push_config_only_image(server.url, "tools/jq")
+    push_config_only(Registry(server.repository_url("team-hosted")), "tools/jq", "1")
     listed = _portway("repo", "list", "--config", str(server.config_path))
     assert listed.returncode == 0, listed.stderr
     rows = {line.split()[0]: line.split() for line in listed.stdout.splitlines()[1:]}

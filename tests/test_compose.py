@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import ast
 import asyncio
-import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ from portway.compose import Portway
 from portway.config import RepositoryConfig, Settings, parse_settings
 from portway.http.app import build_app
 from portway.http.context import AllowAll
+from push_support import OCI_MANIFEST, manifest_for, sha256
 
 SRC = Path(portway.__file__).parent
 ROOT = SRC / "compose.py"
@@ -145,21 +145,10 @@ async def _status(session: aiohttp.ClientSession, url: str) -> int:
 async def _push_image(session: aiohttp.ClientSession, base: str) -> int:
     """A config blob, then a manifest over it; the manifest PUT's status."""
     config = b"{}"
-    digest = "sha256:" + hashlib.sha256(config).hexdigest()
-    async with session.post(f"{base}/blobs/uploads/?digest={digest}", data=config) as response:
-        assert response.status == 201
-    manifest = {
-        "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": {
-            "mediaType": "application/vnd.oci.image.config.v1+json",
-            "digest": digest,
-            "size": len(config),
-        },
-        "layers": [],
-    }
-    headers = {"Content-Type": "application/vnd.oci.image.manifest.v1+json"}
-    body = json.dumps(manifest).encode()
+    async with session.post(f"{base}/blobs/uploads/?digest={sha256(config)}", data=config) as r:
+        assert r.status == 201
+    headers = {"Content-Type": OCI_MANIFEST}
+    body = manifest_for(config, [])
     async with session.put(f"{base}/manifests/1", data=body, headers=headers) as response:
         return response.status
 

@@ -3,8 +3,6 @@ raw HTTP and with `docker search` against a real dockerd."""
 
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +10,7 @@ import requests
 
 from conftest import PortwayFactory
 from proxy_support import group, hosted, oci_error, proxy
+from push_support import Registry, push_config_only
 from support.distribution import Distribution
 from support.dockerd import Dockerd
 from support.server import PortwayServer
@@ -156,31 +155,8 @@ def test_docker_search(portway_factory: PortwayFactory, dockerd: Dockerd) -> Non
 def test_search_matches_descriptions(portway_factory: PortwayFactory) -> None:
     """The image description annotation is searched and shown, as docker search expects."""
     server = portway_factory()
-    base = f"{server.url}/repository/docker-hosted/v2/tools/jq"
-    config = b'{"architecture":"amd64","os":"linux"}'
-    digest = "sha256:" + hashlib.sha256(config).hexdigest()
-    r = requests.post(f"{base}/blobs/uploads/", params={"digest": digest}, data=config, timeout=10)
-    assert r.status_code == 201
-    manifest = json.dumps(
-        {
-            "schemaVersion": 2,
-            "mediaType": "application/vnd.oci.image.manifest.v1+json",
-            "config": {
-                "mediaType": "application/vnd.oci.image.config.v1+json",
-                "digest": digest,
-                "size": len(config),
-            },
-            "layers": [],
-            "annotations": {"org.opencontainers.image.description": "JSON processor"},
-        }
-    ).encode()
-    r = requests.put(
-        f"{base}/manifests/1",
-        data=manifest,
-        headers={"Content-Type": "application/vnd.oci.image.manifest.v1+json"},
-        timeout=10,
-    )
-    assert r.status_code == 201, r.text
+    description = {"org.opencontainers.image.description": "JSON processor"}
+    push_config_only(Registry(server.repository_url()), "tools/jq", "1", description)
     found = requests.get(
         f"{server.url}/repository/docker-hosted/v1/search", params={"q": "processor"}, timeout=10
     ).json()
