@@ -7,6 +7,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -186,3 +188,51 @@ def test_concurrent_chunked_pushes_spread_over_nodes(cluster: Cluster) -> None:
         got = requests.get(f"{node.url}/v2/{name}/manifests/v1",
                            headers={**auth, "Accept": OCI_MANIFEST}, timeout=60)  # fmt: skip
         assert got.status_code == 200 and sha256(got.content) == manifest_digest, index
+
+
+# -- rolling restart behind the front door ------------------------------------------------
+
+
+def test_rolling_restart_fails_no_request(cluster: Cluster) -> None:
+    """Two nodes restarted in turn (SIGTERM, start, ready again) while a client pulls through
+    HAProxy on new connections: the draining node's refused connections are resent to
+    another node, its /readyz 503 takes it out; no pull fails."""
+    layer = os.urandom(256 * 1024)
+    bearer = token(cluster.front_url, cluster.admin, ["repository:docker-hosted/rolling:pull,push"])
+    auth = {"Authorization": f"Bearer {bearer}"}
+    answer = requests.post(
+        f"{cluster.front_url}/v2/docker-hosted/rolling/blobs/uploads/",
+        params={"digest": sha256(layer)}, data=layer, headers=auth, timeout=60,
+    )  # fmt: skip
+    assert answer.status_code == 201, answer.text
+    stop = threading.Event()
+    outcomes: list[int | str] = []
+
+    def pull() -> None:
+        while not stop.is_set():
+            try:
+                got = requests.get(
+                    f"{cluster.front_url}/v2/docker-hosted/rolling/blobs/{sha256(layer)}",
+                    headers=auth, timeout=60,
+                )  # fmt: skip
+                ok = got.status_code == 200 and got.content == layer
+                outcomes.append(200 if ok else got.status_code)
+            except requests.RequestException as exc:
+                outcomes.append(type(exc).__name__)
+
+    puller = threading.Thread(target=pull, daemon=True)
+    puller.start()
+    try:
+        for node in cluster.nodes[:2]:
+            assert node.stop() == 0
+            node.start(60)
+            deadline = time.monotonic() + 30
+            while requests.get(f"{node.url}/readyz", timeout=10).status_code != 200:
+                assert time.monotonic() < deadline
+                time.sleep(0.2)
+            time.sleep(2.5)  # one passed check (every 2 s) puts it back behind HAProxy
+    finally:
+        stop.set()
+        puller.join(60)
+    failed = [o for o in outcomes if o != 200]
+    assert len(outcomes) > 20 and not failed, (len(outcomes), failed[:10], cluster.logs())
