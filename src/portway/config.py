@@ -45,6 +45,10 @@ class ServerConfig(_Strict):
     workers: int = Field(default=0, ge=0, le=64)
     tls: TlsConfig | tuple[TlsConfig, ...] | None = None
     upload_session_ttl: int = Field(default=86400, ge=60, description="seconds")
+    # Garbage collection leaves alone, for this long, what an existence answer vouched for
+    # (blob HEAD, mount, upload commit, a manifest PUT's references), and waits this long
+    # after something became garbage before deleting it (ADR 25).
+    gc_hold: float = Field(default=3600, ge=1, le=7 * 86400, description="seconds")
     # A request body (an upload, a manifest) that sends nothing for this long is refused and
     # its upload session freed, instead of holding both until the connection dies.
     body_idle_timeout: float = Field(default=300, ge=1, le=86400, description="seconds")

@@ -17,6 +17,7 @@ COMMAND_MODULES = (
     "portway.cli.doctor",
     "portway.cli.users",
     "portway.cli.db",
+    "portway.cli.gc",
 )
 
 

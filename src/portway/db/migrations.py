@@ -20,7 +20,7 @@ from sqlalchemy.exc import DBAPIError
 from portway.db import schema
 from portway.db.dialect import dialect_for
 
-HEAD = "0003"  # the newest revision in portway/db/revisions/versions
+HEAD = "0004"  # the newest revision in portway/db/revisions/versions
 BASELINE = "0001"  # the schema the hand-made steps leave
 REVISIONS = Path(__file__).with_name("revisions")
 
@@ -28,6 +28,7 @@ REVISIONS = Path(__file__).with_name("revisions")
 # Tables that revisions after the baseline add: the hand-made step 1 must not make them.
 AFTER_BASELINE = frozenset(
     {"leases", "signing_keys", "audit_events", "proxy_breakers", "proxy_negative"}
+    | {"gc_candidates", "gc_holds", "blob_states"}  # 0004
 )
 
 
@@ -45,6 +46,7 @@ def load_table_modules() -> None:
         "portway.db.auth_schema",
         "portway.db.shared_schema",
         "portway.db.repositories",
+        "portway.db.lifecycle",
     ):
         try:
             importlib.import_module(name)

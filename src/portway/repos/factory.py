@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from portway.config import Settings
 from portway.coordination.interfaces import Locks
 from portway.db.store import MetadataStore
+from portway.lifecycle.guard import Guard
 from portway.repos.base import Repository
 from portway.repos.group import GroupRepository, resolution_order
 from portway.repos.hosted import HostedRepository
@@ -26,15 +27,16 @@ def build_repositories(
     always made again (they hold nothing but their members). `locks`: single flight of the
     proxy repositories (flock in the blob store's lock folder when None)."""
     repos: dict[str, Repository] = {}
+    guard = Guard(meta, settings.server.gc_hold)
     for cfg in settings.repository:
         repo_id = meta.ensure_repository(cfg.name, cfg.type)
         old = (reuse or {}).get(cfg.name)
         if cfg.type != "group" and old is not None and old.config == cfg:
             repos[cfg.name] = old
         elif cfg.type == "hosted":
-            repos[cfg.name] = HostedRepository(cfg, repo_id, meta, blobs)
+            repos[cfg.name] = HostedRepository(cfg, repo_id, meta, blobs, guard)
         elif cfg.type == "proxy":
-            repos[cfg.name] = ProxyRepository(cfg, repo_id, meta, blobs, locks)
+            repos[cfg.name] = ProxyRepository(cfg, repo_id, meta, blobs, locks, guard)
     members_of = {c.name: c.members for c in settings.repository if c.type == "group"}
     for cfg in settings.repository:
         if cfg.type != "group":

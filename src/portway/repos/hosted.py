@@ -10,6 +10,7 @@ from typing import Any
 
 from portway.config import RepositoryConfig
 from portway.db.store import MetadataStore, NewManifest, TagGuard
+from portway.lifecycle.guard import Guard
 from portway.oci import mediatypes as mt
 from portway.oci.digest import Digest
 from portway.oci.errors import RegistryError
@@ -31,13 +32,19 @@ class HostedRepository:
     kind = "hosted"
 
     def __init__(
-        self, config: RepositoryConfig, repo_id: int, meta: MetadataStore, blobs: BlobStore
+        self,
+        config: RepositoryConfig,
+        repo_id: int,
+        meta: MetadataStore,
+        blobs: BlobStore,
+        guard: Guard | None = None,
     ) -> None:
         self.name = config.name
         self.config = config
         self.repo_id = repo_id
         self.meta = meta
         self.blobs = blobs
+        self.guard = guard or Guard(meta)  # garbage collection's view of this repository
 
     mount_sources: tuple[Repository, ...] = ()
 
@@ -82,6 +89,10 @@ class HostedRepository:
         return await self.has_blob(image, digest)
 
     async def stat_blob(self, image: str, digest: Digest) -> int:
+        await self.guard.hold(self.repo_id, image, [str(digest)])  # a push may rely on it
+        return await self._stat_blob(image, digest)
+
+    async def _stat_blob(self, image: str, digest: Digest) -> int:
         size = await self.meta.blob_size(self.repo_id, image, str(digest))
         # A missing or cut file answers as a missing blob, so a client pushes it again.
         if size is None or not await self.blobs.intact(digest, size):
@@ -89,7 +100,7 @@ class HostedRepository:
         return size
 
     async def open_blob(self, image: str, digest: Digest) -> BlobBody:
-        return self.blobs.body(digest, await self.stat_blob(image, digest))
+        return self.blobs.body(digest, await self._stat_blob(image, digest))
 
     async def list_tags(self, image: str, last: str | None, n: int | None) -> list[str]:
         if not await self.meta.image_exists(self.repo_id, image):
@@ -171,6 +182,7 @@ class HostedRepository:
         else:
             tag_names.insert(0, check_tag(reference))
             digest = Digest.of(body)
+        await self.guard.hold(self.repo_id, image, [str(digest), *_ref_digests(parsed)])
         missing = await self.meta.missing_blobs(
             self.repo_id, image, [str(d.digest) for d in parsed.blobs]
         )
@@ -213,10 +225,12 @@ class HostedRepository:
         self._check_writable()
         reference = lookup_reference(reference)
         if Digest.is_digest(reference):
+            await self.guard.removing_manifest(self.repo_id, image, reference)
             if not await self.meta.delete_manifest(self.repo_id, image, reference):
                 raise RegistryError("MANIFEST_UNKNOWN", f"manifest {reference} not found")
             return
         tag = reference
+        await self.guard.removing_tag(self.repo_id, image, tag)
         if not await self.meta.delete_tag(self.repo_id, image, tag, self._tag_guard(None)):
             raise RegistryError("MANIFEST_UNKNOWN", f"tag {tag!r} not found in {image!r}")
 
@@ -225,10 +239,12 @@ class HostedRepository:
         self._check_writable()
         if not await self.meta.unlink_blob(self.repo_id, image, str(digest)):
             raise RegistryError("BLOB_UNKNOWN", f"blob {digest} not found in {image!r}")
+        await self.guard.removed_link(self.repo_id, image, str(digest))
 
     async def link_existing(self, image: str, digest: Digest) -> bool:
         """Link a blob the store already holds (mount, or a re-push) into this image."""
         self._check_writable()
+        await self.guard.claim(self.repo_id, image, str(digest))
         size = await self.blobs.stat(digest)
         if size is None:
             return False
@@ -240,6 +256,7 @@ class HostedRepository:
     ) -> int:
         """A monolithic upload: no session to record, one commit for the link."""
         self._check_writable()
+        await self.guard.claim(self.repo_id, image, str(digest))
         size = await self.blobs.ingest(chunks, digest, length)
         await self.meta.link_blob(self.repo_id, image, str(digest), size)
         return size
@@ -276,6 +293,7 @@ class HostedRepository:
 
     async def finish_upload(self, state: UploadState, digest: Digest) -> int:
         self._check_writable()
+        await self.guard.claim(self.repo_id, state.image, str(digest))
         try:
             size = await self.blobs.commit(state.id, digest)
         except RegistryError as exc:
@@ -322,6 +340,10 @@ async def referrer_entries(
             entry["annotations"] = row.annotations
         out.append(entry)
     return out
+
+
+def _ref_digests(parsed: Any) -> list[str]:
+    return [str(d.digest) for d in (*parsed.blobs, *parsed.children)]
 
 
 def _looks_like_uuid(value: str) -> bool:

@@ -22,6 +22,7 @@ import aiohttp
 from portway.config import RepositoryConfig
 from portway.coordination.interfaces import Locks
 from portway.db.store import MetadataStore, NewManifest
+from portway.lifecycle.guard import Guard
 from portway.oci import mediatypes as mt
 from portway.oci.digest import Digest
 from portway.oci.errors import RegistryError
@@ -59,6 +60,7 @@ class ProxyRepository(ProxyBlobs):
         meta: MetadataStore,
         blobs: BlobStore,
         locks: Locks | None = None,
+        guard: Guard | None = None,
     ) -> None:
         assert config.remote_url is not None
         self.name = config.name
@@ -66,6 +68,7 @@ class ProxyRepository(ProxyBlobs):
         self.repo_id = repo_id
         self.meta = meta
         self.blobs = blobs
+        self.guard = guard or Guard(meta)  # garbage collection's view of this repository
         self.breaker = UpstreamBreaker(config.remote_url)
         self._session: aiohttp.ClientSession | None = None
         self._upstream: UpstreamRegistry | None = None

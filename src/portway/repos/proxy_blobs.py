@@ -15,6 +15,7 @@ from portway.config import RepositoryConfig
 from portway.coordination.flock import FileLocks
 from portway.coordination.interfaces import Locks
 from portway.db.store import MetadataStore
+from portway.lifecycle.guard import Guard
 from portway.oci.digest import Digest
 from portway.oci.errors import RegistryError
 from portway.repos.base import BlobBody
@@ -43,6 +44,7 @@ class ProxyBlobs:
     repo_id: int
     meta: MetadataStore
     blobs: BlobStore
+    guard: Guard
     _downloads: SharedDownloads[str] | None
     _heads: SharedHeads | None
     _locks: Locks | None
@@ -235,6 +237,7 @@ class ProxyBlobs:
         # Verified: release the readers now; the cache commit (fsync, link, database) need
         # not hold up the clients' responses.
         spool.finish()
+        await self.guard.claim(self.repo_id, image, str(digest))
         await self.blobs.publish_file(spool.path, digest)
         await self.meta.link_blob(self.repo_id, image, str(digest), spool.written)
 

@@ -1,0 +1,221 @@
+"""Tables of the storage life cycle (ADR 0025): garbage candidates, holds, blob states.
+
+- `gc_candidates`: what may have become garbage, written when it may have (a manifest or tag
+  deleted, a blob link removed, a blob linked by an upload or a mount that no manifest
+  references yet). The collector reads these rows only, never the whole registry.
+  kind "link": the blob link (repo_id, image, digest); "manifest": that manifest;
+  "blob": the blob `digest` itself (repo_id 0, image "").
+- `gc_holds`: an existence answer a client relies on (blob HEAD, mount, upload commit, the
+  references a manifest PUT checked), recorded only when what it answered for is a candidate;
+  the collector leaves held things alone until `until`.
+- `blob_states`: a blob's deletion as a compare-and-set state change: live -> deleting -> gone,
+  each step bumping `generation`. No row means live.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Sequence
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Connection,
+    Float,
+    Index,
+    Integer,
+    String,
+    Table,
+    and_,
+    delete,
+    select,
+    tuple_,
+    update,
+)
+
+from portway.db.dialect import Dialect
+from portway.db.schema import metadata
+
+gc_candidates = Table(
+    "gc_candidates",
+    metadata,
+    Column("repo_id", Integer, primary_key=True),
+    Column("image", String(255), primary_key=True),
+    Column("digest", String(160), primary_key=True),
+    Column("kind", String(8), primary_key=True),
+    Column("since", Float, nullable=False),
+)
+Index("ix_gc_candidates_digest", gc_candidates.c.digest)
+Index("ix_gc_candidates_since", gc_candidates.c.since)
+
+gc_holds = Table(
+    "gc_holds",
+    metadata,
+    Column("repo_id", Integer, primary_key=True),
+    Column("image", String(255), primary_key=True),
+    Column("digest", String(160), primary_key=True),
+    Column("until", Float, nullable=False),
+)
+Index("ix_gc_holds_digest", gc_holds.c.digest)
+
+blob_states = Table(
+    "blob_states",
+    metadata,
+    Column("digest", String(160), primary_key=True),
+    Column("state", String(8), nullable=False),  # live | deleting | gone
+    Column("generation", BigInteger, nullable=False),
+    Column("size", BigInteger),
+    Column("updated", Float, nullable=False),
+)
+
+LINK, MANIFEST, BLOB = "link", "manifest", "blob"
+LIVE, DELETING, GONE = "live", "deleting", "gone"
+
+Key = tuple[int, str, str]  # (repo_id, image, digest)
+
+
+def hold_key(repo_id: int, image: str, digest: str) -> str:
+    """What a hold and the collector's decision on the same thing serialise on (PostgreSQL
+    advisory locks; SQLite's single write lock serialises them anyway)."""
+    return f"gc:{repo_id}:{image}:{digest}"
+
+
+def note_candidates(
+    dialect: Dialect, conn: Connection, rows: Iterable[tuple[int, str, str, str]], since: float
+) -> None:
+    """Record (repo_id, image, digest, kind) as candidates from `since` (a newer event moves
+    an existing row's clock forward: the collector waits a full hold after the last one)."""
+    values = [
+        {"repo_id": r, "image": i, "digest": d, "kind": k, "since": since} for r, i, d, k in rows
+    ]
+    if not values:
+        return
+    stmt = dialect.insert(gc_candidates)
+    conn.execute(
+        stmt.on_conflict_do_update(
+            index_elements=["repo_id", "image", "digest", "kind"],
+            set_={"since": stmt.excluded.since},
+        ),
+        values,
+    )
+
+
+def candidate_keys(conn: Connection, repo_id: int, image: str, digests: Sequence[str]) -> set[str]:
+    """Which of `digests` are link or manifest candidates in this image."""
+    if not digests:
+        return set()
+    stmt = select(gc_candidates.c.digest).where(
+        gc_candidates.c.repo_id == repo_id,
+        gc_candidates.c.image == image,
+        gc_candidates.c.digest.in_(set(digests)),
+    )
+    return {r[0] for r in conn.execute(stmt)}
+
+
+def write_holds(
+    dialect: Dialect,
+    conn: Connection,
+    repo_id: int,
+    image: str,
+    digests: Sequence[str],
+    until: float,
+) -> None:
+    dialect.lock_keys(conn, [hold_key(repo_id, image, d) for d in digests])
+    stmt = dialect.insert(gc_holds)
+    conn.execute(
+        stmt.on_conflict_do_update(
+            index_elements=["repo_id", "image", "digest"], set_={"until": stmt.excluded.until}
+        ),
+        [{"repo_id": repo_id, "image": image, "digest": d, "until": until} for d in digests],
+    )
+
+
+def held(conn: Connection, repo_id: int, image: str, digest: str, now: float) -> bool:
+    row = conn.execute(
+        select(gc_holds.c.until).where(
+            gc_holds.c.repo_id == repo_id,
+            gc_holds.c.image == image,
+            gc_holds.c.digest == digest,
+            gc_holds.c.until > now,
+        )
+    ).first()
+    return row is not None
+
+
+def state_of(conn: Connection, digest: str) -> tuple[str, int] | None:
+    row = conn.execute(
+        select(blob_states.c.state, blob_states.c.generation).where(blob_states.c.digest == digest)
+    ).first()
+    return None if row is None else (str(row[0]), int(row[1]))
+
+
+def set_state(
+    dialect: Dialect,
+    conn: Connection,
+    digest: str,
+    new: str,
+    expect: tuple[str, int] | None,
+    size: int | None = None,
+) -> int | None:
+    """Compare-and-set a blob's state: only from `expect` ((state, generation), None for "no
+    row"). Returns the new generation, or None when the blob was not in the expected state."""
+    now = time.time()
+    if expect is None:
+        added = conn.execute(
+            dialect.insert(blob_states)
+            .values(digest=digest, state=new, generation=1, size=size, updated=now)
+            .on_conflict_do_nothing(index_elements=["digest"])
+        )
+        return 1 if added.rowcount else None
+    state, generation = expect
+    values: dict[str, object] = {"state": new, "generation": generation + 1, "updated": now}
+    if size is not None:
+        values["size"] = size
+    changed = conn.execute(
+        update(blob_states)
+        .where(
+            blob_states.c.digest == digest,
+            blob_states.c.state == state,
+            blob_states.c.generation == generation,
+        )
+        .values(**values)
+    )
+    return generation + 1 if changed.rowcount else None
+
+
+def drop_candidate(conn: Connection, key: Key, kind: str, since: float | None = None) -> bool:
+    """Remove a candidate row; with `since`, only if nothing renewed it meanwhile."""
+    repo_id, image, digest = key
+    where = [
+        gc_candidates.c.repo_id == repo_id,
+        gc_candidates.c.image == image,
+        gc_candidates.c.digest == digest,
+        gc_candidates.c.kind == kind,
+    ]
+    if since is not None:
+        where.append(gc_candidates.c.since == since)
+    return bool(conn.execute(delete(gc_candidates).where(and_(*where))).rowcount)
+
+
+def pending_for_digest(conn: Connection, digest: str, now: float) -> bool:
+    """Whether anything still may need blob `digest`: a link candidate or a live hold."""
+    cand = conn.execute(
+        select(gc_candidates.c.kind)
+        .where(gc_candidates.c.digest == digest, gc_candidates.c.kind == LINK)
+        .limit(1)
+    ).first()
+    if cand is not None:
+        return True
+    hold = conn.execute(
+        select(gc_holds.c.until).where(gc_holds.c.digest == digest, gc_holds.c.until > now).limit(1)
+    ).first()
+    return hold is not None
+
+
+def forget_expired_holds(conn: Connection, now: float) -> int:
+    return int(conn.execute(delete(gc_holds).where(gc_holds.c.until <= now)).rowcount)
+
+
+def in_keys(columns: Sequence[object], keys: Sequence[tuple[object, ...]]) -> object:
+    """`(a, b, c) IN ((...), ...)` for both dialects."""
+    return tuple_(*columns).in_(keys)  # type: ignore[arg-type]
