@@ -207,6 +207,39 @@ def test_write_whose_pending_upload_was_purged_publishes_nothing(open_backend: O
     run(open_backend, scenario)
 
 
+def test_resumable_multipart_write(open_backend: Opener) -> None:
+    """A multipart write's state is its token and parts: another backend object (another
+    node) stores the next part and completes it; nothing shows before `complete_parts`, and
+    an abandoned one is a pending write the purge removes."""
+
+    async def scenario(b: BlobBackend) -> None:
+        first, second, last = os.urandom(PART), os.urandom(PART + 7), b"end"
+        token = await b.begin_parts("uploads/s1/data")
+        parts = [await b.put_part("uploads/s1/data", token, 1, first)]
+        async with open_backend() as other:  # a second node, same storage
+            parts.append(await other.put_part("uploads/s1/data", token, 2, second))
+            parts.append(await other.put_part("uploads/s1/data", token, 3, last))
+            assert await other.stat("uploads/s1/data") is None, "visible before complete"
+            assert [p.size for p in parts] == [PART, PART + 7, 3]
+            info = await other.complete_parts("uploads/s1/data", token, parts)
+        assert info.size == 2 * PART + 10
+        assert await read_all(b, "uploads/s1/data") == first + second + last
+        assert await b.pending_writes(older_than=0) == []
+        dead = await b.begin_parts("uploads/s2/data")
+        await b.put_part("uploads/s2/data", dead, 1, b"x" * 10)
+        await asyncio.sleep(1.1)
+        pending = await b.pending_writes(older_than=0.5)
+        assert len(pending) == 1
+        await b.abort_pending(pending[0])
+        assert await b.pending_writes(older_than=0) == []
+        with pytest.raises(FileNotFoundError):
+            await b.put_part("uploads/s2/data", dead, 2, b"late")
+        assert await keys(b, "uploads") == {"uploads/s1/data"}
+        assert b.part_minimum in (1, PART)
+
+    run(open_backend, scenario)
+
+
 def test_copy_delete_and_list(open_backend: Opener) -> None:
     async def scenario(b: BlobBackend) -> None:
         await put(b, "a/1", b"one")

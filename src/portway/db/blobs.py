@@ -6,7 +6,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import Connection, delete, insert, select
+from sqlalchemy import Connection, delete, insert, or_, select, update
 
 from portway.db.base import StoreBase
 from portway.db.dialect import Dialect
@@ -85,12 +85,58 @@ class BlobStore(StoreBase):
         )
 
     async def get_upload(self, upload_id: str) -> UploadRow | None:
-        row = await self._one(select(uploads).where(uploads.c.id == upload_id))
-        return (
-            None
-            if row is None
-            else UploadRow(row.id, row.repo_id, row.image, row.created, row.updated)
-        )
+        return _upload_row(await self._one(select(uploads).where(uploads.c.id == upload_id)))
+
+    async def claim_upload(self, upload_id: str, holder: str, until: float) -> UploadRow | None:
+        """Take the session's lease for `holder` until `until` (Unix time), unless another
+        holder's lease still runs; returns the session as the lease found it, None when it is
+        missing or busy. The lease is what keeps two requests (on any nodes) from writing one
+        session at once."""
+        now = time.time()
+
+        def run(conn: Connection) -> UploadRow | None:
+            taken = conn.execute(
+                update(uploads)
+                .where(
+                    uploads.c.id == upload_id,
+                    or_(
+                        uploads.c.lease.is_(None),
+                        uploads.c.lease < now,
+                        uploads.c.holder == holder,
+                    ),
+                )
+                .values(holder=holder, lease=until)
+            )
+            if not taken.rowcount:
+                return None
+            return _upload_row(
+                conn.execute(select(uploads).where(uploads.c.id == upload_id)).first()
+            )
+
+        return await self._write(run)
+
+    async def save_upload(
+        self, upload_id: str, holder: str, size: int, state: str | None, until: float | None
+    ) -> bool:
+        """Record the session's size and state while `holder` still holds its lease; `until`
+        None gives the lease up. False when the lease was lost (expired and taken)."""
+        now = time.time()
+
+        def run(conn: Connection) -> bool:
+            done = conn.execute(
+                update(uploads)
+                .where(uploads.c.id == upload_id, uploads.c.holder == holder)
+                .values(
+                    size=size,
+                    state=state,
+                    updated=now,
+                    lease=until,
+                    holder=holder if until is not None else None,
+                )
+            )
+            return bool(done.rowcount)
+
+        return await self._write(run)
 
     async def finish_upload(
         self, upload_id: str, repo_id: int, image: str, digest: str, size: int
@@ -113,6 +159,14 @@ class BlobStore(StoreBase):
         """Sessions opened before `older_than` (their data may have been written since)."""
         stmt = select(uploads.c.id).where(uploads.c.created < older_than)
         return await self._read(lambda conn: [r[0] for r in conn.execute(stmt)])
+
+
+def _upload_row(row: Any) -> UploadRow | None:
+    if row is None:
+        return None
+    return UploadRow(
+        row.id, row.repo_id, row.image, row.created, row.updated, int(row.size), row.state
+    )
 
 
 def link(

@@ -31,6 +31,8 @@ class UploadRow:
     image: str
     created: float
     updated: float
+    size: int = 0  # bytes stored (sessions kept in parts; the filesystem's file says itself)
+    state: str | None = None  # the blob backend's multipart state, JSON
 
 
 @dataclass(frozen=True, slots=True)

@@ -88,6 +88,12 @@ uploads = Table(
     Column("image", String(255), nullable=False),
     Column("created", Float, nullable=False),
     Column("updated", Float, nullable=False),
+    # A session any node continues (revision 0002): bytes stored so far, the backend's
+    # multipart state as JSON (parts store only), and the lease of the request writing it.
+    Column("size", BigInteger, nullable=False, server_default="0"),
+    Column("state", Text, nullable=True),
+    Column("holder", String(64), nullable=True),
+    Column("lease", Float, nullable=True),
 )
 
 schema_version = Table(

@@ -9,8 +9,11 @@ The protocol is what both a local folder and an S3 bucket can do well:
   upload under its content address moves no bytes through the node;
 - `presign_get` hands a time-limited URL a client may fetch directly (None where the backend
   cannot: the filesystem);
+- a resumable multipart write (`begin_parts`, `put_part`, `complete_parts`) whose state is
+  the token and the parts, which the caller keeps where every node sees it: any node goes on
+  with it (S3 multipart uploads; every part but the last at least `part_minimum` bytes);
 - `pending_writes`/`abort_pending` find and remove writes that never committed (a node that
-  died mid-upload), for the upload purge.
+  died mid-upload, a multipart write never completed), for the upload purge.
 
 Missing objects raise `ObjectMissing`, a `FileNotFoundError`, from `read` and `copy`;
 `stat` answers None and `delete` does nothing.
@@ -40,6 +43,15 @@ class PendingWrite:
     started: float  # Unix time
 
 
+@dataclass(frozen=True, slots=True)
+class Part:
+    """One stored part of a multipart write."""
+
+    number: int  # from 1
+    etag: str
+    size: int
+
+
 class ObjectMissing(FileNotFoundError):
     """No object at the key."""
 
@@ -64,6 +76,11 @@ class ObjectWriter(Protocol):
 
 
 class BlobBackend(Protocol):
+    @property
+    def part_minimum(self) -> int:
+        """The smallest part a multipart write takes (all but its last part)."""
+        ...
+
     async def stat(self, key: str) -> ObjectInfo | None: ...
     def read(
         self, key: str, offset: int = 0, length: int | None = None
@@ -74,5 +91,8 @@ class BlobBackend(Protocol):
     async def delete(self, key: str) -> None: ...
     def list(self, prefix: str) -> AsyncIterator[str]: ...
     async def presign_get(self, key: str, expires_in: float) -> str | None: ...
+    async def begin_parts(self, key: str) -> str: ...
+    async def put_part(self, key: str, token: str, number: int, data: bytes) -> Part: ...
+    async def complete_parts(self, key: str, token: str, parts: Sequence[Part]) -> ObjectInfo: ...
     async def pending_writes(self, older_than: float) -> Sequence[PendingWrite]: ...
     async def abort_pending(self, pending: PendingWrite) -> None: ...

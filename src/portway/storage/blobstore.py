@@ -53,6 +53,12 @@ class BlobStore:
         self.spool = spool
         self.faults = StorageFaults()
 
+    async def aclose(self) -> None:
+        """Close the backend's connections (S3), if it has any."""
+        close = getattr(self.backend, "close", None)
+        if close is not None:
+            await close()
+
     # -- blobs -------------------------------------------------------------------------
     blob_key = staticmethod(blob_key)
 

@@ -27,7 +27,7 @@ from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
 from botocore.exceptions import ClientError
 
-from portway.storage.backend import ObjectInfo, ObjectMissing, PendingWrite
+from portway.storage.backend import ObjectInfo, ObjectMissing, Part, PendingWrite
 
 if TYPE_CHECKING:
     from types_aiobotocore_s3 import S3Client
@@ -220,6 +220,38 @@ class S3Backend:
             ExpiresIn=seconds,
         )
         return url
+
+    # -- resumable multipart writes (upload sessions continued on any node) ----------------
+    part_minimum = MIN_PART
+
+    async def begin_parts(self, key: str) -> str:
+        upload = await self.client.create_multipart_upload(Bucket=self.bucket, Key=self._key(key))
+        return upload["UploadId"]
+
+    async def put_part(self, key: str, token: str, number: int, data: bytes) -> Part:
+        try:
+            done = await self.client.upload_part(
+                Bucket=self.bucket, Key=self._key(key), UploadId=token,
+                PartNumber=number, Body=data,
+            )
+        except ClientError as exc:
+            if _code(exc) in {"NoSuchUpload", "404"}:
+                raise ObjectMissing(f"multipart upload {token}") from None
+            raise
+        return Part(number=number, etag=done["ETag"], size=len(data))
+
+    async def complete_parts(self, key: str, token: str, parts: Sequence[Part]) -> ObjectInfo:
+        listed = [{"PartNumber": p.number, "ETag": p.etag} for p in parts]
+        try:
+            await self.client.complete_multipart_upload(
+                Bucket=self.bucket, Key=self._key(key), UploadId=token,
+                MultipartUpload={"Parts": listed},  # type: ignore[typeddict-item]
+            )
+        except ClientError as exc:
+            if _code(exc) in {"NoSuchUpload", "404"}:
+                raise ObjectMissing(f"multipart upload {token}") from None
+            raise
+        return ObjectInfo(key=key, size=sum(p.size for p in parts), mtime=time.time())
 
     async def pending_writes(self, older_than: float) -> Sequence[PendingWrite]:
         cutoff = time.time() - older_than

@@ -1,0 +1,82 @@
+"""An S3 backend opened on first use, inside the running event loop.
+
+The composition root is built before any loop runs (and each worker builds its own), while
+aiobotocore's client belongs to the loop that opened it: this wrapper opens the real
+`S3Backend` at the first call and answers the `BlobBackend` protocol by delegating.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+
+from portway.storage.backend import ObjectInfo, ObjectWriter, Part, PendingWrite
+from portway.storage.s3 import MIN_PART, S3Backend, S3Settings
+
+
+class LazyS3Backend:
+    part_minimum = MIN_PART
+
+    def __init__(self, settings: S3Settings) -> None:
+        self.settings = settings
+        self._backend: S3Backend | None = None
+        self._opening: asyncio.Lock | None = None
+
+    async def _open(self) -> S3Backend:
+        if self._backend is not None:
+            return self._backend
+        if self._opening is None:
+            self._opening = asyncio.Lock()
+        async with self._opening:
+            if self._backend is None:
+                self._backend = await S3Backend.open(self.settings)
+        return self._backend
+
+    async def close(self) -> None:
+        if self._backend is not None:
+            backend, self._backend = self._backend, None
+            await backend.close()
+
+    def local_path(self, key: str) -> Path | None:
+        return None
+
+    async def stat(self, key: str) -> ObjectInfo | None:
+        return await (await self._open()).stat(key)
+
+    async def read(
+        self, key: str, offset: int = 0, length: int | None = None
+    ) -> AsyncIterator[bytes]:
+        async for chunk in (await self._open()).read(key, offset, length):
+            yield chunk
+
+    async def create(self, key: str) -> ObjectWriter:
+        return await (await self._open()).create(key)
+
+    async def copy(self, src: str, dst: str) -> None:
+        await (await self._open()).copy(src, dst)
+
+    async def delete(self, key: str) -> None:
+        await (await self._open()).delete(key)
+
+    async def list(self, prefix: str) -> AsyncIterator[str]:
+        async for key in (await self._open()).list(prefix):
+            yield key
+
+    async def presign_get(self, key: str, expires_in: float) -> str | None:
+        return await (await self._open()).presign_get(key, expires_in)
+
+    async def begin_parts(self, key: str) -> str:
+        return await (await self._open()).begin_parts(key)
+
+    async def put_part(self, key: str, token: str, number: int, data: bytes) -> Part:
+        return await (await self._open()).put_part(key, token, number, data)
+
+    async def complete_parts(self, key: str, token: str, parts: Sequence[Part]) -> ObjectInfo:
+        return await (await self._open()).complete_parts(key, token, parts)
+
+    async def pending_writes(self, older_than: float) -> Sequence[PendingWrite]:
+        return await (await self._open()).pending_writes(older_than)
+
+    async def abort_pending(self, pending: PendingWrite) -> None:
+        await (await self._open()).abort_pending(pending)
