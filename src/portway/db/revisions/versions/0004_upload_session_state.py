@@ -19,7 +19,7 @@ depends_on: str | None = None
 def upgrade() -> None:
     # A database made before Alembic got today's tables from its first hand-made step.
     have = {c["name"] for c in sa.inspect(op.get_bind()).get_columns("uploads")}
-    wanted = [
+    wanted: list[sa.Column[object]] = [
         sa.Column("size", sa.BigInteger(), server_default="0", nullable=False),
         sa.Column("state", sa.Text(), nullable=True),
         sa.Column("holder", sa.String(length=64), nullable=True),
