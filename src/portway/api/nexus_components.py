@@ -83,7 +83,7 @@ def _repo_id(call: Call, name: str | None) -> int:
     return int(repo_id)
 
 
-def _asset(call: Call, repo: str, row: TagRow, body: tuple[str, bytes] | None) -> AssetXO:
+def _asset(call: Call, repo: str, row: TagRow, body: tuple[str, int] | None) -> AssetXO:
     path = f"v2/{row.image}/manifests/{row.name}"
     when = datetime.fromtimestamp(row.updated, UTC).isoformat(timespec="milliseconds")
     return AssetXO(
@@ -94,12 +94,12 @@ def _asset(call: Call, repo: str, row: TagRow, body: tuple[str, bytes] | None) -
         contentType=body[0] if body else None,
         checksum={"sha256": row.digest.removeprefix("sha256:")},
         lastModified=when.replace("+00:00", "Z"),
-        fileSize=len(body[1]) if body else None,
+        fileSize=body[1] if body else None,
     )
 
 
 def _page(call: Call, repo: str, repo_id: int, rows: list[TagRow]) -> list[ComponentXO]:
-    bodies = call.services.browse.many_bodies(repo_id, [(r.image, r.digest) for r in rows])
+    bodies = call.services.browse.many_sizes(repo_id, [(r.image, r.digest) for r in rows])
     return [
         ComponentXO(
             id=_b64(["c", repo, r.image, r.name]),

@@ -81,6 +81,7 @@ class Operation:
     responses: Mapping[int, tuple[type[BaseModel] | None, bool]] = field(default_factory=dict)
     query: tuple[Param, ...] = ()
     greedy: tuple[str, ...] = ()  # path parameters that may hold '/' (image names)
+    fresh: bool = False  # read the repository set's generation first (another worker's change)
 
     @property
     def operation_id(self) -> str:
@@ -183,7 +184,8 @@ def _wrap(op: Operation) -> Callable[[web.Request], Awaitable[web.StreamResponse
             services = ctx.admin
             assert services is not None
             principal = await _principal(request, ctx)
-            await services.repositories.refresh()  # another worker's change, read first
+            if op.fresh:
+                await services.repositories.refresh()
             if (
                 principal is not None
                 and op.privilege is not None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from functools import lru_cache
 
 from aiohttp import web
@@ -25,11 +26,12 @@ async def openapi_json(call: Call) -> web.StreamResponse:
 
 
 def operations() -> list[Operation]:
+    # Repository definitions are read after the set's generation (another worker's change).
+    fresh = [replace(op, fresh=True) for op in (*nexus_repos.OPERATIONS, *portway_repos.OPERATIONS)]
     return [
-        *nexus_repos.OPERATIONS,
+        *fresh,
         *nexus_security.OPERATIONS,
         *nexus_components.OPERATIONS,
-        *portway_repos.OPERATIONS,
         *portway_tags.OPERATIONS,
         *portway_admin.OPERATIONS,
     ]

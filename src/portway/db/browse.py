@@ -123,20 +123,23 @@ class BrowseQueries:
                     out[digest] = (media_type, bytes(body))
         return out
 
-    def many_bodies(
+    def many_sizes(
         self, repo_id: int, keys: Sequence[tuple[str, str]]
-    ) -> dict[tuple[str, str], tuple[str, bytes]]:
-        """(image, digest) -> (media type, body), for a page of components."""
-        out: dict[tuple[str, str], tuple[str, bytes]] = {}
+    ) -> dict[tuple[str, str], tuple[str, int]]:
+        """(image, digest) -> (media type, manifest size), for a page of components."""
+        out: dict[tuple[str, str], tuple[str, int]] = {}
         if not keys:
             return out
         stmt = select(
-            manifests.c.image, manifests.c.digest, manifests.c.media_type, manifests.c.body
+            manifests.c.image,
+            manifests.c.digest,
+            manifests.c.media_type,
+            func.length(manifests.c.body),
         ).where(
             manifests.c.repo_id == repo_id,
             tuple_(manifests.c.image, manifests.c.digest).in_(list(dict.fromkeys(keys))),
         )
         with self.engine.connect() as conn:
-            for image, digest, media_type, body in conn.execute(stmt):
-                out[(image, digest)] = (media_type, bytes(body))
+            for image, digest, media_type, size in conn.execute(stmt):
+                out[(image, digest)] = (media_type, int(size))
         return out
