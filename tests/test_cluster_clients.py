@@ -236,3 +236,107 @@ def test_rolling_restart_fails_no_request(cluster: Cluster) -> None:
         puller.join(60)
     failed = [o for o in outcomes if o != 200]
     assert len(outcomes) > 20 and not failed, (len(outcomes), failed[:10], cluster.logs())
+
+
+# -- SIGKILL of the node holding a half-done upload ----------------------------------------
+
+CRASH_SIZE = 256 * 1024 * 1024  # the issue's 1 GiB, cut to a quarter for CI time
+BLOCK = 1024 * 1024
+_BASE = os.urandom(BLOCK)
+
+
+def _blob(start: int, end: int) -> Iterator[bytes]:
+    """Bytes [start, end) of a CRASH_SIZE blob made of numbered 1 MiB blocks."""
+    offset = start
+    while offset < end:
+        index, within = divmod(offset, BLOCK)
+        block = index.to_bytes(8, "big") + _BASE[8:]
+        piece = block[within : min(BLOCK, within + end - offset)]
+        offset += len(piece)
+        yield piece
+
+
+class _Sized:
+    """Bytes [start, end) with a length, so requests sends Content-Length, not chunks."""
+
+    def __init__(self, start: int, end: int) -> None:
+        self.start, self.end = start, end
+
+    def __len__(self) -> int:
+        return self.end - self.start
+
+    def __iter__(self) -> Iterator[bytes]:
+        return _blob(self.start, self.end)
+
+
+def _status(cluster: Cluster, location: str, auth: dict[str, str]) -> int:
+    """Bytes the upload holds, asked through the front door (any live node answers)."""
+    got = requests.get(urljoin(cluster.front_url, location), headers=auth, timeout=60)
+    assert got.status_code == 204, (got.status_code, got.text)
+    return int(got.headers["Range"].rpartition("-")[2]) + 1
+
+
+def test_upload_survives_sigkill_of_its_node(cluster: Cluster) -> None:
+    digest = hashlib.sha256()
+    for piece in _blob(0, CRASH_SIZE):
+        digest.update(piece)
+    expected = "sha256:" + digest.hexdigest()
+    bearer = token(cluster.front_url, cluster.admin, ["repository:docker-hosted/crash:pull,push"])
+    auth = {"Authorization": f"Bearer {bearer}"}
+    victim = cluster.nodes[0]
+    started = requests.post(f"{victim.url}/v2/docker-hosted/crash/blobs/uploads/", headers=auth,
+                            timeout=60)  # fmt: skip
+    assert started.status_code == 202, started.text
+    location = started.headers["Location"]
+    paused, errors = threading.Event(), []
+
+    def body() -> Iterator[bytes]:
+        for index, piece in enumerate(_blob(0, CRASH_SIZE)):
+            if index == CRASH_SIZE // BLOCK // 2:
+                paused.wait(120)  # half sent: the node is killed now
+            yield piece
+
+    def send() -> None:
+        try:
+            requests.patch(urljoin(victim.url, location), data=body(),
+                           headers={**auth, "Content-Type": "application/octet-stream"},
+                           timeout=120)  # fmt: skip
+        except requests.RequestException as exc:
+            errors.append(exc)
+
+    sender = threading.Thread(target=send, daemon=True)
+    sender.start()
+    try:
+        deadline = time.monotonic() + 120
+        while _status(cluster, location, auth) < CRASH_SIZE // 4:  # well under way
+            assert time.monotonic() < deadline, victim.log()[-3000:]
+            time.sleep(0.2)
+        victim.kill()  # SIGKILL mid-request: no drain, no cleanup
+        paused.set()
+        sender.join(120)
+        assert errors, "the PATCH to the killed node should have failed"
+        held = _status(cluster, location, auth)  # through the front door: another node
+        assert CRASH_SIZE // 4 <= held < CRASH_SIZE, held
+        rest = requests.patch(
+            urljoin(cluster.front_url, location), data=_Sized(held, CRASH_SIZE),
+            headers={**auth, "Content-Type": "application/octet-stream",
+                     "Content-Range": f"{held}-{CRASH_SIZE - 1}"},
+            timeout=300,
+        )  # fmt: skip
+        assert rest.status_code == 202, rest.text
+        done = requests.put(
+            urljoin(cluster.front_url, rest.headers["Location"]), params={"digest": expected},
+            headers=auth, timeout=300,
+        )  # fmt: skip
+        assert done.status_code == 201, done.text
+        reader = cluster.nodes[2]
+        got = requests.get(f"{reader.url}/v2/docker-hosted/crash/blobs/{expected}", headers=auth,
+                           stream=True, timeout=300)  # fmt: skip
+        check = hashlib.sha256()
+        for piece in got.iter_content(BLOCK):
+            check.update(piece)
+        assert got.status_code == 200 and "sha256:" + check.hexdigest() == expected
+    finally:
+        paused.set()
+        if not victim.alive():
+            victim.start(60)  # the module's cluster stays whole for later tests

@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator
 from urllib.parse import urlencode, urljoin, urlsplit
 
 from portway.cli.doctor_client import Client, Reply, Result, bearer, challenge_params
+from portway.cli.doctor_cluster import add_cluster_option, parse_cluster, run_cluster
 
 CHUNK = 10 * 1024 * 1024
 PROBE = "portway-doctor"  # image name of the probe upload (nothing is ever committed)
@@ -375,8 +376,6 @@ def run(args: argparse.Namespace) -> int:
             print(f"FAIL  cannot reach {args.url}: {exc}")
             status = 1
     if args.cluster is not None:
-        from portway.cli.doctor_cluster import parse_cluster, run_cluster
-
         nodes = parse_cluster(args.cluster)
         status = max(status, run_cluster(nodes, basic, args.insecure, args.ca))
     return status
@@ -384,18 +383,8 @@ def run(args: argparse.Namespace) -> int:
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("doctor", help="check a deployment as a Docker client sees it")
-    p.add_argument(
-        "url",
-        nargs="?",
-        help="the registry URL clients use, e.g. https://project.example.com",
-    )
-    p.add_argument(
-        "--cluster",
-        metavar="URL,URL,...",
-        help="each node's own URL behind the front door: flags a node that is not ready (its "
-        "database or blob store), a skewed clock, and configuration or signing keys that "
-        "differ between nodes (give --user admin)",
-    )
+    p.add_argument("url", nargs="?", help="the registry URL clients use, e.g. https://host")
+    add_cluster_option(p)
     p.add_argument(
         "--image",
         help="image name for the probe upload (default: found by trying portway-doctor, then "

@@ -12,6 +12,7 @@ the administrator's credentials (portway.observe.node says what it answers). Fla
 
 from __future__ import annotations
 
+import argparse
 import email.utils
 import json
 import time
@@ -190,3 +191,13 @@ def run_cluster(
     failed = sum(not r.ok for r in results)
     out(f"{len(urls)} nodes: {len(results) - failed} passed, {failed} failed")
     return 1 if failed else 0
+
+
+def add_cluster_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--cluster",
+        metavar="URL,URL,...",
+        help="each node's own URL behind the front door: flags a node that is not ready (its "
+        "database or blob store), a skewed clock, and configuration or signing keys that "
+        "differ between nodes (give --user admin)",
+    )
