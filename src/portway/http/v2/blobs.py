@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
+import ipaddress
 import logging
 import re
 
 from aiohttp import web
 from aiohttp.abc import AbstractStreamWriter
 
+from portway.http.forwarded import IPNetwork, client_address
 from portway.http.v2.call import V2Call
 from portway.oci.digest import Digest
 from portway.oci.errors import RegistryError
+from portway.storage.body import BlobBody
 from portway.upstream.singleflight import SpoolReader
 
 log = logging.getLogger("portway.http")
@@ -66,6 +71,14 @@ async def get(call: V2Call, digest_text: str) -> web.StreamResponse:
     range_header = call.request.headers.get("Range")
     if range_header:
         check_range(range_header, blob.size)
+    if blob.presign is not None and _redirects(call):
+        url = await blob.presign(call.ctx.settings.storage.redirect_expiry)
+        if url is not None:
+            await _drop(blob)
+            headers["Location"] = url
+            headers["Content-Length"] = "0"
+            del headers["Content-Type"], headers["Accept-Ranges"]
+            return web.Response(status=307, headers=headers)
     if blob.local is not None:
         if blob.size <= SMALL_BLOB and not range_header:
             # Configs and small layers: one read on the loop beats a thread-pool round trip.
@@ -96,6 +109,41 @@ async def get(call: V2Call, digest_text: str) -> web.StreamResponse:
         raise ConnectionResetError(f"blob {digest} cut short") from exc
     await response.write_eof()
     return response
+
+
+def _redirects(call: V2Call) -> bool:
+    """Whether this GET is answered by a presigned redirect to the bucket: the repository's
+    `redirect` (else [storage] redirect): always, or auto for clients in redirect_networks
+    (the client's address as the trusted proxies tell it)."""
+    storage = call.ctx.settings.storage
+    mode = call.repo.config.redirect or storage.redirect
+    if mode == "off":
+        return False
+    if mode == "always":
+        return True
+    address = client_address(call.request, call.ctx.trusted)
+    if not address:
+        return False
+    try:
+        addr = ipaddress.ip_address(address.split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        addr = addr.ipv4_mapped
+    return any(addr in net for net in _networks(storage.redirect_networks))
+
+
+@functools.lru_cache(maxsize=8)
+def _networks(nets: tuple[str, ...]) -> tuple[IPNetwork, ...]:
+    return tuple(ipaddress.ip_network(n, strict=False) for n in nets)
+
+
+async def _drop(blob: BlobBody) -> None:
+    """Close the stream a redirect does not send (it never started: no request was made)."""
+    close = getattr(blob.stream, "aclose", None)
+    if close is not None:
+        with contextlib.suppress(Exception):
+            await close()
 
 
 async def _send_growing(
