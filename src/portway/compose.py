@@ -87,8 +87,9 @@ class Portway:
 
     @property
     def clustered(self) -> bool:
-        """Metadata in PostgreSQL: other nodes may share it, so share state through it."""
-        return self.meta.dialect.name == "postgresql"
+        """Metadata in PostgreSQL: other nodes may share it, so share state through it (signing
+        keys, audit log, locks, proxy health). Read from the settings: opens nothing."""
+        return self.settings.database.url.startswith(("postgresql", "postgres:"))
 
     @cached_property
     def locks(self) -> Locks:
@@ -118,14 +119,30 @@ class Portway:
 
     @cached_property
     def audit(self) -> AuditLog:
+        """`<data_dir>/audit.log` on one host; the database's `audit_events` in a cluster, so
+        every node's records are in one place (`portway audit export`; ADR 0022)."""
         from portway.auth.audit import AuditLog
 
+        if self.clustered:
+            import socket
+
+            from portway.auth.audit_db import DatabaseAuditLog
+
+            node = f"{socket.gethostname()}:{self.settings.server.listen}"
+            return DatabaseAuditLog(self.meta.engine, node)
         return AuditLog(self.settings.server.data_dir / "audit.log")
 
     @cached_property
     def keyring(self) -> KeyRing:
+        """`<data_dir>/keys` on one host; the database's `signing_keys` in a cluster, where the
+        first node moves its folder keys in (ADR 0022)."""
         from portway.auth.keys import KeyRing
 
+        if self.clustered:
+            from portway.auth.keys_db import DatabaseKeyRing
+
+            keys = self.settings.server.data_dir / "keys"
+            return DatabaseKeyRing(self.meta.engine, import_from=keys)
         return KeyRing.in_data_dir(self.settings.server.data_dir)
 
     @cached_property
@@ -295,6 +312,9 @@ class Portway:
         self.close()
 
     def close(self) -> None:
+        close_audit = getattr(self.__dict__.get("audit"), "close", None)
+        if close_audit is not None:
+            close_audit()  # what is still queued for the database
         if "locks" in self.__dict__:
             self.locks.close()
         if "meta" in self.__dict__:
