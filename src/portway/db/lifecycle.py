@@ -68,6 +68,17 @@ blob_states = Table(
     Column("updated", Float, nullable=False),
 )
 
+# When a manifest was last pulled (by tag or by digest), written in batches (guard.py), for
+# the cleanup policies' not_pulled_days and a proxy cache's expiry by last use.
+manifest_pulls = Table(
+    "manifest_pulls",
+    metadata,
+    Column("repo_id", Integer, primary_key=True),
+    Column("image", String(255), primary_key=True),
+    Column("digest", String(160), primary_key=True),
+    Column("last", Float, nullable=False),
+)
+
 LINK, MANIFEST, BLOB = "link", "manifest", "blob"
 LIVE, DELETING, GONE = "live", "deleting", "gone"
 
@@ -210,6 +221,22 @@ def pending_for_digest(conn: Connection, digest: str, now: float) -> bool:
         select(gc_holds.c.until).where(gc_holds.c.digest == digest, gc_holds.c.until > now).limit(1)
     ).first()
     return hold is not None
+
+
+def record_pulls(dialect: Dialect, conn: Connection, pulls: dict[Key, float]) -> None:
+    """Upsert last-pull times; a newer time from another worker is kept."""
+    if not pulls:
+        return
+    stmt = dialect.insert(manifest_pulls)
+    conn.execute(
+        stmt.on_conflict_do_update(
+            index_elements=["repo_id", "image", "digest"],
+            set_={"last": func.max(manifest_pulls.c.last, stmt.excluded.last)}
+            if dialect.name == "sqlite"
+            else {"last": func.greatest(manifest_pulls.c.last, stmt.excluded.last)},
+        ),
+        [{"repo_id": r, "image": i, "digest": d, "last": t} for (r, i, d), t in pulls.items()],
+    )
 
 
 def forget_expired_holds(conn: Connection, now: float) -> int:

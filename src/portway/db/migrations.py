@@ -20,7 +20,7 @@ from sqlalchemy.exc import DBAPIError
 from portway.db import schema
 from portway.db.dialect import dialect_for
 
-HEAD = "0004"  # the newest revision in portway/db/revisions/versions
+HEAD = "0006"  # the newest revision in portway/db/revisions/versions
 BASELINE = "0001"  # the schema the hand-made steps leave
 REVISIONS = Path(__file__).with_name("revisions")
 
@@ -28,7 +28,7 @@ REVISIONS = Path(__file__).with_name("revisions")
 # Tables that revisions after the baseline add: the hand-made step 1 must not make them.
 AFTER_BASELINE = frozenset(
     {"leases", "signing_keys", "audit_events", "proxy_breakers", "proxy_negative"}
-    | {"gc_candidates", "gc_holds", "blob_states"}  # 0004
+    | {"gc_candidates", "gc_holds", "blob_states", "manifest_pulls"}  # 0005, 0006
 )
 
 
