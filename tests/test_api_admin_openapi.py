@@ -49,7 +49,9 @@ def test_document_is_valid_and_names_every_route(tmp_path: Path) -> None:
         server.stop()
 
 
-def _schemathesis(server: PortwayServer, password: str) -> subprocess.CompletedProcess[str]:
+def _schemathesis(
+    server: PortwayServer, password: str, cwd: Path
+) -> subprocess.CompletedProcess[str]:
     argv = [
         str(Path(sys.executable).with_name("schemathesis")),
         "run",
@@ -70,7 +72,8 @@ def _schemathesis(server: PortwayServer, password: str) -> subprocess.CompletedP
         "--request-timeout",
         "20",
     ]
-    return subprocess.run(argv, capture_output=True, text=True, timeout=240)
+    # Its own state folder (.schemathesis) goes into the test's folder, not the checkout.
+    return subprocess.run(argv, capture_output=True, text=True, timeout=240, cwd=cwd)
 
 
 def test_schemathesis_finds_no_server_error(tmp_path: Path) -> None:
@@ -78,7 +81,7 @@ def test_schemathesis_finds_no_server_error(tmp_path: Path) -> None:
     try:
         password = server.admin_password()
         assert password
-        run = _schemathesis(server, password)
+        run = _schemathesis(server, password, tmp_path)
         output = run.stdout + run.stderr
         assert run.returncode == 0, output[-6000:]
         assert re.search(r"\d+ generated, \d+ passed", output), output[-3000:]

@@ -7,9 +7,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import Engine, and_, func, or_, select, tuple_
+from sqlalchemy import Connection, Engine, Index, and_, func, or_, select, tuple_
 
+from portway.db.dialect import dialect_for
 from portway.db.schema import manifests, tags
+
+# Tag listings read only this index (no table row per tag): the newest change of an image is
+# one seek, push-time order is a range scan, a whole image's list is index-only.
+Index("ix_tags_pushed", tags.c.repo_id, tags.c.image, tags.c.updated, tags.c.name, tags.c.digest)
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,15 +35,54 @@ class UntaggedRow:
 class BrowseQueries:
     def __init__(self, read_engine: Engine) -> None:
         self.engine = read_engine
+        self.dialect = dialect_for(read_engine)
+        self._fingerprints: dict[tuple[int, str], tuple[object, tuple[int, float]]] = {}
+        self._untagged: dict[tuple[int, str], tuple[object, list[UntaggedRow]]] = {}
+
+    def _token(self, conn: Connection) -> object | None:
+        """The change token of this connection (SQLite's data_version counts per connection,
+        so the connection is part of it)."""
+        value = self.dialect.change_token(conn)
+        return None if value is None else (id(conn.connection.dbapi_connection), value)
 
     def tag_fingerprint(self, repo_id: int, image: str) -> tuple[int, float]:
-        """(tags, newest change): moves when a tag of the image is added, moved or removed."""
-        stmt = select(func.count(), func.max(tags.c.updated)).where(
+        """(tags, newest change): moves when a tag of the image is added, moved or removed.
+        Kept while the database's change token (SQLite's data_version) stays the same."""
+        with self.engine.connect() as conn:
+            token = self._token(conn)
+            kept = self._fingerprints.get((repo_id, image))
+            if token is not None and kept is not None and kept[0] == token:
+                return kept[1]
+            where = (tags.c.repo_id == repo_id, tags.c.image == image)
+            count = conn.execute(select(func.count()).where(*where)).scalar()
+            newest = conn.execute(select(func.max(tags.c.updated)).where(*where)).scalar()
+        value = (int(count or 0), float(newest or 0.0))
+        if len(self._fingerprints) > 1000:
+            self._fingerprints.clear()
+        self._fingerprints[(repo_id, image)] = (token, value)
+        return value
+
+    def tags_pushed(
+        self,
+        repo_id: int,
+        image: str,
+        after: tuple[float, str] | None,
+        limit: int,
+        descending: bool,
+    ) -> list[TagRow]:
+        """Tags in push-time order (then name), a range of ix_tags_pushed."""
+        stmt = select(tags.c.name, tags.c.digest, tags.c.updated).where(
             tags.c.repo_id == repo_id, tags.c.image == image
         )
+        if after is not None:
+            key = tuple_(tags.c.updated, tags.c.name)
+            stmt = stmt.where(key < tuple_(*after) if descending else key > tuple_(*after))
+        if descending:
+            stmt = stmt.order_by(tags.c.updated.desc(), tags.c.name.desc())
+        else:
+            stmt = stmt.order_by(tags.c.updated, tags.c.name)
         with self.engine.connect() as conn:
-            count, newest = conn.execute(stmt).one()
-        return int(count), float(newest or 0.0)
+            return [TagRow(image, r[0], r[1], r[2]) for r in conn.execute(stmt.limit(limit))]
 
     def tags(self, repo_id: int, image: str) -> list[TagRow]:
         stmt = select(tags.c.name, tags.c.digest, tags.c.updated).where(
@@ -61,19 +105,44 @@ class BrowseQueries:
             return [TagRow(image, r[0], r[1], r[2]) for r in conn.execute(stmt)]
 
     def untagged(self, repo_id: int, image: str) -> list[UntaggedRow]:
-        """Manifests of the image no tag points at (an index's platforms included)."""
-        tagged = select(tags.c.digest).where(tags.c.repo_id == repo_id, tags.c.image == image)
-        stmt = (
-            select(manifests.c.digest, manifests.c.media_type, manifests.c.created)
-            .where(
-                manifests.c.repo_id == repo_id,
-                manifests.c.image == image,
-                manifests.c.digest.not_in(tagged),
-            )
-            .order_by(manifests.c.digest)
-        )
+        """Manifests of the image no tag points at (an index's platforms included); kept
+        while the image's tags and manifests stay the same."""
         with self.engine.connect() as conn:
-            return [UntaggedRow(r[0], r[1], r[2]) for r in conn.execute(stmt)]
+            token = self._token(conn)
+            if token is None:
+                count = select(func.count()).where(
+                    manifests.c.repo_id == repo_id, manifests.c.image == image
+                )
+                token = (self.tag_fingerprint(repo_id, image), conn.execute(count).scalar())
+        kept = self._untagged.get((repo_id, image))
+        if kept is not None and kept[0] == token:
+            return kept[1]
+        rows = self._untagged_rows(repo_id, image)
+        if len(self._untagged) > 100:
+            self._untagged.clear()
+        self._untagged[(repo_id, image)] = (token, rows)
+        return rows
+
+    def _untagged_rows(self, repo_id: int, image: str) -> list[UntaggedRow]:
+        """Digests from the two tables' indexes first, then the rows of those alone."""
+        stored = select(manifests.c.digest).where(
+            manifests.c.repo_id == repo_id, manifests.c.image == image
+        )
+        tagged = select(tags.c.digest).where(tags.c.repo_id == repo_id, tags.c.image == image)
+        out: list[UntaggedRow] = []
+        with self.engine.connect() as conn:
+            loose = sorted(r[0] for r in conn.execute(stored.except_(tagged)))
+            for start in range(0, len(loose), 500):
+                stmt = select(
+                    manifests.c.digest, manifests.c.media_type, manifests.c.created
+                ).where(
+                    manifests.c.repo_id == repo_id,
+                    manifests.c.image == image,
+                    manifests.c.digest.in_(loose[start : start + 500]),
+                )
+                out += [UntaggedRow(r[0], r[1], r[2]) for r in conn.execute(stmt)]
+        out.sort(key=lambda r: r.digest)
+        return out
 
     def components(
         self,

@@ -20,7 +20,7 @@ from sqlalchemy.exc import DBAPIError
 from portway.db import schema
 from portway.db.dialect import dialect_for
 
-HEAD = "0006"  # the newest revision in portway/db/revisions/versions
+HEAD = "0007"  # the newest revision in portway/db/revisions/versions
 BASELINE = "0001"  # the schema the hand-made steps leave
 REVISIONS = Path(__file__).with_name("revisions")
 
@@ -47,6 +47,7 @@ def load_table_modules() -> None:
         "portway.db.shared_schema",
         "portway.db.repositories",
         "portway.db.lifecycle",
+        "portway.db.browse",
     ):
         try:
             importlib.import_module(name)
