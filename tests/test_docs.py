@@ -59,6 +59,7 @@ def test_nginx_is_not_told_to_overwrite_the_distribution_config() -> None:
 
 def test_readme_documents_every_configuration_key() -> None:
     from portway.config import (
+        CleanupPolicyConfig,
         ConnectorConfig,
         DatabaseConfig,
         HostConfig,
@@ -69,6 +70,7 @@ def test_readme_documents_every_configuration_key() -> None:
     )
 
     models = (ServerConfig, SecurityConfig, DatabaseConfig, StorageConfig, RepositoryConfig)
+    models += (CleanupPolicyConfig,)
     for model in (*models, ConnectorConfig, HostConfig):
         for key in model.model_fields:
             documented = re.search(rf"^\s*{key} = ", README, re.MULTILINE) or f"`{key}`" in README

@@ -145,6 +145,36 @@ class StorageConfig(_Strict):
         return self
 
 
+class CleanupPolicyConfig(_Strict):
+    """`[[cleanup_policy]]`: which tags and images a repository's cleanup removes (README
+    "Cleanup policies"). Criteria that are set must all hold for a tag to go."""
+
+    name: str
+    images: str = ""  # regular expression an image name must match (search); "" for all
+    include: str = ""  # regular expression a tag must match to be considered; "" for all
+    exclude: str = ""  # tags matching this are never removed by this policy
+    protected: tuple[str, ...] = ()  # tag names (or regular expressions) no policy removes
+    keep_last: int | None = Field(default=None, ge=0)  # keep the N newest tags of each image
+    order: Literal["time", "semver"] = "time"  # what "newest" means for keep_last
+    older_than_days: float | None = Field(default=None, ge=0)  # tag set more than D days ago
+    not_pulled_days: float | None = Field(default=None, ge=0)  # image not pulled for D days
+    untagged_days: float | None = Field(default=None, ge=0)  # manifests without a tag, D days
+    cache_expiry_days: float | None = Field(default=None, ge=0)  # proxy: cached, unused D days
+
+    @field_validator("images", "include", "exclude")
+    @classmethod
+    def _regex(cls, value: str) -> str:
+        re.compile(value)
+        return value
+
+    @field_validator("protected")
+    @classmethod
+    def _regexes(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for item in value:
+            re.compile(item)
+        return value
+
+
 class RepositoryConfig(_Strict):
     name: str
     type: Literal["hosted", "proxy", "group"]
@@ -154,6 +184,7 @@ class RepositoryConfig(_Strict):
     v1_enabled: bool = True
     anonymous_pull: bool = False
     redirect: Redirect | None = None  # blob GETs: overrides [storage] redirect
+    cleanup_policies: tuple[str, ...] = ()  # names of [[cleanup_policy]] tables
     # proxy
     remote_url: str | None = None
     remote_username: str | None = None
@@ -265,6 +296,7 @@ class Settings(_Strict):
     repository: tuple[RepositoryConfig, ...] = ()
     connector: tuple[ConnectorConfig, ...] = ()
     host: tuple[HostConfig, ...] = ()
+    cleanup_policy: tuple[CleanupPolicyConfig, ...] = ()
 
     @model_validator(mode="after")
     def _references(self) -> Settings:
@@ -273,6 +305,11 @@ class Settings(_Strict):
         if dupes:
             raise ValueError(f"repository names must be unique: {sorted(dupes)}")
         known = set(names)
+        policies = {p.name for p in self.cleanup_policy}
+        for repo in self.repository:
+            for policy in repo.cleanup_policies:
+                if policy not in policies:
+                    raise ValueError(f"repository {repo.name!r}: unknown cleanup policy {policy!r}")
         for repo in self.repository:
             for member in repo.members:
                 if member not in known:

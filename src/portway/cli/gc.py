@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,17 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--dry-run", action="store_true", help="report what would go; delete nothing")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=gc)
+    c = sub.add_parser(
+        "cleanup",
+        help="apply the repositories' cleanup policies (tags, untagged manifests, cache expiry)",
+        description="Remove what each repository's [[cleanup_policy]] tables select; the "
+        "blobs they held are freed by the next `portway gc` pass.",
+    )
+    c.add_argument("--config", type=Path, help="TOML configuration file (default: embedded)")
+    c.add_argument("--dry-run", action="store_true", help="report what would go; remove nothing")
+    c.add_argument("--policy", help="apply only this policy (where a repository lists it)")
+    c.add_argument("--json", action="store_true", help="print the report as JSON")
+    c.set_defaults(func=cleanup)
 
 
 def gc(args: argparse.Namespace) -> int:
@@ -38,6 +50,41 @@ def gc(args: argparse.Namespace) -> int:
         print(json.dumps(report_json(report), indent=2))
     else:
         print_report(report)
+    return 0
+
+
+def cleanup(args: argparse.Namespace) -> int:
+    from portway.compose import Portway
+    from portway.config import load_settings
+    from portway.lifecycle.cleanup import Cleanup
+    from portway.lifecycle.guard import Guard
+
+    settings = load_settings(args.config)
+    if args.policy and args.policy not in {p.name for p in settings.cleanup_policy}:
+        print(f"portway: no [[cleanup_policy]] named {args.policy!r}", file=sys.stderr)
+        return 2
+    with Portway(settings) as root:
+        guard = Guard(root.meta, settings.server.gc_hold)
+        report = asyncio.run(Cleanup(settings, root.meta, guard).run(args.dry_run, args.policy))
+    if args.json:
+        doc = {
+            "dry_run": report.dry_run,
+            "tags": [{"repository": r, "image": i, "tag": t} for r, i, t in report.tags],
+            "manifests": [
+                {"repository": r, "image": i, "digest": d} for r, i, d in report.manifests
+            ],
+        }
+        print(json.dumps(doc, indent=2))
+        return 0
+    for repo, image, tag in report.tags:
+        print(f"tag        {repo}/{image}:{tag}")
+    for repo, image, digest in report.manifests:
+        print(f"manifest   {repo}/{image}@{digest}")
+    verb = "would remove" if report.dry_run else "removed"
+    print(
+        f"cleanup: {verb} {len(report.tags)} tag(s) and {len(report.manifests)} manifest(s); "
+        "`portway gc` frees their blobs"
+    )
     return 0
 
 

@@ -28,6 +28,7 @@ from sqlalchemy import (
     Table,
     and_,
     delete,
+    func,
     select,
     tuple_,
     update,

@@ -19,6 +19,7 @@ that something exists:
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Sequence
 
@@ -32,6 +33,7 @@ from portway.db.lifecycle import (
     MANIFEST,
     candidate_keys,
     note_candidates,
+    record_pulls,
     set_state,
     state_of,
     write_holds,
@@ -40,7 +42,10 @@ from portway.db.schema import manifest_refs, manifests, tags
 from portway.db.store import MetadataStore
 from portway.oci.errors import RegistryError
 
+log = logging.getLogger("portway.lifecycle")
+
 DEFAULT_HOLD = 3600.0
+PULL_FLUSH_EVERY = 30.0  # seconds between batched writes of last-pull times
 CLAIM_WAIT = 10.0  # seconds a push waits for a deletion in progress before a retryable error
 
 
@@ -48,6 +53,30 @@ class Guard:
     def __init__(self, meta: MetadataStore, hold: float = DEFAULT_HOLD) -> None:
         self.meta = meta
         self.hold_seconds = hold
+        self._pulls: dict[tuple[int, str, str], float] = {}
+        self._next_flush = time.monotonic() + PULL_FLUSH_EVERY
+        self._flushing: asyncio.Future[None] | None = None
+
+    def pulled(self, repo_id: int, image: str, digest: str) -> None:
+        """A manifest was served (by tag or digest): remembered in memory, written with the
+        others at most every PULL_FLUSH_EVERY seconds, never one write per pull."""
+        self._pulls[(repo_id, image, digest)] = time.time()
+        if self._flushing is None and time.monotonic() >= self._next_flush:
+            self._flushing = asyncio.ensure_future(self.flush_pulls())
+
+    async def flush_pulls(self) -> None:
+        pulls, self._pulls = self._pulls, {}
+        dialect = self.meta.dialect
+        try:
+            if pulls:
+                await self.meta._write(lambda conn: record_pulls(dialect, conn, pulls))
+        except Exception as exc:  # a busy or full database: keep them for the next flush
+            log.warning("last-pull times not recorded yet: %s", exc)
+            for key, when in pulls.items():
+                self._pulls[key] = max(when, self._pulls.get(key, 0.0))
+        finally:
+            self._next_flush = time.monotonic() + PULL_FLUSH_EVERY
+            self._flushing = None
 
     async def hold(self, repo_id: int, image: str, digests: Sequence[str]) -> None:
         """Protect what an existence answer is about to vouch for, if it is a candidate."""

@@ -76,6 +76,7 @@ class HostedRepository:
             raise RegistryError(
                 "MANIFEST_UNKNOWN", f"manifest {reference!r} not found in {image!r}"
             )
+        self.guard.pulled(self.repo_id, image, found.digest)  # batched: cleanup policies
         return found
 
     async def holds_image(self, image: str) -> bool:

@@ -136,6 +136,7 @@ class ProxyRepository(ProxyBlobs):
         by_digest = Digest.is_digest(reference)
         cached = await self.meta.manifest(self.repo_id, image, reference)
         if cached is not None and (by_digest or await self._fresh(image, reference)):
+            self.guard.pulled(self.repo_id, image, cached.digest)  # the cache's last use
             return cached
         if self._negative_hit(image, reference) and cached is None:
             raise RegistryError(
