@@ -4,7 +4,8 @@ services above (repos/browse.py) decide what to keep."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from sqlalchemy import Connection, Engine, Index, and_, func, or_, select, tuple_
@@ -35,9 +36,28 @@ class UntaggedRow:
 class BrowseQueries:
     def __init__(self, read_engine: Engine) -> None:
         self.engine = read_engine
+        self._held: Connection | None = None
         self.dialect = dialect_for(read_engine)
         self._fingerprints: dict[tuple[int, str], tuple[object, tuple[int, float]]] = {}
         self._untagged: dict[tuple[int, str], tuple[object, list[UntaggedRow]]] = {}
+
+    @contextlib.contextmanager
+    def _connect(self) -> Iterator[Connection]:
+        """One read connection kept for these queries (all made on the event loop's thread,
+        one at a time): SQLite's change token then compares across requests. A connection
+        that failed is dropped and the next query opens another."""
+        if self._held is None:
+            self._held = self.engine.connect()
+        held = self._held
+        try:
+            yield held
+            held.rollback()  # end the statement's transaction (PostgreSQL: not idle in one)
+        except Exception:
+            self._held = None
+            with contextlib.suppress(Exception):
+                held.invalidate()
+                held.close()
+            raise
 
     def _token(self, conn: Connection) -> object | None:
         """The change token of this connection (SQLite's data_version counts per connection,
@@ -48,7 +68,7 @@ class BrowseQueries:
     def tag_fingerprint(self, repo_id: int, image: str) -> tuple[int, float]:
         """(tags, newest change): moves when a tag of the image is added, moved or removed.
         Kept while the database's change token (SQLite's data_version) stays the same."""
-        with self.engine.connect() as conn:
+        with self._connect() as conn:
             token = self._token(conn)
             kept = self._fingerprints.get((repo_id, image))
             if token is not None and kept is not None and kept[0] == token:
@@ -81,14 +101,14 @@ class BrowseQueries:
             stmt = stmt.order_by(tags.c.updated.desc(), tags.c.name.desc())
         else:
             stmt = stmt.order_by(tags.c.updated, tags.c.name)
-        with self.engine.connect() as conn:
+        with self._connect() as conn:
             return [TagRow(image, r[0], r[1], r[2]) for r in conn.execute(stmt.limit(limit))]
 
     def tags(self, repo_id: int, image: str) -> list[TagRow]:
         stmt = select(tags.c.name, tags.c.digest, tags.c.updated).where(
             tags.c.repo_id == repo_id, tags.c.image == image
         )
-        with self.engine.connect() as conn:
+        with self._connect() as conn:
             return [TagRow(image, r[0], r[1], r[2]) for r in conn.execute(stmt)]
 
     def tags_after(
@@ -101,13 +121,13 @@ class BrowseQueries:
         if after is not None:
             stmt = stmt.where(tags.c.name < after if descending else tags.c.name > after)
         stmt = stmt.order_by(tags.c.name.desc() if descending else tags.c.name).limit(limit)
-        with self.engine.connect() as conn:
+        with self._connect() as conn:
             return [TagRow(image, r[0], r[1], r[2]) for r in conn.execute(stmt)]
 
     def untagged(self, repo_id: int, image: str) -> list[UntaggedRow]:
         """Manifests of the image no tag points at (an index's platforms included); kept
         while the image's tags and manifests stay the same."""
-        with self.engine.connect() as conn:
+        with self._connect() as conn:
             token = self._token(conn)
             if token is None:
                 count = select(func.count()).where(
@@ -130,7 +150,7 @@ class BrowseQueries:
         )
         tagged = select(tags.c.digest).where(tags.c.repo_id == repo_id, tags.c.image == image)
         out: list[UntaggedRow] = []
-        with self.engine.connect() as conn:
+        with self._connect() as conn:
             loose = sorted(r[0] for r in conn.execute(stored.except_(tagged)))
             for start in range(0, len(loose), 500):
                 stmt = select(
@@ -171,7 +191,7 @@ class BrowseQueries:
                 )
             )
         stmt = stmt.order_by(tags.c.image, tags.c.name).limit(limit)
-        with self.engine.connect() as conn:
+        with self._connect() as conn:
             return [TagRow(r[0], r[1], r[2], r[3]) for r in conn.execute(stmt)]
 
     def bodies(
@@ -180,7 +200,7 @@ class BrowseQueries:
         """digest -> (media type, body) for the digests stored in the image."""
         out: dict[str, tuple[str, bytes]] = {}
         wanted = list(dict.fromkeys(digests))
-        with self.engine.connect() as conn:
+        with self._connect() as conn:
             for start in range(0, len(wanted), 500):
                 chunk = wanted[start : start + 500]
                 stmt = select(manifests.c.digest, manifests.c.media_type, manifests.c.body).where(
@@ -195,20 +215,21 @@ class BrowseQueries:
     def many_sizes(
         self, repo_id: int, keys: Sequence[tuple[str, str]]
     ) -> dict[tuple[str, str], tuple[str, int]]:
-        """(image, digest) -> (media type, manifest size), for a page of components."""
+        """(image, digest) -> (media type, manifest size), for a page of components: one
+        primary-key lookup per image."""
         out: dict[tuple[str, str], tuple[str, int]] = {}
-        if not keys:
-            return out
-        stmt = select(
-            manifests.c.image,
-            manifests.c.digest,
-            manifests.c.media_type,
-            func.length(manifests.c.body),
-        ).where(
-            manifests.c.repo_id == repo_id,
-            tuple_(manifests.c.image, manifests.c.digest).in_(list(dict.fromkeys(keys))),
-        )
-        with self.engine.connect() as conn:
-            for image, digest, media_type, size in conn.execute(stmt):
-                out[(image, digest)] = (media_type, int(size))
+        by_image: dict[str, list[str]] = {}
+        for image, digest in dict.fromkeys(keys):
+            by_image.setdefault(image, []).append(digest)
+        with self._connect() as conn:
+            for image, digests in by_image.items():
+                stmt = select(
+                    manifests.c.digest, manifests.c.media_type, func.length(manifests.c.body)
+                ).where(
+                    manifests.c.repo_id == repo_id,
+                    manifests.c.image == image,
+                    manifests.c.digest.in_(digests),
+                )
+                for digest, media_type, size in conn.execute(stmt):
+                    out[(image, digest)] = (media_type, int(size))
         return out

@@ -63,6 +63,11 @@ def _message(exc: ValidationError | ValueError) -> str:
     return str(exc)
 
 
+def _log_failure(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("repository change not applied: %s", task.exception())
+
+
 Apply = Callable[[tuple[RepositoryConfig, ...]], Awaitable[Any]]
 
 
@@ -160,6 +165,7 @@ class RepositoryAdmin:
             return
         if generation != self._generation:
             self._task = loop.create_task(self.refresh())
+            self._task.add_done_callback(_log_failure)
 
     async def refresh(self, force: bool = False) -> None:
         async with self._lock:
