@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from portway.auth.service import AuthService
     from portway.auth.services import KeyService, RoleService, UserService
     from portway.auth.store import UserStore
+    from portway.maintenance.proxy_state import SharedProxyHealth
     from portway.repos.admin import RepositoryAdmin
 
 
@@ -102,6 +103,22 @@ class Portway:
 
         return FileLocks(self.blobs.lock_dir)
 
+    @property
+    def node(self) -> str:
+        """This node among a cluster's: host name and main listener."""
+        import socket
+
+        return f"{socket.gethostname()}:{self.settings.server.listen}"
+
+    @cached_property
+    def proxy_health(self) -> SharedProxyHealth | None:
+        """Breakers and negative caches of proxy repositories shared in a cluster, else None."""
+        if not self.clustered:
+            return None
+        from portway.maintenance.proxy_state import SharedProxyHealth
+
+        return SharedProxyHealth(self.meta.engine, self.node)
+
     @cached_property
     def leases(self) -> Leases:
         """Job singletons: lease rows with a fencing token in the metadata database."""
@@ -124,12 +141,9 @@ class Portway:
         from portway.auth.audit import AuditLog
 
         if self.clustered:
-            import socket
-
             from portway.auth.audit_db import DatabaseAuditLog
 
-            node = f"{socket.gethostname()}:{self.settings.server.listen}"
-            return DatabaseAuditLog(self.meta.engine, node)
+            return DatabaseAuditLog(self.meta.engine, self.node)
         return AuditLog(self.settings.server.data_dir / "audit.log")
 
     @cached_property

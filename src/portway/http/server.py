@@ -41,7 +41,7 @@ from portway.http.listeners import (
 )
 from portway.http.protocol import RegistryRunner, RegistryServer
 from portway.http.supervisor import Supervisor
-from portway.maintenance.proxy_state import publish_loop
+from portway.maintenance.proxy_state import SharedProxyHealth, publish_loop
 from portway.storage.blobstore import BlobStore
 
 log = logging.getLogger("portway.server")
@@ -55,6 +55,9 @@ class Composition(Protocol):
     def blobs(self) -> BlobStore: ...
 
     def context(self, authorizer: Authorizer | None = None) -> AppContext: ...
+
+    @property
+    def proxy_health(self) -> SharedProxyHealth | None: ...
 
     async def aclose(self) -> None: ...
 
@@ -199,7 +202,9 @@ async def run_worker(
             on_listening()
         tasks = [
             asyncio.create_task(_purge_loop(ctx, blobs)),
-            asyncio.create_task(publish_loop(lambda: ctx.repos, settings.server.data_dir)),
+            asyncio.create_task(
+                publish_loop(lambda: ctx.repos, settings.server.data_dir, root.proxy_health)
+            ),
         ]
         await stop.wait()
         for task in tasks:

@@ -21,6 +21,7 @@ import aiohttp
 
 from portway.config import RepositoryConfig
 from portway.coordination.interfaces import Locks
+from portway.coordination.negative import NegativeCache
 from portway.db.store import MetadataStore, NewManifest
 from portway.lifecycle.guard import Guard
 from portway.oci import mediatypes as mt
@@ -76,7 +77,7 @@ class ProxyRepository(ProxyBlobs):
         self._downloads: SharedDownloads[str] | None = None
         self._heads: SharedHeads | None = None
         self._locks = locks
-        self._negative: dict[tuple[str, str], float] = {}
+        self.negative = NegativeCache()
 
     # -- plumbing ----------------------------------------------------------------------
     @property
@@ -109,19 +110,10 @@ class ProxyRepository(ProxyBlobs):
         )
 
     def _negative_hit(self, image: str, reference: str) -> bool:
-        expires = self._negative.get((image, reference))
-        if expires is None:
-            return False
-        if expires < time.monotonic():
-            del self._negative[(image, reference)]
-            return False
-        return True
+        return self.negative.hit(image, reference)
 
     def _remember_missing(self, image: str, reference: str) -> None:
-        if self.config.negative_cache_ttl > 0:
-            if len(self._negative) > 10000:
-                self._negative.clear()
-            self._negative[(image, reference)] = time.monotonic() + self.config.negative_cache_ttl
+        self.negative.remember(image, reference, self.config.negative_cache_ttl)
 
     # -- manifests ---------------------------------------------------------------------
     async def _fresh(self, image: str, tag: str) -> bool:
@@ -218,7 +210,7 @@ class ProxyRepository(ProxyBlobs):
             tag_names,
             lambda _tag, _current: None,
         )
-        self._negative.pop((image, reference), None)
+        self.negative.forget(image, reference)
         return Manifest(got.digest, parsed.media_type, got.body)
 
     # -- listings ----------------------------------------------------------------------

@@ -96,6 +96,27 @@ class UpstreamBreaker:
         else:
             self.record_failure(error)
 
+    def numbers(self) -> tuple[float | None, int, str | None, float | None]:
+        """(blocked until, consecutive failures, last error, its time), to share in a cluster."""
+        blocked = self._blocked_until if self.is_blocked() else None
+        return blocked, self._failures, self._last_error, self._last_error_at
+
+    def adopt(
+        self,
+        blocked_until: float | None,
+        failures: int,
+        last_error: str | None,
+        last_error_at: float | None,
+    ) -> None:
+        """Take the state another node of a cluster published (proxy_state.py), when it blocks
+        for longer than this breaker does: every node stops asking a failing upstream."""
+        if blocked_until is None or blocked_until <= (self._blocked_until or 0.0):
+            return
+        self._blocked_until = blocked_until
+        self._failures = max(self._failures, failures)
+        self._last_error = last_error
+        self._last_error_at = last_error_at
+
     def state(self) -> BreakerState:
         blocked = self.is_blocked()
         return BreakerState(
