@@ -16,13 +16,12 @@ from portway.db.schema import blob_links, manifest_refs, uploads
 
 class BlobStore(StoreBase):
     async def blob_size(self, repo_id: int, image: str, digest: str) -> int | None:
-        stmt = select(blob_links.c.size).where(
-            blob_links.c.repo_id == repo_id,
-            blob_links.c.image == image,
-            blob_links.c.digest == digest,
-        )
-
-        def load(conn: Connection) -> int | None:
+        def load(conn: Connection) -> int | None:  # statement built on a cache miss only
+            stmt = select(blob_links.c.size).where(
+                blob_links.c.repo_id == repo_id,
+                blob_links.c.image == image,
+                blob_links.c.digest == digest,
+            )
             row = conn.execute(stmt).first()
             return None if row is None else int(row[0])
 

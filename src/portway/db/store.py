@@ -76,31 +76,39 @@ class MetadataStore(BlobStore):
         return await self.manifest_by_tag(repo_id, image, reference)
 
     async def manifest_by_tag(self, repo_id: int, image: str, tag: str) -> ManifestRow | None:
-        stmt = (
-            select(manifests.c.digest, manifests.c.media_type, manifests.c.body)
-            .select_from(
-                tags.join(
-                    manifests,
-                    and_(
-                        manifests.c.repo_id == tags.c.repo_id,
-                        manifests.c.image == tags.c.image,
-                        manifests.c.digest == tags.c.digest,
-                    ),
+        # Statements are built inside `load`, on a cache miss only: building one costs more
+        # than the whole cached answer (ADR 3).
+        def load(conn: Connection) -> ManifestRow | None:
+            stmt = (
+                select(manifests.c.digest, manifests.c.media_type, manifests.c.body)
+                .select_from(
+                    tags.join(
+                        manifests,
+                        and_(
+                            manifests.c.repo_id == tags.c.repo_id,
+                            manifests.c.image == tags.c.image,
+                            manifests.c.digest == tags.c.digest,
+                        ),
+                    )
                 )
+                .where(tags.c.repo_id == repo_id, tags.c.image == image, tags.c.name == tag)
             )
-            .where(tags.c.repo_id == repo_id, tags.c.image == image, tags.c.name == tag)
-        )
-        return await self._cached(("t", repo_id, image, tag), lambda c: _manifest_row(c, stmt))
+            return _manifest_row(conn, stmt)
+
+        return await self._cached(("t", repo_id, image, tag), load)
 
     async def manifest_by_digest(
         self, repo_id: int, image: str, digest: str
     ) -> ManifestRow | None:
-        stmt = select(manifests.c.digest, manifests.c.media_type, manifests.c.body).where(
-            manifests.c.repo_id == repo_id,
-            manifests.c.image == image,
-            manifests.c.digest == digest,
-        )
-        return await self._cached(("m", repo_id, image, digest), lambda c: _manifest_row(c, stmt))
+        def load(conn: Connection) -> ManifestRow | None:
+            stmt = select(manifests.c.digest, manifests.c.media_type, manifests.c.body).where(
+                manifests.c.repo_id == repo_id,
+                manifests.c.image == image,
+                manifests.c.digest == digest,
+            )
+            return _manifest_row(conn, stmt)
+
+        return await self._cached(("m", repo_id, image, digest), load)
 
     async def manifest_bodies(self, repo_id: int, image: str) -> list[bytes]:
         stmt = select(manifests.c.body).where(
@@ -226,11 +234,10 @@ class MetadataStore(BlobStore):
     async def tag_info(self, repo_id: int, image: str, tag: str) -> tuple[str, float] | None:
         """(digest, time the tag was last set or confirmed) — a proxy's freshness clock,
         read on every pull of a cached tag, so cached like the manifest itself."""
-        stmt = select(tags.c.digest, tags.c.updated).where(
-            tags.c.repo_id == repo_id, tags.c.image == image, tags.c.name == tag
-        )
-
         def load(conn: Connection) -> tuple[str, float] | None:
+            stmt = select(tags.c.digest, tags.c.updated).where(
+                tags.c.repo_id == repo_id, tags.c.image == image, tags.c.name == tag
+            )
             row = conn.execute(stmt).first()
             return None if row is None else (str(row[0]), float(row[1]))
 
@@ -253,14 +260,15 @@ class MetadataStore(BlobStore):
         return await self._page(stmt, tags.c.name, last, n)
 
     async def image_exists(self, repo_id: int, image: str) -> bool:
-        stmt = (
-            select(manifests.c.digest)
-            .where(manifests.c.repo_id == repo_id, manifests.c.image == image)
-            .limit(1)
-        )
-        return await self._cached(
-            ("i", repo_id, image), lambda conn: conn.execute(stmt).first() is not None
-        )
+        def load(conn: Connection) -> bool:
+            stmt = (
+                select(manifests.c.digest)
+                .where(manifests.c.repo_id == repo_id, manifests.c.image == image)
+                .limit(1)
+            )
+            return conn.execute(stmt).first() is not None
+
+        return await self._cached(("i", repo_id, image), load)
 
     async def list_images(self, repo_id: int, last: str | None, n: int | None) -> list[str]:
         stmt = select(manifests.c.image).where(manifests.c.repo_id == repo_id).distinct()
