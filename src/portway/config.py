@@ -185,6 +185,9 @@ class RepositoryConfig(_Strict):
     anonymous_pull: bool = False
     redirect: Redirect | None = None  # blob GETs: overrides [storage] redirect
     cleanup_policies: tuple[str, ...] = ()  # names of [[cleanup_policy]] tables
+    # hosted: pushes that would store more than this many bytes are refused (DENIED)
+    quota_bytes: int | None = Field(default=None, ge=0)
+    quota_warning: float = Field(default=0.8, gt=0, le=1)  # fraction of quota_bytes: warn
     # proxy
     remote_url: str | None = None
     remote_username: str | None = None

@@ -46,7 +46,7 @@ def _images(ctx: AppContext, name: str) -> list[str]:
 
 # Keys that mean something only for some kinds: `repo show` leaves the others out.
 _KIND_KEYS = {
-    "hosted": {"write_policy", "strict_content_types"},
+    "hosted": {"write_policy", "strict_content_types", "quota_bytes", "quota_warning"},
     "proxy": {
         "remote_url",
         "remote_username",
@@ -89,6 +89,11 @@ def show_repo(args: argparse.Namespace) -> int:
             "images": _images(ctx, cfg.name),
             "routes": _routes_of(ctx.settings, cfg.name),
         }
+        repo: Any = ctx.repos[cfg.name]
+        if cfg.type != "group":  # bytes stored, each blob counted once
+            from portway.lifecycle.usage import usage_of
+
+            info["usage"] = usage_of(repo.meta, repo.repo_id, cfg)
         note = _wildcard_note(ctx.settings)
         if note:
             info["routes_note"] = note

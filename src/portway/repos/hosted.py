@@ -11,6 +11,7 @@ from typing import Any
 from portway.config import RepositoryConfig
 from portway.db.store import MetadataStore, NewManifest, TagGuard
 from portway.lifecycle.guard import Guard
+from portway.lifecycle.usage import check_quota
 from portway.oci import mediatypes as mt
 from portway.oci.digest import Digest
 from portway.oci.errors import RegistryError
@@ -249,6 +250,7 @@ class HostedRepository:
         size = await self.blobs.stat(digest)
         if size is None:
             return False
+        await check_quota(self.meta, self.config, self.repo_id, str(digest), size)
         await self.meta.link_blob(self.repo_id, image, str(digest), size)
         return True
 
@@ -257,8 +259,11 @@ class HostedRepository:
     ) -> int:
         """A monolithic upload: no session to record, one commit for the link."""
         self._check_writable()
+        if length is not None:
+            await check_quota(self.meta, self.config, self.repo_id, str(digest), length)
         await self.guard.claim(self.repo_id, image, str(digest))
         size = await self.blobs.ingest(chunks, digest, length)
+        await check_quota(self.meta, self.config, self.repo_id, str(digest), size)
         await self.meta.link_blob(self.repo_id, image, str(digest), size)
         return size
 
@@ -294,6 +299,11 @@ class HostedRepository:
 
     async def finish_upload(self, state: UploadState, digest: Digest) -> int:
         self._check_writable()
+        try:
+            await check_quota(self.meta, self.config, self.repo_id, str(digest), state.offset)
+        except RegistryError:
+            await self.cancel_upload(state)  # refused whole: nothing stored, nothing counted
+            raise
         await self.guard.claim(self.repo_id, state.image, str(digest))
         try:
             size = await self.blobs.commit(state.id, digest)
