@@ -238,6 +238,47 @@ def start_proxy(server: ProxyServer, conf: Path, ports: list[int]) -> ManagedPro
 # --- the layout the seed describes, on ephemeral ports -----------------------------------
 
 
+def seed_repositories() -> list[dict[str, Any]]:
+    """The seed's repositories: a hosted one, and a group over it."""
+    return [
+        {"name": PUSH_REPO, "type": "hosted"},
+        {"name": PULL_REPO, "type": "group", "members": [PUSH_REPO]},
+    ]
+
+
+def seed_connectors(
+    push_port: int, pull_port: int, pull_extra: dict[str, Any] | None = None
+) -> list[dict[str, Any]]:
+    """Push to one port (the hosted repository), pull from another (the group), both ports
+    held by the proxy in front; `pull_extra` goes into the pull connector's table."""
+    return [
+        {"listen": f"127.0.0.1:{push_port}", "repository": PUSH_REPO, "served_by": "proxy"},
+        {
+            "listen": f"127.0.0.1:{pull_port}",
+            "repository": PULL_REPO,
+            "served_by": "proxy",
+            **(pull_extra or {}),
+        },
+    ]
+
+
+def seed_config(
+    listen: str, push_port: int, pull_port: int, pull_extra: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """The seed's configuration: Portway on `listen`, its repositories and connectors, and
+    the host names (two for the repositories, a wildcard whose first label names one)."""
+    return {
+        "server": {"listen": listen},
+        "repository": seed_repositories(),
+        "connector": seed_connectors(push_port, pull_port, pull_extra),
+        "host": [
+            {"name": "project-push.example.com", "repository": PUSH_REPO},
+            {"name": "project.example.com", "repository": PULL_REPO},
+            {"name": "*.docker.example.com"},
+        ],
+    }
+
+
 @dataclass
 class Layout:
     root: Path
@@ -250,30 +291,7 @@ class Layout:
 
     def __post_init__(self) -> None:
         self.settings = parse_settings(
-            {
-                "server": {"listen": f"0.0.0.0:{self.backend_port}"},
-                "repository": [
-                    {"name": PUSH_REPO, "type": "hosted"},
-                    {"name": PULL_REPO, "type": "group", "members": [PUSH_REPO]},
-                ],
-                "connector": [
-                    {
-                        "listen": f"127.0.0.1:{self.push_port}",
-                        "repository": PUSH_REPO,
-                        "served_by": "proxy",
-                    },
-                    {
-                        "listen": f"127.0.0.1:{self.pull_port}",
-                        "repository": PULL_REPO,
-                        "served_by": "proxy",
-                    },
-                ],
-                "host": [
-                    {"name": "project-push.example.com", "repository": PUSH_REPO},
-                    {"name": "project.example.com", "repository": PULL_REPO},
-                    {"name": "*.docker.example.com"},
-                ],
-            },
+            seed_config(f"0.0.0.0:{self.backend_port}", self.push_port, self.pull_port),
             environ={},
         )
 

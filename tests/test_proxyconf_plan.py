@@ -27,10 +27,11 @@ from portway.proxyconf import (
 )
 from portway.tls.ca import init_tls
 from proxyconf_support import (
-    PULL_REPO,
     PUSH_REPO,
     make_layout,
     need_binary,
+    seed_connectors,
+    seed_repositories,
     start_proxy,
     validate,
 )
@@ -185,14 +186,7 @@ def test_skopeo_push_and_pull_through_proxy(
         pytest.fail("skopeo is not installed (scripts/install-test-deps.sh)")
     push_port, pull_port = free_ports(2)
     portway = portway_factory(
-        repositories=[
-            {"name": PUSH_REPO, "type": "hosted"},
-            {"name": PULL_REPO, "type": "group", "members": [PUSH_REPO]},
-        ],
-        connectors=[
-            {"listen": f"127.0.0.1:{push_port}", "repository": PUSH_REPO, "served_by": "proxy"},
-            {"listen": f"127.0.0.1:{pull_port}", "repository": PULL_REPO, "served_by": "proxy"},
-        ],
+        repositories=seed_repositories(), connectors=seed_connectors(push_port, pull_port)
     )
     root = tmp_path / "proxy"
     (root / "run").mkdir(parents=True)

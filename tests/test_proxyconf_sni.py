@@ -32,11 +32,10 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from portway.config import Settings, parse_settings
 from portway.proxyconf import SERVERS, CertPair, ProxyOptions, ProxyServer, build_plan, render
 from portway.tls.ca import init_tls, issue_server_certificate
-from proxyconf_support import EchoBackend, start_proxy
+from proxyconf_support import PULL_REPO, PUSH_REPO, EchoBackend, seed_config, start_proxy
 from support.hosts import etc_hosts
 from support.ports import free_ports
 
-PUSH_REPO, PULL_REPO = "docker-hosted-project", "docker-group-project"
 CERT_NAMES: tuple[tuple[str, ...], ...] = (
     ("project.example.com",),
     ("project-push.example.com",),
@@ -103,30 +102,9 @@ def issue(directory: Path) -> tuple[Path, list[Issued]]:
 def settings(
     backend_port: int, push_port: int, pull_port: int, pull_tls: list[dict[str, str]] | None = None
 ) -> Settings:
-    pull: dict[str, object] = {"tls": pull_tls} if pull_tls else {}
+    pull = {"tls": pull_tls} if pull_tls else None
     return parse_settings(
-        {
-            "server": {"listen": f"127.0.0.1:{backend_port}"},
-            "repository": [
-                {"name": PUSH_REPO, "type": "hosted"},
-                {"name": PULL_REPO, "type": "group", "members": [PUSH_REPO]},
-            ],
-            "connector": [
-                {"listen": f"127.0.0.1:{push_port}", "repository": PUSH_REPO, "served_by": "proxy"},
-                {
-                    "listen": f"127.0.0.1:{pull_port}",
-                    "repository": PULL_REPO,
-                    "served_by": "proxy",
-                    **pull,
-                },
-            ],
-            "host": [
-                {"name": "project-push.example.com", "repository": PUSH_REPO},
-                {"name": "project.example.com", "repository": PULL_REPO},
-                {"name": "*.docker.example.com"},
-            ],
-        },
-        environ={},
+        seed_config(f"127.0.0.1:{backend_port}", push_port, pull_port, pull), environ={}
     )
 
 
