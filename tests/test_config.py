@@ -20,6 +20,17 @@ def _error(tmp_path: Path, text: str) -> str:
     return str(caught.value)
 
 
+def _serve(path: Path, **environ: str) -> subprocess.CompletedProcess[str]:
+    """`portway serve --config PATH` with `environ` added (it must refuse and exit)."""
+    return subprocess.run(
+        [sys.executable, "-m", "portway", "serve", "--config", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, **environ},
+    )
+
+
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
@@ -60,12 +71,7 @@ def test_bad_configuration_names_the_key(tmp_path: Path, text: str, expected: st
 def test_serve_refuses_to_start_on_a_bad_key(tmp_path: Path) -> None:
     path = tmp_path / "portway.toml"
     path.write_text(f'[server]\ndata_dir = "{tmp_path / "data"}"\nlog_levle = "info"\n')
-    run = subprocess.run(
-        [sys.executable, "-m", "portway", "serve", "--config", str(path)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    run = _serve(path)
     assert run.returncode == 2
     assert "server.log_levle: unknown key" in run.stderr
     assert not (tmp_path / "data").exists()  # nothing was created
@@ -83,13 +89,7 @@ def test_keys_that_did_nothing_are_refused_with_the_reason(tmp_path: Path, key: 
 def test_an_environment_typo_names_the_variable(tmp_path: Path) -> None:
     path = tmp_path / "portway.toml"
     path.write_text(f'[server]\ndata_dir = "{tmp_path / "data"}"\n')
-    run = subprocess.run(
-        [sys.executable, "-m", "portway", "serve", "--config", str(path)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={**os.environ, "PORTWAY_SERVER__LISTNE": "127.0.0.1:9000"},
-    )
+    run = _serve(path, PORTWAY_SERVER__LISTNE="127.0.0.1:9000")
     assert run.returncode == 2
     assert "environment variable PORTWAY_SERVER__LISTNE" in run.stderr
     assert "[server] has no key 'listne'" in run.stderr
