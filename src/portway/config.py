@@ -32,6 +32,13 @@ def _check_listen(value: str) -> str:
     return value
 
 
+def _check_networks(value: tuple[str, ...]) -> tuple[str, ...]:
+    """Each an address or network (CIDR), as `ipaddress` reads them."""
+    for net in value:
+        ipaddress.ip_network(net, strict=False)
+    return value
+
+
 def split_listen(value: str) -> tuple[str, int]:
     host, _, port = value.rpartition(":")
     return host.strip("[]"), int(port)
@@ -82,9 +89,7 @@ class ServerConfig(_Strict):
     @field_validator("trusted_proxies")
     @classmethod
     def _networks(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        for net in value:
-            ipaddress.ip_network(net, strict=False)
-        return value
+        return _check_networks(value)
 
 
 class TlsConfig(_Strict):
@@ -130,9 +135,7 @@ class StorageConfig(_Strict):
     @field_validator("redirect_networks")
     @classmethod
     def _networks(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        for net in value:
-            ipaddress.ip_network(net, strict=False)
-        return value
+        return _check_networks(value)
 
     @model_validator(mode="after")
     def _s3_fields(self) -> StorageConfig:
