@@ -61,6 +61,8 @@ def _serve(path: Path, **environ: str) -> subprocess.CompletedProcess[str]:
             "connector[0].tls.ca: unknown key",
         ),
         ("[security]\ntoken_ttl = 5\n", "security.token_ttl"),
+        ('[server]\ntrusted_proxies = ["10.0.0.0/33"]\n', "server.trusted_proxies"),
+        ('[storage]\nredirect_networks = ["nope"]\n', "storage.redirect_networks"),
         ("[server\n", "not valid TOML"),
     ],
 )
