@@ -17,7 +17,7 @@ DEFAULT_REPOSITORY = "docker-hosted"
 DEFAULT_REPOSITORIES: tuple[dict[str, Any], ...] = (
     {"name": DEFAULT_REPOSITORY, "type": "hosted", "path_routing": True},
 )
-START_TIMEOUT = 15.0
+START_TIMEOUT = 60.0  # seconds; on 2 shared cores under load a start measured 19-31 s
 
 
 class PortwayServer:
