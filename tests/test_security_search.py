@@ -15,7 +15,7 @@ import requests
 
 from support.dockerd import Dockerd
 from support.engines import ContainerStorage
-from support.security import Client, cli, make_image, parse_challenge, push_image
+from support.security import admin_client, cli, make_image, parse_challenge, push_image
 from support.server import PortwayServer
 
 ALICE = ("alice", "alice-Search-1")
@@ -39,8 +39,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PortwayServer]:
     try:
         cli(srv, "role", "add", "dev", "--privilege", "docker-*:browse,read,add")
         cli(srv, "user", "add", ALICE[0], "--password", ALICE[1], "--role", "dev")
-        admin = Client(srv.url)
-        admin.basic = ("admin", srv.admin_password() or "")
+        admin = admin_client(srv)
         for repo, images in IMAGES.items():
             for image in images:
                 pushed = push_image(admin, f"{repo}/{image}", "v1", make_image(f"{repo}/{image}"))

@@ -22,6 +22,7 @@ from portway.auth.tokens import Access, TokenAuthority
 from support.security import (
     OCI_MANIFEST,
     Client,
+    admin_client,
     basic,
     cli,
     make_image,
@@ -58,8 +59,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PortwayServer]:
         cli(srv, "role", "add", "team-a", "--privilege", "team-a-*:browse,read,add,edit,delete")
         for user, password in (ALICE, CAROL):
             cli(srv, "user", "add", user, "--password", password, "--role", "team-a")
-        admin = Client(srv.url, prefix=f"/repository/{REPO}")
-        admin.basic = ("admin", srv.admin_password() or "")
+        admin = admin_client(srv, f"/repository/{REPO}")
         assert push_image(admin, "app", "v1", make_image("app")).status_code == 201
         yield srv
     finally:

@@ -28,7 +28,14 @@ from portway.auth.store import UserStore
 from portway.auth.tokens import TokenAuthority, TokenClaims
 from portway.config import RepositoryConfig
 from portway.db.schema import metadata
-from support.security import OCI_MANIFEST, Client, cli, make_image, parse_challenge, push_image
+from support.security import (
+    OCI_MANIFEST,
+    admin_client,
+    cli,
+    make_image,
+    parse_challenge,
+    push_image,
+)
 from support.server import PortwayServer
 
 REPO = "team-a-hosted"
@@ -37,21 +44,32 @@ SETTLE = 8  # answers in a row that must agree (requests land on either worker)
 START_TIMEOUT = 60.0  # two workers starting on a busy machine
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PortwayServer]:
+def seeded(root: Path, *, token_ttl: int, workers: int = 1) -> PortwayServer:
+    """A started server with REPO on a connector, the `team-a` role (browse and read on
+    `team-a-*`) and `app:v1` pushed there."""
     srv = PortwayServer(
-        tmp_path_factory.mktemp("token-cache"),
+        root,
         repositories=[{"name": REPO, "type": "hosted"}],
         connectors=[{"repository": REPO}],
-        workers=2,
-        security={"enabled": True, "token_ttl": 300},
+        workers=workers,
+        security={"enabled": True, "token_ttl": token_ttl},
     )
     srv.start(timeout=START_TIMEOUT)
     try:
         cli(srv, "role", "add", "team-a", "--privilege", "team-a-*:browse,read")
-        admin = Client(srv.url, prefix=f"/repository/{REPO}")
-        admin.basic = ("admin", srv.admin_password() or "")
+        admin = admin_client(srv, f"/repository/{REPO}")
         assert push_image(admin, "app", "v1", make_image("app")).status_code == 201
+    except BaseException:
+        srv.stop()
+        print(srv.log()[-3000:])
+        raise
+    return srv
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PortwayServer]:
+    srv = seeded(tmp_path_factory.mktemp("token-cache"), token_ttl=300, workers=2)
+    try:
         yield srv
     finally:
         srv.stop()
@@ -170,18 +188,8 @@ def test_removed_key_token_stops(server: PortwayServer) -> None:
 
 
 def test_token_stops_at_its_expiry(tmp_path: Path) -> None:
-    srv = PortwayServer(
-        tmp_path,
-        repositories=[{"name": REPO, "type": "hosted"}],
-        connectors=[{"repository": REPO}],
-        security={"enabled": True, "token_ttl": 30},  # the shortest lifetime allowed
-    )
-    srv.start(timeout=START_TIMEOUT)
+    srv = seeded(tmp_path, token_ttl=30)  # the shortest lifetime allowed
     try:
-        cli(srv, "role", "add", "team-a", "--privilege", "team-a-*:browse,read")
-        admin = Client(srv.url, prefix=f"/repository/{REPO}")
-        admin.basic = ("admin", srv.admin_password() or "")
-        assert push_image(admin, "app", "v1", make_image("app")).status_code == 201
         token = token_for(srv, add_user(srv, "eve"))
         expires = jwt.decode(token, options={"verify_signature": False})["exp"]
         works(srv, token)

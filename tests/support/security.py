@@ -179,6 +179,12 @@ def make_image(seed: str, note: str = "") -> Image:
     return Image(config, layer, json.dumps(manifest, sort_keys=True).encode())
 
 
+def admin_client(server: PortwayServer, prefix: str = "") -> Client:
+    """`admin` (the first start's password) with Basic on every request, for seeding; `prefix`
+    as for `Client` (`/repository/<name>` for the Nexus layout)."""
+    return Client(server.url, prefix=prefix, basic=("admin", server.admin_password() or ""))
+
+
 def push_image(client: Client, name: str, tag: str, image: Image) -> requests.Response:
     """Blobs then the manifest; returns the manifest PUT answer (or the first refusal)."""
     for blob in (image.config, image.layer):
