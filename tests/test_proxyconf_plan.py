@@ -4,17 +4,13 @@ and end to end a real Portway behind each proxy with real skopeo through it."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 import urllib.request
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-import portway
 from portway.config import load_settings, parse_settings
 from portway.proxyconf import (
     SERVERS,
@@ -36,10 +32,8 @@ from proxyconf_support import (
     validate,
 )
 from support.engines import skopeo
+from support.nginx import proxy_config
 from support.ports import free_ports
-
-SRC = Path(portway.__file__).resolve().parent.parent
-
 
 # --- plan building and the command line ---------------------------------------------------
 
@@ -107,62 +101,16 @@ def test_cli_writes_config(tmp_path: Path) -> None:
     )
     out = tmp_path / "nginx.conf"
     tls = layout.tls.issued[0]
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")]),
-    }
-    run = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "portway",
-            "proxy-config",
-            "nginx",
-            "--config",
-            str(config),
-            "--tls-cert",
-            str(tls.cert),
-            "--tls-key",
-            str(tls.key),
-            "--https-port",
-            str(layout.host_port),
-            "--runtime-dir",
-            str(tmp_path / "run"),
-            "--output",
-            str(out),
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=60,
-        check=False,
-    )
+    certificate = ("--tls-cert", str(tls.cert), "--tls-key", str(tls.key))
+    https = ("--https-port", str(layout.host_port), "--runtime-dir", str(tmp_path / "run"))
+    run = proxy_config("nginx", config, *certificate, *https, "--output", str(out), check=False)
     assert run.returncode == 0, run.stderr
     text = out.read_text()
     assert "/repository/r1$request_uri" in text
     assert f"ssl_certificate {tls.cert};" in text
     (tmp_path / "run").mkdir()
     assert validate("nginx", out).returncode == 0
-    bad = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "portway",
-            "proxy-config",
-            "haproxy",
-            "--config",
-            str(config),
-            "--tls-cert",
-            str(tls.cert),
-            "--tls-key",
-            str(tls.key),
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=60,
-        check=False,
-    )
+    bad = proxy_config("haproxy", config, *certificate, check=False)
     assert bad.returncode == 2
     assert "COMBINED.pem" in bad.stderr
 

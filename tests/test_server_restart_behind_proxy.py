@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from proxyconf_support import seed_connectors, seed_repositories
 from support.engines import skopeo
 from support.images import OciImage
 from support.nginx import start_nginx
@@ -21,7 +22,6 @@ from support.workers import listening, wait_for
 
 pytestmark = pytest.mark.slow
 
-PUSH_REPO, PULL_REPO = "docker-hosted-project", "docker-group-project"
 WORKERS_WITHIN = 180.0  # seconds for a spawned worker to start on a loaded machine
 
 
@@ -67,14 +67,8 @@ def test_two_workers_start_and_restart_while_nginx_holds_the_connector_ports(
     server = PortwayServer(
         tmp_path / "portway",
         workers=2,
-        repositories=[
-            {"name": PUSH_REPO, "type": "hosted"},
-            {"name": PULL_REPO, "type": "group", "members": [PUSH_REPO]},
-        ],
-        connectors=[
-            {"listen": f"127.0.0.1:{push_port}", "repository": PUSH_REPO, "served_by": "proxy"},
-            {"listen": f"127.0.0.1:{pull_port}", "repository": PULL_REPO, "served_by": "proxy"},
-        ],
+        repositories=seed_repositories(),
+        connectors=seed_connectors(push_port, pull_port),
     )
     nginx = start_nginx(server.config_path, tmp_path / "nginx", [push_port, pull_port])
     try:

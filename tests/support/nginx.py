@@ -3,6 +3,7 @@ nginx` for the server's configuration file, then nginx started on what it wrote.
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -10,13 +11,25 @@ from pathlib import Path
 
 import pytest
 
+import portway
 from support.process import ManagedProcess, port_open
 
+SRC = Path(portway.__file__).resolve().parent.parent
 
-def proxy_config(server: str, config: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    """`portway proxy-config SERVER --config CONFIG ARGS...`; fails the test if it fails."""
+
+def proxy_config(
+    server: str, config: Path, *args: str, check: bool = True
+) -> subprocess.CompletedProcess[str]:
+    """`portway proxy-config SERVER --config CONFIG ARGS...` (this checkout's Portway); with
+    `check`, fails the test if it fails."""
     argv = [sys.executable, "-m", "portway", "proxy-config", server, "--config", str(config)]
-    return subprocess.run([*argv, *args], check=True, capture_output=True, text=True, timeout=60)
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")]),
+    }
+    return subprocess.run(
+        [*argv, *args], check=check, capture_output=True, text=True, timeout=60, env=env
+    )
 
 
 def nginx_binary() -> str:
