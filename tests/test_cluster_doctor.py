@@ -1,8 +1,9 @@
 """`portway doctor --cluster`: a consistent cluster passes; odd nodes are named.
 
-Beside a consistent 2-node cluster, four odd nodes on the same database and blob store: one
-with a signing key of its own, one with a different [security] table, one whose clock runs
-30 s ahead (libfaketime, Debian's `faketime`), and one whose database is dropped under it.
+Beside a consistent 2-node cluster, four odd nodes sharing its blob store: one on another
+database (so with signing keys of its own: the keys live in the database), one with a
+different [security] table, one whose clock runs 30 s ahead (libfaketime, Debian's
+`faketime`), and one whose database is dropped under it.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from portway.auth.keys import KeyRing
+from portway.compose import Portway
+from portway.config import load_settings
 from support.cluster import Cluster, ClusterNode, start_cluster
 from support.postgres import Postgres
 
@@ -43,7 +45,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, postgres_url: str) -> Iter
 @pytest.fixture(scope="module")
 def odd(cluster: Cluster, postgres: Postgres) -> Iterator[Odd]:
     assert FAKETIME.exists(), "libfaketime missing: apt-get install faketime"
-    KeyRing.in_data_dir(cluster.root / "other").rotate()  # a key no other node has
+    other = postgres.create_database("doctor_other")
     lost = postgres.create_database("doctor_lost")
     skewed = {
         "LD_PRELOAD": str(FAKETIME),
@@ -51,7 +53,7 @@ def odd(cluster: Cluster, postgres: Postgres) -> Iterator[Odd]:
         "FAKETIME_DONT_FAKE_MONOTONIC": "1",
     }
     nodes = Odd(
-        key=cluster.make_node("odd-key", keys=cluster.root / "other" / "keys"),
+        key=cluster.make_node("odd-key", database={"url": other}),
         config=cluster.make_node("odd-config", security={"enabled": True, "token_ttl": 600}),
         skew=cluster.make_node("odd-skew", env=skewed),
         nodb=cluster.make_node(
@@ -62,6 +64,10 @@ def odd(cluster: Cluster, postgres: Postgres) -> Iterator[Odd]:
     try:
         with ThreadPoolExecutor(len(every)) as pool:
             list(pool.map(lambda node: node.start(60), every))
+        # The odd database has an admin of its own: give it the cluster admin's password, so
+        # the doctor may read that node's details too.
+        with Portway(load_settings(nodes.key.config_path)) as root:
+            root.users.set_password("admin", cluster.admin[1], actor="test")
         postgres.drop_database(lost)  # the database goes away under a running node
         deadline = time.monotonic() + 20
         while requests.get(f"{nodes.nodb.url}/readyz", timeout=10).status_code != 503:
@@ -139,4 +145,5 @@ def test_odd_nodes_are_flagged(cluster: Cluster, odd: Odd) -> None:
         assert f"PASS  {url} is ready" in out and f"PASS  {url} clock" in out, out
     assert "PASS  [repository] is the same on every node" in out
     assert "PASS  [storage] is the same on every node" in out
-    assert "fix: copy <data_dir>/keys" in out
+    database = _line(out, "FAIL  [database] is the same on every node: differs: ")
+    assert odd.key.url in database.partition("differs: ")[2].split(" | "), database

@@ -142,8 +142,9 @@ def compare(nodes: list[Node]) -> list[Result]:
         "signing keys are the same on every node",
         len(keys) == 1,
         "same signing key and key ids" if len(keys) == 1 else f"differ: {_differs(keys)}",
-        "copy <data_dir>/keys from one node to every other node (a token signed on one "
-        "node is refused by a node without its key), or rotate on one and copy again",
+        "on PostgreSQL the keys live in the database: point every node at the same "
+        "[database] url; SQLite nodes each keep <data_dir>/keys: copy it to every node "
+        "(a token signed on one node is refused by a node without its key)",
     ))  # fmt: skip
     versions = _groups(known, lambda n: n.info.get("version"))
     results.append(Result(
