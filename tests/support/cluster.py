@@ -9,12 +9,10 @@
 What the nodes share, as an operator would set it up:
 
 - metadata: one `[database] url` (PostgreSQL);
-- blobs: `[storage] type = "s3"` on a bucket when `storage=` says so (Ceph RGW); by default
-  one folder for all nodes, as `[storage] path`, and each node's `<data_dir>/storage` is a
-  link to that folder too, so nodes share blobs whether or not a release reads `path`;
-- signing keys: made once before any node starts (as `portway key rotate` would), then the
-  key folder is copied into every node's data directory (what a deployment does with its
-  configuration management).
+- blobs: `[storage] type = "s3"` on a bucket when `storage=` says so (`s3_storage(rgw,
+  bucket)`: Ceph RGW, credentials in the environment); by default one folder for all nodes,
+  as `[storage] path` (each node's `<data_dir>/storage` is a link to it as well);
+- signing keys: in the database (`signing_keys`), made by the first node that starts.
 
 The front door's configuration is what `portway proxy-config haproxy --nodes A,B,C` prints
 for the first node's settings. Nodes start one after another: the first creates the admin
@@ -24,7 +22,6 @@ account (and writes `admin.password`); the others find it in the database.
 from __future__ import annotations
 
 import contextlib
-import shutil
 import subprocess
 import sys
 from collections.abc import Iterator, Mapping, Sequence
@@ -35,9 +32,8 @@ from typing import Any
 
 import requests
 
-from portway.auth.keys import KeyRing
-
 from . import toml
+from .ceph import CephRGW
 from .ports import free_port
 from .process import ManagedProcess, http_answers
 from .server import DEFAULT_REPOSITORIES, PortwayServer
@@ -91,7 +87,6 @@ class Cluster:
         self.root.mkdir(parents=True, exist_ok=True)
         self.shared_blobs = self.root / "blobs"
         self.shared_blobs.mkdir(exist_ok=True)
-        self.keys = self.root / "keys"
         self.front_port = free_port()
 
     # -- addresses -------------------------------------------------------------------------
@@ -128,7 +123,6 @@ class Cluster:
         storage: Mapping[str, Any] | None = None,
         security: Mapping[str, Any] | None = None,
         server: Mapping[str, Any] | None = None,
-        keys: Path | None = None,
         env: Mapping[str, str] | None = None,
     ) -> ClusterNode:
         """A node of this cluster (not started); each argument overrides the shared table."""
@@ -149,13 +143,9 @@ class Cluster:
             link = node.data_dir / "storage"
             if not link.exists():
                 link.symlink_to(Path(tables["storage"]["path"]), target_is_directory=True)
-        source = keys or self.keys
-        if source.exists():
-            shutil.copytree(source, node.data_dir / "keys", dirs_exist_ok=True)
         return node
 
     def start(self) -> Cluster:
-        KeyRing.in_data_dir(self.root).rotate()  # the signing key every node shares
         self.nodes = [self.make_node(f"node{i}") for i in range(1, self.size + 1)]
         with ThreadPoolExecutor(len(self.nodes)) as pool:
             config = pool.submit(self.proxy_config)  # `portway proxy-config`, meanwhile
@@ -211,6 +201,14 @@ class Cluster:
         session = requests.Session()
         session.auth = self.admin
         return session
+
+
+def s3_storage(rgw: CephRGW, bucket: str, **extra: Any) -> dict[str, Any]:
+    """`Cluster(storage=..., env=...)` arguments for blobs in an S3 bucket on Ceph RGW, with
+    the credentials in the environment as an operator gives them."""
+    table = {"type": "s3", "bucket": bucket, "endpoint": rgw.endpoint, "region": rgw.region}
+    env = {"AWS_ACCESS_KEY_ID": rgw.access_key, "AWS_SECRET_ACCESS_KEY": rgw.secret_key}
+    return {"storage": {**table, **extra}, "env": env}
 
 
 @contextlib.contextmanager

@@ -7,18 +7,24 @@ the administrator's credentials (portway.observe.node says what it answers). Fla
 - a node whose clock is more than `MAX_SKEW` seconds off this host's (Date header);
 - a configuration table that differs between nodes (by fingerprint; each node's own
   `[server]` keys, such as its listen address and data directory, may differ);
-- signing keys that differ (a token one node signs would be refused by another).
+- signing keys that differ (a token one node signs would be refused by another);
+- with presigned redirects on, a redirect this host cannot follow (one image's config blob
+  from the first ready node: the bucket's address as signed must be reachable from here).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import email.utils
+import hashlib
 import json
 import time
+import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 from portway.cli.doctor_client import Client, Result
 
@@ -156,6 +162,62 @@ def compare(nodes: list[Node]) -> list[Result]:
     return results
 
 
+_ACCEPT = ", ".join((
+    "application/vnd.oci.image.manifest.v1+json",
+    "application/vnd.docker.distribution.manifest.v2+json",
+))  # fmt: skip
+
+
+def _a_blob(client: Client) -> tuple[str, str] | None:
+    """(image, config digest) of some image the node serves: from the catalog, its tags and
+    the manifest of the first tag (a single-platform manifest)."""
+    reply = client.request("GET", "/v2/_catalog?n=20")
+    names = (json.loads(reply.body).get("repositories") or []) if reply.status == 200 else []
+    for name in names[:5]:
+        tags = client.request("GET", f"/v2/{name}/tags/list")
+        listed = (json.loads(tags.body).get("tags") or []) if tags.status == 200 else []
+        if not listed:
+            continue
+        target = f"/v2/{name}/manifests/{listed[0]}"
+        got = client.request("GET", target, headers={"Accept": _ACCEPT})
+        with contextlib.suppress(ValueError, KeyError, TypeError, AttributeError):
+            return name, str(json.loads(got.body)["config"]["digest"])
+    return None
+
+
+def check_redirect(url: str, auth: str | None, insecure: bool, ca: str | None) -> Result | None:
+    """With presigned redirects on, a blob GET answers 307 to the bucket: fetch that URL from
+    here, as a client outside would. None when the node has no image to try."""
+    client = Client(url, insecure, ca, auth)
+    try:
+        found = _a_blob(client)
+        if found is None:
+            return None
+        name, digest = found
+        reply = client.request("GET", f"/v2/{name}/blobs/{digest}")
+    except (OSError, ValueError):
+        return None
+    title = "presigned blob URLs can be fetched from here"
+    location = reply.headers.get("location", "")
+    if reply.status not in (302, 303, 307) or not location:
+        return Result(title, True, f"{url} answers blob GETs itself (status {reply.status})")
+    try:
+        with urllib.request.urlopen(location, timeout=30) as answer:
+            body = answer.read()
+        ok = "sha256:" + hashlib.sha256(body).hexdigest() == digest
+        detail = f"{urlsplit(location).netloc}: {'the blob' if ok else 'other bytes'}"
+    except (OSError, ValueError) as exc:
+        ok, detail = False, f"{urlsplit(location).netloc}: {exc}"
+    return Result(
+        title,
+        ok,
+        detail,
+        "set [storage] public_endpoint to the S3 address clients reach (it signs the "
+        "redirects), or turn redirects off for clients that cannot reach the bucket "
+        '([storage] redirect = "auto" with redirect_networks)',
+    )
+
+
 def cluster_checks(
     urls: list[str], auth: str | None, insecure: bool, ca: str | None
 ) -> list[Result]:
@@ -166,7 +228,13 @@ def cluster_checks(
         clock = _clock(node)
         if clock is not None:
             results.append(clock)
-    return results + compare(nodes)
+    results += compare(nodes)
+    ready = [n for n in nodes if n.status == 200]
+    if ready:
+        redirect = check_redirect(ready[0].url, auth, insecure, ca)
+        if redirect is not None:
+            results.append(redirect)
+    return results
 
 
 def parse_cluster(value: str) -> list[str]:

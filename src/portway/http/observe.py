@@ -26,7 +26,7 @@ from portway.http.routing import Route
 from portway.observe import multiproc
 from portway.observe.accesslog import FLUSH_INTERVAL as ACCESS_FLUSH_INTERVAL
 from portway.observe.accesslog import HEADER, AccessLog, Entry, RequestIds
-from portway.observe.health import Health
+from portway.observe.health import BucketProbe, Health
 from portway.observe.kinds import DISTRIBUTION_HANDLER, public_kind, route_kind
 from portway.observe.metrics import FLUSH_INTERVAL, Recorder
 from portway.oci.errors import RegistryError
@@ -64,11 +64,17 @@ def build_observer(ctx: AppContext) -> Observer:
     if server.metrics:
         names = [r.name for r in ctx.settings.repository]
         recorder = Recorder(_metrics_dir(server.data_dir), names, server.metrics_repository_labels)
+    storage = ctx.settings.storage
+    bucket = None
+    if storage.type == "s3":
+        bucket = BucketProbe(storage.bucket, storage.endpoint or None, storage.region,
+                             storage.prefix, server.health_check_interval)  # fmt: skip
     health = Health(
         server.data_dir / "portway.db",
-        server.data_dir / "storage",
+        storage.path or server.data_dir / "storage",
         server.health_check_interval,
         database_url=ctx.settings.database.url,
+        bucket=bucket,
         on_result=(lambda name, c: recorder.health(name, c.writable, c.seconds))
         if recorder is not None
         else None,

@@ -11,7 +11,8 @@ last results:
   when a new connection to the server opens, writable unless the server is a read-only
   standby;
 - the blob store is *reachable* when its folder can be listed; *writable* when a small probe
-  file can be written and removed there.
+  file can be written and removed there; on S3, reachable when the bucket answers HeadBucket,
+  writable when a small probe object can be written and removed under the prefix.
 
 A full file system or a held lock makes the node not writable but still ready: reads,
 logins and tokens go on (docs/adr/0008). Unreachable, or refusing writes for any other
@@ -28,6 +29,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from portway.storage.faults import FULL_ERRNOS
 
@@ -58,6 +60,7 @@ class Health:
     interval: float
     on_result: Callable[[str, Check], None] | None = None
     database_url: str = ""  # [database] url: a PostgreSQL server instead of the file
+    bucket: BucketProbe | None = None  # [storage] type = "s3": the bucket instead of a folder
     results: dict[str, Check] = field(default_factory=dict)
     started_at: float | None = None  # time.time() of the first finished round
     _running: asyncio.Future[dict[str, Check]] | None = None
@@ -113,7 +116,10 @@ class Health:
                 if self.database_url.startswith("postgres")
                 else probe_database(self.database, lock_wait)
             ),
-            "blob_store": _timed(lambda: probe_blob_store(self.blob_root)),
+            "blob_store": _timed(
+                self.bucket.probe if self.bucket is not None
+                else lambda: probe_blob_store(self.blob_root)
+            ),
         }
 
 
@@ -200,3 +206,54 @@ def probe_blob_store(root: Path) -> Check:
         with contextlib.suppress(OSError):
             os.unlink(probe)
     return Check(True, True)
+
+
+@dataclass
+class BucketProbe:
+    """The S3 bucket of `[storage] type = "s3"`: reachable when HeadBucket answers, writable
+    when a small probe object can be written and removed under the prefix. One blocking
+    botocore client, made on first use, for the health thread only."""
+
+    bucket: str
+    endpoint: str | None
+    region: str
+    prefix: str
+    timeout: float
+    _client: Any = None
+
+    def _s3(self) -> Any:
+        if self._client is None:
+            import botocore.config
+            import botocore.session
+
+            self._client = botocore.session.get_session().create_client(
+                "s3",
+                endpoint_url=self.endpoint,
+                region_name=self.region,
+                config=botocore.config.Config(
+                    s3={"addressing_style": "path"},
+                    connect_timeout=self.timeout,
+                    read_timeout=self.timeout,
+                    retries={"max_attempts": 1},
+                    request_checksum_calculation="when_required",
+                    response_checksum_validation="when_required",
+                ),
+            )
+        return self._client
+
+    def probe(self) -> Check:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        where = f"the bucket {self.bucket}" + (f" at {self.endpoint}" if self.endpoint else "")
+        try:
+            client = self._s3()
+            client.head_bucket(Bucket=self.bucket)
+        except (BotoCoreError, ClientError) as exc:
+            return Check(False, False, f"cannot reach {where}: {exc}")
+        key = f"{self.prefix.strip('/')}/.health/{os.getpid()}".lstrip("/")
+        try:
+            client.put_object(Bucket=self.bucket, Key=key, Body=_PROBE_BYTES)
+            client.delete_object(Bucket=self.bucket, Key=key)
+        except (BotoCoreError, ClientError) as exc:
+            return Check(True, False, f"cannot write to {where}: {exc}")
+        return Check(True, True)
