@@ -87,3 +87,36 @@ def test_every_nodes_audit_records_are_exported_together(nodes: list[PortwayServ
     assert len(nodes_seen) == 2, nodes_seen
     assert all("wrong" not in json.dumps(r) for r in records)  # no password in the log
     assert not (nodes[0].data_dir / "audit.log").exists()
+
+
+def test_a_key_rotated_through_one_nodes_config_signs_and_verifies_everywhere(
+    nodes: list[PortwayServer],
+) -> None:
+    rotated = subprocess.run(
+        [sys.executable, "-m", "portway", "key", "rotate", "--config", str(nodes[1].config_path)],
+        capture_output=True, text=True, timeout=120, check=True,
+    ).stdout  # fmt: skip
+    params = {"service": "portway", "scope": "repository:docker-hosted/app:pull"}
+    deadline = time.monotonic() + 5
+    while True:  # each node's ring looks for a change once a second
+        tokens = [
+            requests.get(f"{n.url}/v2/token", params=params, auth=admin(nodes), timeout=60)
+            for n in nodes
+        ]
+        kids = {_kid(t.json()["token"]) for t in tokens}
+        if (len(kids) == 1 and next(iter(kids)) in rotated) or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert len(kids) == 1 and next(iter(kids)) in rotated, (kids, rotated)
+    for token in tokens:
+        bearer = {"Authorization": f"Bearer {token.json()['token']}"}
+        for node in nodes:
+            url = f"{node.url}/v2/docker-hosted/app/tags/list"
+            assert requests.get(url, headers=bearer, timeout=30).status_code == 404
+
+
+def _kid(token: str) -> str:
+    import base64
+
+    header = token.split(".")[0]
+    return str(json.loads(base64.urlsafe_b64decode(header + "=" * (-len(header) % 4)))["kid"])

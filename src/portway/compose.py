@@ -156,7 +156,7 @@ class Portway:
             from portway.auth.keys_db import DatabaseKeyRing
 
             keys = self.settings.server.data_dir / "keys"
-            return DatabaseKeyRing(self.meta.engine, import_from=keys)
+            return DatabaseKeyRing(self.meta.engine, import_from=keys, watch=True)
         return KeyRing.in_data_dir(self.settings.server.data_dir)
 
     @cached_property

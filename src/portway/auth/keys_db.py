@@ -4,9 +4,10 @@ Every node of a cluster must sign with the same key and verify with the same set
 PostgreSQL the keys live in the `signing_keys` table (kid, algorithm, PKCS#8 PEM, created,
 current) instead of `<data_dir>/keys`. `DatabaseKeyRing` is a `KeyRing` whose storage is that
 table: the same `current`, `kids()`, `verification_key()`, `rotate()`, `remove()`, the same
-`revision` for token caches, and `reload_if_changed()` is one small query (a count, the newest
-key and the current kid), so a rotation or removal on one node reaches every node within the
-second the auth service checks it.
+`revision` for token caches. A change is noticed by one small query (a count, the newest key
+and the current kid): in `reload_if_changed()`, or in a server (`watch=True`) by a thread of the
+ring once a second, so the event loop never waits for it; a rotation or removal on one node
+reaches every node within about a second.
 
 The first node to start on an empty table brings its key folder along: the usable keys of
 `<data_dir>/keys` (and its `current`) are imported, so tokens signed before the move keep
@@ -16,7 +17,9 @@ lock, so nodes starting together agree on one set. Afterwards the folder is not 
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -41,6 +44,7 @@ from portway.db.dialect import dialect_for
 from portway.db.shared_schema import signing_keys as table
 
 log = logging.getLogger("portway.auth")
+WATCH_INTERVAL = 1.0  # seconds between looks for a rotation or removal by another node
 
 
 def _pem(key: SigningKey) -> str:
@@ -73,7 +77,10 @@ class DatabaseKeyRing(KeyRing):
         import_from: Path | None = None,
         reload_interval: float = 5.0,
         refresh_interval: float = 60.0,
+        watch: bool = False,
     ) -> None:
+        """`watch`: look for changes in a thread of its own once a second (a server: its event
+        loop must not wait for the database) instead of in `reload_if_changed`."""
         super().__init__(
             import_from or Path("/nonexistent"),
             algorithm,
@@ -82,6 +89,25 @@ class DatabaseKeyRing(KeyRing):
         )
         self.engine = engine
         self.import_from = import_from
+        self._watch = watch
+        self._watcher: threading.Thread | None = None
+
+    def reload_if_changed(self) -> None:
+        if not self._watch:
+            super().reload_if_changed()
+            return
+        if self._watcher is None and self._loaded_at is not None:
+            self._watcher = threading.Thread(
+                target=self._watch_loop, name="portway-keys", daemon=True
+            )
+            self._watcher.start()
+
+    def _watch_loop(self) -> None:
+        while True:
+            time.sleep(WATCH_INTERVAL)
+            if self._stamp() != self._folder_stamp:
+                with contextlib.suppress(KeyFolderError):
+                    self.load()
 
     # -- reading ---------------------------------------------------------------------------
 
