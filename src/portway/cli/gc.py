@@ -35,6 +35,20 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     c.add_argument("--policy", help="apply only this policy (where a repository lists it)")
     c.add_argument("--json", action="store_true", help="print the report as JSON")
     c.set_defaults(func=cleanup)
+    f = sub.add_parser(
+        "fsck",
+        help="check that stored blobs match their digests and the metadata (and repair)",
+        description="Hash stored blobs against their digests (--full, or --sample N; default "
+        "a sample of 1000), check that every referenced blob is linked and stored and that no "
+        "stored blob is orphaned. Exit status 1 when something is wrong.",
+    )
+    f.add_argument("--config", type=Path, help="TOML configuration file (default: embedded)")
+    size = f.add_mutually_exclusive_group()
+    size.add_argument("--full", action="store_true", help="hash every blob")
+    size.add_argument("--sample", type=int, default=1000, help="hash N blobs chosen at random")
+    f.add_argument("--repair", action="store_true", help="quarantine corrupt blobs")
+    f.add_argument("--json", action="store_true", help="print the report as JSON")
+    f.set_defaults(func=fsck_command)
 
 
 def gc(args: argparse.Namespace) -> int:
@@ -86,6 +100,38 @@ def cleanup(args: argparse.Namespace) -> int:
         "`portway gc` frees their blobs"
     )
     return 0
+
+
+def fsck_command(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from portway.compose import Portway
+    from portway.config import load_settings
+    from portway.lifecycle.fsck import fsck
+
+    with Portway(load_settings(args.config)) as root:
+        sample = None if args.full else args.sample
+        report = asyncio.run(fsck(root.meta, root.blobs, sample=sample, repair=args.repair))
+    if args.json:
+        print(json.dumps({**asdict(report), "clean": report.clean}, indent=2))
+        return 0 if report.clean else 1
+    for digest in report.corrupt:
+        print(f"corrupt    {digest} (bytes do not match the digest)")
+    for digest in report.missing:
+        print(f"missing    {digest} (linked or referenced, not stored)")
+    for repo, image, digest in report.unlinked:
+        print(f"unlinked   {repo}/{image}: a manifest references {digest}, the image has no link")
+    for repo, image, digest in report.missing_children:
+        print(f"no child   {repo}/{image}: an index lists {digest}, which is not stored")
+    for digest in report.orphans:
+        print(f"orphan     {digest} (stored, linked nowhere)")
+    for digest in report.quarantined:
+        print(f"quarantined {digest} (moved to quarantine/)")
+    for repo, image, manifest in report.images_to_repush:
+        print(f"re-push    {repo}/{image}@{manifest} needs a corrupt blob")
+    state = "clean" if report.clean else "PROBLEMS FOUND"
+    print(f"fsck: {state}; {report.checked} blob(s) hashed")
+    return 0 if report.clean else 1
 
 
 def report_json(report: Report) -> dict[str, Any]:

@@ -63,7 +63,7 @@ blob_states = Table(
     "blob_states",
     metadata,
     Column("digest", String(160), primary_key=True),
-    Column("state", String(8), nullable=False),  # live | deleting | gone
+    Column("state", String(8), nullable=False),  # live | deleting | gone | quarant
     Column("generation", BigInteger, nullable=False),
     Column("size", BigInteger),
     Column("updated", Float, nullable=False),
@@ -81,7 +81,7 @@ manifest_pulls = Table(
 )
 
 LINK, MANIFEST, BLOB = "link", "manifest", "blob"
-LIVE, DELETING, GONE = "live", "deleting", "gone"
+LIVE, DELETING, GONE, QUARANTINED = "live", "deleting", "gone", "quarant"
 
 Key = tuple[int, str, str]  # (repo_id, image, digest)
 

@@ -27,7 +27,7 @@ from sqlalchemy import Connection, select
 
 from portway.db.lifecycle import (
     BLOB,
-    GONE,
+    DELETING,
     LINK,
     LIVE,
     MANIFEST,
@@ -101,7 +101,7 @@ class Guard:
             state = await meta._read(lambda conn: state_of(conn, digest))
             if state is None or state[0] == LIVE:
                 return
-            if state[0] == GONE:
+            if state[0] != DELETING:  # gone, or quarantined by fsck: the new bytes heal it
                 if await self._revive(digest, state) is not None:
                     return
                 continue

@@ -20,6 +20,7 @@ from portway.db.lifecycle import (
     GONE,
     LINK,
     MANIFEST,
+    QUARANTINED,
     blob_states,
     gc_candidates,
     gc_holds,
@@ -186,7 +187,7 @@ def _plan_blobs(
             continue
         if pending.get(d, 0) - processed.get(d, 0) > 0:
             continue  # another image's link of it is a candidate still held or too young
-        if states.get(d) in (DELETING, GONE):
+        if states.get(d) in (DELETING, GONE, QUARANTINED):
             continue
         plan.blobs[d] = sizes.get(d)
     for c in blob_rows:
