@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import hashlib
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 import requests
 
+from s3_support import bucket_keys, s3_server
 from support.ceph import CephRGW
 from support.cluster import ClusterNode
 from support.dockerd import Dockerd
@@ -27,44 +27,13 @@ def bucket(ceph_rgw: CephRGW) -> str:
     return ceph_rgw.make_bucket(f"server-{uuid.uuid4().hex[:8]}")
 
 
-def s3_server(
-    tmp_path: Path, rgw: CephRGW, bucket: str, *, server: Mapping[str, Any] | None = None,
-    repositories: list[dict[str, Any]] | None = None, **storage: Any
-) -> ClusterNode:
-    table = {
-        "type": "s3",
-        "bucket": bucket,
-        "endpoint": rgw.endpoint,
-        "region": rgw.region,
-        "prefix": f"p-{uuid.uuid4().hex[:8]}",
-        "part_size": 5 * 1024 * 1024,
-        **storage,
-    }
-    return ClusterNode(
-        tmp_path / "portway",
-        tables={"storage": table},
-        server=server,
-        repositories=repositories,
-        env={"AWS_ACCESS_KEY_ID": rgw.access_key, "AWS_SECRET_ACCESS_KEY": rgw.secret_key},
-    )
-
-
-def bucket_keys(rgw: CephRGW, bucket: str, prefix: str) -> list[str]:
-    client = rgw.client()
-    keys: list[str] = []
-    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
-        keys += [item["Key"] for item in page.get("Contents", [])]
-    uploads = client.list_multipart_uploads(Bucket=bucket, Prefix=prefix).get("Uploads", [])
-    return keys + [f"(multipart) {u['Key']}" for u in uploads]
-
-
 def sha256(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
 @pytest.fixture
 def server(tmp_path: Path, ceph_rgw: CephRGW, bucket: str) -> Iterator[ClusterNode]:
-    node = s3_server(tmp_path, ceph_rgw, bucket).start()
+    node = s3_server(tmp_path, ceph_rgw, bucket).start(timeout=60)
     yield node
     node.stop()
 
@@ -138,7 +107,7 @@ def test_redirect_modes(
         tmp_path, ceph_rgw, bucket, repositories=REDIRECT_REPOS, redirect="auto",
         redirect_networks=networks, public_endpoint=public, redirect_expiry=120,
         server={"trusted_proxies": ["127.0.0.1/32"]},
-    ).start()
+    ).start(timeout=60)
     try:
         layer = oci_image.layers[0].digest
         for repo in ("docker-hosted", "never", "always"):

@@ -130,7 +130,7 @@ class StorageConfig(_Strict):
     redirect_expiry: int = Field(default=1200, ge=10, le=604800, description="seconds")
     public_endpoint: str = ""  # the endpoint clients reach, used to sign redirects
     part_size: int = Field(default=8 * 1024 * 1024, ge=5 * 1024 * 1024, le=5 * 1024**3)
-    temp_dir: Path | None = None  # bounded temporary space (default: the system's temp dir)
+    temp_dir: Path | None = None  # a proxy's spool and lock files on S3 (default <data_dir>/tmp)
 
     @field_validator("redirect_networks")
     @classmethod

@@ -1,0 +1,183 @@
+"""One request's bytes into an upload session's parts (part_uploads.py), and the session
+state it updates: the multipart write's token and parts, and the tail object."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import time
+import uuid as uuidlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from portway.storage.backend import BlobBackend, Part, PendingWrite
+
+RENEW_EVERY = 20.0  # seconds between lease renewals while a long body streams
+
+
+def session_prefix(upload_id: str) -> str:
+    return f"uploads/{upload_id}/"
+
+
+@dataclass
+class SessionState:
+    token: str | None = None  # the multipart write, once a part was stored
+    parts: list[Part] = field(default_factory=list)
+    tail: str | None = None  # key of the bytes past the last part
+    tail_size: int = 0
+    closed: str | None = None  # key of the completed object, once the closing PUT made it
+
+    @classmethod
+    def load(cls, text: str | None) -> SessionState:
+        if not text:
+            return cls()
+        doc = json.loads(text)
+        parts = [Part(number=n, etag=e, size=s) for n, e, s in doc.get("parts", [])]
+        return cls(
+            doc.get("token"), parts, doc.get("tail"), doc.get("tail_size", 0), doc.get("closed")
+        )
+
+    def dump(self) -> str:
+        return json.dumps(
+            {
+                "token": self.token,
+                "parts": [[p.number, p.etag, p.size] for p in self.parts],
+                "tail": self.tail,
+                "tail_size": self.tail_size,
+                "closed": self.closed,
+            }
+        )
+
+
+def _session_prefix(upload_id: str) -> str:
+    return f"uploads/{upload_id}/"
+
+
+def pending_write(upload_id: str, token: str) -> PendingWrite:
+    return PendingWrite(key=session_prefix(upload_id) + "data", token=token, started=0.0)
+
+
+async def read_all(backend: BlobBackend, key: str) -> bytes:
+    return b"".join([chunk async for chunk in backend.read(key)])
+
+
+async def rehash(backend: BlobBackend, key: str, algorithm: str) -> str:
+    """Hash a stored object by reading it back (a session another node began)."""
+    hasher = hashlib.new(algorithm)
+    loop = asyncio.get_running_loop()
+    pending: asyncio.Future[None] | None = None
+    async for chunk in backend.read(key):
+        if pending is not None:
+            await pending
+        pending = loop.run_in_executor(None, hasher.update, chunk)
+    if pending is not None:
+        await pending
+    return hasher.hexdigest()
+
+
+class PartWriter:
+    """One request's bytes into the session's parts, the old tail first; at most
+    `in_flight` parts being sent while the next one fills."""
+
+    def __init__(
+        self,
+        backend: BlobBackend,
+        upload_id: str,
+        state: SessionState,
+        part_size: int,
+        in_flight: int,
+        renew: Callable[[], Awaitable[None]],
+    ) -> None:
+        self.backend = backend
+        self.upload_id = upload_id
+        self.state = state
+        self.part_size = part_size
+        self.in_flight = in_flight
+        self.renew = renew
+        self.began = False
+        self.key = session_prefix(self.upload_id) + "data"
+        self.pieces: list[bytes] = []
+        self.buffered = 0
+        self.sending: list[asyncio.Task[Part]] = []
+        self.new_parts: list[Part] = []
+        self.new_tail: str | None = None
+        self.renewed = time.monotonic()
+
+    async def take(self, chunks: AsyncIterator[bytes], hasher: Any | None) -> int:
+        """Read the body into parts: pieces are joined once a part's worth arrived (a part
+        may run up to one piece past `part_size`: S3 takes parts of any size above the
+        minimum), so each byte is copied once on its way to a part."""
+        if self.state.tail is not None:
+            self._add(await read_all(self.backend, self.state.tail))
+        written = 0
+        loop = asyncio.get_running_loop()
+        async for chunk in chunks:
+            if hasher is not None:
+                await loop.run_in_executor(None, hasher.update, chunk)
+            self._add(chunk)
+            written += len(chunk)
+            if self.buffered >= self.part_size:
+                await self._send(self._take_buffer())
+        return written
+
+    def _add(self, chunk: bytes) -> None:
+        if chunk:
+            self.pieces.append(chunk)
+            self.buffered += len(chunk)
+
+    def _take_buffer(self) -> bytes:
+        data = self.pieces[0] if len(self.pieces) == 1 else b"".join(self.pieces)
+        self.pieces, self.buffered = [], 0
+        return data
+
+    async def _send(self, data: bytes) -> None:
+        if self.state.token is None:
+            self.state.token = await self.backend.begin_parts(self.key)
+            self.began = True
+        while len(self.sending) >= self.in_flight:
+            self.new_parts.append(await self.sending.pop(0))
+        number = len(self.state.parts) + len(self.new_parts) + len(self.sending) + 1
+        token = self.state.token
+        self.sending.append(
+            asyncio.create_task(self.backend.put_part(self.key, token, number, data))
+        )
+        if time.monotonic() - self.renewed > RENEW_EVERY:  # a long body: keep the lease
+            self.renewed = time.monotonic()
+            await self.renew()
+
+    async def finish(self) -> None:
+        """Send what is part-sized, store the rest as the new tail, update `state`."""
+        if self.buffered >= self.backend.part_minimum:
+            await self._send(self._take_buffer())
+        while self.sending:
+            self.new_parts.append(await self.sending.pop(0))
+        self.state.parts = [*self.state.parts, *self.new_parts]
+        if self.buffered:
+            data = self._take_buffer()
+            self.new_tail = f"{session_prefix(self.upload_id)}tail-{uuidlib.uuid4().hex[:12]}"
+            writer = await self.backend.create(self.new_tail)
+            await writer.write(data)
+            await writer.commit()
+            self.state.tail, self.state.tail_size = self.new_tail, len(data)
+        elif self.state.tail is not None:
+            self.state.tail, self.state.tail_size = None, 0
+
+    async def discard(self) -> None:
+        """A failed request: stop its parts (stored ones are overwritten by the next
+        request's), drop the tail it stored; the recorded state still holds."""
+        for task in self.sending:
+            task.cancel()
+        for task in self.sending:
+            with contextlib.suppress(BaseException):
+                await task
+        self.sending = []
+        self.pieces, self.buffered = [], 0
+        if self.new_tail is not None:
+            with contextlib.suppress(Exception):
+                await self.backend.delete(self.new_tail)
+        if self.began and self.state.token is not None:  # a multipart write this request began
+            with contextlib.suppress(Exception):
+                await self.backend.abort_pending(pending_write(self.upload_id, self.state.token))
