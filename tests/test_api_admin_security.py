@@ -97,3 +97,32 @@ def test_users_roles_privileges(server: PortwayServer, admin: requests.Session) 
         json={"userId": "admin", "password": "long-enough-1", "status": "active", "roles": []},
     )
     assert duplicate.status_code == 409
+
+
+def test_every_operation_refuses_anonymous_and_non_admins(
+    server: PortwayServer, admin: requests.Session
+) -> None:
+    """Straight from the route table: no credentials is 401 with a Basic challenge everywhere;
+    a signed-in user without the operation's admin privilege gets 403."""
+    import re
+
+    from portway.api.views import operations
+
+    requests.post(  # a user with repository privileges only (may exist from another test)
+        f"{server.url}{USERS}",
+        auth=admin.auth,
+        json={"userId": "plain", "password": "plain-password-1", "status": "active", "roles": []},
+    )
+    checked = 0
+    for op in operations():
+        url = server.url + re.sub(r"{\w+}", "x", op.path)
+        anonymous = requests.request(op.method, url, json={})
+        assert anonymous.status_code == 401, (op.method, op.path, anonymous.text)
+        assert anonymous.headers["WWW-Authenticate"].startswith("Basic")
+        if op.privilege is None:
+            continue
+        plain = requests.request(op.method, url, json={}, auth=("plain", "plain-password-1"))
+        assert plain.status_code == 403, (op.method, op.path, plain.text)
+        assert plain.json()["status"] == 403
+        checked += 1
+    assert checked >= 20
