@@ -45,6 +45,7 @@ from portway.db.schema import blob_links, manifest_refs, manifests, repositories
 from portway.db.store import MetadataStore
 from portway.lifecycle.plan import (
     HOLD_MARGIN,
+    STALE_DELETING,
     Candidate,
     Plan,
     chunks,
@@ -82,17 +83,23 @@ class Report:
 
 class Collector:
     def __init__(
-        self, meta: MetadataStore, blobs: BlobStore, hold: float, margin: float = HOLD_MARGIN
+        self,
+        meta: MetadataStore,
+        blobs: BlobStore,
+        hold: float,
+        margin: float = HOLD_MARGIN,
+        stale: float = STALE_DELETING,
     ) -> None:
         self.meta = meta
         self.blobs = blobs
         self.hold = hold
         self.margin = margin
+        self.stale = stale  # a blob `deleting` this long is a killed collector's: resumed
 
     async def plan(self) -> Plan:
         def read() -> Plan:
             with self.meta.read_engine.connect() as conn, self.meta.dialect.snapshot(conn):
-                return make_plan(conn, self.hold, self.margin)
+                return make_plan(conn, self.hold, self.margin, self.stale)
 
         return await asyncio.to_thread(read)
 
@@ -161,6 +168,8 @@ class Collector:
                         blob_links.c.digest == c.digest,
                     )
                 )
+                # With the link, so a collector killed before step 2 leaves the blob tracked.
+                note_candidates(dialect, conn, [(0, "", c.digest, BLOB)], c.since)
                 out.append(c)
             return out
 

@@ -75,7 +75,9 @@ def _keys_in(
     return out
 
 
-def make_plan(conn: Connection, hold: float, margin: float = HOLD_MARGIN) -> Plan:
+def make_plan(
+    conn: Connection, hold: float, margin: float = HOLD_MARGIN, stale: float = STALE_DELETING
+) -> Plan:
     now = time.time()
     plan = Plan(started=now)
     cutoff = now - hold - margin
@@ -115,7 +117,7 @@ def make_plan(conn: Connection, hold: float, margin: float = HOLD_MARGIN) -> Pla
     _plan_manifests(conn, plan, [c for c in mans if c.key not in held])
     for digest, generation in conn.execute(
         select(blob_states.c.digest, blob_states.c.generation).where(
-            blob_states.c.state == DELETING, blob_states.c.updated < now - STALE_DELETING
+            blob_states.c.state == DELETING, blob_states.c.updated < now - stale
         )
     ):
         plan.resume[str(digest)] = int(generation)
