@@ -14,7 +14,10 @@ from pathlib import Path
 import pytest
 import sqlalchemy.sql.selectable
 
+from portway.compose import Portway
+from portway.config import parse_settings
 from portway.db.store import MetadataStore, NewManifest, open_metadata
+from portway.http.app import build_app
 
 
 @pytest.fixture
@@ -60,3 +63,27 @@ def test_cached_metadata_lookups_build_no_sql_statement(
     monkeypatch.setattr(sqlalchemy.sql.selectable.Select, "__init__", counting_init)
     assert lookups() == first
     assert built == [], f"{len(built)} SQL statement(s) built for answers already cached"
+
+
+@pytest.mark.parametrize("observe", [True, False])
+def test_a_request_passes_one_middleware_and_one_response_hook(
+    tmp_path: Path, observe: bool
+) -> None:
+    """Each aiohttp middleware and response hook is a coroutine (and a partial) per request:
+    the observe middleware renders errors itself, `/readyz` reports a drain itself, and the
+    API version, request id and drain headers are set in one hook."""
+    settings = parse_settings(
+        {
+            "server": {
+                "data_dir": str(tmp_path / "data"),
+                "metrics": observe,
+                "access_log": observe,
+            },
+            "repository": [{"name": "r", "type": "hosted"}],
+        },
+        environ={},
+    )
+    with Portway(settings) as root:
+        app = build_app(root.context())
+        assert len(app.middlewares) == 1
+        assert len(app.on_response_prepare) == 1

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 
 from aiohttp import web
 
 from portway.http.auth import remember_route, token_endpoint
 from portway.http.context import CONTEXT_KEY, AppContext
-from portway.http.errors import FAULTS_KEY, FaultReport, add_api_version, error_middleware
+from portway.http.drain import DRAIN_KEY, DrainState, close_after_answer
+from portway.http.errors import API_VERSION, FAULTS_KEY, FaultReport, error_middleware
 from portway.http.forwarded import client_origin
+from portway.http.observe import REQUEST_ID, middleware
 from portway.http.observe import install as install_observe
 from portway.http.v1 import handle_v1
 from portway.http.v2.dispatch import dispatch_v2
+from portway.observe.accesslog import HEADER as REQUEST_ID_HEADER
 from portway.oci.errors import RegistryError
 
 
@@ -56,12 +60,33 @@ async def handle(request: web.Request) -> web.StreamResponse:
     raise RegistryError("NOT_FOUND", f"nothing at {path[:120]!r}; registry API lives under /v2/")
 
 
+def _answer_hook(drain: DrainState) -> Callable[[web.Request, web.StreamResponse], Awaitable[None]]:
+    """Headers every answer carries, set in one hook (each hook is a coroutine per answer):
+    the API version, the request id (set by the observe middleware) and, while draining,
+    `Connection: close`."""
+    version_name, version = API_VERSION
+
+    async def on_prepare(request: web.Request, response: web.StreamResponse) -> None:
+        headers = response.headers
+        headers[version_name] = version
+        rid = request.get(REQUEST_ID)
+        if rid is not None:
+            headers[REQUEST_ID_HEADER] = rid
+        if drain.active:
+            close_after_answer(response)
+
+    return on_prepare
+
+
 def build_app(ctx: AppContext) -> web.Application:
-    app = web.Application(middlewares=[error_middleware], client_max_size=8 * 1024 * 1024)
+    app = web.Application(client_max_size=8 * 1024 * 1024)
     app[CONTEXT_KEY] = ctx
     app[FAULTS_KEY] = FaultReport()
-    app.on_response_prepare.append(add_api_version)
-    install_observe(app, ctx)  # metrics, access log, health routes: before the catch-all
+    drain = app[DRAIN_KEY] = DrainState()
+    obs = install_observe(app, ctx)  # metrics, access log, health routes: before the catch-all
+    # One middleware: the observe middleware renders errors itself (portway.http.errors).
+    app.middlewares.append(middleware(obs, ctx) if obs.active else error_middleware)
+    app.on_response_prepare.append(_answer_hook(drain))
     if ctx.admin is not None:
         from portway.api.views import install as install_api
 

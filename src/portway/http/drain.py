@@ -24,7 +24,6 @@ import time
 from dataclasses import dataclass
 
 from aiohttp import hdrs, web
-from aiohttp.typedefs import Handler
 
 from portway.http.protocol import RegistryRequestHandler
 
@@ -42,29 +41,26 @@ class DrainState:
 DRAIN_KEY = web.AppKey("portway.drain", DrainState)
 
 
-@web.middleware
-async def drain_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Innermost: while draining, `/readyz` says so (and the access log records the 503)."""
-    if request.app[DRAIN_KEY].active and request.path == "/readyz":
-        return web.json_response(
-            {"status": "draining", "reason": "this worker is stopping"}, status=503
-        )
-    return await handler(request)
+def draining(app: web.Application) -> bool:
+    """Is this worker draining? (`/readyz` then answers 503, portway.http.observe.)"""
+    state = app.get(DRAIN_KEY)
+    return state is not None and state.active
 
 
-async def _close_after_answer(request: web.Request, response: web.StreamResponse) -> None:
-    if request.app[DRAIN_KEY].active:
-        response.force_close()  # the connection closes after this answer
-        # aiohttp has chosen its headers before this hook runs: say so to the client as well
-        response.headers[hdrs.CONNECTION] = "close"
+def close_after_answer(response: web.StreamResponse) -> None:
+    """From the response hook (portway.http.app), while draining: every answer closes its
+    connection, and says so."""
+    response.force_close()  # the connection closes after this answer
+    # aiohttp has chosen its headers before this hook runs: say so to the client as well
+    response.headers[hdrs.CONNECTION] = "close"
 
 
 def install(app: web.Application) -> DrainState:
-    """Add the drain's middleware and response hook to `app` (before the runner starts it)."""
-    state = DrainState()
-    app[DRAIN_KEY] = state
-    app.middlewares.append(drain_middleware)
-    app.on_response_prepare.append(_close_after_answer)
+    """The drain state of `app` (portway.http.app gives every app one; its response hook
+    and `/readyz` read it)."""
+    state = app.get(DRAIN_KEY)
+    if state is None:
+        state = app[DRAIN_KEY] = DrainState()
     return state
 
 

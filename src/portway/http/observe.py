@@ -12,15 +12,17 @@ import contextlib
 import hashlib
 import json
 import tempfile
-import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from time import perf_counter
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 from portway.http.context import CONTEXT_KEY, AppContext
-from portway.http.errors import FAULTS_KEY, Handler
+from portway.http.drain import draining
+from portway.http.errors import FAULTS_KEY, Handler, failure_response
 from portway.http.forwarded import client_address
 from portway.http.routing import Route
 from portway.observe import multiproc
@@ -46,6 +48,11 @@ class Observer:
     ids: RequestIds = field(default_factory=RequestIds)
     trusted_peers: dict[str | None, bool] = field(default_factory=dict)  # peer -> trusted
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    @property
+    def active(self) -> bool:
+        """Metrics or the access log on: the observe middleware runs."""
+        return self.recorder is not None or self.access is not None
 
 
 OBSERVE_KEY = web.AppKey("portway.observe", Observer)
@@ -83,13 +90,11 @@ def build_observer(ctx: AppContext) -> Observer:
     return Observer(health, recorder, access)
 
 
-def install(app: web.Application, ctx: AppContext) -> None:
-    """Add the middleware (outermost), the routes and the background checks to `app`."""
+def install(app: web.Application, ctx: AppContext) -> Observer:
+    """Add the routes and the background checks to `app`; the caller (portway.http.app)
+    adds `middleware(obs, ctx)` outermost when `obs.active`."""
     obs = build_observer(ctx)
     app[OBSERVE_KEY] = obs
-    if obs.recorder is not None or obs.access is not None:
-        app.middlewares.insert(0, observe_middleware)
-        app.on_response_prepare.append(_send_request_id)
     app.cleanup_ctx.append(_background)
     if obs.recorder is not None:
         app.router.add_get("/metrics", handle_metrics)
@@ -98,6 +103,7 @@ def install(app: web.Application, ctx: AppContext) -> None:
     app.router.add_get("/startupz", handle_startupz)
     app.router.add_get("/service/rest/v1/status", handle_nexus_status)
     app.router.add_get("/service/rest/v1/status/writable", handle_nexus_writable)
+    return obs
 
 
 # -- middleware ---------------------------------------------------------------------------
@@ -157,75 +163,84 @@ def _bytes_out(request: web.Request, response: web.StreamResponse | None) -> int
     return response.body_length
 
 
-@web.middleware
-async def observe_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    start = time.perf_counter()
-    obs = request.app[OBSERVE_KEY]
-    ctx = request.app[CONTEXT_KEY]
-    given = request.headers.get(HEADER)
-    if given is not None and RequestIds.acceptable(given) and _trusted(obs, ctx, request.remote):
-        request[REQUEST_ID] = given
-    else:
-        request[REQUEST_ID] = obs.ids.new()
-    path = request.raw_path.partition("?")[0]
-    kind = route_kind(path)
+def middleware(obs: Observer, ctx: AppContext) -> Middleware:
+    """The outermost (and only) middleware while metrics or the access log run: request id,
+    error rendering (portway.http.errors, here rather than one more layer), sending the
+    answer, then counting and logging what the client got. Everything that does not change
+    between requests is looked up once, here."""
     recorder = obs.recorder
-    flight = DISTRIBUTION_HANDLER.get(kind, "")
-    if recorder is not None:
-        recorder.in_flight[flight] = recorder.in_flight.get(flight, 0) + 1
-    response: web.StreamResponse | None = None
-    status = 500
-    try:
-        response = await handler(request)
-        status = response.status
-        # Send it here, so what is counted and logged is what the client got.
-        try:
-            await response.prepare(request)
-            await response.write_eof()
-        except ConnectionError:
-            # The client went away while it was being answered: nothing to report but the
-            # count. aiohttp's own finishing of this response sees the same closed transport
-            # and ignores it quietly.
-            status = CLIENT_GONE
-        return response
-    except web.HTTPException as exc:
-        status = exc.status
-        raise
-    except (ConnectionError, asyncio.CancelledError):
-        status = CLIENT_GONE
-        raise
-    finally:
-        seconds = time.perf_counter() - start
-        bytes_in = request.content.total_bytes
-        bytes_out = _bytes_out(request, response) if status != CLIENT_GONE else 0
-        repository = _repository(request, ctx, path)
+    access = obs.access if obs.access is not None and obs.access.enabled() else None
+    new_id = obs.ids.new
+
+    @web.middleware
+    async def observe_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        start = perf_counter()
+        given = request.headers.get(HEADER)
+        if given is None:
+            rid = new_id()
+        elif RequestIds.acceptable(given) and _trusted(obs, ctx, request.remote):
+            rid = given
+        else:
+            rid = new_id()
+        request[REQUEST_ID] = rid
+        path = request.raw_path.partition("?")[0]
+        kind = route_kind(path)
+        flight = DISTRIBUTION_HANDLER.get(kind, "")
         if recorder is not None:
-            recorder.in_flight[flight] -= 1
-            recorder.record(kind, request.method, status, repository, seconds, bytes_in, bytes_out)
-        access = obs.access
-        if access is not None and access.enabled():
-            access.write(
-                Entry(
-                    request[REQUEST_ID],
-                    _client(request, obs, ctx),
-                    _principal(request, ctx),
-                    repository,
-                    request.method,
-                    path,
-                    public_kind(kind),
-                    status,
-                    bytes_in,
-                    bytes_out,
-                    seconds,
-                    request.headers.get("User-Agent"),
+            recorder.in_flight[flight] = recorder.in_flight.get(flight, 0) + 1
+        response: web.StreamResponse | None = None
+        status = 500
+        try:
+            try:
+                response = await handler(request)
+            except Exception as exc:  # an answer of its own: errors.failure_response
+                response = failure_response(request, exc)
+            status = response.status
+            # Send it here, so what is counted and logged is what the client got.
+            try:
+                await response.prepare(request)
+                await response.write_eof()
+            except ConnectionError:
+                # The client went away while it was being answered: nothing to report but
+                # the count. aiohttp's own finishing of this response sees the same closed
+                # transport and ignores it quietly.
+                status = CLIENT_GONE
+            return response
+        except web.HTTPException as exc:
+            status = exc.status
+            raise
+        except (ConnectionError, asyncio.CancelledError):
+            status = CLIENT_GONE
+            raise
+        finally:
+            seconds = perf_counter() - start
+            bytes_in = request.content.total_bytes
+            bytes_out = _bytes_out(request, response) if status != CLIENT_GONE else 0
+            repository = _repository(request, ctx, path)
+            if recorder is not None:
+                recorder.in_flight[flight] -= 1
+                recorder.record(
+                    kind, request.method, status, repository, seconds, bytes_in, bytes_out
                 )
-            )
+            if access is not None:
+                access.write(
+                    Entry(
+                        rid,
+                        _client(request, obs, ctx),
+                        _principal(request, ctx),
+                        repository,
+                        request.method,
+                        path,
+                        public_kind(kind),
+                        status,
+                        bytes_in,
+                        bytes_out,
+                        seconds,
+                        request.headers.get("User-Agent"),
+                    )
+                )
 
-
-async def _send_request_id(request: web.Request, response: web.StreamResponse) -> None:
-    rid = request.get(REQUEST_ID)
-    if rid is not None:
-        response.headers[HEADER] = rid
+    return observe_middleware
 
 
 # -- background ---------------------------------------------------------------------------
@@ -336,6 +351,8 @@ async def handle_livez(request: web.Request) -> web.StreamResponse:
 
 
 async def handle_readyz(request: web.Request) -> web.StreamResponse:
+    if draining(request.app):  # the load balancer in front takes this worker out
+        return _json(503, {"status": "draining", "reason": "this worker is stopping"})
     if "node" not in request.query:
         return _state(request, request.app[OBSERVE_KEY].health.ready)
     from portway.http.node_info import node_section  # `portway doctor --cluster` asks
