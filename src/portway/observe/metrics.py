@@ -31,6 +31,38 @@ DURATION_BUCKETS = (
 SIZE_BUCKETS = (*(float(1024 * 4**i) for i in range(10)), math.inf)  # 1 KiB .. 256 MiB
 
 
+class ProxyEvents:
+    """What proxy repositories did since the last flush, counted in plain numbers (the
+    repositories call these from the request path; `Recorder.flush` moves them into files)."""
+
+    def __init__(self) -> None:
+        self.hits: dict[tuple[str, str], int] = {}  # (repository, "manifest"|"blob") -> n
+        self.misses: dict[tuple[str, str], int] = {}
+        self.errors: dict[tuple[str, str], int] = {}  # (repository, upstream error kind) -> n
+
+    def hit(self, repository: str, what: str) -> None:
+        """Answered from the cache without asking the upstream."""
+        self.hits[(repository, what)] = self.hits.get((repository, what), 0) + 1
+
+    def miss(self, repository: str, what: str) -> None:
+        """Not in the cache (or a tag due for a re-check): the upstream was asked."""
+        self.misses[(repository, what)] = self.misses.get((repository, what), 0) + 1
+
+    def error(self, repository: str, kind: str) -> None:
+        """An upstream request of a client's request failed (`UpstreamError.kind`)."""
+        self.errors[(repository, kind)] = self.errors.get((repository, kind), 0) + 1
+
+    def take(
+        self,
+    ) -> tuple[dict[tuple[str, str], int], dict[tuple[str, str], int], dict[tuple[str, str], int]]:
+        taken = self.hits, self.misses, self.errors
+        self.hits, self.misses, self.errors = {}, {}, {}
+        return taken
+
+
+proxy_events = ProxyEvents()  # this process's; counted whether or not metrics are on
+
+
 class _Slot:
     """What one (kind, method, status, repository label) did since the last flush."""
 
@@ -149,6 +181,24 @@ class Recorder:
             registry=None,
             multiprocess_mode="livemax",
         )
+        self.proxy_hits = c(
+            "portway_proxy_cache_hits",
+            "Proxy requests answered from the cache without asking the upstream",
+            ["repository", "type"],
+            registry=None,
+        )
+        self.proxy_misses = c(
+            "portway_proxy_cache_misses",
+            "Proxy requests that asked the upstream (not cached, or a tag due for a re-check)",
+            ["repository", "type"],
+            registry=None,
+        )
+        self.proxy_errors = c(
+            "portway_proxy_upstream_errors",
+            "Proxy requests whose upstream request failed, by kind of failure",
+            ["repository", "kind"],
+            registry=None,
+        )
         self.check_up = g(
             "portway_health_check_up",
             "1 when the health check passed at its "
@@ -250,6 +300,7 @@ class Recorder:
                 _observe(self.reg_duration.labels(handler, method), slot.seconds, slot.durations)
                 _observe(self.reg_in_size.labels(handler), slot.bytes_in, slot.in_sizes)
                 _observe(self.reg_out_size.labels(handler), slot.bytes_out, slot.out_sizes)
+        self._flush_proxy()
         self.flight.set(sum(self.in_flight.values()))
         for handler, count in self.in_flight.items():
             if handler:
@@ -271,6 +322,14 @@ class Recorder:
             self.uploads_finished.labels(repo, "completed").inc(slot.count)
         elif kind == "upload_chunk" and method == "DELETE" and status == 204:
             self.uploads_finished.labels(repo, "cancelled").inc(slot.count)
+
+    def _flush_proxy(self) -> None:
+        hits, misses, errors = proxy_events.take()
+        for counts, family in ((hits, self.proxy_hits), (misses, self.proxy_misses)):
+            for (name, what), n in counts.items():
+                family.labels(self.repository_label(name), what).inc(n)
+        for (name, kind), n in errors.items():
+            self.proxy_errors.labels(self.repository_label(name), kind).inc(n)
 
     def sync_faults(self, refused: Mapping[str, int]) -> None:
         """Add the refusals `FaultReport` counted since the last call."""

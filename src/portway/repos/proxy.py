@@ -24,6 +24,7 @@ from portway.coordination.interfaces import Locks
 from portway.coordination.negative import NegativeCache
 from portway.db.store import MetadataStore, NewManifest
 from portway.lifecycle.guard import Guard
+from portway.observe.metrics import proxy_events
 from portway.oci import mediatypes as mt
 from portway.oci.digest import Digest
 from portway.oci.errors import RegistryError
@@ -129,16 +130,20 @@ class ProxyRepository(ProxyBlobs):
         cached = await self.meta.manifest(self.repo_id, image, reference)
         if cached is not None and (by_digest or await self._fresh(image, reference)):
             self.guard.pulled(self.repo_id, image, cached.digest)  # the cache's last use
+            proxy_events.hit(self.name, "manifest")
             return cached
         if self._negative_hit(image, reference) and cached is None:
+            proxy_events.hit(self.name, "manifest")
             raise RegistryError(
                 "MANIFEST_UNKNOWN", f"{image}:{reference} not found upstream (cached answer)"
             )
+        proxy_events.miss(self.name, "manifest")
         try:
             return await self._manifest_flights.do(
                 (image, reference), lambda: self._fetch_manifest_once(image, reference, cached)
             )
         except UpstreamError as err:
+            proxy_events.error(self.name, err.kind)
             if err.kind == "not_found":
                 self._remember_missing(image, reference)
                 raise RegistryError(
@@ -219,6 +224,7 @@ class ProxyRepository(ProxyBlobs):
             page = await self.upstream.list_tags(image)
             names = sorted(page.tags)
         except UpstreamError as err:
+            proxy_events.error(self.name, err.kind)
             if err.kind == "not_found":
                 raise RegistryError("NAME_UNKNOWN", f"image {image!r} not found upstream") from None
             names = await self.meta.list_tags(self.repo_id, image, None, None)
@@ -242,6 +248,7 @@ class ProxyRepository(ProxyBlobs):
         try:
             found = await self.upstream.search(query, n, page)
         except UpstreamError as err:
+            proxy_events.error(self.name, err.kind)
             raise upstream_unavailable(err, self.name, self.remote) from None
         if found is None:
             return None

@@ -16,6 +16,7 @@ from portway.coordination.flock import FileLocks
 from portway.coordination.interfaces import Locks
 from portway.db.store import MetadataStore
 from portway.lifecycle.guard import Guard
+from portway.observe.metrics import proxy_events
 from portway.oci.digest import Digest
 from portway.oci.errors import RegistryError
 from portway.repos.base import BlobBody
@@ -92,7 +93,9 @@ class ProxyBlobs:
         upstream HEAD (shared by all workers); a HEAD never downloads the blob."""
         size = await self.meta.blob_size(self.repo_id, image, str(digest))
         if size is not None and await self.blobs.intact(digest, size):
+            proxy_events.hit(self.name, "blob")
             return size
+        proxy_events.miss(self.name, "blob")
         fetching = self._lock_name("b", image, str(digest))
         noticed = SpoolNotice(self.blobs.lock_dir(), fetching).read()
         if noticed is not None and noticed[1] is not None:
@@ -118,7 +121,9 @@ class ProxyBlobs:
     async def open_blob(self, image: str, digest: Digest) -> BlobBody:
         size = await self.meta.blob_size(self.repo_id, image, str(digest))
         if size is not None and await self.blobs.intact(digest, size):
+            proxy_events.hit(self.name, "blob")
             return self.blobs.body(digest, size)
+        proxy_events.miss(self.name, "blob")
         reader = await self._follow(image, digest)
         try:
             total = await self._wait_size(reader, digest)
@@ -190,6 +195,7 @@ class ProxyBlobs:
         return size
 
     def _blob_error(self, err: UpstreamError, digest: Digest) -> RegistryError:
+        proxy_events.error(self.name, err.kind)
         if err.kind == "not_found":
             return RegistryError(
                 "BLOB_UNKNOWN", f"blob {digest} not found in {self.config.remote_url}"
