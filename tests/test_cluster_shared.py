@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import requests
@@ -120,3 +121,23 @@ def _kid(token: str) -> str:
 
     header = token.split(".")[0]
     return str(json.loads(base64.urlsafe_b64decode(header + "=" * (-len(header) % 4)))["kid"])
+
+
+def test_a_repository_created_on_one_node_is_served_by_the_other_within_a_second(
+    nodes: list[PortwayServer],
+) -> None:
+    examples = Path(__file__).parent / "data" / "nexus-docker-examples.json"
+    body = json.loads(examples.read_text())["hosted"]
+    body.update(name="made-on-node1")
+    body["docker"].update(httpPort=None, httpsPort=None, subdomain=None)
+    session = requests.Session()
+    session.auth = admin(nodes)
+    made = session.post(
+        f"{nodes[0].url}/service/rest/v1/repositories/docker/hosted", json=body, timeout=60
+    )
+    assert made.status_code == 201, made.text
+    created = time.monotonic()
+    url = f"{nodes[1].url}/repository/made-on-node1/v2/"  # node 2's registry, not the API
+    while session.get(url, timeout=30).status_code != 200:
+        assert time.monotonic() - created < 1.0, "node 2 does not serve the new repository"
+        time.sleep(0.02)

@@ -198,7 +198,8 @@ class Portway:
         from portway.db.repositories import DefinitionStore
         from portway.repos.admin import RepositoryAdmin
 
-        store = DefinitionStore(self.meta.engine, self.meta.read_engine)
+        signal = self.meta.change_signal if self.clustered else None
+        store = DefinitionStore(self.meta.engine, self.meta.read_engine, signal)
         admin = RepositoryAdmin(self.settings, store, audit=self.audit)
         admin.apply = self.apply_repositories
         return admin

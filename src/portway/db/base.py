@@ -25,7 +25,7 @@ from sqlalchemy import Connection, Engine
 
 from portway.db.dialect import Dialect, dialect_for
 from portway.db.engine import DEFAULT_BUSY_TIMEOUT, Writer
-from portway.db.notify import change_signal, notify_change
+from portway.db.notify import ChangeSignal, change_signal, notify_change
 
 T = TypeVar("T")
 
@@ -64,6 +64,11 @@ class StoreBase:
     def engine(self) -> Engine:
         """The write engine: every transaction on it takes the write lock (BEGIN IMMEDIATE)."""
         return self._write_engine
+
+    @property
+    def change_signal(self) -> ChangeSignal:
+        """What tells this process the database changed (see portway.db.notify)."""
+        return self._signal
 
     @property
     def read_engine(self) -> Engine:

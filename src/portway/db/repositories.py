@@ -16,6 +16,7 @@ from typing import Any
 
 from sqlalchemy import Column, Engine, Float, Integer, String, Table, Text, select, update
 
+from portway.db.notify import ChangeSignal, notify_change
 from portway.db.schema import metadata
 
 repository_definitions = Table(
@@ -48,15 +49,30 @@ class StoredDefinition:
 
 
 class DefinitionStore:
-    def __init__(self, engine: Engine, read_engine: Engine | None = None) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        read_engine: Engine | None = None,
+        signal: ChangeSignal | None = None,
+    ) -> None:
+        """`signal`: the metadata store's change signal in a cluster; `generation()` then
+        asks the database only after a change (a round trip 20 times a second on the event
+        loop otherwise, ADR 21)."""
         self.engine = engine
         self.read_engine = read_engine or engine
+        self._signal = signal
+        self._seen: tuple[object, int] | None = None
 
     def generation(self) -> int:
+        token = self._signal.token() if self._signal is not None else None
+        if token is not None and self._seen is not None and self._seen[0] == token:
+            return self._seen[1]
         with self.read_engine.connect() as conn:
             value = conn.execute(
                 select(repository_generation.c.generation).where(repository_generation.c.id == 1)
             ).scalar()
+        if token is not None:
+            self._seen = (token, int(value or 0))
         return int(value or 0)
 
     def list(self) -> list[StoredDefinition]:
@@ -69,6 +85,7 @@ class DefinitionStore:
         ]
 
     def _bump(self, conn: Any) -> None:
+        notify_change(conn)  # every node's next generation() asks the database again
         moved = conn.execute(
             update(repository_generation)
             .where(repository_generation.c.id == 1)
