@@ -6,7 +6,8 @@ SQLite metadata file and the bucket:
 
 For each round: node A stores the whole upload (one PATCH), then either A closes it (its
 running sha256) or B closes it (re-hash of the completed object). Prints the closing PUT's
-time both ways and the difference per 100 MiB; also the push MB/s into the session.
+time both ways and the difference per 100 MiB; also the push MB/s into the session and the
+MB/s of reading the blob back (what a streamed blob GET reads from the store).
 """
 
 from __future__ import annotations
@@ -60,6 +61,7 @@ async def rounds(root: Path, settings: S3Settings, mib: int, repeat: int) -> Non
     (_, a), (_, b) = nodes
     times: dict[str, list[float]] = {"same node": [], "other node": []}
     push: list[float] = []
+    pull: list[float] = []
     for i in range(repeat):
         for label, closer in (("same node", a), ("other node", b)):
             data = os.urandom(mib * MiB)
@@ -71,9 +73,16 @@ async def rounds(root: Path, settings: S3Settings, mib: int, repeat: int) -> Non
             started = time.perf_counter()
             await closer.finish_upload(state, digest)
             times[label].append(time.perf_counter() - started)
+            started = time.perf_counter()
+            got = 0
+            async for chunk in closer.blobs.read(digest):
+                got += len(chunk)
+            assert got == len(data)
+            pull.append(mib / (time.perf_counter() - started))
     same, other = statistics.median(times["same node"]), statistics.median(times["other node"])
     print(f"{mib} MiB upload, {repeat} rounds, part_size {settings.part_size // MiB} MiB")
     print(f"  push into the session: {statistics.median(push):.0f} MB/s (median)")
+    print(f"  blob read back from the store: {statistics.median(pull):.0f} MB/s (median)")
     print(f"  closing PUT on the same node:  {same * 1000:.0f} ms (median)")
     print(f"  closing PUT on another node:   {other * 1000:.0f} ms (median)")
     print(f"  re-hash cost: {(other - same) * 1000 * 100 / mib:.0f} ms per 100 MiB")
