@@ -5,6 +5,7 @@ repository's `redirect` (off, always, auto for the client networks), HEAD always
 from __future__ import annotations
 
 import hashlib
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,6 +16,7 @@ import requests
 from s3_support import bucket_keys, s3_server
 from support.ceph import CephRGW
 from support.cluster import ClusterNode
+from support.distribution import Distribution
 from support.dockerd import Dockerd
 from support.engines import ContainerStorage, skopeo
 from support.images import OciImage, files_in_docker_archive, read_layout_manifest
@@ -151,3 +153,44 @@ def test_redirect_modes(
             podman("rmi", "--force", image)
     finally:
         node.stop()
+
+
+def test_proxy_caches_into_the_bucket(
+    tmp_path: Path, ceph_rgw: CephRGW, bucket: str, oci_image: OciImage
+) -> None:
+    """A proxy repository on S3: the first pull streams from the upstream (CNCF distribution)
+    while the cache fills; the verified layers land in the bucket, and with the upstream gone
+    the image still comes from the cache."""
+    upstream = Distribution(tmp_path / "upstream").start()
+    try:
+        skopeo("copy", "--dest-tls-verify=false", oci_image.ref,
+               f"docker://{upstream.host}/team/app:v1")
+        repos = [{"name": "hub", "type": "proxy", "path_routing": True,
+                  "remote_url": upstream.url}]
+        node = s3_server(tmp_path, ceph_rgw, bucket, repositories=repos).start(timeout=60)
+        try:
+            out = tmp_path / "cold"
+            skopeo("copy", "--src-tls-verify=false", f"docker://{node.host}/hub/team/app:v1",
+                   f"oci:{out}:v1")
+            assert read_layout_manifest(out, "v1")[0] == oci_image.manifest_digest
+            prefix = node.tables["storage"]["prefix"]
+            hexes = [layer.digest.removeprefix("sha256:") for layer in oci_image.layers]
+            wanted = {f"{prefix}/blobs/sha256/{h[:2]}/{h}" for h in hexes}
+            deadline = time.monotonic() + 30  # the cache commits after the client has it
+            while not wanted <= set(bucket_keys(ceph_rgw, bucket, prefix + "/")):
+                assert time.monotonic() < deadline, bucket_keys(ceph_rgw, bucket, prefix + "/")
+                time.sleep(0.5)
+            upstream.stop()
+            warm = tmp_path / "warm"
+            skopeo("copy", "--src-tls-verify=false", f"docker://{node.host}/hub/team/app:v1",
+                   f"oci:{warm}:v1")
+            digest, manifest = read_layout_manifest(warm, "v1")
+            assert digest == oci_image.manifest_digest
+            for entry in manifest["layers"]:
+                blob = warm / "blobs" / "sha256" / entry["digest"].removeprefix("sha256:")
+                assert sha256(blob.read_bytes()) == entry["digest"]
+            assert not (node.data_dir / "storage").exists()
+        finally:
+            node.stop()
+    finally:
+        upstream.stop()
