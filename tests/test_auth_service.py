@@ -14,6 +14,7 @@ import pytest
 from sqlalchemy import create_engine
 
 from portway.auth.audit import AuditLog
+from portway.auth.basic import LOCK_RECHECK
 from portway.auth.errors import InvalidCredentials, InvalidToken, LoginLocked
 from portway.auth.grants import Grant
 from portway.auth.keys import KeyRing
@@ -328,3 +329,46 @@ def test_challenge_header() -> None:
     assert "\r" not in evil and "\n" not in evil
     assert evil == 'Bearer realm="x\\"Set-Cookie: a",service="s\\\\"'
     assert AuthService.basic_challenge("portway") == 'Basic realm="portway"'
+
+
+def test_remembered_basic_login_skips_the_thread_and_the_database_but_not_a_lockout(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Basic on every request: a login checked before for the same client address is
+    answered from memory (no failed-login query, no password hash), while a lockout, a
+    security change or another address still go the full way."""
+    auth = world.auth
+    header = basic("dev-a", "pw-a")
+    assert auth.remembered_basic(header, "192.0.2.7") is None  # never checked: the full way
+    assert auth.authenticate_basic(header, "192.0.2.7").name == "dev-a"
+    checks: list[tuple[str, str | None]] = []
+    real_check = auth.limiter.check
+
+    def counting_check(user: str, client: str | None) -> Any:
+        checks.append((user, client))
+        return real_check(user, client)
+
+    monkeypatch.setattr(auth.limiter, "check", counting_check)
+    hit = auth.remembered_basic(header, "192.0.2.7")
+    assert hit is not None and hit.name == "dev-a" and checks == []
+    assert auth.remembered_basic(header, "192.0.2.8") is None  # another address
+    assert auth.remembered_basic(basic("dev-a", "pw-b"), "192.0.2.7") is None
+    assert auth.remembered_basic("Basic !!!", "192.0.2.7") is None
+    # The user gets locked out (failures from elsewhere): within LOCK_RECHECK seconds the
+    # remembered login is refused too.
+    for _ in range(3):
+        with pytest.raises(InvalidCredentials):
+            auth.authenticate_password("dev-a", "wrong", "192.0.2.7")
+    world.mono.now += LOCK_RECHECK
+    assert auth.remembered_basic(header, "192.0.2.7") is None
+    with pytest.raises(LoginLocked):
+        auth.authenticate_basic(header, "192.0.2.7")
+    world.wall.now += 301  # the lock ends; a full check remembers the login again
+    assert auth.authenticate_basic(header, "192.0.2.7").name == "dev-a"
+    assert auth.remembered_basic(header, "192.0.2.7") is not None
+    # A disabled user: refused once the generation moved (GENERATION_CHECK seconds).
+    world.store.disable_user("dev-a")
+    world.mono.now += GENERATION_CHECK
+    assert auth.remembered_basic(header, "192.0.2.7") is None
+    with pytest.raises(InvalidCredentials):
+        auth.authenticate_basic(header, "192.0.2.7")

@@ -15,6 +15,25 @@ from portway.auth.privileges import Principal, allowed_actions, browsable, publi
 from portway.auth.state import AuthState
 
 MAX_AUTH_HEADER = 8192
+# Seconds a remembered Basic login is answered without looking at the failed-login limits
+# again (a lockout of that user or address takes effect on it within this time).
+LOCK_RECHECK = 1.0
+
+
+def _user_password(header: str) -> tuple[str, str]:
+    if len(header) > MAX_AUTH_HEADER:
+        raise InvalidCredentials("malformed Authorization header")
+    scheme, _, value = header.strip().partition(" ")
+    if scheme.lower() != "basic":
+        raise InvalidCredentials("expected Basic credentials")
+    try:
+        decoded = base64.b64decode(value.strip(), validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError):
+        raise InvalidCredentials("malformed Basic credentials") from None
+    user, sep, password = decoded.partition(":")
+    if not sep or not user:
+        raise InvalidCredentials("malformed Basic credentials")
+    return user, password
 
 
 class BasicAuthentication(AuthState):
@@ -23,19 +42,24 @@ class BasicAuthentication(AuthState):
         `Basic ...` -> the user. Raises InvalidCredentials or LoginLocked."""
         if not header:
             return self.anonymous()
-        if len(header) > MAX_AUTH_HEADER:
-            raise InvalidCredentials("malformed Authorization header")
-        scheme, _, value = header.strip().partition(" ")
-        if scheme.lower() != "basic":
-            raise InvalidCredentials("expected Basic credentials")
-        try:
-            decoded = base64.b64decode(value.strip(), validate=True).decode("utf-8")
-        except (binascii.Error, UnicodeDecodeError):
-            raise InvalidCredentials("malformed Basic credentials") from None
-        user, sep, password = decoded.partition(":")
-        if not sep or not user:
-            raise InvalidCredentials("malformed Basic credentials")
+        user, password = _user_password(header)
         return self.authenticate_password(user, password, client_addr, cache=True)
+
+    def remembered_basic(self, header: str, client_addr: str | None) -> Principal | None:
+        """The principal of Basic credentials this process checked for this client address
+        within the last `basic_cache_ttl` seconds, while no user or role changed and the
+        failed-login limits were looked at within LOCK_RECHECK seconds; None: call
+        `authenticate_basic` (in a thread: it may hash a password and read the database).
+        Costs no database query and no thread hand-off: Basic on every request."""
+        try:
+            user, password = _user_password(header)
+        except InvalidCredentials:
+            return None
+        generation = self._generation()
+        hit = self._cached(self._login_key(user, password, client_addr), generation)
+        if hit is None or hit[1] <= self._clock():
+            return None
+        return hit[0]
 
     def authenticate_password(
         self, user: str, password: str, client_addr: str | None, *, cache: bool = False
@@ -48,17 +72,20 @@ class BasicAuthentication(AuthState):
         """
         # The lock comes first, even before the cache: otherwise, while a user was logging in
         # from elsewhere, a guesser on a locked address would learn that a guess was right.
+        # (`remembered_basic` skips it only for the same user, password and client address,
+        # and for at most LOCK_RECHECK seconds after it was last looked at.)
         locked = self.limiter.check(user, client_addr)
         if locked is not None:
             self._audit("login", user, client_addr, None, "locked", {"by": locked.key})
             raise LoginLocked(locked.retry_after)
-        key = hmac.new(self._basic_key, f"{user}\0{password}".encode(), hashlib.sha256).digest()
+        key = self._login_key(user, password, client_addr)
         # Read before the check: a change landing during it makes the entry stale, not wrong.
         generation = self._generation() if cache else 0
         if cache:
             hit = self._cached(key, generation)
             if hit is not None:
-                return hit
+                self._lock_checked(key)
+                return hit[0]
         principal = self.store.authenticate(user, password)
         if principal is None:
             self.limiter.failure(user, client_addr)
@@ -71,7 +98,13 @@ class BasicAuthentication(AuthState):
             self._remember(key, principal, generation)
         return principal
 
-    def _cached(self, key: bytes, generation: int) -> Principal | None:
+    def _login_key(self, user: str, password: str, client_addr: str | None) -> bytes:
+        """An HMAC of the credentials and the client address (the password is never kept)."""
+        text = f"{user}\0{password}\0{client_addr or ''}".encode("utf-8", "surrogatepass")
+        return hmac.new(self._basic_key, text, hashlib.sha256).digest()
+
+    def _cached(self, key: bytes, generation: int) -> tuple[Principal, float] | None:
+        """(principal, until when the lock check holds) of a remembered login."""
         with self._lock:
             hit = self._basic.get(key)
             if hit is None:
@@ -79,11 +112,18 @@ class BasicAuthentication(AuthState):
             if hit[0] <= self._clock() or hit[2] != generation:
                 del self._basic[key]
                 return None
-            return hit[1]
+            return hit[1], hit[3]
+
+    def _lock_checked(self, key: bytes) -> None:
+        with self._lock:
+            hit = self._basic.get(key)
+            if hit is not None:
+                self._basic[key] = (hit[0], hit[1], hit[2], self._clock() + LOCK_RECHECK)
 
     def _remember(self, key: bytes, principal: Principal, generation: int) -> None:
+        now = self._clock()
         with self._lock:
-            self._basic[key] = (self._clock() + self._basic_ttl, principal, generation)
+            self._basic[key] = (now + self._basic_ttl, principal, generation, now + LOCK_RECHECK)
             while len(self._basic) > 1024:
                 self._basic.popitem(last=False)
 

@@ -48,8 +48,8 @@ class AuthState:
         self._public: frozenset[str] = frozenset()
         self.set_repositories(repositories)
         self._basic_ttl = basic_cache_ttl
-        # key -> (expires, principal, security generation when cached)
-        self._basic: OrderedDict[bytes, tuple[float, Principal, int]] = OrderedDict()
+        # key -> (expires, principal, security generation when cached, lock checked until)
+        self._basic: OrderedDict[bytes, tuple[float, Principal, int, float]] = OrderedDict()
         self._basic_key = secrets.token_bytes(32)
         self._anon_ttl = anonymous_cache_ttl
         self._anon: tuple[float, Principal, int] | None = None

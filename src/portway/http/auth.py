@@ -147,6 +147,10 @@ class SecurityAuthorizer:
         if self._credentials(request)[0] != "basic":
             return
         header, client = request.headers.get("Authorization"), _client_addr(request)
+        remembered = self.auth.remembered_basic(header or "", client)
+        if remembered is not None:  # checked before: no thread hand-off, no database query
+            request[_PRINCIPAL] = remembered
+            return
         loop = asyncio.get_running_loop()
         try:
             request[_PRINCIPAL] = await loop.run_in_executor(
