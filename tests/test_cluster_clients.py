@@ -22,7 +22,16 @@ import pytest
 import requests
 
 from support.ceph import CephRGW
-from support.cluster import Cluster, node_of, s3_storage, start_cluster, token
+from support.cluster import (
+    BLOCK,
+    Cluster,
+    SizedBody,
+    node_of,
+    numbered_blob,
+    s3_storage,
+    start_cluster,
+    token,
+)
 from support.dockerd import Dockerd
 from support.engines import ContainerStorage, skopeo
 from support.images import OciImage, files_in_docker_archive
@@ -252,34 +261,6 @@ def test_rolling_restart_fails_no_request(cluster: Cluster) -> None:
 
 LEASE = 60.0  # seconds: an S3 upload session's lease (portway.storage.part_uploads.LEASE)
 CRASH_SIZE = 128 * 1024 * 1024  # the issue's 1 GiB, cut to an eighth for CI time
-BLOCK = 1024 * 1024
-_BASE = os.urandom(BLOCK)
-
-
-def _blob(start: int, end: int) -> Iterator[bytes]:
-    """Bytes [start, end) of a CRASH_SIZE blob made of numbered 1 MiB blocks."""
-    offset = start
-    while offset < end:
-        index, within = divmod(offset, BLOCK)
-        block = index.to_bytes(8, "big") + _BASE[8:]
-        piece = block[within : min(BLOCK, within + end - offset)]
-        offset += len(piece)
-        yield piece
-
-
-class _Sized:
-    """Bytes [start, end) with a length, so requests sends Content-Length, not chunks."""
-
-    def __init__(self, start: int, end: int) -> None:
-        self.start, self.end = start, end
-
-    def __len__(self) -> int:
-        return self.end - self.start
-
-    def __iter__(self) -> Iterator[bytes]:
-        return _blob(self.start, self.end)
-
-
 def _status(cluster: Cluster, location: str, auth: dict[str, str]) -> int:
     """Bytes the upload holds, asked through the front door (any live node answers)."""
     got = requests.get(urljoin(cluster.front_url, location), headers=auth, timeout=60)
@@ -294,7 +275,7 @@ def test_upload_survives_sigkill_of_its_node(cluster: Cluster) -> None:
     the rest there and closes it; a third node serves the blob with the right digest."""
     half = CRASH_SIZE // 2
     digest = hashlib.sha256()
-    for piece in _blob(0, CRASH_SIZE):
+    for piece in numbered_blob(0, CRASH_SIZE):
         digest.update(piece)
     expected = "sha256:" + digest.hexdigest()
     bearer = token(cluster.front_url, cluster.admin, ["repository:docker-hosted/crash:pull,push"])
@@ -305,7 +286,7 @@ def test_upload_survives_sigkill_of_its_node(cluster: Cluster) -> None:
                             timeout=60)  # fmt: skip
     assert started.status_code == 202, started.text
     first = requests.patch(
-        urljoin(victim.url, started.headers["Location"]), data=_Sized(0, half),
+        urljoin(victim.url, started.headers["Location"]), data=SizedBody(0, half),
         headers={**octets, "Content-Range": f"0-{half - 1}"}, timeout=300,
     )  # fmt: skip
     assert first.status_code == 202, first.text
@@ -313,7 +294,7 @@ def test_upload_survives_sigkill_of_its_node(cluster: Cluster) -> None:
     midway, resume, errors = threading.Event(), threading.Event(), []
 
     def body() -> Iterator[bytes]:
-        for index, piece in enumerate(_blob(half, CRASH_SIZE)):
+        for index, piece in enumerate(numbered_blob(half, CRASH_SIZE)):
             if index == 32:  # 32 MiB of the second half sent: the node is killed now
                 midway.set()
                 resume.wait(120)
@@ -342,7 +323,7 @@ def test_upload_survives_sigkill_of_its_node(cluster: Cluster) -> None:
         killed = time.monotonic()
         while True:
             rest = requests.patch(
-                urljoin(cluster.front_url, location), data=_Sized(held, CRASH_SIZE),
+                urljoin(cluster.front_url, location), data=SizedBody(held, CRASH_SIZE),
                 headers={**octets, "Content-Range": f"{held}-{CRASH_SIZE - 1}"}, timeout=300,
             )  # fmt: skip
             if rest.status_code != 400 or "busy" not in rest.text:
@@ -381,7 +362,8 @@ def _doctor(*args: str, password: str) -> subprocess.CompletedProcess[str]:
 
 def test_doctor_fetches_presigned_redirects(cluster: Cluster) -> None:
     """Blob GETs redirect to the bucket ([storage] redirect = "always"); the doctor follows
-    one from here, and flags a node whose public_endpoint clients cannot reach."""
+    one from here, and flags a node whose public_endpoint clients cannot reach, and a node
+    whose bucket does not exist (its /readyz answers 503)."""
     user, password = cluster.admin
     client = Client(cluster.front_url, user=user, password=password)
     pushed = push_image(client, "docker-hosted/redirected", "v1", make_image("redirect"))
@@ -392,10 +374,18 @@ def test_doctor_fetches_presigned_redirects(cluster: Cluster) -> None:
     assert run.returncode == 0, run.stdout
     storage = {**cluster.storage_table(), "public_endpoint": f"http://127.0.0.1:{free_port()}"}
     odd = cluster.make_node("odd-endpoint", storage=storage)
-    odd.start(60)
+    gone = cluster.make_node(
+        "odd-bucket", storage={**cluster.storage_table(), "bucket": "no-such-bucket"}
+    )
+    with ThreadPoolExecutor(2) as pool:
+        list(pool.map(lambda node: node.start(60), (odd, gone)))
     try:
         run = _doctor("--cluster", odd.url, password=password)
         assert "FAIL  presigned blob URLs can be fetched from here: " in run.stdout, run.stdout
         assert "public_endpoint" in run.stdout and run.returncode == 1
+        run = _doctor("--cluster", gone.url, password=password)
+        assert f"FAIL  {gone.url} is ready: status 503; blob_store: cannot reach the bucket " \
+            "no-such-bucket" in run.stdout, run.stdout
     finally:
-        odd.stop()
+        with ThreadPoolExecutor(2) as pool:
+            list(pool.map(lambda node: node.stop(), (odd, gone)))

@@ -22,6 +22,7 @@ account (and writes `admin.password`); the others find it in the database.
 from __future__ import annotations
 
 import contextlib
+import os
 import subprocess
 import sys
 from collections.abc import Iterator, Mapping, Sequence
@@ -239,3 +240,33 @@ def token(base: str, auth: tuple[str, str], scopes: Sequence[str]) -> str:
     )
     assert answer.status_code == 200, answer.text
     return str(answer.json()["token"])
+
+
+# -- big bodies without holding them in memory ----------------------------------------------
+
+BLOCK = 1024 * 1024
+_BASE = os.urandom(BLOCK)
+
+
+def numbered_blob(start: int, end: int) -> Iterator[bytes]:
+    """Bytes [start, end) of a blob made of numbered 1 MiB blocks (any offset, any size)."""
+    offset = start
+    while offset < end:
+        index, within = divmod(offset, BLOCK)
+        block = index.to_bytes(8, "big") + _BASE[8:]
+        piece = block[within : min(BLOCK, within + end - offset)]
+        offset += len(piece)
+        yield piece
+
+
+class SizedBody:
+    """`numbered_blob(start, end)` with a length, so requests sends Content-Length."""
+
+    def __init__(self, start: int, end: int) -> None:
+        self.start, self.end = start, end
+
+    def __len__(self) -> int:
+        return self.end - self.start
+
+    def __iter__(self) -> Iterator[bytes]:
+        return numbered_blob(self.start, self.end)
