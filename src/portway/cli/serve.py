@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 from portway.config import Settings, load_settings
@@ -109,9 +110,12 @@ def banner(
 
 def run(args: argparse.Namespace) -> int:
     from portway.compose import Portway
+    from portway.http import reload
     from portway.http.server import serve
 
     settings = load_settings(args.config)
+    if args.config is not None:  # what SIGHUP reads again, in this process and its workers
+        os.environ[reload.ENV] = str(args.config.resolve())
     server = settings.server
     update: dict[str, object] = {}
     if args.workers is not None:

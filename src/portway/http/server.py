@@ -26,6 +26,7 @@ from typing import Any, Protocol
 from aiohttp import web
 
 from portway.config import Settings, TlsConfig
+from portway.http import reload
 from portway.http.app import build_app
 from portway.http.auth import SecurityAuthorizer
 from portway.http.context import AppContext, Authorizer
@@ -195,6 +196,8 @@ async def run_worker(
     # SIGUSR2 asks the parent for a rolling restart (supervisor.py); sent to the whole process
     # group (`systemctl kill -s USR2`), it must not kill a worker.
     loop.add_signal_handler(signal.SIGUSR2, _no_rolling_restart, on_listening is None)
+    reloads: set[asyncio.Task[None]] = set()  # SIGHUP: read the configuration file again
+    loop.add_signal_handler(signal.SIGHUP, reload.on_signal, root, reloads)
     try:
         opened = await open_listeners(runner, ctx, sockets)
         log.info("worker %d listening on %s", os.getpid(), ", ".join(f"{s}:{p}" for s, p in opened))
@@ -242,6 +245,7 @@ def _worker_main(
     compose: Compose, settings: Settings, sockets: Listeners, ready: Connection
 ) -> None:
     _die_with_parent()
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until the event loop handles it
     configure_logging(settings)
 
     def listening() -> None:  # tells the parent this worker accepts (a rolling restart waits)
@@ -266,6 +270,7 @@ def serve(settings: Settings, workers: int, compose: Compose) -> int:
     function importable by name: spawned workers are handed it by reference). Returns the
     exit status."""
     configure_logging(settings)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until a worker's event loop handles it
     before, after = raise_descriptor_limit()
     if after != before:
         log.info("raised the open file limit from %d to %d (the hard limit)", before, after)

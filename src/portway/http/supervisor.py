@@ -15,6 +15,7 @@ old one drains and exits; the server never serves with fewer workers than config
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing
 import os
@@ -28,6 +29,7 @@ from multiprocessing.process import BaseProcess
 from typing import Any
 
 from portway.config import Settings
+from portway.http import reload
 
 log = logging.getLogger("portway.server")
 
@@ -76,6 +78,7 @@ class Supervisor:
         self._slots = [_Slot(n) for n in range(workers)]
         self._stopping = False
         self._roll_requested = False
+        self._reload_requested = False
         self._retiring: list[BaseProcess] = []  # old workers draining in a rolling restart
         self._status = 0
         self._grace = settings.server.drain_timeout + STOP_MARGIN
@@ -84,12 +87,15 @@ class Supervisor:
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
         signal.signal(signal.SIGUSR2, self._on_roll)
+        signal.signal(signal.SIGHUP, self._on_hup)
         for slot in self._slots:
             self._start(slot)
         while not self._stopping:
             if self._roll_requested:
                 self._roll()
                 continue
+            if self._reload_requested:
+                self._reload()
             sentinels = [s.proc.sentinel for s in self._slots if s.proc is not None]
             wait(sentinels, timeout=self._next_wake())
             now = time.monotonic()
@@ -159,6 +165,23 @@ class Supervisor:
             delay,
         )
         slot.restart_at = now + delay
+
+    def _on_hup(self, _signum: int, _frame: Any) -> None:
+        self._reload_requested = True
+
+    def _reload(self) -> None:
+        """SIGHUP: workers started from now on get the file's new settings; each running
+        worker reads the file itself (reload.py)."""
+        self._reload_requested = False
+        path = reload.config_file()
+        got = reload.read(path, self._settings) if path is not None else None
+        if got is not None:
+            self._settings = got[0]
+            reload.set_log_level(self._settings)
+        for slot in self._slots:
+            if slot.proc is not None and slot.proc.pid is not None and slot.proc.is_alive():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(slot.proc.pid, signal.SIGHUP)
 
     def _on_roll(self, _signum: int, _frame: Any) -> None:
         self._roll_requested = True

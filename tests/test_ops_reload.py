@@ -1,0 +1,83 @@
+"""SIGHUP reloads the configuration file of a real `portway serve` with two workers: a
+repository added to the TOML takes pushes (skopeo) within seconds and is served by both
+workers; a bad file is refused with an error line and the configuration in service stays."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import requests
+
+from proxy_support import ACCEPT, v2
+from support import toml
+from support.engines import skopeo
+from support.images import make_oci_layout
+from support.server import PortwayServer
+
+NO_TLS = ("--dest-tls-verify=false",)
+
+
+def _push(image_ref: str, dest: str) -> bool:
+    got = skopeo("copy", "--quiet", *NO_TLS, image_ref, f"docker://{dest}", check=False)
+    return got.returncode == 0
+
+
+def _served_by(server: PortwayServer, repository: str, image: str, tries: int = 200) -> set[str]:
+    """Fresh connections until both workers answered (X-Request-Id's prefix is per process)."""
+    workers: set[str] = set()
+    for _ in range(tries):
+        reply = requests.get(
+            v2(server, repository, f"{image}/manifests/v1"),
+            headers={"Accept": ACCEPT, "Connection": "close"},
+            timeout=30,
+        )
+        assert reply.status_code == 200, (reply.status_code, reply.text[:300])
+        workers.add(reply.headers["X-Request-Id"].partition("-")[0])
+        if len(workers) == 2:
+            break
+    return workers
+
+
+def test_sighup_adds_a_repository_and_refuses_a_bad_file(tmp_path: Path) -> None:
+    image = make_oci_layout(tmp_path / "layout", "v1", layers=1, layer_size=64 * 1024)
+    server = PortwayServer(tmp_path / "portway", workers=2)
+    server.start(timeout=60)
+    try:
+        pid = server.pid
+        assert pid is not None
+        assert _push(image.ref, server.image("app:v1"))
+        doc = server._config()
+        doc["repository"] = [*doc["repository"], {"name": "added", "type": "hosted",
+                                                   "path_routing": True}]  # fmt: skip
+        doc["server"] = {**doc["server"], "listen": "127.0.0.1:1", "log_level": "info"}
+        server.config_path.write_text(toml.dumps(doc))
+        sent = time.monotonic()
+        os.kill(pid, signal.SIGHUP)
+        while not _push(image.ref, server.image("app:v1", "added")):
+            assert time.monotonic() - sent < 10, "the added repository took no push in 10 s"
+            time.sleep(0.2)
+        took = time.monotonic() - sent
+        assert _served_by(server, "added", "app") == _served_by(server, "docker-hosted", "app")
+        assert len(_served_by(server, "added", "app")) == 2
+        assert took < 10
+        time.sleep(1.0)
+        log = server.log()
+        assert log.count("SIGHUP: ") >= 2 and "repositories: docker-hosted, added" in log
+        # listen needs a restart: named in the log, and the server still listens where it did
+        assert "applied only at a restart: server.listen" in log
+
+        # A bad file: refused by each worker (and the parent), the configuration stays.
+        server.config_path.write_text("[server\nlisten = ")
+        os.kill(pid, signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        while server.log().count("not applied, the configuration in service stays") < 3:
+            assert time.monotonic() < deadline, server.log()[-2000:]
+            time.sleep(0.2)
+        assert server.alive()
+        assert len(_served_by(server, "added", "app")) == 2
+        assert _push(image.ref, server.image("app:v2", "added"))
+    finally:
+        server.stop()
