@@ -7,6 +7,7 @@ set -euo pipefail
 PACKAGES=(
   skopeo
   podman
+  chromium  # the web UI tests drive it with Playwright (tests/support/browser.py)
   buildah
   docker.io
   docker-registry

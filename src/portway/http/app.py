@@ -91,5 +91,8 @@ def build_app(ctx: AppContext) -> web.Application:
         from portway.api.views import install as install_api
 
         install_api(app)  # /service/rest/v1/..., /api/v1/..., /api/openapi.json
+        from portway.ui.routes import install as install_ui
+
+        install_ui(app)  # the web UI: /ui/... and a redirect from /
     app.router.add_route("*", "/{tail:.*}", handle)
     return app
