@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import partial
 
-from sqlalchemy import Connection, delete, func, select
+from sqlalchemy import Connection, delete, func, select, tuple_
 
 from portway.db.lifecycle import (
     BLOB,
@@ -32,14 +32,15 @@ from portway.db.lifecycle import (
     LINK,
     LIVE,
     MANIFEST,
+    blob_states,
     drop_candidate,
     forget_expired_holds,
+    gc_candidates,
+    gc_holds,
     held,
     hold_key,
     note_candidates,
-    pending_for_digest,
     set_state,
-    state_of,
 )
 from portway.db.schema import blob_links, manifest_refs, manifests, repositories
 from portway.db.store import MetadataStore
@@ -47,6 +48,7 @@ from portway.lifecycle.plan import (
     HOLD_MARGIN,
     STALE_DELETING,
     Candidate,
+    Key,
     Plan,
     chunks,
     make_plan,
@@ -154,10 +156,10 @@ class Collector:
 
         def run(conn: Connection, part: Sequence[tuple[Candidate, int]]) -> list[Candidate]:
             dialect.lock_keys(conn, [hold_key(*c.key) for c, _ in part])
-            now = time.time()
+            busy = _held_or_referenced(conn, [c for c, _ in part], time.time())
             out = []
             for c, _size in part:
-                if held(conn, *c.key, now) or _referenced(conn, c):
+                if c.key in busy:
                     continue
                 if not drop_candidate(conn, c.key, LINK, c.since):
                     continue  # renewed meanwhile (a push linked it again)
@@ -193,13 +195,16 @@ class Collector:
 
         def mark(conn: Connection) -> dict[str, int]:
             marked: dict[str, int] = {}
+            digests = [d for d, _ in part]
+            states = _states(conn, digests)
+            linked = _linked_digests(conn, digests)
             for digest, resume in part:
-                state = state_of(conn, digest)
+                state = states.get(digest)
                 if resume is not None and state != resume:
                     continue
                 if resume is None and state is not None and state[0] != LIVE:
                     continue
-                if _link_count(conn, digest):
+                if digest in linked:
                     continue
                 new = set_state(dialect, conn, digest, DELETING, state, sizes.get(digest))
                 if new is not None:
@@ -212,11 +217,8 @@ class Collector:
         now = time.time()
 
         def needed(conn: Connection) -> dict[str, int]:
-            return {
-                d: g
-                for d, g in marked.items()
-                if _link_count(conn, d) or pending_for_digest(conn, d, now)
-            }
+            busy = _linked_digests(conn, list(marked)) | _pending_digests(conn, list(marked), now)
+            return {d: g for d, g in marked.items() if d in busy}
 
         back = await self.meta._read(needed)
         doomed = {d: g for d, g in marked.items() if d not in back}
@@ -318,6 +320,77 @@ def _referenced(conn: Connection, c: Candidate) -> bool:
         ).first()
         is not None
     )
+
+
+def _held_or_referenced(conn: Connection, part: Sequence[Candidate], now: float) -> set[Key]:
+    keys = [c.key for c in part]
+    out: set[Key] = set()
+    for chunk in chunks(keys):
+        out |= {
+            (int(r[0]), str(r[1]), str(r[2]))
+            for r in conn.execute(
+                select(gc_holds.c.repo_id, gc_holds.c.image, gc_holds.c.digest).where(
+                    tuple_(gc_holds.c.repo_id, gc_holds.c.image, gc_holds.c.digest).in_(chunk),
+                    gc_holds.c.until > now,
+                )
+            )
+        }
+        out |= {
+            (int(r[0]), str(r[1]), str(r[2]))
+            for r in conn.execute(
+                select(manifest_refs.c.repo_id, manifest_refs.c.image, manifest_refs.c.ref)
+                .where(
+                    tuple_(manifest_refs.c.repo_id, manifest_refs.c.image, manifest_refs.c.ref).in_(
+                        chunk
+                    )
+                )
+                .distinct()
+            )
+        }
+    return out
+
+
+def _states(conn: Connection, digests: Sequence[str]) -> dict[str, tuple[str, int]]:
+    out: dict[str, tuple[str, int]] = {}
+    for chunk in chunks(list(digests)):
+        for d, state, generation in conn.execute(
+            select(blob_states.c.digest, blob_states.c.state, blob_states.c.generation).where(
+                blob_states.c.digest.in_(chunk)
+            )
+        ):
+            out[str(d)] = (str(state), int(generation))
+    return out
+
+
+def _linked_digests(conn: Connection, digests: Sequence[str]) -> set[str]:
+    out: set[str] = set()
+    for chunk in chunks(list(digests)):
+        stmt = select(blob_links.c.digest).where(blob_links.c.digest.in_(chunk)).distinct()
+        out |= {str(r[0]) for r in conn.execute(stmt)}
+    return out
+
+
+def _pending_digests(conn: Connection, digests: Sequence[str], now: float) -> set[str]:
+    """Digests a link candidate or a live hold may still need."""
+    out: set[str] = set()
+    for chunk in chunks(list(digests)):
+        out |= {
+            str(r[0])
+            for r in conn.execute(
+                select(gc_candidates.c.digest)
+                .where(gc_candidates.c.digest.in_(chunk), gc_candidates.c.kind == LINK)
+                .distinct()
+            )
+        }
+        out |= {
+            str(r[0])
+            for r in conn.execute(
+                select(gc_holds.c.digest)
+                .where(gc_holds.c.digest.in_(chunk), gc_holds.c.until > now)
+                .distinct()
+            )
+        }
+    return out
 
 
 def _link_count(conn: Connection, digest: str) -> int:
