@@ -30,3 +30,22 @@ def test_banner_says_when_a_data_directory_is_created(tmp_path: Path) -> None:
         assert CREATED not in again and "New registry" not in again
     finally:
         server.stop()
+
+
+def test_banner_names_the_database_server_of_a_new_registry(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    """On PostgreSQL there is no portway.db to look for: the first start on an empty database
+    says the database was new (by URL, no password); a restart says nothing."""
+    server = PortwayServer(tmp_path / "node", workers=1, database_url=postgres_url)
+    server.data_dir.mkdir(parents=True)  # an existing data folder: only the database is new
+    server.start()
+    try:
+        first = server.log()
+        line = next(line for line in first.splitlines() if "New registry" in line)
+        assert f"the database {postgres_url} held no registry yet" in line
+        assert "portway.db" not in first
+        server.restart()
+        assert "New registry" not in server.log()[len(first) :]
+    finally:
+        server.stop()

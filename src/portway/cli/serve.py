@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 from portway.config import Settings, load_settings
+from portway.observe.node import without_password
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -27,11 +28,37 @@ def prepare(settings: Settings) -> tuple[bool, str | None]:
     Returns (first start?, the admin's new password when it was just created)."""
     from portway.compose import Portway
 
-    first = not (settings.server.data_dir / "portway.db").exists()
+    sqlite = _sqlite_file(settings)
+    first = not sqlite.exists() if sqlite is not None else _server_is_empty(settings)
     with Portway(settings) as root:
         _authorizer, password = root.security()
         root.context()
     return first, password
+
+
+def _server_is_empty(settings: Settings) -> bool:
+    """Does the [database] url's database hold no registry yet (no repositories table)?"""
+    from sqlalchemy import create_engine, inspect
+
+    from portway.db.engine import postgres_url
+
+    engine = create_engine(postgres_url(settings.database.url))
+    try:
+        return not inspect(engine).has_table("repositories")
+    except Exception:  # unreachable: opening the store says why, in the operator's words
+        return False
+    finally:
+        engine.dispose()
+
+
+def _sqlite_file(settings: Settings) -> Path | None:
+    """The embedded database's file, or None for a database server ([database] url)."""
+    url = settings.database.url
+    if not url:
+        return settings.server.data_dir / "portway.db"
+    if url.startswith("sqlite:///"):
+        return Path(url.removeprefix("sqlite:///"))
+    return None
 
 
 def data_notice(settings: Settings, config: Path | None, created: bool, first: bool) -> list[str]:
@@ -40,6 +67,9 @@ def data_notice(settings: Settings, config: Path | None, created: bool, first: b
     data_dir = settings.server.data_dir
     if created:
         head = f"Created a new data directory {data_dir}: this is a new, empty registry."
+    elif first and _sqlite_file(settings) is None:
+        url = without_password(settings.database.url)
+        head = f"New registry: the database {url} held no registry yet."
     elif first:
         head = f"New registry in {data_dir} (it held no portway.db)."
     else:

@@ -20,10 +20,13 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Sequence
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from sqlalchemy import Connection, Engine, Table, text
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects import sqlite
+
+if TYPE_CHECKING:  # the PostgreSQL dialect is imported by the nodes that use it
+    from sqlalchemy.dialects import postgresql
 
 
 class Dialect(Protocol):
@@ -73,6 +76,8 @@ class PostgresDialect:
         return None  # no cross-node change signal yet: every lookup reads the database
 
     def insert(self, table: Table) -> postgresql.Insert:
+        from sqlalchemy.dialects import postgresql
+
         return postgresql.insert(table)
 
     def lock_keys(self, conn: Connection, keys: Sequence[str]) -> None:

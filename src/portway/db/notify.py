@@ -21,7 +21,6 @@ import threading
 from collections.abc import Callable
 from typing import Protocol
 
-import psycopg
 from sqlalchemy import Connection, Engine, text
 
 log = logging.getLogger("portway.db")
@@ -88,6 +87,8 @@ class Notifications:
             self._count += 1
 
     def _run(self) -> None:
+        import psycopg  # only a PostgreSQL node pays for the driver's import
+
         while not self._stop.is_set():
             try:
                 with psycopg.connect(self._dsn, autocommit=True, connect_timeout=5) as conn:

@@ -40,7 +40,8 @@ def _fingerprint(value: Any) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def _without_password(url: str) -> str:
+def without_password(url: str) -> str:
+    """The URL with its password (if any) left out, for logs and fingerprints."""
     parts = urlsplit(url)
     if parts.password is None:
         return url
@@ -52,7 +53,7 @@ def _without_password(url: str) -> str:
 def settings_fingerprints(settings: Settings) -> dict[str, str]:
     doc = settings.model_dump(mode="json")
     doc["server"] = {k: v for k, v in doc["server"].items() if k not in NODE_OWN}
-    doc["database"] = {**doc["database"], "url": _without_password(settings.database.url)}
+    doc["database"] = {**doc["database"], "url": without_password(settings.database.url)}
     return {table: _fingerprint(doc[table]) for table in TABLES}
 
 
