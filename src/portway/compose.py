@@ -307,6 +307,7 @@ class Portway:
             browse=queries,
             tags=TagBrowser(queries),
             audit_path=self.settings.server.data_dir / "audit.log",
+            audit_engine=self.meta.read_engine if self.clustered else None,
         )
 
     @cached_property

@@ -12,6 +12,7 @@ from pydantic import BaseModel
 
 from portway.api.problems import Problem
 from portway.api.routing import Call, Operation, Param, json_response, no_content
+from portway.auth import audit_db
 
 AUDIT_PAGE = 100
 
@@ -33,6 +34,7 @@ class AuditRecord(BaseModel):
     repository: str | None = None
     outcome: str | None = None
     detail: dict[str, Any] = {}
+    node: str | None = None  # the node that wrote it (a cluster's log)
 
 
 class AuditPage(BaseModel):
@@ -96,9 +98,16 @@ async def audit(call: Call) -> web.StreamResponse:
     if offset < 0 or not 1 <= limit <= 1000:
         raise Problem(400, "limit: 1-1000; cursor: from nextCursor")
     filters = {k: v for k in ("event", "principal", "repository") if (v := call.query(k))}
-    records, more = await asyncio.to_thread(
-        read_audit, call.services.audit_path, offset, filters, call.query("since"), limit
-    )
+    since = call.query("since")
+    engine = call.services.audit_engine
+    if engine is not None:  # a cluster: every node's records, the cursor a row id
+        records, more = await asyncio.to_thread(
+            audit_db.query, engine, offset, filters, since, limit
+        )
+    else:  # one host: audit.log, the cursor a byte offset
+        records, more = await asyncio.to_thread(
+            read_audit, call.services.audit_path, offset, filters, since, limit
+        )
     items = []
     for r in records:
         detail = r.get("detail")
@@ -111,6 +120,7 @@ async def audit(call: Call) -> web.StreamResponse:
                 repository=r.get("repository"),
                 outcome=r.get("outcome"),
                 detail=detail if isinstance(detail, dict) else {},
+                node=r.get("node"),
             )
         )
     page = AuditPage(items=items, nextCursor=str(more) if more is not None else None)

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from sqlalchemy import Engine
+
 from portway.auth.services import KeyService, RoleService, UserService
 from portway.db.browse import BrowseQueries
 from portway.repos.admin import RepositoryAdmin
@@ -20,3 +22,4 @@ class AdminServices:
     browse: BrowseQueries
     tags: TagBrowser
     audit_path: Path
+    audit_engine: Engine | None = None  # a cluster's audit_events (ADR 22); else the file

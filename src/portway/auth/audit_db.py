@@ -17,6 +17,7 @@ import io
 import json
 import threading
 from collections.abc import Iterator
+from typing import Any
 
 from sqlalchemy import Engine, select
 from sqlalchemy.exc import SQLAlchemyError
@@ -108,3 +109,39 @@ def export(engine: Engine, since: float | None = None) -> Iterator[str]:
         for record, node in conn.execution_options(stream_results=True).execute(stmt):
             text = str(record)
             yield f"{text[:-1]},\"node\":{json.dumps(node)}}}" if text.endswith("}") else text
+
+
+def query(
+    engine: Engine, after: int, filters: dict[str, str], since: str | None, limit: int
+) -> tuple[list[dict[str, Any]], int | None]:
+    """Records after row id `after` that match (every node's, oldest first), and the id to go
+    on from (None: no more). `filters` compare record fields; `since` an ISO 8601 time."""
+    stmt = select(audit_events.c.id, audit_events.c.record, audit_events.c.node)
+    stmt = stmt.order_by(audit_events.c.id).limit(BATCH)
+    if "event" in filters:
+        stmt = stmt.where(audit_events.c.event == filters["event"])
+    out: list[dict[str, Any]] = []
+    last = after
+    with engine.connect() as conn:
+        while True:  # in batches: a read connection may have no transaction to stream in
+            rows = conn.execute(stmt.where(audit_events.c.id > last)).all()
+            if not rows:
+                return out, None
+            for row_id, text, node in rows:
+                last = int(row_id)
+                record = _parsed(text)
+                if record is None or any(record.get(k) != v for k, v in filters.items()):
+                    continue
+                if since and str(record.get("ts", "")) < since:
+                    continue
+                out.append({**record, "node": node})
+                if len(out) >= limit:
+                    return out, last
+
+
+def _parsed(text: str) -> dict[str, Any] | None:
+    try:
+        record = json.loads(text)
+    except ValueError:
+        return None
+    return record if isinstance(record, dict) else None
