@@ -271,7 +271,7 @@ def start_portway(
         argv += ["--workers", str(workers)]
     env = {"PYTHONUNBUFFERED": "1", **(env or {})}
     server = ServerProcess(name, argv, home, env=env, cpus=cpus)
-    server.wait_ready(f"http://127.0.0.1:{port}/v2/")
+    server.wait_ready(f"http://127.0.0.1:{port}/v2/", timeout=120)  # a loaded machine
     if layout == "nexus":
         api = f"/repository/{HOSTED}/v2/"
     elif layout == "path":
