@@ -18,6 +18,7 @@ COMMAND_MODULES = (
     "portway.cli.users",
     "portway.cli.db",
     "portway.cli.gc",
+    "portway.cli.backup",
 )
 
 
