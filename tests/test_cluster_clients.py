@@ -21,6 +21,7 @@ from urllib.parse import urljoin
 import pytest
 import requests
 
+from portway.storage.part_uploads import LEASE  # an S3 upload session's lease
 from support.ceph import CephRGW
 from support.cluster import (
     BLOCK,
@@ -259,7 +260,6 @@ def test_rolling_restart_fails_no_request(cluster: Cluster) -> None:
 
 # -- SIGKILL of the node holding a half-done upload ----------------------------------------
 
-LEASE = 60.0  # seconds: an S3 upload session's lease (portway.storage.part_uploads.LEASE)
 CRASH_SIZE = 128 * 1024 * 1024  # the issue's 1 GiB, cut to an eighth for CI time
 def _status(cluster: Cluster, location: str, auth: dict[str, str]) -> int:
     """Bytes the upload holds, asked through the front door (any live node answers)."""
@@ -318,7 +318,7 @@ def test_upload_survives_sigkill_of_its_node(cluster: Cluster) -> None:
         assert errors, "the PATCH to the killed node should have failed"
         held = _status(cluster, location, auth)  # through the front door: another node
         assert half <= held < CRASH_SIZE, held  # what was acknowledged is kept
-        # On S3 the killed node's lease on the session (part_uploads.LEASE, 60 s) runs out
+        # On S3 the killed node's lease on the session (part_uploads.LEASE) runs out
         # before another node may write it: until then the session answers "busy".
         killed = time.monotonic()
         while True:

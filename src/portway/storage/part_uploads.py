@@ -39,7 +39,8 @@ from portway.storage.part_writer import (
 )
 from portway.storage.uploads import RunningHashes
 
-LEASE = 60.0  # seconds a request holds a session without renewing
+LEASE = 15.0  # seconds a request holds a session without renewing (a dead node's session is
+# writable again through another node after this; a streaming body renews every RENEW_EVERY)
 MONOLITHIC = "uploads/whole-"  # monolithic uploads' temporary objects
 
 

@@ -15,7 +15,7 @@ from typing import Any
 
 from portway.storage.backend import BlobBackend, Part, PendingWrite
 
-RENEW_EVERY = 20.0  # seconds between lease renewals while a long body streams
+RENEW_EVERY = 5.0  # seconds between lease renewals while a long body streams
 
 
 def session_prefix(upload_id: str) -> str:
