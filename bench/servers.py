@@ -117,9 +117,9 @@ class ServerProcess:
             except (OSError, urllib.error.URLError):
                 pass
             time.sleep(0.1)
-        raise RuntimeError(
-            f"{self.name} did not answer {url} in {timeout:.0f}s; log:\n{self.log_tail()}"
-        )
+        tail = self.log_tail()
+        self.stop()  # nobody else holds this process yet: stop it, or it outlives the run
+        raise RuntimeError(f"{self.name} did not answer {url} in {timeout:.0f}s; log:\n{tail}")
 
     def log_tail(self, lines: int = 30) -> str:
         try:
