@@ -14,7 +14,18 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Column, Engine, Float, Integer, String, Table, Text, select, update
+from sqlalchemy import (
+    Column,
+    Connection,
+    Engine,
+    Float,
+    Integer,
+    String,
+    Table,
+    Text,
+    select,
+    update,
+)
 
 from portway.db.notify import ChangeSignal, notify_change
 from portway.db.schema import metadata
@@ -116,15 +127,7 @@ class DefinitionStore:
         """Store a new definition; `expected`: the revision the caller saw (None: any)."""
         now = time.time()
         with self.engine.begin() as conn:
-            current = conn.execute(
-                select(repository_definitions.c.revision).where(
-                    repository_definitions.c.name == name
-                )
-            ).scalar()
-            if current is None:
-                raise DefinitionConflict(f"no repository {name!r}")
-            if expected is not None and current != expected:
-                raise DefinitionConflict(f"repository {name!r} changed (revision {current})")
+            current = _revision(conn, name, expected)
             conn.execute(
                 update(repository_definitions)
                 .where(repository_definitions.c.name == name)
@@ -135,16 +138,20 @@ class DefinitionStore:
 
     def delete(self, name: str, expected: int | None) -> None:
         with self.engine.begin() as conn:
-            current = conn.execute(
-                select(repository_definitions.c.revision).where(
-                    repository_definitions.c.name == name
-                )
-            ).scalar()
-            if current is None:
-                raise DefinitionConflict(f"no repository {name!r}")
-            if expected is not None and current != expected:
-                raise DefinitionConflict(f"repository {name!r} changed (revision {current})")
+            _revision(conn, name, expected)
             conn.execute(
                 repository_definitions.delete().where(repository_definitions.c.name == name)
             )
             self._bump(conn)
+
+
+def _revision(conn: Connection, name: str, expected: int | None) -> int:
+    """The stored definition's revision, checked against the one the caller saw (None: any)."""
+    current = conn.execute(
+        select(repository_definitions.c.revision).where(repository_definitions.c.name == name)
+    ).scalar()
+    if current is None:
+        raise DefinitionConflict(f"no repository {name!r}")
+    if expected is not None and current != expected:
+        raise DefinitionConflict(f"repository {name!r} changed (revision {current})")
+    return int(current)
