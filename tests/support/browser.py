@@ -1,5 +1,9 @@
-"""Debian's Chromium driven by Playwright, started once per test session (never
-`playwright install`: the browser is the system's /usr/bin/chromium)."""
+"""Debian's Chromium driven by Playwright, started once for the UI tests (never
+`playwright install`: the browser is the system's /usr/bin/chromium).
+
+The browser lives as long as the module that uses it (tests/test_ui_browser.py, so once per
+run), not the whole session: Playwright's sync API keeps an event loop running in the main
+thread while it is open, and every later test calling `asyncio.run` would fail."""
 
 from __future__ import annotations
 
@@ -21,9 +25,9 @@ ARGS = [
 ]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def chromium() -> Iterator[Any]:
-    """One browser for the whole run; each test opens its own context (its own cookies).
+    """One browser for the UI tests; each test opens its own context (its own cookies).
     Playwright's `launch` gives the browser a fresh user-data folder of its own."""
     from playwright.sync_api import sync_playwright
 
