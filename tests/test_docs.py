@@ -63,6 +63,8 @@ def test_readme_documents_every_configuration_key() -> None:
         ConnectorConfig,
         DatabaseConfig,
         HostConfig,
+        JobConfig,
+        JobsConfig,
         RepositoryConfig,
         SecurityConfig,
         ServerConfig,
@@ -70,7 +72,7 @@ def test_readme_documents_every_configuration_key() -> None:
     )
 
     models = (ServerConfig, SecurityConfig, DatabaseConfig, StorageConfig, RepositoryConfig)
-    models += (CleanupPolicyConfig,)
+    models += (CleanupPolicyConfig, JobConfig, JobsConfig)
     for model in (*models, ConnectorConfig, HostConfig):
         for key in model.model_fields:
             documented = re.search(rf"^\s*{key} = ", README, re.MULTILINE) or f"`{key}`" in README

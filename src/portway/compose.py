@@ -38,6 +38,8 @@ if TYPE_CHECKING:
     from portway.auth.service import AuthService
     from portway.auth.services import KeyService, RoleService, UserService
     from portway.auth.store import UserStore
+    from portway.jobs.scheduler import Scheduler
+    from portway.jobs.services import JobService
     from portway.maintenance.proxy_state import SharedProxyHealth
     from portway.repos.admin import RepositoryAdmin
 
@@ -308,7 +310,39 @@ class Portway:
             tags=TagBrowser(queries),
             audit_path=self.settings.server.data_dir / "audit.log",
             audit_engine=self.meta.read_engine if self.clustered else None,
+            jobs=self.job_service,
         )
+
+    @cached_property
+    def job_service(self) -> JobService:
+        """Maintenance jobs: list, runs, run now (ADR 0027)."""
+        from portway.jobs.services import JobService
+
+        return JobService(self.settings, self.meta.engine, self.meta.read_engine)
+
+    def scheduler(self) -> Scheduler | None:
+        """The job scheduler of one `portway serve` worker; None with `[jobs] enabled = false`."""
+        if not self.settings.jobs.enabled:
+            return None
+        from portway.jobs.kinds import JobEnv
+        from portway.jobs.runner import JobRunner
+        from portway.jobs.scheduler import Scheduler
+
+        purge = self.user_store.purge_refresh_tokens if self.settings.security.enabled else None
+        env = JobEnv(
+            self.settings,
+            self.meta,
+            self.blobs,
+            lambda: list(self.registry.current.repos.values()),
+            purge_refresh_tokens=purge,
+        )
+        runner = JobRunner(env, self.meta.engine, self.leases, self.settings.jobs)
+        service = self.job_service
+        scheduler = Scheduler(
+            service.jobs, self.settings.jobs, self.meta.engine, self.leases, runner
+        )
+        service.on_queued = scheduler.poke
+        return scheduler
 
     @cached_property
     def catalog(self) -> SharedCatalog:

@@ -14,12 +14,15 @@ from portway.config_base import ConfigError, split_listen
 from portway.config_base import Strict as _Strict
 from portway.config_base import check_listen as _check_listen
 from portway.config_base import check_networks as _check_networks
+from portway.config_jobs import JobConfig, JobsConfig
 from portway.config_stores import CleanupPolicyConfig, DatabaseConfig, Redirect, StorageConfig
 
 __all__ = [
     "CleanupPolicyConfig",
     "ConfigError",
     "DatabaseConfig",
+    "JobConfig",
+    "JobsConfig",
     "Redirect",
     "StorageConfig",
     "split_listen",
@@ -207,6 +210,8 @@ class Settings(_Strict):
     connector: tuple[ConnectorConfig, ...] = ()
     host: tuple[HostConfig, ...] = ()
     cleanup_policy: tuple[CleanupPolicyConfig, ...] = ()
+    jobs: JobsConfig = JobsConfig()
+    job: tuple[JobConfig, ...] = ()
 
     @model_validator(mode="after")
     def _references(self) -> Settings:
@@ -220,6 +225,12 @@ class Settings(_Strict):
             for policy in repo.cleanup_policies:
                 if policy not in policies:
                     raise ValueError(f"repository {repo.name!r}: unknown cleanup policy {policy!r}")
+        job_names = [j.name for j in self.job]
+        if len(set(job_names)) != len(job_names):
+            raise ValueError(f"job names must be unique: {sorted(job_names)}")
+        for job in self.job:
+            if job.policy and job.policy not in policies:
+                raise ValueError(f"job {job.name!r}: unknown cleanup policy {job.policy!r}")
         for repo in self.repository:
             for member in repo.members:
                 if member not in known:

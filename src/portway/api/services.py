@@ -9,6 +9,7 @@ from sqlalchemy import Engine
 
 from portway.auth.services import KeyService, RoleService, UserService
 from portway.db.browse import BrowseQueries
+from portway.jobs.services import JobService
 from portway.repos.admin import RepositoryAdmin
 from portway.repos.browse import TagBrowser
 
@@ -23,3 +24,4 @@ class AdminServices:
     tags: TagBrowser
     audit_path: Path
     audit_engine: Engine | None = None  # a cluster's audit_events (ADR 22); else the file
+    jobs: JobService | None = None  # maintenance jobs (ADR 27)

@@ -19,6 +19,7 @@ COMMAND_MODULES = (
     "portway.cli.db",
     "portway.cli.gc",
     "portway.cli.backup",
+    "portway.cli.jobs",
 )
 
 

@@ -57,9 +57,9 @@ def merge(old: Settings, new: Settings) -> tuple[Settings, list[str]]:
         for key in _changed(old.server, new.server, "server")
         if key.removeprefix("server.") not in APPLIED_SERVER_KEYS
     ]
-    for section in ("security", "database", "storage"):
+    for section in ("security", "database", "storage", "jobs"):
         restart += _changed(getattr(old, section), getattr(new, section), section)
-    for section in ("connector", "host", "cleanup_policy"):
+    for section in ("connector", "host", "cleanup_policy", "job"):
         if getattr(old, section) != getattr(new, section):
             restart.append(section)
     server = old.server.model_copy(update={"log_level": new.server.log_level})

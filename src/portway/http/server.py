@@ -21,7 +21,7 @@ import sys
 from collections.abc import Callable, Sequence
 from functools import partial
 from multiprocessing.connection import Connection
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from aiohttp import web
 
@@ -45,6 +45,9 @@ from portway.http.supervisor import Supervisor
 from portway.maintenance.proxy_state import SharedProxyHealth, publish_loop
 from portway.storage.blobstore import BlobStore
 
+if TYPE_CHECKING:
+    from portway.jobs.scheduler import Scheduler
+
 log = logging.getLogger("portway.server")
 
 
@@ -59,6 +62,8 @@ class Composition(Protocol):
 
     @property
     def proxy_health(self) -> SharedProxyHealth | None: ...
+
+    def scheduler(self) -> Scheduler | None: ...
 
     async def aclose(self) -> None: ...
 
@@ -134,10 +139,14 @@ async def open_listeners(
 
 
 async def _purge_loop(ctx: AppContext, blobs: BlobStore) -> None:
+    """This node's own leftovers (spool and lock files of a killed worker); upload sessions,
+    unfinished writes and refresh tokens are the `upload_purge` job's (once per cluster)."""
     while True:
         await asyncio.sleep(PURGE_INTERVAL)
         try:
-            await purge_once(ctx, blobs)
+            gone = await blobs.spool.purge_leftovers(ctx.settings.server.upload_session_ttl)
+            if gone:
+                log.info("removed %d spool or lock file(s) left by stopped workers", gone)
         except Exception:  # pragma: no cover - never let the janitor kill a worker
             log.exception("purge failed")
 
@@ -203,8 +212,10 @@ async def run_worker(
         log.info("worker %d listening on %s", os.getpid(), ", ".join(f"{s}:{p}" for s, p in opened))
         if on_listening is not None:
             on_listening()
+        scheduler = root.scheduler()
         tasks = [
             asyncio.create_task(_purge_loop(ctx, blobs)),
+            *([asyncio.create_task(scheduler.run())] if scheduler is not None else []),
             asyncio.create_task(
                 publish_loop(lambda: ctx.repos, settings.server.data_dir, root.proxy_health)
             ),
@@ -212,6 +223,8 @@ async def run_worker(
         await stop.wait()
         for task in tasks:
             task.cancel()
+        # A job run in progress records itself cancelled and gives its lease back first.
+        await asyncio.gather(*tasks, return_exceptions=True)
         await drain(runner, draining, settings.server.drain_timeout)
     finally:
         await runner.cleanup()

@@ -1,0 +1,193 @@
+"""`portway jobs list|run|show`: maintenance jobs and their runs, from the database.
+
+`run` queues a run that a running `portway serve` node starts (ADR 0027); `--wait` follows
+it to its end and prints its report. `show` takes a run id or a job name (its newest run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from portway.jobs.records import Run
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "jobs",
+        help="maintenance jobs (gc, cleanup, upload purge, fsck): schedules, runs, reports",
+        description="List the maintenance jobs with their schedules and last runs, run one "
+        "now (a running `portway serve` node starts it), or show a run's progress and report.",
+    )
+    jobs = p.add_subparsers(dest="jobs_command", required=True, metavar="ACTION")
+    ls = jobs.add_parser("list", help="jobs, schedules (UTC), next run, last run's state")
+    run = jobs.add_parser("run", help="run a job now (queued for the servers)")
+    run.add_argument("name", help="the job's name (see `portway jobs list`)")
+    run.add_argument("--dry-run", action="store_true", help="report only; delete nothing")
+    run.add_argument("--wait", action="store_true", help="wait for the end; print the report")
+    run.add_argument("--timeout", type=float, default=3600, help="seconds --wait waits")
+    show = jobs.add_parser("show", help="one run's progress and report")
+    show.add_argument("run", metavar="RUN_ID|NAME", help="a run id, or a job (its newest run)")
+    for parser in (ls, run, show):
+        parser.add_argument("--config", type=Path, help="TOML configuration file")
+        parser.add_argument("--json", action="store_true", help="print JSON")
+    ls.set_defaults(func=list_command)
+    run.set_defaults(func=run_command)
+    show.set_defaults(func=show_command)
+
+
+def _when(ts: float | None) -> str:
+    if ts is None:
+        return "-"
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+def run_json(run: Run) -> dict[str, Any]:
+    doc = run.as_dict()
+    for key in ("queued", "started", "ended", "heartbeat", "fire_time"):
+        doc[key] = _iso(doc[key])
+    return doc
+
+
+def _iso(ts: float | None) -> str | None:
+    return None if ts is None else datetime.fromtimestamp(ts, UTC).isoformat()
+
+
+def list_command(args: argparse.Namespace) -> int:
+    from portway.compose import Portway
+    from portway.config import load_settings
+
+    with Portway(load_settings(args.config)) as root:
+        views = asyncio.run(root.job_service.list_jobs())
+    if args.json:
+        doc = [
+            {
+                "name": v.name,
+                "type": v.config.type,
+                "schedule": v.config.schedule,
+                "enabled": v.config.enabled,
+                "dry_run": v.config.dry_run,
+                "next_run": _iso(v.next_run),
+                "last_run": run_json(v.last_run) if v.last_run else None,
+            }
+            for v in views
+        ]
+        print(json.dumps(doc, indent=2))
+        return 0
+    print(f"{'NAME':16} {'TYPE':13} {'SCHEDULE (UTC)':16} {'NEXT RUN':21} LAST RUN")
+    for v in views:
+        last = "-"
+        if v.last_run is not None:
+            r = v.last_run
+            last = f"#{r.id} {r.state} {_when(r.ended or r.started or r.queued)}"
+        schedule = v.config.schedule or "(run now only)"
+        if not v.config.enabled:
+            schedule = "(disabled)"
+        print(f"{v.name:16} {v.config.type:13} {schedule:16} {_when(v.next_run):21} {last}")
+    return 0
+
+
+def run_command(args: argparse.Namespace) -> int:
+    from portway.compose import Portway
+    from portway.config import load_settings
+    from portway.jobs.services import JobDisabled, JobNotFound
+
+    with Portway(load_settings(args.config)) as root:
+        service = root.job_service
+        try:
+            run = asyncio.run(service.run_now(args.name, args.dry_run or None, "cli", _user()))
+        except (JobNotFound, JobDisabled) as exc:
+            print(f"portway: {exc}", file=sys.stderr)
+            return 2
+        if not args.wait:
+            if args.json:
+                print(json.dumps(run_json(run), indent=2))
+            else:
+                print(
+                    f"run {run.id} of {run.job} queued; a `portway serve` node starts it "
+                    f"(follow it with `portway jobs show {run.id}`)"
+                )
+            return 0
+        deadline = time.monotonic() + args.timeout
+        while run.state in ("queued", "running") and time.monotonic() < deadline:
+            time.sleep(0.5)
+            found = asyncio.run(service.get_run(run.id))
+            assert found is not None
+            run = found
+    _print_run(run, args.json)
+    if run.state in ("queued", "running"):
+        print(
+            f"portway: run {run.id} is still {run.state} after {args.timeout:g} s", file=sys.stderr
+        )
+        return 1
+    return 0 if run.state == "done" else 1
+
+
+def show_command(args: argparse.Namespace) -> int:
+    from portway.compose import Portway
+    from portway.config import load_settings
+    from portway.jobs.services import JobNotFound
+
+    with Portway(load_settings(args.config)) as root:
+        service = root.job_service
+        run: Run | None
+        if args.run.isdigit():
+            run = asyncio.run(service.get_run(int(args.run)))
+        else:
+            try:
+                runs = asyncio.run(service.list_runs(args.run, 1))
+            except JobNotFound as exc:
+                print(f"portway: {exc}", file=sys.stderr)
+                return 2
+            run = runs[0] if runs else None
+    if run is None:
+        print(f"portway: no run {args.run!r}", file=sys.stderr)
+        return 2
+    _print_run(run, args.json)
+    return 0
+
+
+def _print_run(run: Run, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(run_json(run), indent=2))
+        return
+    print(f"run        {run.id} of {run.job} ({run.type}{', dry run' if run.dry_run else ''})")
+    print(f"trigger    {run.trigger}" + (f" by {run.requested_by}" if run.requested_by else ""))
+    if run.fire_time is not None:
+        print(f"fire time  {_when(run.fire_time)}")
+    if run.retry_of is not None:
+        print(f"runs again {run.retry_of} (interrupted)")
+    print(f"state      {run.state}")
+    print(f"node       {run.node or '-'} (lease token {run.token or '-'})")
+    print(f"started    {_when(run.started)}   ended {_when(run.ended)}")
+    if run.phase:
+        counts = ", ".join(f"{k} {v}" for k, v in run.progress.items())
+        print(f"progress   {run.phase}" + (f": {counts}" if counts else ""))
+    if run.error:
+        print(f"error      {run.error}")
+    if run.report:
+        print(f"report     {run.report.get('summary', '')}")
+        for kind, items in (run.report.get("items") or {}).items():
+            for item in items:
+                shown = item if isinstance(item, str) else " ".join(str(v) for v in item.values())
+                print(f"  {kind:11} {shown}")
+        if "items_sha256" in run.report:
+            print(
+                f"set        {run.report['items_sha256']} (equal for a dry run and a run "
+                "on an unchanged registry)"
+            )
+
+
+def _user() -> str:
+    import getpass
+
+    try:
+        return f"{getpass.getuser()} (cli)"
+    except Exception:
+        return "cli"
