@@ -175,5 +175,7 @@ def test_bad_job_tables_are_refused_naming_the_key(
 
 def test_two_jobs_of_one_name_are_refused(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as caught:
-        _settings(tmp_path, '[[job]]\nname = "a"\ntype = "gc"\n[[job]]\nname = "a"\ntype = "fsck"\n')
+        _settings(
+            tmp_path, '[[job]]\nname = "a"\ntype = "gc"\n[[job]]\nname = "a"\ntype = "fsck"\n'
+        )
     assert "job names must be unique" in str(caught.value)

@@ -9,6 +9,7 @@ from functools import lru_cache
 from aiohttp import web
 
 from portway.api import (
+    jobs_api,
     nexus_components,
     nexus_repos,
     nexus_security,
@@ -34,6 +35,7 @@ def operations() -> list[Operation]:
         *nexus_components.OPERATIONS,
         *portway_tags.OPERATIONS,
         *portway_admin.OPERATIONS,
+        *jobs_api.OPERATIONS,
     ]
 
 
