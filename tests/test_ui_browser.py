@@ -6,7 +6,6 @@ test's folder)."""
 
 from __future__ import annotations
 
-import os
 import shlex
 import subprocess
 from collections.abc import Iterator
@@ -64,27 +63,12 @@ def pushed(server: PortwayServer, admin: tuple[str, str], oci_image: OciImage) -
     return f"{server.host}/{REPO}/app"
 
 
-def shots() -> Path | None:
-    folder = os.environ.get("PORTWAY_UI_SCREENSHOTS")
-    return Path(folder) if folder else None
-
-
 def shot(page: Any, name: str, tmp_path: Path) -> None:
-    folder = shots() or tmp_path
-    folder.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(folder / f"{name}.png"), full_page=True)
+    browser.shot(page, name, tmp_path)
 
 
-def sign_in(browser: Any, server: PortwayServer, user: tuple[str, str], **ctx: Any) -> Any:
-    context = browser.new_context(**ctx)
-    page = context.new_page()
-    page.goto(f"{server.url}/")  # / sends the browser to the UI, the UI to its login form
-    assert "/ui/login" in page.url
-    page.get_by_label("User name").fill(user[0])
-    page.get_by_label("Password").fill(user[1])
-    page.get_by_role("button", name="Sign in").click()
-    page.wait_for_url(f"{server.url}/ui/")
-    return page
+def sign_in(b: Any, server: PortwayServer, user: tuple[str, str], **ctx: Any) -> Any:
+    return browser.sign_in(b, server.url, user, **ctx)
 
 
 def tags_of(server: PortwayServer, admin: tuple[str, str], image: str) -> list[str]:

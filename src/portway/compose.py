@@ -298,9 +298,19 @@ class Portway:
     def admin_services(self) -> AdminServices:
         from portway.api.services import AdminServices
         from portway.db.browse import BrowseQueries
+        from portway.lifecycle.services import LifecycleService
         from portway.repos.browse import TagBrowser
+        from portway.repos.bulk import BulkTags
 
         queries = BrowseQueries(self.meta.read_engine)
+
+        def repo_ids() -> dict[str, int]:
+            found = {n: getattr(r, "repo_id", None) for n, r in self.registry.current.repos.items()}
+            return {n: int(i) for n, i in found.items() if i is not None}
+
+        lifecycle = LifecycleService(
+            self.settings, self.meta, lambda: self.registry.current.definitions, repo_ids
+        )
         return AdminServices(
             users=self.users,
             roles=self.roles,
@@ -308,6 +318,8 @@ class Portway:
             repositories=self.repository_admin,
             browse=queries,
             tags=TagBrowser(queries),
+            bulk=BulkTags(queries),
+            lifecycle=lifecycle,
             audit_path=self.settings.server.data_dir / "audit.log",
             audit_engine=self.meta.read_engine if self.clustered else None,
             jobs=self.job_service,

@@ -7,6 +7,7 @@ thread while it is open, and every later test calling `asyncio.run` would fail."
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -39,3 +40,28 @@ def chromium() -> Iterator[Any]:
             yield browser
         finally:
             browser.close()
+
+
+def shot(page: Any, name: str, tmp_path: Path) -> None:
+    """A full-page screenshot into $PORTWAY_UI_SCREENSHOTS (docs/screenshots/ when the README's
+    pictures are renewed), else the test's own folder."""
+    folder = (
+        Path(os.environ["PORTWAY_UI_SCREENSHOTS"])
+        if os.environ.get("PORTWAY_UI_SCREENSHOTS")
+        else tmp_path
+    )
+    folder.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(folder / f"{name}.png"), full_page=True)
+
+
+def sign_in(browser: Any, url: str, user: tuple[str, str], **ctx: Any) -> Any:
+    """A new browser context signed in through the login form; its page on /ui/."""
+    context = browser.new_context(**ctx)
+    page = context.new_page()
+    page.goto(f"{url}/")  # / sends the browser to the UI, the UI to its login form
+    assert "/ui/login" in page.url
+    page.get_by_label("User name").fill(user[0])
+    page.get_by_label("Password").fill(user[1])
+    page.get_by_role("button", name="Sign in").click()
+    page.wait_for_url(f"{url}/ui/")
+    return page

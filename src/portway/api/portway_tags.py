@@ -4,7 +4,6 @@ bulk tag delete that previews what it would delete unless `preview` is false."""
 
 from __future__ import annotations
 
-import fnmatch
 from typing import Any
 
 from aiohttp import web
@@ -98,27 +97,12 @@ async def delete_tags(call: Call) -> web.StreamResponse:
     image, name = call.path("image"), call.path("name")
     if not body.tags and not body.match:
         raise Problem(400, "name the tags (tags) or a pattern (match)")
-    rows = call.services.browse.tags(repo_id, image)
-    wanted = set(body.tags)
-    chosen = [
-        r
-        for r in rows
-        if r.name in wanted or (body.match and fnmatch.fnmatchcase(r.name, body.match))
-    ]
-    chosen.sort(key=lambda r: r.name)
+    chosen = call.services.bulk.preview(repo_id, image, body.tags, body.match)
     deleted = 0
     if not body.preview:
-        repo = call.ctx.repos[name].writable()
-        for row in chosen:
-            try:
-                await repo.delete_manifest(image, row.name)
-            except Exception as exc:
-                from portway.oci.errors import RegistryError
-
-                if not isinstance(exc, RegistryError) or exc.status != 404:
-                    raise
-                continue
-            deleted += 1
+        expected: dict[str, str | None] = {r.name: None for r in chosen}
+        result = await call.services.bulk.delete(call.ctx.repos[name], repo_id, image, expected)
+        deleted = len(result.deleted)
         call.ctx.authorizer.audit(
             call.request, "tag.bulk_delete", name, {"image": image, "tags": str(deleted)}
         )

@@ -10,8 +10,10 @@ from sqlalchemy import Engine
 from portway.auth.services import KeyService, RoleService, UserService
 from portway.db.browse import BrowseQueries
 from portway.jobs.services import JobService
+from portway.lifecycle.services import LifecycleService
 from portway.repos.admin import RepositoryAdmin
 from portway.repos.browse import TagBrowser
+from portway.repos.bulk import BulkTags
 
 
 @dataclass
@@ -22,6 +24,8 @@ class AdminServices:
     repositories: RepositoryAdmin
     browse: BrowseQueries
     tags: TagBrowser
+    bulk: BulkTags
+    lifecycle: LifecycleService
     audit_path: Path
     audit_engine: Engine | None = None  # a cluster's audit_events (ADR 22); else the file
     jobs: JobService | None = None  # maintenance jobs (ADR 27)

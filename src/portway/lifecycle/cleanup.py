@@ -8,13 +8,13 @@ without the deletes.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 
 from sqlalchemy import Connection, select
 
-from portway.config import CleanupPolicyConfig, Settings
+from portway.config import CleanupPolicyConfig, RepositoryConfig, Settings
 from portway.db.lifecycle import manifest_pulls
 from portway.db.schema import manifest_refs, manifests, tags
 from portway.db.store import MetadataStore
@@ -76,6 +76,10 @@ class Cleanup:
         self.settings = settings
         self.meta = meta
         self.guard = guard
+        # The repository's id; the web UI's dry run passes the serving registry's ids.
+        self.repo_id_of: Callable[[RepositoryConfig], int] = lambda cfg: meta.ensure_repository(
+            cfg.name, cfg.type
+        )
 
     def policies_of(self, repository: str, only: str | None) -> list[CleanupPolicyConfig]:
         cfg = self.settings.repo(repository)
@@ -91,7 +95,7 @@ class Cleanup:
             policies = self.policies_of(cfg.name, policy)
             if not policies:
                 continue
-            repo_id = self.meta.ensure_repository(cfg.name, cfg.type)
+            repo_id = self.repo_id_of(cfg)
             images = await self.meta._read(partial(read_images, repo_id=repo_id))
             protected = [p for pol in self.policies_of(cfg.name, None) for p in pol.protected]
             for rows in images.values():

@@ -113,6 +113,7 @@ class RepositoryAdmin:
                     "repository": definitions,
                     "connector": self.settings.connector,
                     "host": self.settings.host,
+                    "cleanup_policy": self.settings.cleanup_policy,
                 }
             )
         except ValidationError as exc:

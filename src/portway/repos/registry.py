@@ -88,6 +88,7 @@ class RepositoryRegistry(Generic[R]):
                 "repository": tuple(definitions),
                 "connector": self._settings.connector,
                 "host": self._settings.host,
+                "cleanup_policy": self._settings.cleanup_policy,
             }
         )
         old = self._current

@@ -1,15 +1,12 @@
 """Admin pages (admin privileges only; anyone else gets 403): repositories (create a hosted
-one), users (create), health (what /readyz says)."""
+one), health (what /readyz says). Users and roles: admin_users.py; cleanup policies and
+usage: admin_lifecycle.py."""
 
 from __future__ import annotations
-
-import asyncio
 
 from aiohttp import web
 from pydantic import ValidationError
 
-from portway.auth.services import PasswordRejected
-from portway.auth.store_base import StoreError
 from portway.config import RepositoryConfig
 from portway.repos.admin import RepositoryRefused
 from portway.ui.web import Page, Refusal, page
@@ -53,39 +50,6 @@ async def create_repository(p: Page) -> web.StreamResponse:
         return p.render("admin_repositories.html", 400, rows=_repo_rows(p), policies=POLICIES,
                         error=error, created=None)  # fmt: skip
     raise web.HTTPSeeOther(f"/ui/admin/repositories?created={entry.config.name}")
-
-
-@page
-async def users(p: Page) -> web.StreamResponse:
-    p.require_admin("users")
-    rows = await asyncio.to_thread(p.services.users.list)
-    roles = [r.name for r in await asyncio.to_thread(p.services.roles.list)]
-    return p.render("admin_users.html", rows=rows, roles=roles, error=None,
-                    created=p.request.query.get("created"))  # fmt: skip
-
-
-@page
-async def create_user(p: Page) -> web.StreamResponse:
-    p.require_admin("users")
-    form = await p.form()
-    name, password = form.get("username", "").strip(), form.get("password", "")
-    chosen = [r for r in form.get("roles", "").replace(",", " ").split() if r]
-    error: str | None = None
-    if not name or not password:
-        error = "a user needs a name and a password"
-    else:
-        try:
-            await asyncio.to_thread(
-                p.services.users.add, name, password, chosen, actor=p.user or "anonymous"
-            )
-        except (StoreError, PasswordRejected) as exc:
-            error = str(exc)
-    if error is not None:
-        rows = await asyncio.to_thread(p.services.users.list)
-        roles = [r.name for r in await asyncio.to_thread(p.services.roles.list)]
-        return p.render("admin_users.html", 400, rows=rows, roles=roles, error=error,
-                        created=None)  # fmt: skip
-    raise web.HTTPSeeOther(f"/ui/admin/users?created={name}")
 
 
 @page

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from portway.ui import admin, browse, login
+from portway.ui import admin, admin_lifecycle, admin_users, browse, bulk, login
 from portway.ui.web import HERE
 
 
@@ -28,7 +28,16 @@ def install(app: web.Application) -> None:
     r.add_post("/ui/r/{repo}/delete", browse.delete_tag)
     r.add_get("/ui/admin/repositories", admin.repositories)
     r.add_post("/ui/admin/repositories", admin.create_repository)
-    r.add_get("/ui/admin/users", admin.users)
-    r.add_post("/ui/admin/users", admin.create_user)
+    r.add_get("/ui/r/{repo}/bulk-delete", bulk.bulk_form)
+    r.add_post("/ui/r/{repo}/bulk-delete", bulk.bulk_delete)
+    r.add_get("/ui/admin/users", admin_users.users)
+    r.add_post("/ui/admin/users", admin_users.create_user)
+    r.add_post("/ui/admin/roles", admin_users.create_role)
+    r.add_get("/ui/admin/users/{name}", admin_users.user)
+    r.add_post("/ui/admin/users/{name}/roles", admin_users.set_roles)
+    r.add_post("/ui/admin/users/{name}/state", admin_users.set_state)
+    r.add_get("/ui/admin/cleanup", admin_lifecycle.policies)
+    r.add_get("/ui/admin/cleanup/{policy}", admin_lifecycle.dry_run)
+    r.add_get("/ui/admin/usage", admin_lifecycle.usage)
     r.add_get("/ui/admin/health", admin.health)
     r.add_static("/ui/static/", HERE / "static", append_version=True)
