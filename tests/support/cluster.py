@@ -47,9 +47,12 @@ class ClusterNode(PortwayServer):
     """A `PortwayServer` whose configuration also has `[database]` and `[storage]`."""
 
     def __init__(
-        self, tmp_path: Path, *, tables: Mapping[str, Mapping[str, Any]], **kwargs: Any
+        self, tmp_path: Path, *, tables: Mapping[str, Any], **kwargs: Any
     ) -> None:
-        self.tables = {name: dict(table) for name, table in tables.items()}
+        self.tables = {  # a table, or an array of tables ([[job]])
+            name: dict(table) if isinstance(table, Mapping) else [dict(t) for t in table]
+            for name, table in tables.items()
+        }
         super().__init__(tmp_path, **kwargs)
 
     def _config(self) -> dict[str, Any]:
@@ -80,6 +83,7 @@ class Cluster:
     security: Mapping[str, Any] = field(default_factory=lambda: {"enabled": True})
     repositories: Sequence[Mapping[str, Any]] = DEFAULT_REPOSITORIES
     server: Mapping[str, Any] = field(default_factory=dict)
+    tables: Mapping[str, Any] = field(default_factory=dict)  # more tables, e.g. [jobs]
     nodes: list[ClusterNode] = field(default_factory=list)
     proxy: ManagedProcess | None = None
     front_port: int = 0
@@ -128,6 +132,7 @@ class Cluster:
     ) -> ClusterNode:
         """A node of this cluster (not started); each argument overrides the shared table."""
         tables = {
+            **self.tables,
             "database": dict(database or {"url": self.database_url}),
             "storage": dict(storage or self.storage_table()),
         }

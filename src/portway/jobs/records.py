@@ -6,7 +6,8 @@ running, with a heartbeat and progress every few seconds -> done | failed | canc
 write after the start is made in a transaction that first checks the lease's fencing token
 (`Leases.fence`): a node that lost its lease (paused, cut off, killed) cannot write again.
 The next holder finds that node's run still `running` under an older token, marks it failed
-("interrupted") and, for a scheduled run, runs the same fire time once more.
+("interrupted") and runs it once more (the same fire time, trigger and dry-run setting); a
+run that is itself such a re-run is not run a third time.
 
 Statements are synchronous; callers run them in a thread.
 """
@@ -131,9 +132,8 @@ def outlook(engine: Engine) -> Outlook:
     with engine.connect() as conn:
         now = database_now(conn)
         waiting: dict[str, list[tuple[str, int | None]]] = {}
-        rerun = and_(  # a scheduled run interrupted and not run again yet
+        rerun = and_(  # a run interrupted and not run again yet
             job_runs.c.interrupted == 1,
-            job_runs.c.trigger == "schedule",
             job_runs.c.retry_of.is_(None),
         )
         for job, state, token, again in conn.execute(
@@ -226,14 +226,19 @@ def claim(
                 ended=now,
                 interrupted=1,
                 error="interrupted: its node stopped holding the job's lease (stopped, "
-                "killed or cut off); a scheduled run is run again",
+                "killed or cut off); it is run again once",
             )
         )
         again = conn.execute(
-            select(job_runs.c.id, job_runs.c.fire_time, job_runs.c.dry_run)
+            select(
+                job_runs.c.id,
+                job_runs.c.fire_time,
+                job_runs.c.dry_run,
+                job_runs.c.trigger,
+                job_runs.c.requested_by,
+            )
             .where(
                 where_job,
-                job_runs.c.trigger == "schedule",
                 job_runs.c.interrupted == 1,
                 job_runs.c.retry_of.is_(None),
                 job_runs.c.state.in_((FAILED, CANCELLED)),
@@ -249,7 +254,8 @@ def claim(
                 now,
                 job=job,
                 type=kind,
-                trigger="schedule",
+                trigger=again[3],
+                requested_by=again[4],
                 dry_run=int(again[2]),
                 fire_time=again[1],
                 retry_of=int(again[0]),

@@ -108,7 +108,7 @@ class Scheduler:
 
     async def stop(self) -> None:
         """Cancel every turn in progress: a running run is recorded cancelled (interrupted,
-        so another node runs a scheduled one again) and its lease given back."""
+        so another node runs it again) and its lease given back."""
         tasks = list(self.active.values())
         for task in tasks:
             task.cancel()
