@@ -10,8 +10,8 @@ A test-only knob slows the runs down: `PORTWAY_JOB_PHASE_DELAY` pauses a run at 
 from __future__ import annotations
 
 import time
-from itertools import pairwise
 from collections.abc import Iterator
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
