@@ -41,7 +41,8 @@ if TYPE_CHECKING:
     from portway.jobs.scheduler import Scheduler
     from portway.jobs.services import JobService
     from portway.maintenance.proxy_state import SharedProxyHealth
-    from portway.repos.admin import RepositoryAdmin
+    from portway.repos.access import AccessAdmin, DefinitionSource
+    from portway.repos.admin import Network, RepositoryAdmin
 
 
 class Portway:
@@ -188,9 +189,14 @@ class Portway:
         def routes(settings: Settings) -> RouteTable:
             return RouteTable.from_settings(settings, ports)
 
-        # The file's repositories and those made through the admin API (repos/admin.py).
+        # The file's repositories, connectors and hosts and those made through the admin API
+        # (repos/admin.py, repos/access.py).
         admin = self.repository_admin
-        settings = self.settings.model_copy(update={"repository": admin.initial()})
+        repositories = admin.initial()
+        connectors, hosts = admin.network()
+        settings = self.settings.model_copy(
+            update={"repository": repositories, "connector": connectors, "host": hosts}
+        )
         registry = RepositoryRegistry(settings, build, routes)
         registry.on_read = admin.maybe_refresh  # another worker's or node's change
         return registry
@@ -202,16 +208,37 @@ class Portway:
 
         signal = self.meta.change_signal if self.clustered else None
         store = DefinitionStore(self.meta.engine, self.meta.read_engine, signal)
+        from portway.db.access import AccessStore
+        from portway.http.live_connectors import probe
+        from portway.repos.access import AccessAdmin
+
         admin = RepositoryAdmin(self.settings, store, audit=self.audit)
         admin.apply = self.apply_repositories
+        # Connectors and host mappings made through the admin API (repos/access.py).
+        access = AccessStore(self.meta.engine, self.meta.read_engine)
+        admin.access = AccessAdmin(self.settings, access, admin, audit=self.audit, probe=probe)
         return admin
 
+    def connector_source(self) -> DefinitionSource:
+        """What the listener holder watches for connectors (http/live_connectors.py)."""
+        from portway.repos.access import DefinitionSource
+
+        return DefinitionSource(self.repository_admin)
+
+    @property
+    def access_admin(self) -> AccessAdmin:
+        access = self.repository_admin.access
+        assert access is not None
+        return access
+
     async def apply_repositories(
-        self, definitions: tuple[RepositoryConfig, ...]
+        self, definitions: tuple[RepositoryConfig, ...], network: Network | None = None
     ) -> Snapshot[RouteTable]:
-        """Serve `definitions` from now on (the admin API's path); raises ValueError for a set
-        the configuration file could not declare, and then nothing changes."""
-        snapshot, retired = self.registry.rebuild(definitions)
+        """Serve `definitions` (and the connectors and hosts of `network`, when given) from
+        now on (the admin API's path); raises ValueError for a set the configuration file
+        could not declare, and then nothing changes."""
+        connectors, hosts = network if network is not None else (None, None)
+        snapshot, retired = self.registry.rebuild(definitions, connectors, hosts)
         auth = self.__dict__.get("auth")
         if auth is not None:
             auth.set_repositories(snapshot.definitions)
@@ -316,6 +343,7 @@ class Portway:
             roles=self.roles,
             keys=self.keys,
             repositories=self.repository_admin,
+            access=self.access_admin,
             browse=queries,
             tags=TagBrowser(queries),
             bulk=BulkTags(queries),

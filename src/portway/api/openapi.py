@@ -32,6 +32,9 @@ _COMMON = {
 }
 
 
+_ETAGGED = ("/api/v1/repositories/", "/api/v1/connectors/", "/api/v1/hosts/")
+
+
 def document(operations: list[Operation], version: str) -> dict[str, Any]:
     wanted: list[tuple[type[BaseModel], JsonSchemaMode]] = [(ProblemDetails, "serialization")]
     for op in operations:
@@ -70,7 +73,7 @@ def document(operations: list[Operation], version: str) -> dict[str, Any]:
             responses[str(status)] = entry
         for code, text in _COMMON.items():
             responses.setdefault(code, {"description": text, "content": problem})
-        if op.method in ("PUT", "DELETE") and op.path.startswith("/api/v1/repositories/"):
+        if op.method in ("PUT", "DELETE") and op.path.startswith(_ETAGGED):
             responses["412"] = {"description": "If-Match does not match", "content": problem}
         item: dict[str, Any] = {
             "operationId": op.operation_id,

@@ -11,6 +11,7 @@ from portway.auth.services import KeyService, RoleService, UserService
 from portway.db.browse import BrowseQueries
 from portway.jobs.services import JobService
 from portway.lifecycle.services import LifecycleService
+from portway.repos.access import AccessAdmin
 from portway.repos.admin import RepositoryAdmin
 from portway.repos.browse import TagBrowser
 from portway.repos.bulk import BulkTags
@@ -22,6 +23,7 @@ class AdminServices:
     roles: RoleService
     keys: KeyService
     repositories: RepositoryAdmin
+    access: AccessAdmin
     browse: BrowseQueries
     tags: TagBrowser
     bulk: BulkTags

@@ -13,6 +13,7 @@ from portway.api import (
     nexus_components,
     nexus_repos,
     nexus_security,
+    portway_access,
     portway_admin,
     portway_repos,
     portway_tags,
@@ -28,7 +29,10 @@ async def openapi_json(call: Call) -> web.StreamResponse:
 
 def operations() -> list[Operation]:
     # Repository definitions are read after the set's generation (another worker's change).
-    fresh = [replace(op, fresh=True) for op in (*nexus_repos.OPERATIONS, *portway_repos.OPERATIONS)]
+    fresh = [
+        replace(op, fresh=True)
+        for op in (*nexus_repos.OPERATIONS, *portway_repos.OPERATIONS, *portway_access.OPERATIONS)
+    ]
     return [
         *fresh,
         *nexus_security.OPERATIONS,

@@ -20,7 +20,7 @@ from sqlalchemy.exc import DBAPIError
 from portway.db import schema
 from portway.db.dialect import dialect_for
 
-HEAD = "0008"  # the newest revision in portway/db/revisions/versions
+HEAD = "0009"  # the newest revision in portway/db/revisions/versions
 BASELINE = "0001"  # the schema the hand-made steps leave
 REVISIONS = Path(__file__).with_name("revisions")
 
@@ -30,6 +30,7 @@ AFTER_BASELINE = frozenset(
     {"leases", "signing_keys", "audit_events", "proxy_breakers", "proxy_negative"}
     | {"gc_candidates", "gc_holds", "blob_states", "manifest_pulls"}  # 0005, 0006
     | {"job_runs", "job_schedule"}  # 0008
+    | {"access_definitions"}  # 0009
 )
 
 
@@ -47,6 +48,7 @@ def load_table_modules() -> None:
         "portway.db.auth_schema",
         "portway.db.shared_schema",
         "portway.db.repositories",
+        "portway.db.access",
         "portway.db.lifecycle",
         "portway.db.browse",
         "portway.db.jobs",

@@ -96,14 +96,7 @@ class DefinitionStore:
         ]
 
     def _bump(self, conn: Any) -> None:
-        notify_change(conn)  # every node's next generation() asks the database again
-        moved = conn.execute(
-            update(repository_generation)
-            .where(repository_generation.c.id == 1)
-            .values(generation=repository_generation.c.generation + 1)
-        )
-        if moved.rowcount == 0:
-            conn.execute(repository_generation.insert().values(id=1, generation=1))
+        bump_generation(conn)
 
     def create(self, name: str, definition: dict[str, Any]) -> StoredDefinition:
         now = time.time()
@@ -143,6 +136,19 @@ class DefinitionStore:
                 repository_definitions.delete().where(repository_definitions.c.name == name)
             )
             self._bump(conn)
+
+
+def bump_generation(conn: Connection) -> None:
+    """One more change of the definitions (repositories, connectors, hosts), in the caller's
+    transaction."""
+    notify_change(conn)  # every node's next generation() asks the database again
+    moved = conn.execute(
+        update(repository_generation)
+        .where(repository_generation.c.id == 1)
+        .values(generation=repository_generation.c.generation + 1)
+    )
+    if moved.rowcount == 0:
+        conn.execute(repository_generation.insert().values(id=1, generation=1))
 
 
 def _revision(conn: Connection, name: str, expected: int | None) -> int:

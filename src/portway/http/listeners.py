@@ -239,6 +239,10 @@ class ListenerSite(web.BaseSite):
     def port(self) -> int:
         return int(self._sock.getsockname()[1])
 
+    @property
+    def sock(self) -> socket.socket:
+        return self._sock
+
     async def start(self) -> None:
         await super().start()
         self._sock.setblocking(False)

@@ -79,6 +79,10 @@ class RouteTable:
         """Called once a listener is open (its real port is known)."""
         self.ports[port] = _Binding(repository, external_url)
 
+    def unbind_port(self, port: int) -> None:
+        """A connector's listener closed."""
+        self.ports.pop(port, None)
+
     def _named(self, name: str) -> bool:
         """Does `name` route: a repository, or (concealing) a name one could have?"""
         return name in self.repositories or (self.conceal and REPO_NAME_RE.match(name) is not None)

@@ -16,7 +16,6 @@ import logging
 import os
 import signal
 import socket
-import ssl
 import sys
 from collections.abc import Callable, Sequence
 from functools import partial
@@ -25,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from aiohttp import web
 
-from portway.config import Settings, TlsConfig
+from portway.config import ConnectorConfig, Settings
 from portway.http import reload
 from portway.http.app import build_app
 from portway.http.auth import SecurityAuthorizer
@@ -39,6 +38,14 @@ from portway.http.listeners import (
     bind_listener,
     connection_limit,
     raise_descriptor_limit,
+)
+from portway.http.live_connectors import (
+    ConnectorSource,
+    ListenerBook,
+    LiveSites,
+    Watch,
+    ssl_context,
+    watch_loop,
 )
 from portway.http.protocol import RegistryRunner, RegistryServer
 from portway.http.supervisor import Supervisor
@@ -65,43 +72,31 @@ class Composition(Protocol):
 
     def scheduler(self) -> Scheduler | None: ...
 
+    def connector_source(self) -> ConnectorSource: ...
+
     async def aclose(self) -> None: ...
+
+    def close(self) -> None: ...
 
 
 Compose = Callable[[Settings], Composition]
 PURGE_INTERVAL = 600.0
 
 
-def _ssl_context(tls: TlsConfig | tuple[TlsConfig, ...] | None) -> ssl.SSLContext | None:
-    if tls is None:
-        return None
-    from portway.tls.context import build_ssl_context
-
-    return build_ssl_context(tls)
+# Bound sockets: (the connector they serve, or None for the main listener; the socket).
+Listeners = Sequence[tuple[ConnectorConfig | None, socket.socket]]
 
 
-def listener_plan(settings: Settings) -> list[tuple[str, str | None, Any, str | None]]:
-    """(listen, repository, tls, external_url) of every socket Portway itself opens: the main
-    listener and the connectors it serves. A connector with `served_by = "proxy"` belongs to
-    the reverse proxy in front (which may hold it right now): never bound, never probed."""
-    plan: list[tuple[str, str | None, Any, str | None]] = [
-        (settings.server.listen, None, settings.server.tls, None)
-    ]
-    for conn in settings.connector:
-        if conn.served_by == "portway":
-            plan.append((conn.listen, conn.repository, conn.tls, conn.external_url))
-    return plan
-
-
-Listeners = Sequence[tuple[int, socket.socket]]  # (index in listener_plan, bound socket)
-
-
-def bind_listeners(settings: Settings) -> list[tuple[int, socket.socket]]:
-    """Bind every listener of `listener_plan`; raises `ListenError` naming the one that failed."""
-    bound: list[tuple[int, socket.socket]] = []
+def bind_listeners(settings: Settings) -> list[tuple[ConnectorConfig | None, socket.socket]]:
+    """Bind the main listener and the file's connectors Portway serves; raises `ListenError`
+    naming the one that failed. A connector with `served_by = "proxy"` belongs to the reverse
+    proxy in front (which may hold it right now): never bound, never probed."""
+    bound: list[tuple[ConnectorConfig | None, socket.socket]] = []
     try:
-        for index, (listen, *_) in enumerate(listener_plan(settings)):
-            bound += [(index, sock) for sock in bind_listener(listen)]
+        bound += [(None, sock) for sock in bind_listener(settings.server.listen)]
+        for conn in settings.connector:
+            if conn.served_by == "portway":
+                bound += [(conn, sock) for sock in bind_listener(conn.listen)]
     except BaseException:
         for _, sock in bound:
             sock.close()
@@ -111,31 +106,32 @@ def bind_listeners(settings: Settings) -> list[tuple[int, socket.socket]]:
 
 async def open_listeners(
     runner: web.AppRunner, ctx: AppContext, sockets: Listeners
-) -> list[tuple[str, int]]:
-    """Serve the bound listeners through one connection gate; returns (scheme, port)s."""
+) -> tuple[list[tuple[str, int]], LiveSites]:
+    """Serve the bound listeners through one connection gate; returns (scheme, port)s and
+    the connectors' sites (which open and close while the worker runs)."""
     server = runner.server
     assert isinstance(server, RegistryServer)
     gate = ConnectionGate(connection_limit(), server.waiting_connections)
     server.on_connection_lost = gate.closed
-    plan = listener_plan(ctx.settings)
-    contexts: dict[int, ssl.SSLContext | None] = {}
+    timeout = ctx.settings.server.header_timeout
+    states = ctx.admin.access.listeners if ctx.admin is not None else {}
+    live = LiveSites(runner, gate, lambda: ctx.routes, timeout, states)
+    main = ssl_context(ctx.settings.server.tls)
     opened: list[tuple[str, int]] = []
-    for index, sock in sockets:
-        _, repository, tls, external_url = plan[index]
-        if index not in contexts:
-            contexts[index] = _ssl_context(tls)
-        site = ListenerSite(
-            runner,
-            sock,
-            gate,
-            ssl_context=contexts[index],
-            handshake_timeout=ctx.settings.server.header_timeout,
-        )
+    connectors: dict[str, tuple[ConnectorConfig, list[socket.socket]]] = {}
+    for conn, sock in sockets:
+        if conn is not None:
+            connectors.setdefault(conn.listen, (conn, []))[1].append(sock)
+            continue
+        site = ListenerSite(runner, sock, gate, ssl_context=main, handshake_timeout=timeout)
         await site.start()
-        ctx.routes.bind_port(site.port, repository, external_url)
-        opened.append(("https" if contexts[index] else "http", site.port))
+        ctx.routes.bind_port(site.port, None, None)
+        opened.append(("https" if main else "http", site.port))
+    for conn, socks in connectors.values():
+        port = await live.open(conn, socks)
+        opened.append(("https" if conn.tls else "http", port))
     log.debug("worker %d holds at most %d connections", os.getpid(), gate.limit)
-    return opened
+    return opened, live
 
 
 async def _purge_loop(ctx: AppContext, blobs: BlobStore) -> None:
@@ -179,7 +175,10 @@ async def run_worker(
     sockets: Listeners,
     compose: Compose,
     on_listening: Callable[[], None] | None = None,
+    control: socket.socket | None = None,
 ) -> None:
+    """`control`: the supervisor's messages about connectors (live_connectors.py); without
+    one this process is alone and watches the connectors itself."""
     root = compose(settings)
     ctx = root.context()
     blobs = root.blobs
@@ -208,12 +207,19 @@ async def run_worker(
     reloads: set[asyncio.Task[None]] = set()  # SIGHUP: read the configuration file again
     loop.add_signal_handler(signal.SIGHUP, reload.on_signal, root, reloads)
     try:
-        opened = await open_listeners(runner, ctx, sockets)
+        opened, live = await open_listeners(runner, ctx, sockets)
         log.info("worker %d listening on %s", os.getpid(), ", ".join(f"{s}:{p}" for s, p in opened))
         if on_listening is not None:
             on_listening()
         scheduler = root.scheduler()
-        tasks = [
+        tasks = []
+        if control is not None:
+            live.attach(control)
+        else:  # alone: the book holds copies, the sites the sockets they serve
+            book = ListenerBook([(c, s.dup()) for c, s in sockets if c is not None])
+            watch = Watch(root.connector_source(), book)
+            tasks.append(asyncio.create_task(watch_loop(watch, live)))
+        tasks += [
             asyncio.create_task(_purge_loop(ctx, blobs)),
             *([asyncio.create_task(scheduler.run())] if scheduler is not None else []),
             asyncio.create_task(
@@ -225,6 +231,7 @@ async def run_worker(
             task.cancel()
         # A job run in progress records itself cancelled and gives its lease back first.
         await asyncio.gather(*tasks, return_exceptions=True)
+        await live.close_all()
         await drain(runner, draining, settings.server.drain_timeout)
     finally:
         await runner.cleanup()
@@ -248,14 +255,19 @@ def _run(
     sockets: Listeners,
     compose: Compose,
     on_listening: Callable[[], None] | None = None,
+    control: socket.socket | None = None,
 ) -> None:
     # asyncio's own loop, not uvloop: uvloop has no loop.sendfile, and blob pulls fell from
     # 3.4 GB/s to 1 GB/s without zero-copy (ADR 3).
-    asyncio.run(run_worker(settings, sockets, compose, on_listening))
+    asyncio.run(run_worker(settings, sockets, compose, on_listening, control))
 
 
 def _worker_main(
-    compose: Compose, settings: Settings, sockets: Listeners, ready: Connection
+    compose: Compose,
+    settings: Settings,
+    sockets: Listeners,
+    ready: Connection,
+    control: socket.socket,
 ) -> None:
     _die_with_parent()
     signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until the event loop handles it
@@ -266,7 +278,7 @@ def _worker_main(
             ready.send(os.getpid())
         ready.close()
 
-    _run(settings, sockets, compose, listening)
+    _run(settings, sockets, compose, listening, control)
 
 
 def configure_logging(settings: Settings) -> None:
@@ -295,4 +307,11 @@ def serve(settings: Settings, workers: int, compose: Compose) -> int:
     if workers <= 1:
         _run(settings, sockets, compose)
         return 0
-    return Supervisor(settings, sockets, workers, partial(_worker_main, compose)).run()
+    main = [(c, s) for c, s in sockets if c is None]
+    book = ListenerBook([(c, s) for c, s in sockets if c is not None])
+    root = compose(settings)  # the supervisor's own look at the definitions
+    try:
+        watch = Watch(root.connector_source(), book)
+        return Supervisor(settings, main, workers, partial(_worker_main, compose), watch).run()
+    finally:
+        root.close()

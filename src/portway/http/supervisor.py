@@ -11,6 +11,10 @@ A worker drains before it stops (drain.py), so one that exits with status 0 was 
 purpose (someone sent it SIGTERM): it is replaced at once and not counted as a death. SIGUSR2
 restarts the workers one at a time: a new worker starts and reports that it accepts, then the
 old one drains and exits; the server never serves with fewer workers than configured (ADR 18).
+
+The parent also holds the connectors' sockets: it watches the definitions, binds a connector
+made through the API (or added to the file, at SIGHUP), closes a removed one, and tells every
+worker over its control socket, handing new sockets over as descriptors (ADR 28).
 """
 
 from __future__ import annotations
@@ -28,8 +32,9 @@ from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
 from typing import Any
 
-from portway.config import Settings
+from portway.config import ConnectorConfig, Settings
 from portway.http import reload
+from portway.http.live_connectors import POLL, Watch, send
 
 log = logging.getLogger("portway.server")
 
@@ -40,8 +45,10 @@ STOP_MARGIN = 15.0  # seconds past drain_timeout before a worker that has not ex
 READY_TIMEOUT = 120.0  # seconds a rolling restart waits for a new worker to accept
 EXIT_WORKERS_FAILING = 1
 
-# (settings, listening sockets, pipe the worker sends its pid on once it accepts)
-WorkerTarget = Callable[[Settings, Sequence[tuple[int, socket.socket]], Connection], None]
+# (settings, listening sockets (None: the main listener, else the connector each serves),
+# pipe the worker sends its pid on once it accepts, the worker's end of its control socket)
+Sockets = Sequence[tuple[ConnectorConfig | None, socket.socket]]
+WorkerTarget = Callable[[Settings, Sockets, Connection, socket.socket], None]
 
 
 @dataclass
@@ -49,6 +56,7 @@ class _Slot:
     number: int
     proc: BaseProcess | None = None
     ready: Connection | None = None  # readable once the worker accepts
+    control: socket.socket | None = None  # connector changes go to the worker through it
     started: float = 0.0
     fast_deaths: int = 0
     restart_at: float | None = None
@@ -67,12 +75,14 @@ class Supervisor:
     def __init__(
         self,
         settings: Settings,
-        sockets: Sequence[tuple[int, socket.socket]],
+        sockets: Sockets,
         workers: int,
         target: WorkerTarget,
+        watch: Watch | None = None,
     ) -> None:
         self._settings = settings
-        self._sockets = list(sockets)
+        self._sockets = list(sockets)  # the main listener's
+        self._watch = watch  # the connectors' (their sockets are in its book)
         self._target = target
         self._spawn = multiprocessing.get_context("spawn")
         self._slots = [_Slot(n) for n in range(workers)]
@@ -96,6 +106,7 @@ class Supervisor:
                 continue
             if self._reload_requested:
                 self._reload()
+            self._connectors()
             sentinels = [s.proc.sentinel for s in self._slots if s.proc is not None]
             wait(sentinels, timeout=self._next_wake())
             now = time.monotonic()
@@ -109,27 +120,55 @@ class Supervisor:
         self._stop_all()
         for _, sock in self._sockets:
             sock.close()
+        if self._watch is not None:
+            for listen in list(self._watch.book.held):
+                self._watch.book.release(listen)
         return self._status
 
     def _next_wake(self) -> float:
+        longest = POLL if self._watch is not None else 1.0
         pending = [s.restart_at for s in self._slots if s.restart_at is not None]
         if not pending:
-            return 1.0
-        return max(0.0, min(1.0, min(pending) - time.monotonic()))
+            return longest
+        return max(0.0, min(longest, min(pending) - time.monotonic()))
 
-    def _spawn_worker(self) -> tuple[BaseProcess, Connection]:
+    def _connectors(self) -> None:
+        """Bind or close connectors whose definitions changed; tell every worker."""
+        if self._watch is None:
+            return
+        changes = self._watch.poll()
+        if changes is None:
+            return
+        for slot in self._slots:
+            if slot.control is not None and slot.proc is not None:
+                send(slot.control, changes)
+        for listen in changes.closed:  # the workers closed theirs (or will, reading the message)
+            self._watch.book.release(listen)
+
+    def _all_sockets(self) -> Sockets:
+        held = self._watch.book.pairs() if self._watch is not None else []
+        return [*self._sockets, *held]
+
+    def _spawn_worker(self) -> tuple[BaseProcess, Connection, socket.socket]:
         reader, writer = self._spawn.Pipe(duplex=False)
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        ours.settimeout(1.0)  # a worker that does not read its messages is not waited for
         proc = self._spawn.Process(
-            target=self._target, args=(self._settings, self._sockets, writer), daemon=False
+            target=self._target,
+            args=(self._settings, self._all_sockets(), writer, theirs),
+            daemon=False,
         )
         proc.start()
         writer.close()
-        return proc, reader
+        theirs.close()
+        return proc, reader, ours
 
     def _start(self, slot: _Slot) -> None:
         if slot.ready is not None:
             slot.ready.close()
-        slot.proc, slot.ready = self._spawn_worker()
+        if slot.control is not None:
+            slot.control.close()
+        slot.proc, slot.ready, slot.control = self._spawn_worker()
         slot.started, slot.restart_at = time.monotonic(), None
 
     def _lost(self, slot: _Slot, now: float) -> None:
@@ -178,6 +217,9 @@ class Supervisor:
         if got is not None:
             self._settings = got[0]
             reload.set_log_level(self._settings)
+            if self._watch is not None:  # the file's [[connector]] tables
+                self._watch.source.set_file(self._settings)
+                self._watch.force()
         for slot in self._slots:
             if slot.proc is not None and slot.proc.pid is not None and slot.proc.is_alive():
                 with contextlib.suppress(ProcessLookupError):
@@ -194,12 +236,13 @@ class Supervisor:
         for slot in self._slots:
             if self._stopping:
                 return
-            proc, ready = self._spawn_worker()
+            proc, ready, control = self._spawn_worker()
             if not self._await_ready(proc, ready):
                 if proc.is_alive():
                     proc.kill()
                 proc.join()
                 ready.close()
+                control.close()
                 if not self._stopping:
                     log.error(
                         "rolling restart: the new worker %s %s; the old workers keep serving",
@@ -207,11 +250,14 @@ class Supervisor:
                         "did not start" if proc.exitcode is None else describe_exit(proc.exitcode),
                     )
                 return
-            old, old_ready = slot.proc, slot.ready
+            old, old_ready, old_control = slot.proc, slot.ready, slot.control
             slot.proc, slot.ready, slot.started = proc, ready, time.monotonic()
+            slot.control = control
             slot.fast_deaths, slot.restart_at = 0, None
             if old_ready is not None:
                 old_ready.close()
+            if old_control is not None:
+                old_control.close()
             if old is not None:
                 self._retire(old)
         log.info("rolling restart done")

@@ -16,13 +16,17 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import ValidationError
 
 from portway.auth.audit import AuditLog
-from portway.config import RepositoryConfig, Settings
+from portway.config import ConnectorConfig, HostConfig, RepositoryConfig, Settings
 from portway.db.repositories import DefinitionConflict, DefinitionStore, StoredDefinition
+
+if TYPE_CHECKING:
+    from portway.db.access import StoredAccess
+    from portway.repos.access import AccessAdmin
 
 log = logging.getLogger("portway.repos.admin")
 
@@ -68,7 +72,9 @@ def _log_failure(task: asyncio.Task[None]) -> None:
         log.error("repository change not applied: %s", task.exception())
 
 
-Apply = Callable[[tuple[RepositoryConfig, ...]], Awaitable[Any]]
+# The connectors and host mappings in service: the file's and those made through the API.
+Network = tuple[tuple[ConnectorConfig, ...], tuple[HostConfig, ...]]
+Apply = Callable[[tuple[RepositoryConfig, ...], Network], Awaitable[Any]]
 
 
 class RepositoryAdmin:
@@ -85,6 +91,7 @@ class RepositoryAdmin:
         self.audit = audit
         self.clock = clock
         self.apply: Apply | None = None  # set by the composition root
+        self.access: AccessAdmin | None = None  # connectors and hosts (repos/access.py)
         self._stored: dict[str, StoredDefinition] = {}
         self._generation = -1
         self._next_check = 0.0
@@ -103,16 +110,30 @@ class RepositoryAdmin:
             defs.append(RepositoryConfig.model_validate(row.definition))
         return tuple(defs)
 
-    def check(self, definitions: tuple[RepositoryConfig, ...]) -> None:
-        """Refuse a set the configuration file could not declare (unknown members, cycles)."""
+    def definitions(self) -> tuple[RepositoryConfig, ...]:
+        """The repositories in service: the file's and the stored ones."""
+        return self._merge(self._stored.values())
+
+    def network(self, rows: Iterable[StoredAccess] | None = None) -> Network:
+        """The connectors and hosts in service (or with the API's `rows` instead)."""
+        if self.access is None:
+            return self.settings.connector, self.settings.host
+        return self.access.merge(rows)
+
+    def check(
+        self, definitions: tuple[RepositoryConfig, ...], network: Network | None = None
+    ) -> None:
+        """Refuse a set the configuration file could not declare (unknown members, cycles,
+        a connector or host naming no repository, two listeners on one address)."""
+        connectors, hosts = network if network is not None else self.network()
         try:
             Settings.model_validate(
                 {
                     "server": self.settings.server,
                     "security": self.settings.security,
                     "repository": definitions,
-                    "connector": self.settings.connector,
-                    "host": self.settings.host,
+                    "connector": connectors,
+                    "host": hosts,
                     "cleanup_policy": self.settings.cleanup_policy,
                 }
             )
@@ -124,13 +145,19 @@ class RepositoryAdmin:
         alone, with an error in the log, when the stored ones no longer fit the file)."""
         self._generation = self.store.generation()
         rows = self.store.list()
+        access = self.access.store.list() if self.access is not None else []
         try:
             merged = self._merge(rows)
-            self.check(merged)
+            self.check(merged, self.network(access))
         except (RepositoryRefused, ValidationError) as exc:
-            log.error("repositories made through the API are not served: %s", exc)
+            log.error(
+                "repositories, connectors and hosts made through the API are not served: %s",
+                exc,
+            )
             return self.settings.repository
         self._stored = {r.name: r for r in rows}
+        if self.access is not None:
+            self.access.remember(access)
         return merged
 
     def entries(self) -> list[RepositoryEntry]:
@@ -174,16 +201,20 @@ class RepositoryAdmin:
             if generation == self._generation and not force:
                 return
             rows = await asyncio.to_thread(self.store.list)
+            access = await asyncio.to_thread(self.access.store.list) if self.access else []
             merged = self._merge(rows)
+            network = self.network(access)
             try:
-                self.check(merged)
+                self.check(merged, network)
             except RepositoryRefused as exc:
-                log.error("repository change not applied: %s", exc.message)
+                log.error("repository, connector or host change not applied: %s", exc.message)
                 self._generation = generation
                 return
             if self.apply is not None:
-                await self.apply(merged)
+                await self.apply(merged, network)
             self._stored = {r.name: r for r in rows}
+            if self.access is not None:
+                self.access.remember(access)
             self._generation = generation
 
     # -- changes ---------------------------------------------------------------------------

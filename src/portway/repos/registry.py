@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Generic, TypeVar
 
-from portway.config import RepositoryConfig, Settings
+from portway.config import ConnectorConfig, HostConfig, RepositoryConfig, Settings
 from portway.repos.base import Repository
 
 R = TypeVar("R")
@@ -73,12 +73,16 @@ class RepositoryRegistry(Generic[R]):
         )
 
     def rebuild(
-        self, definitions: Iterable[RepositoryConfig]
+        self,
+        definitions: Iterable[RepositoryConfig],
+        connectors: tuple[ConnectorConfig, ...] | None = None,
+        hosts: tuple[HostConfig, ...] | None = None,
     ) -> tuple[Snapshot[R], list[Repository]]:
-        """Serve `definitions` from now on. They are checked as the configuration file's are
-        (unique names, known group members, no cycles, connectors and hosts still pointing at
-        a repository): a `ValueError` leaves the current snapshot in service. Returns the new
-        snapshot and the repository objects it no longer uses (for the caller to close)."""
+        """Serve `definitions` (and `connectors` and `hosts`, when given) from now on. They
+        are checked as the configuration file's are (unique names, known group members, no
+        cycles, connectors and hosts pointing at a repository): a `ValueError` leaves the
+        current snapshot in service. Returns the new snapshot and the repository objects it
+        no longer uses (for the caller to close)."""
         settings = Settings.model_validate(
             {
                 "server": self._settings.server,
@@ -86,8 +90,8 @@ class RepositoryRegistry(Generic[R]):
                 "database": self._settings.database,
                 "storage": self._settings.storage,
                 "repository": tuple(definitions),
-                "connector": self._settings.connector,
-                "host": self._settings.host,
+                "connector": self._settings.connector if connectors is None else connectors,
+                "host": self._settings.host if hosts is None else hosts,
                 "cleanup_policy": self._settings.cleanup_policy,
             }
         )
