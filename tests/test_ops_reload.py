@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import time
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from proxy_support import ACCEPT, v2
 from support import toml
 from support.engines import skopeo
 from support.images import make_oci_layout
+from support.ports import free_port
 from support.server import PortwayServer
 
 NO_TLS = ("--dest-tls-verify=false",)
@@ -79,5 +81,67 @@ def test_sighup_adds_a_repository_and_refuses_a_bad_file(tmp_path: Path) -> None
         assert server.alive()
         assert len(_served_by(server, "added", "app")) == 2
         assert _push(image.ref, server.image("app:v2", "added"))
+    finally:
+        server.stop()
+
+
+def _accepts(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def test_sighup_applies_connectors_hosts_and_the_access_log_format(tmp_path: Path) -> None:
+    """One worker (it holds the listeners itself): the file's new `[[connector]]` listens and
+    routes, a new `[[host]]` routes, `log_format` switches to JSON; a connector made through
+    the API stays; the connector taken out of the file stops listening."""
+    image = make_oci_layout(tmp_path / "layout", "v1", layers=1, layer_size=64 * 1024)
+    server = PortwayServer(tmp_path / "portway", workers=1)
+    server.start(timeout=60)
+    try:
+        pid = server.pid
+        assert pid is not None
+        assert _push(image.ref, server.image("app:v1"))
+        made = requests.post(f"{server.url}/api/v1/connectors",
+                             json={"listen": f"127.0.0.1:{free_port()}",
+                                   "repository": "docker-hosted"})  # fmt: skip
+        assert made.status_code == 201 and made.json()["state"] == "listening", made.text
+        api_port = int(made.json()["listen"].rpartition(":")[2])
+        port = free_port()
+        doc = server._config()
+        doc["connector"] = [{"listen": f"127.0.0.1:{port}", "repository": "docker-hosted"}]
+        doc["host"] = [{"name": "mapped.example.test", "repository": "docker-hosted"}]
+        doc["server"] = {**doc["server"], "log_format": "json"}
+        server.config_path.write_text(toml.dumps(doc))
+        os.kill(pid, signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        while not _accepts(port):
+            assert time.monotonic() < deadline, server.log()[-2000:]
+            time.sleep(0.05)
+        manifest = requests.get(f"http://127.0.0.1:{port}/v2/app/manifests/v1",
+                                headers={"Accept": ACCEPT})  # fmt: skip
+        assert manifest.status_code == 200, manifest.text
+        host = {"Accept": ACCEPT, "Host": "mapped.example.test"}
+        mapped = requests.get(f"{server.url}/v2/app/manifests/v1", headers=host)
+        assert mapped.status_code == 200, mapped.text
+        listed = requests.get(f"{server.url}/api/v1/connectors").json()["items"]
+        assert {(c["listen"].rpartition(":")[2], c["managedBy"]) for c in listed} == {
+            (str(port), "file"), (str(api_port), "api")
+        }
+        time.sleep(1.5)  # the access log is written in batches
+        lines = [ln for ln in server.log().splitlines() if ln.startswith("{")]
+        assert any('"request_id"' in ln for ln in lines), server.log()[-2000:]
+        assert "applied only at a restart" not in server.log()
+
+        doc["connector"] = []
+        server.config_path.write_text(toml.dumps(doc))
+        os.kill(pid, signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        while _accepts(port):
+            assert time.monotonic() < deadline, server.log()[-2000:]
+            time.sleep(0.05)
+        assert _accepts(api_port)  # the API's connector stays
     finally:
         server.stop()

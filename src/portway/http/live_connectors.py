@@ -46,7 +46,9 @@ ListenerState = tuple[str, str | None]  # ("listening" | "pending" | "failed", d
 class ConnectorSource(Protocol):
     """Where the connectors in service come from (the composition root's definitions)."""
 
-    def generation(self) -> int: ...
+    def generation(self) -> object:
+        """Moves when the connectors may have changed."""
+        ...
 
     def connectors(self) -> tuple[ConnectorConfig, ...]: ...
 
@@ -157,7 +159,7 @@ class Watch:
     def __init__(self, source: ConnectorSource, book: ListenerBook) -> None:
         self.source = source
         self.book = book
-        self._generation: int | None = None
+        self._generation: object = None
         self._force = False
 
     def force(self) -> None:

@@ -86,7 +86,10 @@ def build_observer(ctx: AppContext) -> Observer:
         if recorder is not None
         else None,
     )
-    access = AccessLog(server.log_format) if server.access_log else None
+    # Kept (switched off) while metrics run, so that SIGHUP can switch it on again.
+    access = None
+    if server.access_log or recorder is not None:
+        access = AccessLog(server.log_format, on=server.access_log)
     return Observer(health, recorder, access)
 
 
@@ -169,7 +172,7 @@ def middleware(obs: Observer, ctx: AppContext) -> Middleware:
     answer, then counting and logging what the client got. Everything that does not change
     between requests is looked up once, here."""
     recorder = obs.recorder
-    access = obs.access if obs.access is not None and obs.access.enabled() else None
+    access = obs.access  # written only while access.enabled() (SIGHUP may switch it)
     new_id = obs.ids.new
 
     @web.middleware
@@ -222,7 +225,7 @@ def middleware(obs: Observer, ctx: AppContext) -> Middleware:
                 recorder.record(
                     kind, request.method, status, repository, seconds, bytes_in, bytes_out
                 )
-            if access is not None:
+            if access is not None and access.enabled():
                 access.write(
                     Entry(
                         rid,

@@ -1,10 +1,11 @@
 """SIGHUP: read the configuration file again and apply what a running worker can change.
 
-Applied at once: the file's `[[repository]]` tables (the repository set is rebuilt as an
-admin API change is, ADR 17; repositories made through the API stay) and `[server]
-log_level`. Everything else that changed (listen, workers, data_dir, `[database]`,
-`[storage]`, `[security]`, connectors, hosts, the access log, ...) is named in one warning
-line and left as it was until a restart. A file that does not load, or a repository set that
+Applied at once: the file's `[[repository]]`, `[[connector]]` and `[[host]]` tables (the
+set is rebuilt as an admin API change is, ADR 17; those made through the API stay; the
+listener holder opens and closes connectors, ADR 27) and `[server] log_level`, `access_log`
+and `log_format`. Everything else that changed (listen, workers, data_dir, `[database]`,
+`[storage]`, `[security]`, ...) is named in one warning line and left as it was until a
+restart. A file that does not load, or a repository set that
 does not fit, is refused with an error line and the configuration in service stays.
 
 `portway serve` hands the file's path to its workers in `PORTWAY_CONFIG_FILE`; with several
@@ -17,23 +18,29 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from pydantic import BaseModel
 
-from portway.config import ConfigError, RepositoryConfig, Settings, load_settings
+from portway.config import ConfigError, RepositoryConfig, ServerConfig, Settings, load_settings
+
+if TYPE_CHECKING:
+    from portway.http.observe import Observer
 
 log = logging.getLogger("portway.reload")
 
 ENV = "PORTWAY_CONFIG_FILE"
-APPLIED_SERVER_KEYS = frozenset({"log_level"})
+APPLIED_SERVER_KEYS = ("log_level", "access_log", "log_format")
 
 
 class Reloadable(Protocol):
     settings: Settings
 
-    async def apply_repositories(self, definitions: tuple[RepositoryConfig, ...]) -> Any: ...
+    async def apply_repositories(
+        self, definitions: tuple[RepositoryConfig, ...], network: Any = None
+    ) -> Any: ...
 
 
 def config_file() -> Path | None:
@@ -59,11 +66,20 @@ def merge(old: Settings, new: Settings) -> tuple[Settings, list[str]]:
     ]
     for section in ("security", "database", "storage", "jobs"):
         restart += _changed(getattr(old, section), getattr(new, section), section)
-    for section in ("connector", "host", "cleanup_policy", "job"):
+    for section in ("cleanup_policy", "job"):
         if getattr(old, section) != getattr(new, section):
             restart.append(section)
-    server = old.server.model_copy(update={"log_level": new.server.log_level})
-    merged = old.model_copy(update={"server": server, "repository": new.repository})
+    server = old.server.model_copy(
+        update={key: getattr(new.server, key) for key in APPLIED_SERVER_KEYS}
+    )
+    merged = old.model_copy(
+        update={
+            "server": server,
+            "repository": new.repository,
+            "connector": new.connector,
+            "host": new.host,
+        }
+    )
     Settings.model_validate(merged.model_dump())  # the kept connectors still fit
     return merged, restart
 
@@ -81,14 +97,25 @@ def set_log_level(settings: Settings) -> None:
     logging.getLogger().setLevel(settings.server.log_level.upper())
 
 
-def on_signal(root: Any, tasks: set[asyncio.Task[None]]) -> None:
-    """The worker's SIGHUP handler; `root` is its composition root (a `Reloadable`)."""
-    task = asyncio.get_running_loop().create_task(reload_worker(root))
+def reconfigure_access_log(obs: Observer, server: ServerConfig) -> None:
+    """`[server] access_log` and `log_format` as the file now says."""
+    if obs.access is not None:
+        obs.access.reconfigure(server.log_format, server.access_log)
+    elif server.access_log:
+        log.warning("SIGHUP: the access log was off with metrics off; it starts at a restart")
+
+
+def on_signal(
+    root: Any, tasks: set[asyncio.Task[None]], after: Callable[[Settings], None] | None = None
+) -> None:
+    """The worker's SIGHUP handler; `root` is its composition root (a `Reloadable`); `after`
+    gets the settings once they are applied."""
+    task = asyncio.get_running_loop().create_task(reload_worker(root, after))
     tasks.add(task)
     task.add_done_callback(tasks.discard)
 
 
-async def reload_worker(root: Reloadable) -> None:
+async def reload_worker(root: Reloadable, after: Callable[[Settings], None] | None = None) -> None:
     """One worker's reload (run as a task on its event loop)."""
     path = config_file()
     if path is None:
@@ -99,22 +126,32 @@ async def reload_worker(root: Reloadable) -> None:
         return
     settings, restart = got
     admin = getattr(root, "repository_admin", None)
-    definitions = settings.repository
-    if admin is not None:  # the file's repositories and those made through the API
-        admin.settings = settings
-        admin.file_names = frozenset(r.name for r in settings.repository)
+    definitions, network = settings.repository, (settings.connector, settings.host)
+    if admin is not None:  # the file's definitions and those made through the API
+        _file_settings(admin, settings)
         definitions = admin.initial()
+        network = admin.network()
     try:
-        await root.apply_repositories(definitions)
+        await root.apply_repositories(definitions, network)
     except ValueError as exc:
         log.error("SIGHUP: %s not applied, the repositories in service stay: %s", path, exc)
         if admin is not None:
-            admin.settings = root.settings
-            admin.file_names = frozenset(r.name for r in root.settings.repository)
+            _file_settings(admin, root.settings)
         return
     root.settings = settings
     set_log_level(settings)
+    if after is not None:
+        after(settings)
     names = ", ".join(r.name for r in definitions)
-    log.info("SIGHUP: %s applied; repositories: %s", path, names)
+    log.info("SIGHUP: %s applied; repositories: %s; connectors: %d, hosts: %d", path, names,
+             len(network[0]), len(network[1]))  # fmt: skip
     if restart:
         log.warning("SIGHUP: changed but applied only at a restart: %s", ", ".join(restart))
+
+
+def _file_settings(admin: Any, settings: Settings) -> None:
+    """The repository and access services' idea of what the file declares."""
+    admin.settings = settings
+    admin.file_names = frozenset(r.name for r in settings.repository)
+    if getattr(admin, "access", None) is not None:
+        admin.access.set_file(settings)

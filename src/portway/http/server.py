@@ -47,6 +47,7 @@ from portway.http.live_connectors import (
     ssl_context,
     watch_loop,
 )
+from portway.http.observe import OBSERVE_KEY, Observer
 from portway.http.protocol import RegistryRunner, RegistryServer
 from portway.http.supervisor import Supervisor
 from portway.maintenance.proxy_state import SharedProxyHealth, publish_loop
@@ -205,7 +206,8 @@ async def run_worker(
     # group (`systemctl kill -s USR2`), it must not kill a worker.
     loop.add_signal_handler(signal.SIGUSR2, _no_rolling_restart, on_listening is None)
     reloads: set[asyncio.Task[None]] = set()  # SIGHUP: read the configuration file again
-    loop.add_signal_handler(signal.SIGHUP, reload.on_signal, root, reloads)
+    after = partial(_reloaded, app[OBSERVE_KEY])
+    loop.add_signal_handler(signal.SIGHUP, reload.on_signal, root, reloads, after)
     try:
         opened, live = await open_listeners(runner, ctx, sockets)
         log.info("worker %d listening on %s", os.getpid(), ", ".join(f"{s}:{p}" for s, p in opened))
@@ -236,6 +238,10 @@ async def run_worker(
     finally:
         await runner.cleanup()
         await root.aclose()
+
+
+def _reloaded(obs: Observer, settings: Settings) -> None:
+    reload.reconfigure_access_log(obs, settings.server)
 
 
 def _no_rolling_restart(alone: bool) -> None:

@@ -68,10 +68,11 @@ class AccessLog:
     per-record cost (a record, a formatter, a write and a flush each) was most of the
     access log's price on the manifest GET hot path (docs/adr/0016)."""
 
-    def __init__(self, log_format: str, stream: TextIO | None = None) -> None:
+    def __init__(self, log_format: str, stream: TextIO | None = None, on: bool = True) -> None:
         self.json = log_format == "json"
         self.stream = stream if stream is not None else sys.stderr
-        self.level_on = logging.getLogger(LOGGER).isEnabledFor(logging.INFO)
+        self.on = on
+        self.level_on = on and logging.getLogger(LOGGER).isEnabledFor(logging.INFO)
         self._lines: list[str] = []
         self._prefix_at = -1
         self._prefix = ""
@@ -79,6 +80,13 @@ class AccessLog:
 
     def enabled(self) -> bool:
         return self.level_on
+
+    def reconfigure(self, log_format: str, on: bool) -> None:
+        """SIGHUP: the format, and whether lines are written at all, as the file now says."""
+        self.flush()
+        self.json = log_format == "json"
+        self.on = on
+        self.level_on = on and logging.getLogger(LOGGER).isEnabledFor(logging.INFO)
 
     def _text_prefix(self, now: float) -> str:
         second = int(now)

@@ -96,6 +96,11 @@ class AccessAdmin:
         # This worker's listeners of portway-served connectors, by listen address (filled
         # by the HTTP layer as the sockets arrive; shown by the API).
         self.listeners: dict[str, ListenerState] = {}
+        self.file_version = 0  # moves when the file's tables are read again (SIGHUP)
+
+    def set_file(self, settings: Settings) -> None:
+        self.settings = settings
+        self.file_version += 1
 
     # -- the set ---------------------------------------------------------------------------
     def _file(self, kind: Kind) -> tuple[Definition, ...]:
@@ -238,8 +243,8 @@ class DefinitionSource:
         self.repositories = repositories
         self.access = repositories.access
 
-    def generation(self) -> int:
-        return self.repositories.store.generation()
+    def generation(self) -> object:
+        return self.repositories.store.generation(), self.access.file_version
 
     def connectors(self) -> tuple[ConnectorConfig, ...]:
         return self.access.merge(self.access.store.list("connector"))[0]
@@ -248,4 +253,4 @@ class DefinitionSource:
         """SIGHUP: the file's tables were read again."""
         self.repositories.settings = settings
         self.repositories.file_names = frozenset(r.name for r in settings.repository)
-        self.access.settings = settings
+        self.access.set_file(settings)
