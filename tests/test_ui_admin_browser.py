@@ -2,7 +2,8 @@
 `portway serve` with security on: create a user and a role, assign the role, disable the
 user; bulk delete tags with a preview (a set that changed since the preview is shown again,
 not deleted) and check through /v2/ that exactly those tags are gone; a cleanup policy's
-dry run lists what it would remove and removes nothing; storage usage; every admin page
+dry run lists what it would remove and removes nothing; storage usage; the cleanup job run
+now as a dry run, its progress page followed until the report; every admin page
 refused (403) to a user without admin privileges. Screenshots as tests/test_ui_browser.py."""
 
 from __future__ import annotations
@@ -198,6 +199,30 @@ def test_cleanup_dry_run_and_usage(
     browser.shot(page, "admin-usage", tmp_path)
 
 
+def test_cleanup_job_dry_run_from_the_jobs_page(
+    chromium: Any, server: PortwayServer, admin: tuple[str, str], manifest: bytes,
+    tmp_path: Path,
+) -> None:  # fmt: skip
+    tag(server, admin, manifest, "v1", "v2", "v3")  # as above: v1 and v2 would go
+    before = tags_of(server, admin)
+    page = browser.sign_in(chromium, server.url, admin)
+    page.get_by_role("link", name="Jobs").click()
+    assert page.get_by_role("row").filter(has_text="upload-purge").count() == 1
+    browser.shot(page, "admin-jobs", tmp_path)
+    page.get_by_role("link", name="cleanup", exact=True).click()
+    page.get_by_label("dry run: report, delete nothing").check()
+    page.get_by_role("button", name="Run now").click()
+    assert "/ui/admin/jobs/cleanup/runs/" in page.url
+    done = page.get_by_role("status").filter(has_text="done")
+    done.wait_for(timeout=60_000)  # the page reloads itself until the run ends
+    text = status(page)
+    assert "cleanup: would remove 2 tag(s) and 0 manifest(s)" in text, text
+    listed = page.locator("ul.items li").all_inner_texts()
+    assert listed == [f"{REPO}/app:v1", f"{REPO}/app:v2"]
+    browser.shot(page, "admin-job-run", tmp_path)
+    assert tags_of(server, admin) == before  # a dry run deletes nothing
+
+
 def test_non_admin_sees_no_admin_pages(
     chromium: Any, server: PortwayServer, admin: tuple[str, str], manifest: bytes
 ) -> None:
@@ -215,16 +240,16 @@ def test_non_admin_sees_no_admin_pages(
     assert made.status_code in (200, 201), made.text
     page = browser.sign_in(chromium, server.url, DEV)
     nav = page.get_by_role("navigation", name="Main").inner_text()
-    for link in ("Manage repositories", "Users", "Cleanup", "Usage", "Health"):
+    for link in ("Manage repositories", "Users", "Cleanup", "Usage", "Jobs", "Health"):
         assert link not in nav.split("\n"), link
     for path in ("/ui/admin/repositories", "/ui/admin/users", "/ui/admin/users/admin",
                  "/ui/admin/cleanup", f"/ui/admin/cleanup/{POLICY}", "/ui/admin/usage",
-                 "/ui/admin/health"):  # fmt: skip
+                 "/ui/admin/health", "/ui/admin/jobs", "/ui/admin/jobs/gc"):  # fmt: skip
         answer = page.goto(f"{server.url}{path}")
         assert answer is not None and answer.status == 403, path
     session = next(c for c in page.context.cookies() if c["name"] == "portway_ui")
     for path in ("/ui/admin/users/admin/state", "/ui/admin/users/admin/roles",
-                 "/ui/admin/roles", "/ui/admin/users"):  # fmt: skip
+                 "/ui/admin/roles", "/ui/admin/users", "/ui/admin/jobs/gc/run"):  # fmt: skip
         forged = requests.post(f"{server.url}{path}", data={"state": "disabled", "role": "x"},
                                cookies={"portway_ui": session["value"]}, timeout=30,
                                allow_redirects=False)  # fmt: skip
