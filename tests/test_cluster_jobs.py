@@ -135,3 +135,39 @@ def test_a_scheduled_job_runs_once_per_fire_time_on_one_node(cluster: Cluster) -
     for before, after in pairwise(runs):
         if before["ended"] and after["started"]:
             assert _ts(before["ended"]) <= _ts(after["started"])
+
+
+def test_a_stopped_node_hands_its_run_over_at_once(cluster: Cluster) -> None:
+    """SIGTERM: the run is recorded cancelled (interrupted), the lease given back, and another
+    node runs it again without waiting for the lease to run out."""
+    session = cluster.session()
+    alive = [n for n in cluster.nodes if n.alive()]
+    assert len(alive) == 2
+    queued = run_now(session, alive[0].url, "slow-gc", dry_run=True)
+    deadline = time.monotonic() + 60
+    while True:
+        run = session.get(f"{alive[0].url}/api/v1/jobs/slow-gc/runs/{queued['id']}").json()
+        if run["state"] == "running":
+            break
+        assert run["state"] == "queued" and time.monotonic() < deadline, run
+        time.sleep(0.2)
+    holder = next(n for n in alive if n.pid == int(run["node"].split(":")[1]))
+    other = next(n for n in alive if n is not holder)
+    stopped_at = time.time()
+    holder.stop()
+    deadline = time.monotonic() + 30
+    while True:
+        again = [r for r in _runs(session, other.url, "slow-gc") if r["retryOf"] == queued["id"]]
+        if again:
+            break
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    handover = _ts(again[0]["started"]) - stopped_at
+    print(f"hand-over of slow-gc {handover:.1f} s after SIGTERM (lease_ttl {TTL:g} s)")
+    assert handover < TTL  # the lease was given back, not left to run out
+    cancelled = session.get(f"{other.url}/api/v1/jobs/slow-gc/runs/{queued['id']}").json()
+    assert cancelled["state"] == "cancelled" and cancelled["interrupted"]
+    assert cancelled["node"] == run["node"]  # the stopping node wrote it itself
+    finished = wait_run(session, other.url, "slow-gc", again[0]["id"], timeout=120)
+    assert finished["state"] == "done" and finished["dryRun"]
+    assert finished["node"] != run["node"]
