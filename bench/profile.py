@@ -1,11 +1,15 @@
 """Profile Portway under wrk load with py-spy and print the hot spots.
 
-    .venv/bin/python bench/profile.py [--what manifest|blob] [--duration 15]
+    .venv/bin/python bench/profile.py [--what manifest|blob|push|chunked|pull] [--duration 15]
+                                      [--s3]
 
 Starts Portway alone (fresh data folder), pushes a small image, runs wrk (2 threads, 64
 connections) against a manifest GET by tag (or a 1 KiB blob GET) while `py-spy record` samples
 the server and its workers, then prints the functions with the most samples, by own time and
-by inclusive time. Needs py-spy in the venv (`.venv/bin/pip install py-spy`).
+by inclusive time. `push`/`chunked` push 64 MiB blobs, `pull` GETs four 64 MiB blobs over and
+over (one stream). `--s3` starts a one-host Ceph RGW (tests/support/ceph.py) and puts Portway's
+blobs in a bucket there (`redirect = "off"`: every byte goes through Portway). Needs py-spy in
+the venv (`.venv/bin/pip install py-spy`).
 """
 
 from __future__ import annotations
@@ -26,7 +30,10 @@ from pathlib import Path
 from connectors import wait_ports
 from data import OCI_MANIFEST, blob_files, default_cache_dir
 from ops import TransferClient, auth_headers, check_get, push_small_image, wrk
-from servers import connector_target, free_ports, start_portway
+from servers import REPO_ROOT, Target, connector_target, free_ports, start_portway
+
+sys.path.insert(0, str(REPO_ROOT))
+from tests.support import ceph
 
 FRAME = re.compile(r"^(?P<func>.*?) \((?P<file>[^()]*?)(?::\d+)?\)$")
 
@@ -79,16 +86,41 @@ def summarize(
     return total, own.most_common(top), inclusive.most_common(top), packages.most_common(8)
 
 
+def s3_storage(rgw: ceph.CephRGW, bucket: str) -> str:
+    return (
+        f'[storage]\ntype = "s3"\nbucket = "{bucket}"\nendpoint = "{rgw.endpoint}"\n'
+        f'region = "{rgw.region}"\nredirect = "off"\n'
+    )
+
+
+def _push_cmd(t: Target, mode: str, count: int) -> dict[str, object]:
+    return {
+        "op": "push",
+        "host": t.host,
+        "port": t.port,
+        "api": t.api,
+        "image": "bench/profile",
+        "mode": mode,
+        "chunk": 8 << 20,
+        "count": count,
+        "concurrency": 1,
+        "tag": secrets.token_hex(8),
+        "headers": auth_headers(t, "bench/profile", "pull,push"),
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument(
         "--what",
-        choices=("manifest", "blob", "push", "chunked"),
+        choices=("manifest", "blob", "push", "chunked", "pull"),
         default="manifest",
-        help="wrk on a manifest or 1 KiB blob GET, or 64 MiB blob pushes (monolithic/chunked)",
+        help="wrk on a manifest or 1 KiB blob GET, 64 MiB blob pushes (monolithic/chunked) or"
+        " 64 MiB blob GETs",
     )
+    p.add_argument("--s3", action="store_true", help="blobs in a Ceph RGW bucket")
     p.add_argument("--duration", type=int, default=15, help="seconds of load and sampling")
     p.add_argument("--workers", type=int, default=1)
     p.add_argument(
@@ -110,18 +142,30 @@ def main(argv: list[str] | None = None) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="portway-profile-"))
     server = None
     client: TransferClient | None = None
+    rgw = ceph.CephRGW(workdir / "ceph") if args.s3 else None
     try:
+        extra, env = "", {}
+        if rgw is not None:
+            rgw.start()
+            extra = s3_storage(rgw, rgw.make_bucket("profile"))
+            env = {"AWS_ACCESS_KEY_ID": rgw.access_key, "AWS_SECRET_ACCESS_KEY": rgw.secret_key}
         ports = free_ports(args.connectors)
-        server, t = start_portway(workdir, workers=args.workers, connectors=ports, auth=args.auth)
+        server, t = start_portway(
+            workdir, workers=args.workers, connectors=ports, auth=args.auth,
+            extra_config=extra, env=env,
+        )
         if ports:
             wait_ports(ports)
             t = dataclasses.replace(
                 connector_target(ports[0], "portway"), auth=t.auth, credentials=t.credentials
             )
         img = push_small_image(t, "bench/small", secrets.token_hex(4))
-        if args.what in ("push", "chunked"):
+        pulled: list[str] = []
+        if args.what in ("push", "chunked", "pull"):
             client = TransferClient(blob_files(default_cache_dir(), 8, 64 << 20))
             path, headers = "", {}
+            if args.what == "pull":
+                pulled = client.call(_push_cmd(t, "monolithic", 4))["digests"]
         elif args.what == "manifest":
             path = t.path(img.image, f"manifests/{img.tag}")
             check_get(t, path, img.manifest, OCI_MANIFEST, img.image)
@@ -159,21 +203,15 @@ def main(argv: list[str] | None = None) -> int:
             moved = seconds = 0.0
             deadline = time.monotonic() + args.duration
             while time.monotonic() < deadline:
-                r = client.call(
-                    {
-                        "op": "push",
-                        "host": t.host,
-                        "port": t.port,
-                        "api": t.api,
-                        "image": "bench/profile",
-                        "mode": mode,
-                        "chunk": 8 << 20,
-                        "count": 8,
-                        "concurrency": 1,
-                        "tag": secrets.token_hex(8),
-                        "headers": auth_headers(t, "bench/profile", "pull,push"),
+                if pulled:
+                    cmd = {
+                        "op": "pull", "host": t.host, "port": t.port, "api": t.api,
+                        "image": "bench/profile", "digests": pulled, "concurrency": 1,
+                        "headers": auth_headers(t, "bench/profile"),
                     }
-                )
+                    r = client.call(cmd)
+                else:
+                    r = client.call(_push_cmd(t, mode, 8))
                 moved += r["bytes"]
                 seconds += r["seconds"]
             result["rate"] = moved / seconds / 1e6 if seconds else 0.0
@@ -205,6 +243,8 @@ def main(argv: list[str] | None = None) -> int:
             client.close()
         if server is not None:
             server.stop()
+        if rgw is not None:
+            rgw.stop()
         shutil.rmtree(workdir, ignore_errors=True)
     return 0
 

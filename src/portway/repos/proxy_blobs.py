@@ -4,6 +4,7 @@ fills it (one per blob among all workers; ADR 4), and answer HEAD with an upstre
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import re
@@ -22,6 +23,7 @@ from portway.oci.errors import RegistryError
 from portway.repos.base import BlobBody
 from portway.repos.proxy_errors import upstream_unavailable
 from portway.repos.spoolcopy import foreign_urls, mirror
+from portway.storage.backend import ObjectWriter
 from portway.storage.blobstore import BlobStore
 from portway.upstream.client import UpstreamRegistry
 from portway.upstream.crossworker import SpoolNotice
@@ -205,18 +207,30 @@ class ProxyBlobs:
     async def _fill(self, image: str, digest: Digest, spool: Spool, notice: SpoolNotice) -> None:
         """Download once into the spool; publish into the cache only after the digest
         verified. Runs in its own task: a client hanging up does not stop it."""
-        async with self.upstream.open_blob(image, str(digest), verify=False) as blob:
-            spool.set_size(blob.size)
-            notice.publish(spool.path, blob.size)
-            await self._stream(blob, spool, digest, blob.url)
-        await self._commit(spool, image, digest)
+        cache = await self.blobs.fill_writer(digest)
+        try:
+            async with self.upstream.open_blob(image, str(digest), verify=False) as blob:
+                spool.set_size(blob.size)
+                notice.publish(spool.path, blob.size)
+                cache = await self._stream(blob, spool, digest, blob.url, cache)
+            await self._commit(spool, image, digest, cache)
+        except BaseException:
+            await _abort(cache)
+            raise
 
     async def _stream(
-        self, chunks: AsyncIterable[bytes], spool: Spool, digest: Digest, source: str
-    ) -> None:
-        """Copy into the spool while a worker thread hashes the previous chunk. The last
-        chunk is held back until the digest verified: no client receives the whole of a
-        corrupted blob."""
+        self,
+        chunks: AsyncIterable[bytes],
+        spool: Spool,
+        digest: Digest,
+        source: str,
+        cache: ObjectWriter | None = None,
+    ) -> ObjectWriter | None:
+        """Copy into the spool (and tee into `cache`, the backend's writer at the blob's
+        address, where there is one) while a worker thread hashes the chunk. The last chunk
+        is held back from the spool until the digest verified: no client receives the whole
+        of a corrupted blob; `cache` is committed only after that. Returns `cache`, or None when
+        writing it failed (the fill goes on from the spool, which is then uploaded whole)."""
         loop = asyncio.get_running_loop()
         hasher = digest.hasher()
         held: bytes | None = None
@@ -227,6 +241,8 @@ class ProxyBlobs:
             if hashing is not None:
                 await hashing
             hashing = loop.run_in_executor(None, hasher.update, chunk)
+            if cache is not None:
+                cache = await self._tee(cache, chunk, digest)
             held = chunk
         if hashing is not None:
             await hashing
@@ -238,13 +254,33 @@ class ProxyBlobs:
             )
         if held is not None:
             await spool.write(held)
+        return cache
 
-    async def _commit(self, spool: Spool, image: str, digest: Digest) -> None:
-        # Verified: release the readers now; the cache commit (fsync, link, database) need
-        # not hold up the clients' responses.
+    async def _tee(self, cache: ObjectWriter, chunk: bytes, digest: Digest) -> ObjectWriter | None:
+        try:
+            await cache.write(chunk)  # a part is sent while the next fills: bounded memory
+        except Exception as exc:
+            log.warning(
+                "proxy %s: writing %s to storage failed, uploading it once downloaded instead: %s",
+                self.name,
+                digest,
+                exc,
+            )
+            await _abort(cache)
+            return None
+        return cache
+
+    async def _commit(
+        self, spool: Spool, image: str, digest: Digest, cache: ObjectWriter | None = None
+    ) -> None:
+        # Verified: release the readers now; the cache commit (fsync and link, or the last
+        # part and completing the upload; then the database) need not hold up the clients.
         spool.finish()
         await self.guard.claim(self.repo_id, image, str(digest))
-        await self.blobs.publish_file(spool.path, digest)
+        if cache is not None:
+            await self.blobs.published(cache, digest)
+        else:
+            await self.blobs.publish_file(spool.path, digest)
         await self.meta.link_blob(self.repo_id, image, str(digest), spool.written)
 
     # -- foreign (non-distributable) layers --------------------------------------------
@@ -264,14 +300,28 @@ class ProxyBlobs:
     ) -> None:
         session = self.upstream.session
         timeout = aiohttp.ClientTimeout(total=None, connect=10, sock_read=60)
+        cache = await self.blobs.fill_writer(digest)
         try:
-            async with session.get(url, timeout=timeout) as resp:
-                if resp.status != 200:
-                    raise UpstreamNotFoundError(url, f"foreign layer answered {resp.status}")
-                spool.set_size(resp.content_length)
-                notice.publish(spool.path, resp.content_length)
-                await self._stream(resp.content.iter_chunked(1024 * 1024), spool, digest, url)
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise UpstreamUnreachableError(url, f"foreign layer: {exc}") from exc
-        log.info("proxy %s: cached foreign layer %s from %s", self.name, digest, url)
-        await self._commit(spool, image, digest)
+            try:
+                async with session.get(url, timeout=timeout) as resp:
+                    if resp.status != 200:
+                        raise UpstreamNotFoundError(url, f"foreign layer answered {resp.status}")
+                    spool.set_size(resp.content_length)
+                    notice.publish(spool.path, resp.content_length)
+                    chunks = resp.content.iter_chunked(1024 * 1024)
+                    cache = await self._stream(chunks, spool, digest, url, cache)
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                raise UpstreamUnreachableError(url, f"foreign layer: {exc}") from exc
+            log.info("proxy %s: cached foreign layer %s from %s", self.name, digest, url)
+            await self._commit(spool, image, digest, cache)
+        except BaseException:
+            await _abort(cache)
+            raise
+
+
+async def _abort(cache: ObjectWriter | None) -> None:
+    """Drop a tee whose fill failed: nothing of it becomes visible (the upload is aborted);
+    a committed one is left alone."""
+    if cache is not None:
+        with contextlib.suppress(Exception):
+            await asyncio.shield(cache.abort())

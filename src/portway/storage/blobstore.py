@@ -20,7 +20,7 @@ from functools import partial
 from pathlib import Path
 
 from portway.oci.digest import Digest
-from portway.storage.backend import BlobBackend
+from portway.storage.backend import BlobBackend, ObjectWriter
 from portway.storage.body import BlobBody, LocalFile
 from portway.storage.faults import StorageFaults
 from portway.storage.filesystem import FilesystemBackend
@@ -155,6 +155,22 @@ class BlobStore:
         return await self.spool.purge_leftovers(max_age) + await self.sessions.purge_pending(
             max_age
         )
+
+    async def fill_writer(self, digest: Digest) -> ObjectWriter | None:
+        """Where the backend keeps no local files (S3): a writer straight to the blob's
+        address, for a proxy's cache fill to tee the upstream body into while it spools it
+        for the clients. Nothing is visible at the address before its `commit`, which the
+        caller makes only once the digest verified (else `abort`). None on the filesystem,
+        where `publish_file` hard-links the spool file instead."""
+        key = blob_key(digest)
+        if self.backend.local_path(key) is not None:
+            return None
+        return await self.backend.create(key)
+
+    async def published(self, writer: ObjectWriter, digest: Digest) -> None:
+        """Commit a `fill_writer` whose bytes the caller verified against `digest`."""
+        await writer.commit()
+        self.faults.healed(str(digest))
 
     async def publish_file(self, path: Path, digest: Digest) -> None:
         """Adopt a fully written local file whose digest the caller verified as it streamed
