@@ -86,11 +86,13 @@ class BlobStore:
         path = self.backend.local_path(key)
         if path is not None:
             return BlobBody(digest=digest, size=size, local=LocalFile(path))
+        opener = getattr(self.backend, "open_raw", None)  # S3: the GET's socket to splice
         return BlobBody(
             digest=digest,
             size=size,
             stream=self.backend.read(key),
             presign=partial(self.backend.presign_get, key),
+            raw=partial(opener, key) if opener is not None else None,
         )
 
     def read(

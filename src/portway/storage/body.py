@@ -4,6 +4,8 @@ One of: bytes to stream (`stream`), an opaque local file the HTTP layer may send
 sendfile (`local`; only the filesystem backend makes one), a file still being written (a
 proxy's cache fill, `growing`). Where the backend can sign URLs, `presign` makes a
 time-limited one the client may fetch directly (the HTTP layer decides whether to redirect).
+Where the backend can hand over the socket its GET answer arrives on (S3 over plain HTTP),
+`raw` opens it and the HTTP layer splices the body to the client instead of streaming it.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import TYPE_CHECKING
 from portway.oci.digest import Digest
 
 if TYPE_CHECKING:
+    from portway.storage.s3raw import RawBody
     from portway.upstream.singleflight import SpoolReader
 
 
@@ -40,6 +43,7 @@ class LocalFile:
 
 
 Presigner = Callable[[float], Awaitable[str | None]]
+RawOpener = Callable[[], Awaitable["RawBody | None"]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,3 +54,4 @@ class BlobBody:
     local: LocalFile | None = None
     growing: SpoolReader | None = None
     presign: Presigner | None = None  # seconds of validity -> URL (None: cannot sign)
+    raw: RawOpener | None = None  # the object's socket to splice from (S3 over plain HTTP)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from portway.storage.backend import ObjectInfo, ObjectWriter, Part, PendingWrite
 from portway.storage.s3 import MIN_PART, S3Backend, S3Settings
+from portway.storage.s3raw import RawBody
 
 M_MMAP_THRESHOLD = -3  # glibc mallopt(3)
 PART_MMAP = 1024 * 1024  # the parts, and the 1 MiB pieces of a body read from the socket
@@ -64,6 +65,9 @@ class LazyS3Backend:
     ) -> AsyncIterator[bytes]:
         async for chunk in (await self._open()).read(key, offset, length):
             yield chunk
+
+    async def open_raw(self, key: str) -> RawBody | None:
+        return await (await self._open()).open_raw(key)
 
     async def create(self, key: str) -> ObjectWriter:
         return await (await self._open()).create(key)

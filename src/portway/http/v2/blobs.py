@@ -8,16 +8,22 @@ import functools
 import ipaddress
 import logging
 import re
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 from aiohttp.abc import AbstractStreamWriter
 
 from portway.http.forwarded import IPNetwork, client_address
+from portway.http.splice import splice_all
 from portway.http.v2.call import V2Call
 from portway.oci.digest import Digest
 from portway.oci.errors import RegistryError
+from portway.storage.backend import ObjectMissing
 from portway.storage.body import BlobBody
 from portway.upstream.singleflight import SpoolReader
+
+if TYPE_CHECKING:
+    from portway.storage.s3raw import RawBody
 
 log = logging.getLogger("portway.http")
 SMALL_BLOB = 64 * 1024
@@ -92,9 +98,12 @@ async def get(call: V2Call, digest_text: str) -> web.StreamResponse:
                 raise RegistryError("BLOB_UNKNOWN", f"blob {digest} is damaged in storage")
             return web.Response(body=data, headers=headers)
         return _BlobFile(blob.local.sendfile_path(), headers=headers)
+    raw = await _open_raw(call, blob) if not range_header else None
     response = web.StreamResponse(status=200, headers=headers)
     response.content_length = blob.size
     await response.prepare(call.request)
+    if raw is not None:
+        return await _send_raw(call, response, raw, digest)
     if blob.growing is not None:
         return await _send_growing(call, response, blob.growing, digest)
     assert blob.stream is not None
@@ -144,6 +153,53 @@ async def _drop(blob: BlobBody) -> None:
     if close is not None:
         with contextlib.suppress(Exception):
             await close()
+
+
+async def _open_raw(call: V2Call, blob: BlobBody) -> RawBody | None:
+    """The storage answer's socket to splice from, when both ends are plain sockets."""
+    transport = call.request.transport
+    if (
+        blob.raw is None
+        or transport is None
+        or transport.get_extra_info("sslcontext") is not None
+        or transport.get_extra_info("socket") is None
+    ):
+        return None
+    try:
+        raw = await blob.raw()
+    except ObjectMissing:
+        raise RegistryError("BLOB_UNKNOWN", f"blob {blob.digest} is missing from storage") from None
+    if raw is not None:
+        await _drop(blob)
+    return raw
+
+
+async def _send_raw(
+    call: V2Call, response: web.StreamResponse, raw: RawBody, digest: Digest
+) -> web.StreamResponse:
+    """The headers and what the storage client had read, then the rest spliced from the
+    storage's socket to the client's (the kernel copies it; Python never holds it)."""
+    transport = call.request.transport
+    try:
+        await response.write(raw.first)  # sends the buffered headers even when empty
+        while transport is not None and transport.get_write_buffer_size():
+            if transport.is_closing():
+                raise ConnectionResetError("client went away")
+            await asyncio.sleep(0.001)  # splice must not overtake what aiohttp still holds
+        if transport is None or transport.is_closing():
+            raise ConnectionResetError("client went away")
+        await splice_all(raw.fd, transport.get_extra_info("socket").fileno(), raw.remaining)
+    except ConnectionResetError:
+        raise
+    except Exception as exc:
+        log.warning("blob %s of %s cut short: %s", digest, call.url_name, exc)
+        if transport is not None:
+            transport.close()
+        raise ConnectionResetError(f"blob {digest} cut short") from exc
+    finally:
+        raw.close()
+    await response.write_eof()
+    return response
 
 
 async def _send_growing(
