@@ -11,7 +11,7 @@ TEST_STAMP := $(VENV)/.portway-test-installed
 ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: venv serve test lint pytest bench clean distclean
+.PHONY: venv serve test lint pytest bench image clean distclean
 
 # `make venv`: the development environment (what `make test` uses).
 venv: $(TEST_STAMP)
@@ -52,6 +52,10 @@ test: venv
 
 bench: venv
 	$(PY) bench/run.py $(ARGS)
+
+# Portway's OCI image, built with buildah from scratch (README "Running as a container").
+image: venv
+	deploy/build-image.sh $(ARGS)
 
 clean:
 	rm -rf build dist .pytest_cache .mypy_cache .ruff_cache

@@ -9,6 +9,7 @@ PACKAGES=(
   podman
   chromium  # the web UI tests drive it with Playwright (tests/support/browser.py)
   buildah
+  mmdebstrap  # deploy/build-image.sh makes the image's Debian root with it (tests/test_image.py)
   docker.io
   docker-registry
   nginx

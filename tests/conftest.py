@@ -19,6 +19,7 @@ from support.ceph import CephRGW
 from support.distribution import Distribution
 from support.dockerd import Dockerd
 from support.engines import ContainerStorage
+from support.image_build import finish_build, start_build
 from support.images import MultiArchImage, OciImage, make_multiarch_layout, make_oci_layout
 from support.postgres import Postgres
 from support.process import stop_all
@@ -32,7 +33,15 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "slow: takes more than a few seconds (still run by default)")
 
 
+def pytest_collection_finish(session: pytest.Session) -> None:
+    # Portway's OCI image takes minutes to build (a Debian download); start it now, in the
+    # background, when a test of it is to run (tests/test_image.py waits for it).
+    if any(item.path.name == "test_image.py" for item in session.items):
+        start_build()
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    finish_build()
     leftovers = stop_all()
     if leftovers:
         print(f"\nconftest: stopped processes the tests left running: {leftovers}", file=sys.stderr)
