@@ -1,9 +1,11 @@
-"""What one node changes, every node sees: a re-tag and a delete within a second, failed-login
-counts, users and roles (a reduced isolation matrix), on a 3-node cluster sharing PostgreSQL.
+"""What one node changes, every node sees: a re-tag and a delete within a second, a connector
+made through one node's API listening on every node, failed-login counts, users and roles (a
+reduced isolation matrix), on a 3-node cluster sharing PostgreSQL.
 Each request goes to one node directly, so the test knows which node answered."""
 
 from __future__ import annotations
 
+import socket
 import time
 from collections.abc import Callable, Iterator
 
@@ -13,7 +15,8 @@ import requests
 from portway.auth.privileges import Privilege, Role
 from portway.compose import Portway
 from portway.config import load_settings
-from support.cluster import Cluster, portway_cli, start_cluster
+from support.cluster import Cluster, node_of, portway_cli, start_cluster
+from support.ports import free_port
 from support.security import OCI_MANIFEST, Client, digest_of, make_image, push_image
 from support.server import PortwayServer
 
@@ -34,6 +37,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, postgres_url: str) -> Iter
     with start_cluster(
         tmp_path_factory.mktemp("cluster"), postgres_url,
         security=security, repositories=REPOSITORIES,
+        server={"share_connector_ports": True},  # three nodes on one host, one connector
     ) as started:  # fmt: skip
         # Roles and users through the services `portway role add` / `user add` call, in this
         # process (each `portway` command takes seconds to start on a busy machine).
@@ -88,6 +92,49 @@ def test_retag_and_delete_seen_on_every_node_within_a_second(cluster: Cluster) -
     assert max(seen) <= SEEN_WITHIN, f"delete seen after {seen} s"
     for client in clients:
         assert client.get_manifest("docker-hosted/retag", "t").status_code == 404
+
+
+def test_a_connector_made_on_one_node_listens_on_every_node(cluster: Cluster) -> None:
+    session = cluster.session()
+    nodes = [node_of(session.get(f"{n.url}/api/v1/connectors", timeout=30)) for n in cluster.nodes]
+    assert len(set(nodes)) == len(cluster.nodes)  # one process each: its id names the node
+    listen = f"127.0.0.1:{free_port()}"
+    body = {"listen": listen, "repository": "docker-hosted"}
+    sent = time.monotonic()
+    made = session.post(f"{cluster.nodes[0].url}/api/v1/connectors", json=body, timeout=30)
+    assert made.status_code == 201, made.text
+    answered: set[str] = set()  # nodes that answered on the new port (fresh connections)
+    while answered != set(nodes) and time.monotonic() - sent < 10:
+        try:
+            reply = requests.get(f"http://{listen}/v2/", headers={"Connection": "close"},
+                                 timeout=5)  # fmt: skip
+        except requests.ConnectionError:
+            time.sleep(0.01)
+            continue
+        assert reply.status_code == 401  # the registry's challenge, from the connector
+        answered.add(node_of(reply))
+    took = time.monotonic() - sent
+    assert answered == set(nodes), (answered, nodes, cluster.logs()[-3000:])
+    assert took <= 2.0, f"every node listened after {took:.2f}s"
+    print(f"connector listening on all {len(nodes)} nodes {took:.3f}s after the POST was sent")
+    for node in cluster.nodes:
+        shown = session.get(f"{node.url}/api/v1/connectors/{listen}", timeout=30).json()
+        assert shown["state"] == "listening" and shown["managedBy"] == "api", shown
+
+    gone = session.delete(f"{cluster.nodes[2].url}/api/v1/connectors/{listen}", timeout=30)
+    assert gone.status_code == 204, gone.text
+    deleted = time.monotonic()
+
+    def refused() -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", int(listen.rpartition(":")[2])), 1):
+                return False
+        except OSError:
+            return True
+
+    while not refused():
+        assert time.monotonic() - deleted <= 2.0, "a node still listens 2 s after the delete"
+        time.sleep(0.01)
 
 
 def login(node: PortwayServer, user: str, password: str) -> int:

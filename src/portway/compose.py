@@ -13,7 +13,7 @@ rotate` opens no database, `portway repo list` never creates the admin account (
 from __future__ import annotations
 
 from collections.abc import Mapping
-from functools import cached_property
+from functools import cached_property, partial
 from types import TracebackType
 from typing import TYPE_CHECKING
 
@@ -216,7 +216,8 @@ class Portway:
         admin.apply = self.apply_repositories
         # Connectors and host mappings made through the admin API (repos/access.py).
         access = AccessStore(self.meta.engine, self.meta.read_engine)
-        admin.access = AccessAdmin(self.settings, access, admin, audit=self.audit, probe=probe)
+        check = partial(probe, reuse_port=self.settings.server.share_connector_ports)
+        admin.access = AccessAdmin(self.settings, access, admin, audit=self.audit, probe=check)
         return admin
 
     def connector_source(self) -> DefinitionSource:

@@ -59,6 +59,10 @@ class ServerConfig(_Strict):
     # (ADR 18); the systemd unit's TimeoutStopSec must stay above it.
     drain_timeout: float = Field(default=60, ge=0, le=3600, description="seconds")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    # Several nodes on one host serve the same connector ports (SO_REUSEPORT: the kernel
+    # spreads new connections over them). Off, a connector port another process holds is
+    # refused, as the main listener always is (ADR 9, ADR 28).
+    share_connector_ports: bool = False
     # Operations (README "Operations"): one access-log line per request, as text or JSON;
     # Prometheus metrics at /metrics; health checks of the database and the blob store.
     log_format: Literal["text", "json"] = "text"

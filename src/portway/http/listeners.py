@@ -42,8 +42,13 @@ class ListenError(Exception):
     """A listener could not be bound; the message names it and says why."""
 
 
-def bind_listener(listen: str, backlog: int = 1024) -> list[socket.socket]:
-    """Bound, listening sockets for `HOST:PORT` (every address the host resolves to)."""
+def bind_listener(
+    listen: str, backlog: int = 1024, *, reuse_port: bool = False, bind_only: bool = False
+) -> list[socket.socket]:
+    """Bound, listening sockets for `HOST:PORT` (every address the host resolves to).
+    `reuse_port`: other processes that set it too may bind the same address (connectors of
+    several nodes on one host); `bind_only`: bound, not listening (a check that the address
+    is free, which never takes a connection)."""
     host, port = split_listen(listen)
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
@@ -59,6 +64,8 @@ def bind_listener(listen: str, backlog: int = 1024) -> list[socket.socket]:
             sock = socket.socket(family, kind, proto)
             sockets.append(sock)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if reuse_port:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             if family == socket.AF_INET6:
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
             if port == 0 and len(sockets) > 1:  # one ephemeral port for every address
@@ -67,7 +74,8 @@ def bind_listener(listen: str, backlog: int = 1024) -> list[socket.socket]:
                 sock.bind(address)
             except OSError as exc:
                 raise ListenError(f"cannot listen on {listen}: {exc.strerror or exc}") from exc
-            sock.listen(backlog)
+            if not bind_only:
+                sock.listen(backlog)
             sock.setblocking(False)
     except BaseException:
         for sock in sockets:

@@ -63,9 +63,10 @@ def ssl_context(tls: Any) -> ssl.SSLContext | None:
     return build_ssl_context(tls)
 
 
-def probe(config: ConnectorConfig, bind: bool) -> None:
+def probe(config: ConnectorConfig, bind: bool, reuse_port: bool = False) -> None:
     """A new connector's checks on the node that takes the API call: its TLS files load, its
-    address can be bound (then released at once: the listener holder binds it for good)."""
+    address can be bound (bound without listening, then released at once: the listener
+    holder binds it for good)."""
     try:
         ssl_context(config.tls)
     except (OSError, ssl.SSLError, ValueError) as exc:
@@ -73,7 +74,7 @@ def probe(config: ConnectorConfig, bind: bool) -> None:
     if not bind:
         return
     try:
-        sockets = bind_listener(config.listen)
+        sockets = bind_listener(config.listen, reuse_port=reuse_port, bind_only=True)
     except ListenError as exc:
         raise RepositoryRefused(f"{exc} (on this node)", status=409) from None
     except OSError as exc:
@@ -98,7 +99,10 @@ class Changes:
 class ListenerBook:
     """The connector sockets this process holds, and the connectors it could not bind."""
 
-    def __init__(self, held: Sequence[tuple[ConnectorConfig, socket.socket]] = ()) -> None:
+    def __init__(
+        self, held: Sequence[tuple[ConnectorConfig, socket.socket]] = (), reuse_port: bool = False
+    ) -> None:
+        self.reuse_port = reuse_port  # [server] share_connector_ports
         self.held: dict[str, tuple[ConnectorConfig, list[socket.socket]]] = {}
         for config, sock in held:
             self.held.setdefault(config.listen, (config, []))[1].append(sock)
@@ -129,7 +133,7 @@ class ListenerBook:
                 continue
             previous = self.failed.get(listen)
             try:
-                sockets = bind_listener(listen)
+                sockets = bind_listener(listen, reuse_port=self.reuse_port)
             except (ListenError, OSError) as exc:
                 detail = str(exc)
                 if previous is None or previous[1] != detail:

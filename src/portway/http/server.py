@@ -95,9 +95,10 @@ def bind_listeners(settings: Settings) -> list[tuple[ConnectorConfig | None, soc
     bound: list[tuple[ConnectorConfig | None, socket.socket]] = []
     try:
         bound += [(None, sock) for sock in bind_listener(settings.server.listen)]
+        share = settings.server.share_connector_ports
         for conn in settings.connector:
             if conn.served_by == "portway":
-                bound += [(conn, sock) for sock in bind_listener(conn.listen)]
+                bound += [(conn, s) for s in bind_listener(conn.listen, reuse_port=share)]
     except BaseException:
         for _, sock in bound:
             sock.close()
@@ -218,7 +219,10 @@ async def run_worker(
         if control is not None:
             live.attach(control)
         else:  # alone: the book holds copies, the sites the sockets they serve
-            book = ListenerBook([(c, s.dup()) for c, s in sockets if c is not None])
+            book = ListenerBook(
+                [(c, s.dup()) for c, s in sockets if c is not None],
+                settings.server.share_connector_ports,
+            )
             watch = Watch(root.connector_source(), book)
             tasks.append(asyncio.create_task(watch_loop(watch, live)))
         tasks += [
@@ -314,7 +318,9 @@ def serve(settings: Settings, workers: int, compose: Compose) -> int:
         _run(settings, sockets, compose)
         return 0
     main = [(c, s) for c, s in sockets if c is None]
-    book = ListenerBook([(c, s) for c, s in sockets if c is not None])
+    book = ListenerBook(
+        [(c, s) for c, s in sockets if c is not None], settings.server.share_connector_ports
+    )
     root = compose(settings)  # the supervisor's own look at the definitions
     try:
         watch = Watch(root.connector_source(), book)
