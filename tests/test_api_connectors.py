@@ -99,6 +99,8 @@ def test_connector_made_through_the_api_listens_on_both_workers_and_stops(
     assert len(seen) == 2
     path = requests.get(f"{server.url}/v2/docker-hosted/app/tags/list", auth=creds)
     assert path.json()["tags"] == ["v1"]
+    nexus = admin.get(f"{server.url}/service/rest/v1/repositories/docker/hosted/docker-hosted")
+    assert nexus.json()["docker"]["httpPort"] == port  # Nexus's view shows the new connector
 
     # An update (If-Match) points the port at another repository, on both workers.
     read = admin.get(f"{server.url}{CONNECTORS}/{listen}")

@@ -187,7 +187,7 @@ async def list_repositories(call: Call) -> web.StreamResponse:
 
 async def get_any(call: Call) -> web.StreamResponse:
     entry = _entry(call)
-    return json_response(from_entry(entry, call.base_url(), call.ctx.settings))
+    return json_response(from_entry(entry, call.base_url(), call.ctx.registry.settings))
 
 
 async def delete_any(call: Call) -> web.StreamResponse:
@@ -197,20 +197,20 @@ async def delete_any(call: Call) -> web.StreamResponse:
 
 def _kind_ops(kind: str, request: type[Request], answer: type[Any]) -> list[Operation]:
     async def create(call: Call) -> web.StreamResponse:
-        cfg = to_config(kind, call.body, call.ctx.settings)
+        cfg = to_config(kind, call.body, call.ctx.registry.settings)
         await call.services.repositories.create(cfg, actor=call.actor)
         return web.Response(status=201, headers={"Location": f"{BASE}/docker/{kind}/{cfg.name}"})
 
     async def read(call: Call) -> web.StreamResponse:
         entry = _entry(call, kind)
-        return json_response(from_entry(entry, call.base_url(), call.ctx.settings))
+        return json_response(from_entry(entry, call.base_url(), call.ctx.registry.settings))
 
     async def update(call: Call) -> web.StreamResponse:
         name = call.path("name")
         if call.body.name != name:
             raise Problem(400, f"name: {call.body.name!r} is not {name!r} (names cannot change)")
         _entry(call, kind)
-        cfg = to_config(kind, call.body, call.ctx.settings)
+        cfg = to_config(kind, call.body, call.ctx.registry.settings)
         await call.services.repositories.replace(cfg, actor=call.actor)
         return no_content()
 

@@ -117,7 +117,7 @@ async def manifest(p: Page) -> web.StreamResponse:
     except RegistryError:
         referrers = []
     definition = next((d for d in p.ctx.snapshot.definitions if d.name == name), None)
-    methods = accesses(p.ctx.settings, name, bool(definition and definition.path_routing),
+    methods = accesses(p.ctx.registry.settings, name, bool(definition and definition.path_routing),
                        p.request.host)  # fmt: skip
     pulls = [(a, commands(a, image, ref)) for a in methods]
     return p.render("manifest.html", repo=name, image=image, ref=ref, view=view,
