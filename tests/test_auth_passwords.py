@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from portway.auth import passwords
 from portway.auth.passwords import (
     FAST_TEST_PARAMS,
     MAX_PASSWORD_BYTES,
@@ -64,3 +65,14 @@ def test_needs_rehash_when_parameters_change(hasher: PasswordHasher) -> None:
 def test_dummy_verify_takes_time_without_error(hasher: PasswordHasher) -> None:
     hasher.verify_dummy("anything")
     hasher.verify_dummy("y" * 10_000)
+
+
+def test_the_dummy_hash_of_the_default_parameters_costs_what_a_real_one_costs() -> None:
+    """The default hasher's dummy is a constant (no hash at every start); it must be a real
+    hash of the dummy password made with the default parameters, or an unknown user's login
+    would take another time than a known user's."""
+    default = PasswordHasher()
+    assert default._dummy == passwords._DEFAULT_DUMMY
+    assert not default.needs_rehash(default._dummy)  # the default parameters, argon2id
+    assert default.verify(default._dummy, passwords._DUMMY_PASSWORD)
+    assert default.needs_rehash(PasswordHasher(FAST_TEST_PARAMS)._dummy)  # others: their own

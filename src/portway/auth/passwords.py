@@ -38,6 +38,14 @@ def lower_thread_priority() -> None:
 FAST_TEST_PARAMS = HashParams(time_cost=1, memory_cost=1024, parallelism=1)
 """Cheap parameters for tests only; never for stored production hashes."""
 
+_DUMMY_PASSWORD = "portway-no-such-user"
+_DEFAULT_DUMMY = (
+    "$argon2id$v=19$m=65536,t=3,p=4$KT+mdVNVCYyR+99IF+Neow"
+    "$JKQ/Mv6e8ZErU4eTqgXQzQuzVW6ytzzXtYLaAGq1SoE"
+)
+"""`_DUMMY_PASSWORD` hashed once with the default `HashParams` (the salt is no secret: anyone
+may know the dummy), so a process does not spend a hash on it at every start."""
+
 
 class PasswordHasher:
     """Hash and verify passwords. `verify` never raises on a wrong password or a bad hash."""
@@ -51,8 +59,9 @@ class PasswordHasher:
             type=Type.ID,
         )
         # A hash of nothing anyone knows, verified when a user does not exist, so a login for
-        # an unknown name costs the same time as one for a known name.
-        self._dummy = self._argon2.hash("portway-no-such-user")
+        # an unknown name costs the same time as one for a known name: the verification's cost
+        # is the one the hash names, so it must be made with these parameters.
+        self._dummy = _DEFAULT_DUMMY if p == HashParams() else self._argon2.hash(_DUMMY_PASSWORD)
 
     def hash(self, password: str) -> str:
         _check_length(password)
