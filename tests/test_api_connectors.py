@@ -241,3 +241,37 @@ def test_a_port_in_use_and_bad_definitions_get_problem_answers(
     assert admin.get(f"{server.url}{HOSTS}/nowhere.test").status_code == 404
     assert requests.get(f"{server.url}{CONNECTORS}").status_code == 401
     assert server.alive()
+
+
+def test_a_connector_whose_port_is_taken_at_start_is_failed_then_retried(
+    server: PortwayServer, admin: requests.Session
+) -> None:
+    """The process holding the listeners cannot bind a stored connector (another program took
+    the port while Portway was stopped): the server starts all the same, the connector shows
+    `failed` with the reason, and it listens once the port is free again."""
+    port = free_port()
+    listen = f"127.0.0.1:{port}"
+    made = admin.post(f"{server.url}{CONNECTORS}", json={"listen": listen, "repository": "other"})
+    assert made.status_code == 201, made.text
+    server.stop()
+    holder = socket.socket()
+    holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    holder.bind(("127.0.0.1", port))
+    holder.listen()
+
+    def shown() -> dict[str, object]:
+        answer = admin.get(f"{server.url}{CONNECTORS}/{listen}", headers={"Connection": "close"})
+        assert answer.status_code == 200, answer.text
+        return dict(answer.json())
+
+    try:
+        server.start(90)
+        _until(lambda: shown()["state"] == "failed", 10.0)
+        assert "Address already in use" in str(shown()["detail"])
+        assert f"connector {listen} not listening" in server.log()
+    finally:
+        holder.close()
+    _until(lambda: _accepts(port) and shown()["state"] == "listening", 15.0)
+    reply = requests.get(f"http://{listen}/v2/", headers={"Connection": "close"})
+    assert reply.status_code == 401  # the registry answers on it
+    assert admin.delete(f"{server.url}{CONNECTORS}/{listen}").status_code == 204
