@@ -15,7 +15,7 @@ import pytest
 import requests
 
 from admin_api_support import NEXUS, VIEWER, add_viewer, admin_session
-from jobs_support import JobsServer, blob_status, push_orphans, run_now, wait_run
+from jobs_support import IMAGE, JobsServer, blob_status, push_orphans, run_now, wait_run
 
 JOBS = {
     "jobs": {"lease_ttl": 6, "poll_interval": 1},
@@ -169,3 +169,47 @@ def test_a_scheduled_job_fires_once_per_fire_time(
     assert first["dryRun"] and first["report"]["summary"].startswith("gc: would delete")
     job = admin.get(f"{server.url}/api/v1/jobs/sweep").json()
     assert job["schedule"] == "* * * * *" and job["nextRun"] > first["fireTime"]
+
+
+def test_the_upload_purge_job_removes_an_abandoned_upload(
+    server: JobsServer, admin: requests.Session
+) -> None:
+    """The purge is a job now (no longer every worker's janitor): an upload session idle for
+    longer than upload_session_ttl (24 h) goes at its run, and its URL answers 404."""
+    import os
+    import sqlite3
+
+    from support.cluster import token
+
+    auth = ("admin", server.admin_password() or "")
+    bearer = {
+        "Authorization": f"Bearer {token(server.url, auth, [f'repository:{IMAGE}:pull,push'])}"
+    }
+    started = requests.post(f"{server.url}/v2/{IMAGE}/blobs/uploads/", headers=bearer, timeout=30)
+    assert started.status_code == 202, started.text
+    location = started.headers["Location"]
+    upload_id = started.headers["Docker-Upload-UUID"]
+    two_days_ago = time.time() - 2 * 86400
+    os.utime(server.data_dir / "storage" / "uploads" / upload_id, (two_days_ago, two_days_ago))
+    with sqlite3.connect(server.data_dir / "portway.db") as db:  # the session row as old
+        db.execute(
+            "UPDATE uploads SET created = ?, updated = ? WHERE id = ?",
+            (two_days_ago, two_days_ago, upload_id),
+        )
+    dry = wait_run(
+        admin,
+        server.url,
+        "upload-purge",
+        run_now(admin, server.url, "upload-purge", dry_run=True)["id"],
+    )
+    assert dry["report"]["counts"]["uploads"] == 1, dry
+    url = location if location.startswith("http") else server.url + location
+    assert requests.get(url, headers=bearer, timeout=30).status_code == 204  # still there
+    real = wait_run(
+        admin,
+        server.url,
+        "upload-purge",
+        run_now(admin, server.url, "upload-purge", dry_run=False)["id"],
+    )
+    assert real["state"] == "done" and real["report"]["counts"]["uploads"] == 1, real
+    assert requests.get(url, headers=bearer, timeout=30).status_code == 404
