@@ -41,7 +41,7 @@ if TYPE_CHECKING:
     from portway.jobs.scheduler import Scheduler
     from portway.jobs.services import JobService
     from portway.maintenance.proxy_state import SharedProxyHealth
-    from portway.repos.access import AccessAdmin, DefinitionSource
+    from portway.repos.access import DefinitionSource
     from portway.repos.admin import Network, RepositoryAdmin
 
 
@@ -189,14 +189,11 @@ class Portway:
         def routes(settings: Settings) -> RouteTable:
             return RouteTable.from_settings(settings, ports)
 
-        # The file's repositories, connectors and hosts and those made through the admin API
-        # (repos/admin.py, repos/access.py).
+        # The file's repositories, connectors and hosts and the API's (repos/admin.py, access.py).
         admin = self.repository_admin
-        repositories = admin.initial()
-        connectors, hosts = admin.network()
-        settings = self.settings.model_copy(
-            update={"repository": repositories, "connector": connectors, "host": hosts}
-        )
+        repositories, (connectors, hosts) = admin.initial(), admin.network()
+        update = {"repository": repositories, "connector": connectors, "host": hosts}
+        settings = self.settings.model_copy(update=update)
         registry = RepositoryRegistry(settings, build, routes)
         registry.on_read = admin.maybe_refresh  # another worker's or node's change
         return registry
@@ -225,12 +222,6 @@ class Portway:
         from portway.repos.access import DefinitionSource
 
         return DefinitionSource(self.repository_admin)
-
-    @property
-    def access_admin(self) -> AccessAdmin:
-        access = self.repository_admin.access
-        assert access is not None
-        return access
 
     async def apply_repositories(
         self, definitions: tuple[RepositoryConfig, ...], network: Network | None = None
@@ -344,7 +335,7 @@ class Portway:
             roles=self.roles,
             keys=self.keys,
             repositories=self.repository_admin,
-            access=self.access_admin,
+            access=self.connector_source().access,
             browse=queries,
             tags=TagBrowser(queries),
             bulk=BulkTags(queries),
