@@ -7,8 +7,10 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
 import requests
 from openapi_spec_validator import validate
 
@@ -17,36 +19,43 @@ from portway.api.views import operations
 from support.server import PortwayServer
 
 
-def test_document_is_valid_and_names_every_route(tmp_path: Path) -> None:
-    server = start_server(tmp_path, workers=1)
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PortwayServer]:
+    """One server (security on, 2 workers) for the module: the document test only reads, and
+    runs before the schemathesis run that changes what the server holds."""
+    srv = start_server(tmp_path_factory.mktemp("openapi"), workers=2)
     try:
-        answer = requests.get(f"{server.url}/api/openapi.json")
-        assert answer.status_code == 200  # no credentials needed to read it
-        doc = answer.json()
-        validate(doc)
-        assert doc["openapi"].startswith("3.1")
-        listed = {(m.upper(), p) for p, item in doc["paths"].items() for m in item}
-        mounted = {(op.method, op.path) for op in operations()}
-        assert mounted <= listed
-        assert ("GET", "/api/openapi.json") in listed
-        for must in (
-            ("GET", "/service/rest/v1/repositories"),
-            ("POST", "/service/rest/v1/repositories/docker/hosted"),
-            ("PUT", "/service/rest/v1/repositories/docker/group/{name}"),
-            ("GET", "/service/rest/v1/security/privileges"),
-            ("GET", "/service/rest/v1/search"),
-            ("GET", "/api/v1/repositories/{name}/images/{image}/tags"),
-        ):
-            assert must in listed, must
-        hosted = doc["components"]["schemas"]["HostedStorageAttributes"]
-        assert hosted["properties"]["writePolicy"]["enum"] == ["allow", "allow_once", "deny"]
-        # Every path parameter of every operation is declared.
-        for path, item in doc["paths"].items():
-            for operation in item.values():
-                declared = {p["name"] for p in operation["parameters"] if p["in"] == "path"}
-                assert declared == set(re.findall(r"{(\w+)}", path))
+        yield srv
     finally:
-        server.stop()
+        srv.stop()
+
+
+def test_document_is_valid_and_names_every_route(server: PortwayServer) -> None:
+    answer = requests.get(f"{server.url}/api/openapi.json")
+    assert answer.status_code == 200  # no credentials needed to read it
+    doc = answer.json()
+    validate(doc)
+    assert doc["openapi"].startswith("3.1")
+    listed = {(m.upper(), p) for p, item in doc["paths"].items() for m in item}
+    mounted = {(op.method, op.path) for op in operations()}
+    assert mounted <= listed
+    assert ("GET", "/api/openapi.json") in listed
+    for must in (
+        ("GET", "/service/rest/v1/repositories"),
+        ("POST", "/service/rest/v1/repositories/docker/hosted"),
+        ("PUT", "/service/rest/v1/repositories/docker/group/{name}"),
+        ("GET", "/service/rest/v1/security/privileges"),
+        ("GET", "/service/rest/v1/search"),
+        ("GET", "/api/v1/repositories/{name}/images/{image}/tags"),
+    ):
+        assert must in listed, must
+    hosted = doc["components"]["schemas"]["HostedStorageAttributes"]
+    assert hosted["properties"]["writePolicy"]["enum"] == ["allow", "allow_once", "deny"]
+    # Every path parameter of every operation is declared.
+    for path, item in doc["paths"].items():
+        for operation in item.values():
+            declared = {p["name"] for p in operation["parameters"] if p["in"] == "path"}
+            assert declared == set(re.findall(r"{(\w+)}", path))
 
 
 def _schemathesis(
@@ -76,15 +85,11 @@ def _schemathesis(
     return subprocess.run(argv, capture_output=True, text=True, timeout=240, cwd=cwd)
 
 
-def test_schemathesis_finds_no_server_error(tmp_path: Path) -> None:
-    server = start_server(tmp_path, workers=2)
-    try:
-        password = server.admin_password()
-        assert password
-        run = _schemathesis(server, password, tmp_path)
-        output = run.stdout + run.stderr
-        assert run.returncode == 0, output[-6000:]
-        assert re.search(r"\d+ generated, \d+ passed", output), output[-3000:]
-        assert not re.search(r'" 5\d\d in=', server.log()), "a 5xx in the access log"
-    finally:
-        server.stop()
+def test_schemathesis_finds_no_server_error(server: PortwayServer, tmp_path: Path) -> None:
+    password = server.admin_password()
+    assert password
+    run = _schemathesis(server, password, tmp_path)
+    output = run.stdout + run.stderr
+    assert run.returncode == 0, output[-6000:]
+    assert re.search(r"\d+ generated, \d+ passed", output), output[-3000:]
+    assert not re.search(r'" 5\d\d in=', server.log()), "a 5xx in the access log"
