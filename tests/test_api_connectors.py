@@ -8,6 +8,7 @@ in use and other bad definitions get problem answers, not a crash."""
 from __future__ import annotations
 
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Iterator
@@ -17,6 +18,7 @@ import pytest
 import requests
 
 from admin_api_support import admin_session, on_both_workers, start_server
+from portway.tls.ca import TlsInitResult, init_tls
 from support.engines import skopeo
 from support.images import OciImage
 from support.ports import free_port
@@ -274,4 +276,47 @@ def test_a_connector_whose_port_is_taken_at_start_is_failed_then_retried(
     _until(lambda: _accepts(port) and shown()["state"] == "listening", 15.0)
     reply = requests.get(f"http://{listen}/v2/", headers={"Connection": "close"})
     assert reply.status_code == 401  # the registry answers on it
+    assert admin.delete(f"{server.url}{CONNECTORS}/{listen}").status_code == 204
+
+
+def _https_worker(port: int, ca: Path) -> str | None:
+    """The worker that answered `GET /v2/` over TLS trusting only `ca` (None: refused)."""
+    context = ssl.create_default_context(cafile=str(ca))
+    try:
+        with (
+            socket.create_connection(("127.0.0.1", port), timeout=5) as raw,
+            context.wrap_socket(raw, server_hostname="127.0.0.1") as tls,
+        ):
+            tls.sendall(b"GET /v2/ HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+            reply = tls.recv(65536).decode("latin-1")
+    except ssl.SSLError:
+        return None
+    assert reply.startswith("HTTP/1.1 401"), reply[:200]
+    rid = next(ln for ln in reply.split("\r\n") if ln.lower().startswith("x-request-id:"))
+    return rid.split(":", 1)[1].strip().rsplit("-", 1)[0]
+
+
+def test_a_tls_connector_gets_new_certificates_on_update(
+    server: PortwayServer, admin: requests.Session, tmp_path: Path
+) -> None:
+    first, second = (init_tls(tmp_path / name, ["127.0.0.1"]) for name in ("one", "two"))
+
+    def tls(result: TlsInitResult) -> dict[str, str]:
+        return {"cert": str(result.directory / "127.0.0.1.crt"),
+                "key": str(result.directory / "127.0.0.1.key")}  # fmt: skip
+
+    port = free_port()
+    listen = f"127.0.0.1:{port}"
+    body = {"listen": listen, "repository": "other", "tls": tls(first)}
+    made = admin.post(f"{server.url}{CONNECTORS}", json=body)
+    assert made.status_code == 201 and made.json()["state"] == "listening", made.text
+    workers = {_https_worker(port, first.ca_cert) for _ in range(30)}
+    assert None not in workers and len(workers) == 2
+    moved = admin.put(f"{server.url}{CONNECTORS}/{listen}",
+                      headers={"If-Match": made.json()["etag"]},
+                      json={**body, "tls": tls(second)})  # fmt: skip
+    assert moved.status_code == 200, moved.text
+    _until(lambda: {_https_worker(port, second.ca_cert) for _ in range(10)} - {None} == workers,
+           3.0)  # fmt: skip
+    assert _https_worker(port, first.ca_cert) is None  # the old certificate is gone
     assert admin.delete(f"{server.url}{CONNECTORS}/{listen}").status_code == 204
