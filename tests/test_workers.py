@@ -65,18 +65,30 @@ def _port_free(port: int) -> bool:
     return False
 
 
-@pytest.fixture
-def two_workers(tmp_path: Path) -> Iterator[PortwayServer]:
+def _two_workers(root: Path) -> Iterator[PortwayServer]:
     # started by hand for a longer start timeout: on a busy 2-core machine three Python
     # processes importing the app (parent and two spawned workers) take 15-20 s
-    server = PortwayServer(tmp_path / "portway", workers=2, server={"log_level": "debug"})
+    server = PortwayServer(root / "portway", workers=2, server={"log_level": "debug"})
     yield server.start(60)
     server.stop()
     print(server.log()[-3000:])
 
 
-def test_chunked_uploads_span_both_workers(two_workers: PortwayServer) -> None:
-    server = two_workers
+@pytest.fixture
+def two_workers(tmp_path: Path) -> Iterator[PortwayServer]:
+    """A server of its own, for a test that stops or kills it."""
+    yield from _two_workers(tmp_path)
+
+
+@pytest.fixture(scope="module")
+def serving(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PortwayServer]:
+    """One server for the tests that leave it running (its log is theirs to read: only the
+    chunked-upload test sends it requests)."""
+    yield from _two_workers(tmp_path_factory.mktemp("workers"))
+
+
+def test_chunked_uploads_span_both_workers(serving: PortwayServer) -> None:
+    server = serving
     workers = _worker_pids(server, 2)
     reg = Registry(server.repository_url())
     rng = random.Random(7)
@@ -158,7 +170,7 @@ def test_sigkill_of_the_parent_takes_the_workers_down(two_workers: PortwayServer
 
 @pytest.mark.parametrize("workers", [1, 2])
 def test_a_second_server_on_a_taken_port_fails_instead_of_sharing_it(
-    two_workers: PortwayServer, workers: int
+    serving: PortwayServer, workers: int
 ) -> None:
     """A second server on the same port must refuse to start, never share the port (with
     SO_REUSEPORT it would silently take half the first one's connections)."""
@@ -169,15 +181,15 @@ def test_a_second_server_on_a_taken_port_fails_instead_of_sharing_it(
             "portway",
             "serve",
             "--config",
-            str(two_workers.config_path),
+            str(serving.config_path),
             "--workers",
             str(workers),
         ],
         capture_output=True,
         text=True,
         timeout=30,
-        cwd=two_workers.root,
+        cwd=serving.root,
     )
     assert second.returncode != 0, second.stderr[-2000:]
     assert "in use" in (second.stdout + second.stderr).lower(), second.stderr[-2000:]
-    assert two_workers.alive()
+    assert serving.alive()
