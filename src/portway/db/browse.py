@@ -15,7 +15,42 @@ from portway.db.schema import manifests, tags
 
 # Tag listings read only this index (no table row per tag): the newest change of an image is
 # one seek, push-time order is a range scan, a whole image's list is index-only.
+LENGTHS_KEPT = 200_000  # (repository, image, digest) -> manifest length, for components
+
 Index("ix_tags_pushed", tags.c.repo_id, tags.c.image, tags.c.updated, tags.c.name, tags.c.digest)
+# A tag pattern with a literal start across every image (Nexus search `version=pr-9*`): a
+# range of this index, then the few matches sorted (revision 0010).
+Index("ix_tags_name", tags.c.repo_id, tags.c.name, tags.c.image)
+
+
+def like_parts(pattern: str) -> tuple[str, str]:
+    """A LIKE pattern (backslash escapes) as (its literal start, the same pattern in GLOB's
+    syntax): SQLite's LIKE ignores ASCII case and can use no index; GLOB is case-sensitive,
+    as PostgreSQL's LIKE is, and the literal start bounds an index range."""
+    prefix: list[str] = []
+    out: list[str] = []
+    literal = True
+    chars = iter(pattern)
+    for ch in chars:
+        if ch == "\\":
+            ch = next(chars, "\\")
+            out.append(f"[{ch}]" if ch in "*?[" else ch)
+        elif ch in "%_":
+            literal = False
+            out.append("*" if ch == "%" else "?")
+            continue
+        else:
+            out.append(f"[{ch}]" if ch in "*?[" else ch)
+        if literal:
+            prefix.append(ch)
+    return "".join(prefix), "".join(out)
+
+
+def _after_prefix(prefix: str) -> str | None:
+    """The first string above every string that starts with `prefix` (code point order)."""
+    if not prefix or ord(prefix[-1]) >= 0x10FFFF:
+        return None
+    return prefix[:-1] + chr(ord(prefix[-1]) + 1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +75,7 @@ class BrowseQueries:
         self.dialect = dialect_for(read_engine)
         self._fingerprints: dict[tuple[int, str], tuple[object, tuple[int, float]]] = {}
         self._untagged: dict[tuple[int, str], tuple[object, list[UntaggedRow]]] = {}
+        self._lengths: dict[tuple[int, str, str], tuple[str, int]] = {}
 
     @contextlib.contextmanager
     def _connect(self) -> Iterator[Connection]:
@@ -173,23 +209,41 @@ class BrowseQueries:
         name_like: str | None = None,
         tag_like: str | None = None,
     ) -> list[TagRow]:
-        """Tags across the repository in (image, tag) order, after `after`."""
+        """Tags across the repository in (image, tag) order, after `after`. On SQLite a
+        pattern with a literal start reads a range: of the primary key for an image pattern,
+        of ix_tags_name for a tag pattern (PostgreSQL's LIKE can use an index only under the
+        C collation, so there the pattern alone is given)."""
         stmt = select(tags.c.image, tags.c.name, tags.c.digest, tags.c.updated).where(
             tags.c.repo_id == repo_id
         )
+        sqlite = self.engine.dialect.name == "sqlite"
+        by_name = False  # the rows come from a range of ix_tags_name, sorted afterwards
         if image is not None:
             stmt = stmt.where(tags.c.image == image)
-        if name_like is not None:
-            stmt = stmt.where(tags.c.image.like(name_like, escape="\\"))
-        if tag_like is not None:
-            stmt = stmt.where(tags.c.name.like(tag_like, escape="\\"))
+        for column, pattern in ((tags.c.image, name_like), (tags.c.name, tag_like)):
+            if pattern is None:
+                continue
+            if not sqlite:
+                stmt = stmt.where(column.like(pattern, escape="\\"))
+                continue
+            prefix, glob = like_parts(pattern)
+            stmt = stmt.where(column.op("GLOB")(glob))
+            if prefix:
+                stmt = stmt.where(column >= prefix)
+                upper = _after_prefix(prefix)
+                if upper is not None:
+                    stmt = stmt.where(column < upper)
+                by_name = by_name or (column is tags.c.name and image is None)
         if after is not None:
-            stmt = stmt.where(
-                or_(
-                    tags.c.image > after[0],
-                    and_(tags.c.image == after[0], tags.c.name > after[1]),
+            if by_name:
+                # `image || ''` keeps SQLite from walking the primary key from the cursor's
+                # image on (every tag after it) instead of reading the tag range.
+                img = tags.c.image.concat("")
+                stmt = stmt.where(
+                    or_(img > after[0], and_(img == after[0], tags.c.name > after[1]))
                 )
-            )
+            else:  # a row-value seek on the primary key
+                stmt = stmt.where(tuple_(tags.c.image, tags.c.name) > tuple_(*after))
         stmt = stmt.order_by(tags.c.image, tags.c.name).limit(limit)
         with self._connect() as conn:
             return [TagRow(r[0], r[1], r[2], r[3]) for r in conn.execute(stmt)]
@@ -216,11 +270,20 @@ class BrowseQueries:
         self, repo_id: int, keys: Sequence[tuple[str, str]]
     ) -> dict[tuple[str, str], tuple[str, int]]:
         """(image, digest) -> (media type, manifest size), for a page of components: one
-        primary-key lookup per image."""
+        primary-key lookup per image for the digests not seen before (a digest's bytes never
+        change, so what was read is kept)."""
         out: dict[tuple[str, str], tuple[str, int]] = {}
         by_image: dict[str, list[str]] = {}
         for image, digest in dict.fromkeys(keys):
-            by_image.setdefault(image, []).append(digest)
+            seen = self._lengths.get((repo_id, image, digest))
+            if seen is not None:
+                out[(image, digest)] = seen
+            else:
+                by_image.setdefault(image, []).append(digest)
+        if not by_image:
+            return out
+        if len(self._lengths) > LENGTHS_KEPT:
+            self._lengths.clear()
         with self._connect() as conn:
             for image, digests in by_image.items():
                 stmt = select(
@@ -232,4 +295,5 @@ class BrowseQueries:
                 )
                 for digest, media_type, size in conn.execute(stmt):
                     out[(image, digest)] = (media_type, int(size))
+                    self._lengths[(repo_id, image, digest)] = (media_type, int(size))
         return out
