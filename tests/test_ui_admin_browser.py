@@ -3,12 +3,15 @@
 user; bulk delete tags with a preview (a set that changed since the preview is shown again,
 not deleted) and check through /v2/ that exactly those tags are gone; a cleanup policy's
 dry run lists what it would remove and removes nothing; storage usage; the cleanup job run
-now as a dry run, its progress page followed until the report; every admin page
-refused (403) to a user without admin privileges. Screenshots as tests/test_ui_browser.py."""
+now as a dry run, its progress page followed until the report; a connector and a host
+mapping made on the page serve the repository at once, and a deleted connector stops; every
+admin page refused (403) to a user without admin privileges. Screenshots as
+tests/test_ui_browser.py."""
 
 from __future__ import annotations
 
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,6 +22,8 @@ import requests
 from support import browser
 from support import toml as tomlfile
 from support.images import OCI_MANIFEST, OciImage
+from support.ports import free_port
+from support.process import port_open
 from support.server import PortwayServer
 
 chromium = browser.chromium  # the module's browser (a fixture)
@@ -223,6 +228,44 @@ def test_cleanup_job_dry_run_from_the_jobs_page(
     assert tags_of(server, admin) == before  # a dry run deletes nothing
 
 
+def wait_until(check: Any, what: str, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.1)
+
+
+def test_connector_and_host_made_on_the_page_serve_at_once(
+    chromium: Any, server: PortwayServer, admin: tuple[str, str], manifest: bytes,
+    tmp_path: Path,
+) -> None:  # fmt: skip
+    port = free_port()
+    page = browser.sign_in(chromium, server.url, admin)
+    page.get_by_role("link", name="Connectors").click()
+    page.get_by_label("Listen address").fill(f"127.0.0.1:{port}")
+    page.get_by_role("combobox", name="Repository").first.select_option(REPO)
+    page.get_by_role("button", name="Add connector").click()
+    assert status(page) == f"127.0.0.1:{port} created: it is live now."
+    by_port = f"http://127.0.0.1:{port}/v2/app/tags/list"  # the repository at the root
+    wait_until(lambda: port_open("127.0.0.1", port), "the new connector listens")
+    got = requests.get(by_port, auth=admin, timeout=30)
+    assert got.status_code == 200 and "1.0" in got.json()["tags"], got.text
+    page.get_by_label("Host name").fill("registry.team.test")
+    page.locator("#host-repository").select_option(REPO)
+    page.get_by_role("button", name="Add host mapping").click()
+    assert status(page) == "registry.team.test created: it is live now."
+    by_host = requests.get(f"{server.url}/v2/app/tags/list", auth=admin, timeout=30,
+                           headers={"Host": f"registry.team.test:{server.port}"})  # fmt: skip
+    assert by_host.status_code == 200 and "1.0" in by_host.json()["tags"], by_host.text
+    row = page.get_by_role("row").filter(has_text=f"127.0.0.1:{port}")
+    assert "listening" in row.inner_text() and "api" in row.inner_text()
+    browser.shot(page, "admin-connectors", tmp_path)
+
+    page.get_by_role("button", name=f"Delete connector 127.0.0.1:{port}").click()
+    assert status(page) == f"127.0.0.1:{port} deleted."
+    wait_until(lambda: not port_open("127.0.0.1", port), "the deleted connector stops")
+
+
 def test_non_admin_sees_no_admin_pages(
     chromium: Any, server: PortwayServer, admin: tuple[str, str], manifest: bytes
 ) -> None:
@@ -240,19 +283,40 @@ def test_non_admin_sees_no_admin_pages(
     assert made.status_code in (200, 201), made.text
     page = browser.sign_in(chromium, server.url, DEV)
     nav = page.get_by_role("navigation", name="Main").inner_text()
-    for link in ("Manage repositories", "Users", "Cleanup", "Usage", "Jobs", "Health"):
+    for link in ("Manage repositories", "Users", "Connectors", "Cleanup", "Usage", "Jobs",
+                 "Health"):  # fmt: skip
         assert link not in nav.split("\n"), link
     for path in ("/ui/admin/repositories", "/ui/admin/users", "/ui/admin/users/admin",
                  "/ui/admin/cleanup", f"/ui/admin/cleanup/{POLICY}", "/ui/admin/usage",
-                 "/ui/admin/health", "/ui/admin/jobs", "/ui/admin/jobs/gc"):  # fmt: skip
+                 "/ui/admin/health", "/ui/admin/jobs", "/ui/admin/jobs/gc",
+                 "/ui/admin/access"):  # fmt: skip
         answer = page.goto(f"{server.url}{path}")
         assert answer is not None and answer.status == 403, path
     session = next(c for c in page.context.cookies() if c["name"] == "portway_ui")
     for path in ("/ui/admin/users/admin/state", "/ui/admin/users/admin/roles",
-                 "/ui/admin/roles", "/ui/admin/users", "/ui/admin/jobs/gc/run"):  # fmt: skip
+                 "/ui/admin/roles", "/ui/admin/users", "/ui/admin/jobs/gc/run",
+                 "/ui/admin/access", "/ui/admin/access/delete"):  # fmt: skip
         forged = requests.post(f"{server.url}{path}", data={"state": "disabled", "role": "x"},
                                cookies={"portway_ui": session["value"]}, timeout=30,
                                allow_redirects=False)  # fmt: skip
         assert forged.status_code == 403, path
     users = requests.get(f"{server.url}/service/rest/v1/security/users", auth=admin, timeout=30)
     assert next(u for u in users.json() if u["userId"] == "admin")["status"] == "active"
+
+
+def test_admin_pages_fit_a_phone(
+    chromium: Any, server: PortwayServer, admin: tuple[str, str], manifest: bytes,
+    tmp_path: Path,
+) -> None:  # fmt: skip
+    page = browser.sign_in(chromium, server.url, admin,
+                           viewport={"width": 390, "height": 844}, is_mobile=True)  # fmt: skip
+    for path, name in (("/ui/admin/users", "phone-users"), ("/ui/admin/access", None),
+                       (f"/ui/r/{REPO}/bulk-delete?image=app&match=*", None),
+                       (f"/ui/admin/cleanup/{POLICY}", None), ("/ui/admin/usage", None),
+                       ("/ui/admin/jobs", "phone-jobs")):  # fmt: skip
+        answer = page.goto(f"{server.url}{path}")
+        assert answer is not None and answer.status == 200, path
+        width = page.evaluate("document.documentElement.scrollWidth")
+        assert width <= 390, f"{path} scrolls sideways on a phone ({width} px)"
+        if name:
+            browser.shot(page, name, tmp_path)

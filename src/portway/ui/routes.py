@@ -5,7 +5,16 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from portway.ui import admin, admin_jobs, admin_lifecycle, admin_users, browse, bulk, login
+from portway.ui import (
+    admin,
+    admin_access,
+    admin_jobs,
+    admin_lifecycle,
+    admin_users,
+    browse,
+    bulk,
+    login,
+)
 from portway.ui.web import HERE
 
 
@@ -39,6 +48,9 @@ def install(app: web.Application) -> None:
     r.add_get("/ui/admin/cleanup", admin_lifecycle.policies)
     r.add_get("/ui/admin/cleanup/{policy}", admin_lifecycle.dry_run)
     r.add_get("/ui/admin/usage", admin_lifecycle.usage)
+    r.add_get("/ui/admin/access", admin_access.access_page)
+    r.add_post("/ui/admin/access", admin_access.create)
+    r.add_post("/ui/admin/access/delete", admin_access.delete)
     r.add_get("/ui/admin/jobs", admin_jobs.jobs)
     r.add_get("/ui/admin/jobs/{name}", admin_jobs.job)
     r.add_post("/ui/admin/jobs/{name}/run", admin_jobs.run_now)
