@@ -156,6 +156,11 @@ def build_portway(ds: DataSet, root: Path, url: str) -> None:
                 [(repo_id, image, d, LINK) for image, d, _ in ds.garbage],
                 now - 2 * HOLD,  # uploaded long ago, never referenced
             )
+        if meta.dialect.name == "postgresql":
+            # A registry that has been serving has planner statistics (autovacuum): one that
+            # was just bulk-loaded has none, and PostgreSQL would scan instead of seek.
+            with meta.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+                conn.exec_driver_sql("ANALYZE")
     finally:
         meta.close()
 

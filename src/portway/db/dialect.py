@@ -43,6 +43,12 @@ class Dialect(Protocol):
     def snapshot(self, conn: Connection) -> contextlib.AbstractContextManager[None]: ...
 
 
+_LOCK_KEYS = text(
+    "SELECT count(pg_advisory_xact_lock(hashtextextended(k, 0))) FROM "
+    "(SELECT unnest(CAST(:keys AS text[])) AS k ORDER BY 1) AS sorted_keys"
+)
+
+
 class SQLiteDialect:
     name = "sqlite"
 
@@ -81,9 +87,10 @@ class PostgresDialect:
         return postgresql.insert(table)
 
     def lock_keys(self, conn: Connection, keys: Sequence[str]) -> None:
-        # Sorted, so two transactions locking overlapping sets cannot deadlock each other.
-        for key in sorted(set(keys)):
-            conn.execute(text("SELECT pg_advisory_xact_lock(hashtextextended(:k, 0))"), {"k": key})
+        # One statement, the keys taken in sorted order (the aggregate consumes the sorted
+        # subquery row by row), so two transactions locking overlapping sets cannot deadlock.
+        if keys:
+            conn.execute(_LOCK_KEYS, {"keys": sorted(set(keys))})
 
     def set_lock_timeout(self, conn: Connection, seconds: float) -> None:
         # On the driver's connection, as SQLite's does: no SQLAlchemy transaction begins here.

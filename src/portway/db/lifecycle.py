@@ -15,11 +15,13 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import Any
 
 from sqlalchemy import (
     BigInteger,
     Column,
+    ColumnElement,
     Connection,
     Float,
     Index,
@@ -27,8 +29,11 @@ from sqlalchemy import (
     String,
     Table,
     and_,
+    case,
     delete,
+    false,
     func,
+    or_,
     select,
     tuple_,
     update,
@@ -84,6 +89,35 @@ LINK, MANIFEST, BLOB = "link", "manifest", "blob"
 LIVE, DELETING, GONE, QUARANTINED = "live", "deleting", "gone", "quarant"
 
 Key = tuple[int, str, str]  # (repo_id, image, digest)
+CHUNK = 300  # keys per statement: one statement per batch, never one per item
+
+
+def chunks(items: Sequence[Any], size: int = CHUNK) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def match_keys(
+    conn: Connection, columns: Sequence[Any], keys: Iterable[tuple[Any, ...]]
+) -> ColumnElement[bool]:
+    """Rows whose (repo_id, image, digest[, more]) `columns` equal one of `keys` (with a
+    fourth column its value must match too: a compare-and-set), answered from the key's
+    index on both databases. PostgreSQL: a row-value IN list (one parameter, compiled once).
+    SQLite scans the whole table for that, so there it is one `repo_id = ? AND image = ? AND
+    digest IN (...)` term per image, OR-ed."""
+    if conn.dialect.name != "sqlite":
+        return tuple_(*columns).in_([tuple(k) for k in keys])
+    groups: dict[tuple[Any, Any], list[tuple[Any, ...]]] = {}
+    for key in keys:
+        groups.setdefault((key[0], key[1]), []).append(tuple(key[2:]))
+    terms = []
+    for (repo_id, image), rest in groups.items():
+        where = [columns[0] == repo_id, columns[1] == image]
+        where.append(columns[2].in_(sorted({r[0] for r in rest})))
+        if len(columns) > 3:
+            where.append(tuple_(*columns[2:]).in_(rest))
+        terms.append(and_(*where))
+    return or_(*terms) if terms else false()
 
 
 def hold_key(repo_id: int, image: str, digest: str) -> str:
@@ -97,10 +131,18 @@ def note_candidates(
 ) -> None:
     """Record (repo_id, image, digest, kind) as candidates from `since` (a newer event moves
     an existing row's clock forward: the collector waits a full hold after the last one)."""
-    values = [
-        {"repo_id": r, "image": i, "digest": d, "kind": k, "since": since} for r, i, d, k in rows
-    ]
-    if not values:
+    note_candidates_since(dialect, conn, [(*row, since) for row in rows])
+
+
+def note_candidates_since(
+    dialect: Dialect, conn: Connection, rows: Iterable[tuple[int, str, str, str, float]]
+) -> None:
+    """The same with a time per row (the latest time of a row named twice wins): one
+    statement compiled once and run for all rows (executemany)."""
+    latest: dict[tuple[int, str, str, str], float] = {}
+    for r, i, d, k, since in rows:
+        latest[(r, i, d, k)] = max(since, latest.get((r, i, d, k), since))
+    if not latest:
         return
     stmt = dialect.insert(gc_candidates)
     conn.execute(
@@ -108,7 +150,10 @@ def note_candidates(
             index_elements=["repo_id", "image", "digest", "kind"],
             set_={"since": stmt.excluded.since},
         ),
-        values,
+        [
+            {"repo_id": r, "image": i, "digest": d, "kind": k, "since": t}
+            for (r, i, d, k), t in latest.items()
+        ],
     )
 
 
@@ -195,6 +240,89 @@ def set_state(
     return generation + 1 if changed.rowcount else None
 
 
+def set_states(
+    dialect: Dialect,
+    conn: Connection,
+    new: str,
+    expect: Mapping[str, tuple[str, int] | None],
+    sizes: Mapping[str, int] | None = None,
+) -> dict[str, int]:
+    """`set_state` for many blobs at once, one statement per CHUNK blobs and expected state:
+    returns the new generation of each blob that was in its expected state."""
+    now = time.time()
+    sizes = sizes or {}
+    out: dict[str, int] = {}
+    fresh = sorted(d for d, e in expect.items() if e is None)
+    if fresh:
+        rows = [
+            {"digest": d, "state": new, "generation": 1, "size": sizes.get(d), "updated": now}
+            for d in fresh
+        ]
+        stmt = dialect.insert(blob_states).on_conflict_do_nothing(index_elements=["digest"])
+        added = conn.execute(stmt.returning(blob_states.c.digest), rows)  # batched VALUES
+        out |= {str(r[0]): 1 for r in added}
+    by_state: dict[str, list[tuple[str, int]]] = {}
+    for digest, e in sorted(expect.items()):
+        if e is not None:
+            by_state.setdefault(e[0], []).append((digest, e[1]))
+    for state, pairs in by_state.items():
+        for part in chunks(pairs):
+            values: dict[str, Any] = {
+                "state": new,
+                "generation": blob_states.c.generation + 1,
+                "updated": now,
+            }
+            known = {d: sizes[d] for d, _ in part if d in sizes}
+            if known:
+                values["size"] = case(known, value=blob_states.c.digest, else_=blob_states.c.size)
+            stmt = (
+                update(blob_states)
+                .where(
+                    blob_states.c.digest.in_([d for d, _ in part]),
+                    blob_states.c.state == state,
+                    tuple_(blob_states.c.digest, blob_states.c.generation).in_(list(part)),
+                )
+                .values(**values)
+                .returning(blob_states.c.digest, blob_states.c.generation)
+            )
+            out |= {str(r[0]): int(r[1]) for r in conn.execute(stmt)}
+    return out
+
+
+def drop_candidates(conn: Connection, kind: str, items: Sequence[tuple[Key, float]]) -> set[Key]:
+    """Remove candidate rows of `kind`, each only if its time is still the one given (nothing
+    renewed it meanwhile): one statement per CHUNK rows; returns the keys removed."""
+    cols = [gc_candidates.c.repo_id, gc_candidates.c.image, gc_candidates.c.digest]
+    out: set[Key] = set()
+    for part in chunks(list(items)):
+        where = match_keys(conn, [*cols, gc_candidates.c.since], [(*k, t) for k, t in part])
+        stmt = delete(gc_candidates).where(gc_candidates.c.kind == kind, where).returning(*cols)
+        out |= {(int(r[0]), str(r[1]), str(r[2])) for r in conn.execute(stmt)}
+    return out
+
+
+def drop_blob_candidates(conn: Connection, digests: Sequence[str]) -> None:
+    for part in chunks(sorted(digests)):
+        conn.execute(
+            delete(gc_candidates).where(
+                gc_candidates.c.repo_id == 0,
+                gc_candidates.c.image == "",
+                gc_candidates.c.kind == BLOB,
+                gc_candidates.c.digest.in_(part),
+            )
+        )
+
+
+def held_keys(conn: Connection, keys: Sequence[Key], now: float) -> set[Key]:
+    """Which of `keys` have a live hold."""
+    cols = [gc_holds.c.repo_id, gc_holds.c.image, gc_holds.c.digest]
+    out: set[Key] = set()
+    for part in chunks(list(keys)):
+        stmt = select(*cols).where(match_keys(conn, cols, part), gc_holds.c.until > now)
+        out |= {(int(r[0]), str(r[1]), str(r[2])) for r in conn.execute(stmt)}
+    return out
+
+
 def drop_candidate(conn: Connection, key: Key, kind: str, since: float | None = None) -> bool:
     """Remove a candidate row; with `since`, only if nothing renewed it meanwhile."""
     repo_id, image, digest = key
@@ -242,8 +370,3 @@ def record_pulls(dialect: Dialect, conn: Connection, pulls: dict[Key, float]) ->
 
 def forget_expired_holds(conn: Connection, now: float) -> int:
     return int(conn.execute(delete(gc_holds).where(gc_holds.c.until <= now)).rowcount)
-
-
-def in_keys(columns: Sequence[object], keys: Sequence[tuple[object, ...]]) -> object:
-    """`(a, b, c) IN ((...), ...)` for both dialects."""
-    return tuple_(*columns).in_(keys)  # type: ignore[arg-type]

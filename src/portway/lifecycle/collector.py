@@ -23,8 +23,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import partial
 
-from sqlalchemy import Connection, delete, func, select, tuple_
+from sqlalchemy import Connection, delete, select
 
+from portway.db.dialect import Dialect
 from portway.db.lifecycle import (
     BLOB,
     DELETING,
@@ -33,14 +34,17 @@ from portway.db.lifecycle import (
     LIVE,
     MANIFEST,
     blob_states,
-    drop_candidate,
+    chunks,
+    drop_blob_candidates,
+    drop_candidates,
     forget_expired_holds,
     gc_candidates,
     gc_holds,
-    held,
+    held_keys,
     hold_key,
-    note_candidates,
-    set_state,
+    match_keys,
+    note_candidates_since,
+    set_states,
 )
 from portway.db.schema import blob_links, manifest_refs, manifests, repositories
 from portway.db.store import MetadataStore
@@ -50,14 +54,16 @@ from portway.lifecycle.plan import (
     Candidate,
     Key,
     Plan,
-    chunks,
     make_plan,
-    manifest_is_garbage,
+    plan_links,
+    plan_manifests,
 )
 from portway.oci.digest import Digest
 from portway.storage.blobstore import BlobStore
 
-DELETE_CONCURRENCY = 16
+DELETE_CONCURRENCY = 16  # blob deletes (and size look-ups) at once
+LINK_BATCH = 300  # links or manifests per transaction
+BLOB_BATCH = 300  # blobs marked, deleted and finished together
 
 
 @dataclass
@@ -142,40 +148,42 @@ class Collector:
         return {int(r[0]): str(r[1]) for r in rows}
 
     async def _sizes(self, blobs: dict[str, int | None]) -> dict[str, int]:
-        out: dict[str, int] = {}
-        for digest, size in blobs.items():
-            if size is None:
-                size = await self.blobs.stat(Digest.parse(digest)) or 0
-            out[digest] = size
-        return out
+        limit = asyncio.Semaphore(DELETE_CONCURRENCY)
+
+        async def size_of(digest: str, size: int | None) -> tuple[str, int]:
+            if size is not None:
+                return digest, size
+            async with limit:  # a HEAD per blob on S3: several at once
+                return digest, await self.blobs.stat(Digest.parse(digest)) or 0
+
+        return dict(await asyncio.gather(*(size_of(d, s) for d, s in blobs.items())))
 
     # -- 1. links ----------------------------------------------------------------------
     async def _delete_links(self, plan: Plan) -> list[Candidate]:
+        """Per batch one transaction: lock, re-check (holds, references), compare-and-set
+        drop of the candidate rows, delete the links, note their blobs; a few statements."""
         dialect = self.meta.dialect
         done: list[Candidate] = []
 
-        def run(conn: Connection, part: Sequence[tuple[Candidate, int]]) -> list[Candidate]:
-            dialect.lock_keys(conn, [hold_key(*c.key) for c, _ in part])
-            busy = _held_or_referenced(conn, [c for c, _ in part], time.time())
-            out = []
-            for c, _size in part:
-                if c.key in busy:
-                    continue
-                if not drop_candidate(conn, c.key, LINK, c.since):
-                    continue  # renewed meanwhile (a push linked it again)
+        def run(conn: Connection, part: Sequence[Candidate]) -> list[Candidate]:
+            dialect.lock_keys(conn, [hold_key(*c.key) for c in part])
+            busy = held_keys(conn, [c.key for c in part], time.time())
+            again = Plan(started=time.time())
+            plan_links(conn, again, [c for c in part if c.key not in busy])
+            still = [c for c, _ in again.links]
+            # Only rows nobody renewed meanwhile (a push that linked the blob again).
+            dropped = drop_candidates(conn, LINK, [(c.key, c.since) for c in still])
+            gone = [c for c in still if c.key in dropped]
+            cols = [blob_links.c.repo_id, blob_links.c.image, blob_links.c.digest]
+            for chunk in chunks(gone):
                 conn.execute(
-                    delete(blob_links).where(
-                        blob_links.c.repo_id == c.repo_id,
-                        blob_links.c.image == c.image,
-                        blob_links.c.digest == c.digest,
-                    )
+                    delete(blob_links).where(match_keys(conn, cols, [c.key for c in chunk]))
                 )
-                # With the link, so a collector killed before step 2 leaves the blob tracked.
-                note_candidates(dialect, conn, [(0, "", c.digest, BLOB)], c.since)
-                out.append(c)
-            return out
+            # With the links, so a collector killed before step 2 leaves the blobs tracked.
+            note_candidates_since(dialect, conn, [(0, "", c.digest, BLOB, c.since) for c in gone])
+            return gone
 
-        for part in chunks(plan.links, 200):
+        for part in chunks([c for c, _ in plan.links], LINK_BATCH):
             done += await self.meta._write(partial(run, part=part))
         return done
 
@@ -184,7 +192,7 @@ class Collector:
         wanted: list[tuple[str, tuple[str, int] | None]] = [(d, None) for d in plan.blobs]
         wanted += [(d, (DELETING, g)) for d, g in plan.resume.items() if d not in plan.blobs]
         gone: list[str] = []
-        for part in chunks(wanted, 200):
+        for part in chunks(wanted, BLOB_BATCH):
             gone += await self._delete_blob_batch(part, sizes)
         return gone
 
@@ -194,24 +202,23 @@ class Collector:
         dialect = self.meta.dialect
 
         def mark(conn: Connection) -> dict[str, int]:
-            marked: dict[str, int] = {}
             digests = [d for d, _ in part]
             states = _states(conn, digests)
             linked = _linked_digests(conn, digests)
+            expect: dict[str, tuple[str, int] | None] = {}
             for digest, resume in part:
                 state = states.get(digest)
                 if resume is not None and state != resume:
                     continue
                 if resume is None and state is not None and state[0] != LIVE:
                     continue
-                if digest in linked:
-                    continue
-                new = set_state(dialect, conn, digest, DELETING, state, sizes.get(digest))
-                if new is not None:
-                    marked[digest] = new
-            return marked
+                if digest not in linked:
+                    expect[digest] = state
+            return set_states(dialect, conn, DELETING, expect, sizes)
 
         marked = await self.meta._write(mark)
+        if not marked:
+            return []
         # Read again once `deleting` is visible: a push that claimed the blob meanwhile is
         # seen here, or it sees `deleting` and waits for the outcome (guard.py).
         now = time.time()
@@ -222,13 +229,9 @@ class Collector:
 
         back = await self.meta._read(needed)
         doomed = {d: g for d, g in marked.items() if d not in back}
-
-        def revive(conn: Connection) -> None:
-            for d, g in back.items():
-                set_state(dialect, conn, d, LIVE, (DELETING, g))
-
         if back:
-            await self.meta._write(revive)
+            expect_back = {d: (DELETING, g) for d, g in back.items()}
+            await self.meta._write(lambda conn: set_states(dialect, conn, LIVE, expect_back))
         limit = asyncio.Semaphore(DELETE_CONCURRENCY)
 
         async def remove(digest: str) -> None:
@@ -238,11 +241,9 @@ class Collector:
         await asyncio.gather(*(remove(d) for d in doomed))
 
         def finish(conn: Connection) -> list[str]:
-            out = []
-            for digest, generation in doomed.items():
-                if set_state(dialect, conn, digest, GONE, (DELETING, generation)) is not None:
-                    drop_candidate(conn, (0, "", digest), BLOB)
-                    out.append(digest)
+            expect = {d: (DELETING, g) for d, g in doomed.items()}
+            out = sorted(set_states(dialect, conn, GONE, expect))
+            drop_blob_candidates(conn, out)
             return out
 
         return await self.meta._write(finish)
@@ -251,103 +252,52 @@ class Collector:
     async def _delete_manifests(self, plan: Plan) -> list[Candidate]:
         dialect = self.meta.dialect
         done: list[Candidate] = []
-        for c in plan.manifests:
 
-            def run(conn: Connection, c: Candidate = c) -> bool:
-                dialect.lock_keys(conn, [hold_key(*c.key)])
-                if held(conn, *c.key, time.time()) or not manifest_is_garbage(conn, c.key):
-                    return False
-                if not drop_candidate(conn, c.key, MANIFEST, c.since):
-                    return False
-                _delete_manifest(dialect, conn, c)
-                return True
+        def run(conn: Connection, part: Sequence[Candidate]) -> list[Candidate]:
+            dialect.lock_keys(conn, [hold_key(*c.key) for c in part])
+            busy = held_keys(conn, [c.key for c in part], time.time())
+            again = Plan(started=time.time())
+            plan_manifests(conn, again, [c for c in part if c.key not in busy])
+            dropped = drop_candidates(conn, MANIFEST, [(c.key, c.since) for c in again.manifests])
+            gone = [c for c in again.manifests if c.key in dropped]
+            _delete_manifest_rows(dialect, conn, gone)
+            return gone
 
-            if await self.meta._write(run):
-                done.append(c)
+        for part in chunks(plan.manifests, LINK_BATCH):
+            done += await self.meta._write(partial(run, part=part))
         return done
 
     async def _forget(self, drops: list[Candidate]) -> None:
         def run(conn: Connection) -> None:
+            by_kind: dict[str, list[tuple[Key, float]]] = {}
             for c in drops:
-                drop_candidate(conn, c.key, c.kind, c.since)
+                by_kind.setdefault(c.kind, []).append((c.key, c.since))
+            for kind, items in by_kind.items():
+                drop_candidates(conn, kind, items)
             forget_expired_holds(conn, time.time())
 
         await self.meta._write(run)
 
 
-def _delete_manifest(dialect: object, conn: Connection, c: Candidate) -> None:
-    """Delete one manifest; what it held becomes a candidate for a later pass."""
-    where = (manifest_refs.c.repo_id == c.repo_id, manifest_refs.c.image == c.image)
-    refs = list(
-        conn.execute(
-            select(manifest_refs.c.ref, manifest_refs.c.is_manifest).where(
-                *where, manifest_refs.c.manifest == c.digest
+def _delete_manifest_rows(dialect: Dialect, conn: Connection, gone: Sequence[Candidate]) -> None:
+    """Delete these manifests; what they held becomes a candidate for a later pass."""
+    now = time.time()
+    for part in chunks(gone):
+        keys = [c.key for c in part]
+        rcols = [manifest_refs.c.repo_id, manifest_refs.c.image, manifest_refs.c.manifest]
+        mcols = [manifests.c.repo_id, manifests.c.image, manifests.c.digest]
+        scols = [manifests.c.repo_id, manifests.c.image, manifests.c.subject]
+        refs = conn.execute(
+            select(*rcols[:2], manifest_refs.c.ref, manifest_refs.c.is_manifest).where(
+                match_keys(conn, rcols, keys)
             )
         )
-    )
-    rows = [(c.repo_id, c.image, str(r), MANIFEST if m else LINK) for r, m in refs]
-    rows += [
-        (c.repo_id, c.image, str(r[0]), MANIFEST)
-        for r in conn.execute(
-            select(manifests.c.digest).where(
-                manifests.c.repo_id == c.repo_id,
-                manifests.c.image == c.image,
-                manifests.c.subject == c.digest,
-            )
-        )
-    ]
-    note_candidates(dialect, conn, rows, time.time())  # type: ignore[arg-type]
-    conn.execute(delete(manifest_refs).where(*where, manifest_refs.c.manifest == c.digest))
-    conn.execute(
-        delete(manifests).where(
-            manifests.c.repo_id == c.repo_id,
-            manifests.c.image == c.image,
-            manifests.c.digest == c.digest,
-        )
-    )
-
-
-def _referenced(conn: Connection, c: Candidate) -> bool:
-    return (
-        conn.execute(
-            select(manifest_refs.c.manifest)
-            .where(
-                manifest_refs.c.repo_id == c.repo_id,
-                manifest_refs.c.image == c.image,
-                manifest_refs.c.ref == c.digest,
-            )
-            .limit(1)
-        ).first()
-        is not None
-    )
-
-
-def _held_or_referenced(conn: Connection, part: Sequence[Candidate], now: float) -> set[Key]:
-    keys = [c.key for c in part]
-    out: set[Key] = set()
-    for chunk in chunks(keys):
-        out |= {
-            (int(r[0]), str(r[1]), str(r[2]))
-            for r in conn.execute(
-                select(gc_holds.c.repo_id, gc_holds.c.image, gc_holds.c.digest).where(
-                    tuple_(gc_holds.c.repo_id, gc_holds.c.image, gc_holds.c.digest).in_(chunk),
-                    gc_holds.c.until > now,
-                )
-            )
-        }
-        out |= {
-            (int(r[0]), str(r[1]), str(r[2]))
-            for r in conn.execute(
-                select(manifest_refs.c.repo_id, manifest_refs.c.image, manifest_refs.c.ref)
-                .where(
-                    tuple_(manifest_refs.c.repo_id, manifest_refs.c.image, manifest_refs.c.ref).in_(
-                        chunk
-                    )
-                )
-                .distinct()
-            )
-        }
-    return out
+        rows = [(int(r[0]), str(r[1]), str(r[2]), MANIFEST if r[3] else LINK, now) for r in refs]
+        referrers = conn.execute(select(*mcols).where(match_keys(conn, scols, keys)))
+        rows += [(int(r[0]), str(r[1]), str(r[2]), MANIFEST, now) for r in referrers]
+        note_candidates_since(dialect, conn, rows)
+        conn.execute(delete(manifest_refs).where(match_keys(conn, rcols, keys)))
+        conn.execute(delete(manifests).where(match_keys(conn, mcols, keys)))
 
 
 def _states(conn: Connection, digests: Sequence[str]) -> dict[str, tuple[str, int]]:
@@ -391,14 +341,6 @@ def _pending_digests(conn: Connection, digests: Sequence[str], now: float) -> se
             )
         }
     return out
-
-
-def _link_count(conn: Connection, digest: str) -> int:
-    return int(
-        conn.execute(
-            select(func.count()).select_from(blob_links).where(blob_links.c.digest == digest)
-        ).scalar_one()
-    )
 
 
 def _named(names: dict[int, str], c: Candidate) -> tuple[str, str, str]:

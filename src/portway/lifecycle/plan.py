@@ -8,28 +8,31 @@ On a registry nobody writes to meanwhile, both give the same set.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Connection, and_, func, select, tuple_
+from sqlalchemy import Connection, func, select
 
 from portway.db.lifecycle import (
     BLOB,
+    CHUNK,
     DELETING,
     GONE,
     LINK,
     MANIFEST,
     QUARANTINED,
     blob_states,
+    chunks,
     gc_candidates,
     gc_holds,
+    match_keys,
 )
 from portway.db.schema import blob_links, manifest_refs, manifests, tags
 
 HOLD_MARGIN = 1.0  # seconds on top of gc_hold: an answer read just before a candidate appeared
 STALE_DELETING = 60.0  # a blob left `deleting` this long ago by a killed collector is resumed
-CHUNK = 300
+__all__ = ["CHUNK", "chunks"]  # re-exported for the collector
 
 Key = tuple[int, str, str]
 
@@ -59,18 +62,13 @@ class Plan:
     candidates: int = 0
 
 
-def chunks(items: Sequence[Any], size: int = CHUNK) -> Iterator[Sequence[Any]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
-
-
 def _keys_in(
     conn: Connection, columns: Sequence[Any], keys: Sequence[Key], *extra: Any
 ) -> list[Any]:
     """Rows of `columns` (the first three match a key) for the keys given, in batches."""
     out: list[Any] = []
     for part in chunks(list(keys)):
-        stmt = select(*columns).where(tuple_(*columns[:3]).in_(part), *extra)
+        stmt = select(*columns).where(match_keys(conn, columns[:3], part), *extra)
         out.extend(conn.execute(stmt))
     return out
 
@@ -112,9 +110,9 @@ def make_plan(
         if c.key in held:
             plan.held += 1
     free_links = [c for c in links if c.key not in held]
-    _plan_links(conn, plan, free_links)
+    plan_links(conn, plan, free_links)
     _plan_blobs(conn, plan, free_links, blob_rows, held_digests)
-    _plan_manifests(conn, plan, [c for c in mans if c.key not in held])
+    plan_manifests(conn, plan, [c for c in mans if c.key not in held])
     for digest, generation in conn.execute(
         select(blob_states.c.digest, blob_states.c.generation).where(
             blob_states.c.state == DELETING, blob_states.c.updated < now - stale
@@ -124,7 +122,8 @@ def make_plan(
     return plan
 
 
-def _plan_links(conn: Connection, plan: Plan, links: list[Candidate]) -> None:
+def plan_links(conn: Connection, plan: Plan, links: Sequence[Candidate]) -> None:
+    """Links no manifest references go to `plan.links`; the others to `plan.drops`."""
     keys = [c.key for c in links]
     cols = [blob_links.c.repo_id, blob_links.c.image, blob_links.c.digest, blob_links.c.size]
     sizes = {(int(r[0]), str(r[1]), str(r[2])): int(r[3]) for r in _keys_in(conn, cols, keys)}
@@ -197,7 +196,8 @@ def _plan_blobs(
             plan.drops.append(c)
 
 
-def _plan_manifests(conn: Connection, plan: Plan, mans: list[Candidate]) -> None:
+def plan_manifests(conn: Connection, plan: Plan, mans: Sequence[Candidate]) -> None:
+    """Manifests no tag, index or present subject needs go to `plan.manifests`."""
     keys = [c.key for c in mans]
     mcols = [manifests.c.repo_id, manifests.c.image, manifests.c.digest, manifests.c.subject]
     subjects = {(int(r[0]), str(r[1]), str(r[2])): r[3] for r in _keys_in(conn, mcols, keys)}
@@ -219,38 +219,3 @@ def _plan_manifests(conn: Connection, plan: Plan, mans: list[Candidate]) -> None
             plan.drops.append(c)  # a referrer whose subject is still there
             continue
         plan.manifests.append(c)
-
-
-def manifest_is_garbage(conn: Connection, key: Key) -> bool:
-    """The plan's test for one manifest, in the transaction that deletes it."""
-    repo_id, image, digest = key
-    where = (manifests.c.repo_id == repo_id, manifests.c.image == image)
-    row = conn.execute(
-        select(manifests.c.subject).where(*where, manifests.c.digest == digest)
-    ).first()
-    if row is None:
-        return False
-    if conn.execute(
-        select(tags.c.name)
-        .where(tags.c.repo_id == repo_id, tags.c.image == image, tags.c.digest == digest)
-        .limit(1)
-    ).first():
-        return False
-    if conn.execute(
-        select(manifest_refs.c.manifest)
-        .where(
-            and_(
-                manifest_refs.c.repo_id == repo_id,
-                manifest_refs.c.image == image,
-                manifest_refs.c.ref == digest,
-                manifest_refs.c.is_manifest == 1,
-            )
-        )
-        .limit(1)
-    ).first():
-        return False
-    subject = row[0]
-    if not subject:
-        return True
-    there = conn.execute(select(manifests.c.digest).where(*where, manifests.c.digest == subject))
-    return there.first() is None
