@@ -38,12 +38,15 @@ class Reply:
 class Registry:
     """A v2 endpoint at `base` (e.g. `http://127.0.0.1:PORT/repository/docker-hosted`)."""
 
-    def __init__(self, base: str, timeout: float = 60.0) -> None:
+    def __init__(
+        self, base: str, timeout: float = 60.0, headers: dict[str, str] | None = None
+    ) -> None:
         parts = urlsplit(base)
         assert parts.hostname is not None and parts.port is not None
         self.host, self.port = parts.hostname, parts.port
         self.prefix = parts.path.rstrip("/")
         self.timeout = timeout
+        self.headers = headers or {}  # sent with every request (e.g. Authorization)
 
     def connect(self) -> http.client.HTTPConnection:
         return http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
@@ -64,7 +67,7 @@ class Registry:
         whole body went out (so a caller can tell "never fully sent" from "no answer")."""
         conn = self.connect()
         try:
-            conn.request(method, path, body=body, headers=headers or {})
+            conn.request(method, path, body=body, headers={**self.headers, **(headers or {})})
             if sent is not None:
                 sent.append(True)
             resp = conn.getresponse()
@@ -142,7 +145,7 @@ class Registry:
         """GET a blob streaming; returns (status, hex digest of the body, body length)."""
         conn = self.connect()
         try:
-            conn.request("GET", self.path(image, f"blobs/{digest}"))
+            conn.request("GET", self.path(image, f"blobs/{digest}"), headers=self.headers)
             resp = conn.getresponse()
             hasher = hashlib.new(algorithm)
             total = 0

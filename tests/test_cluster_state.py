@@ -1,7 +1,8 @@
 """What one node changes, every node sees: a re-tag and a delete within a second, a connector
 made through one node's API listening on every node, failed-login counts, users and roles (a
 reduced isolation matrix), on a 3-node cluster sharing PostgreSQL.
-Each request goes to one node directly, so the test knows which node answered."""
+Each request goes to one node directly, so the test knows which node answered. And 50 pushes
+through the front door while garbage collection runs lose nothing."""
 
 from __future__ import annotations
 
@@ -12,10 +13,12 @@ from collections.abc import Callable, Iterator
 import pytest
 import requests
 
+import gc_pushes
 from portway.auth.privileges import Privilege, Role
 from portway.compose import Portway
 from portway.config import load_settings
-from support.cluster import Cluster, node_of, portway_cli, start_cluster
+from push_support import Registry
+from support.cluster import Cluster, node_of, portway_cli, start_cluster, token
 from support.ports import free_port
 from support.security import OCI_MANIFEST, Client, digest_of, make_image, push_image
 from support.server import PortwayServer
@@ -37,7 +40,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, postgres_url: str) -> Iter
     with start_cluster(
         tmp_path_factory.mktemp("cluster"), postgres_url,
         security=security, repositories=REPOSITORIES,
-        server={"share_connector_ports": True},  # three nodes on one host, one connector
+        # three nodes on one host, one connector; gc_hold short for the pushes while GC runs
+        server={"share_connector_ports": True, "gc_hold": gc_pushes.HOLD},
     ) as started:  # fmt: skip
         # Roles and users through the services `portway role add` / `user add` call, in this
         # process (each `portway` command takes seconds to start on a busy machine).
@@ -194,3 +198,14 @@ def test_isolation_across_nodes(cluster: Cluster) -> None:
     listed = admin_client(cluster, three).request("GET", "/v2/team-a-hosted/app/tags/list")
     assert listed.json()["tags"] == ["v1"]
     assert OCI_MANIFEST  # the media type the helpers push
+
+
+def test_pushes_through_the_front_while_gc_runs_lose_nothing(cluster: Cluster) -> None:
+    """tests/test_gc_pushes.py's 50 pushes, through HAProxy (requests spread over the 3
+    nodes), images deleted again, a pass every second on the shared database and folder."""
+    images = [f"repository:docker-hosted/img{k}:pull,push,delete" for k in range(5)]
+    bearer = token(cluster.front_url, cluster.admin, images)
+    reg = Registry(cluster.front_url, headers={"Authorization": f"Bearer {bearer}"})
+    gc_pushes.pushes_while_gc_runs(
+        reg, cluster.nodes[0].config_path, prefix="docker-hosted/", budget=120
+    )

@@ -18,7 +18,7 @@ from portway.db.lifecycle import DELETING, GONE, LIVE, blob_states
 from portway.oci.digest import Digest
 from portway.oci.errors import RegistryError
 from portway.storage.blobstore import BlobStore
-from push_support import OCI_MANIFEST, sha256
+from push_support import OCI_CONFIG, OCI_LAYER, OCI_MANIFEST, sha256
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -236,5 +236,62 @@ def test_a_push_during_the_deletion_waits_and_revives_the_blob(world: World) -> 
         assert await push == len(layer)
         assert world.blob_there(layer) and state(world, digest) == LIVE
         assert await world.repo.stat_blob("app", Digest.parse(digest)) == len(layer)
+
+    run(scenario())
+
+
+def test_a_manifest_put_s_reference_check_then_gc_then_its_write(world: World) -> None:
+    """A manifest PUT checks its references (blobs uploaded long ago; then an index's child
+    whose tag was deleted: aged candidates each time) -> a pass runs right then -> the PUT
+    writes: nothing it checked is deleted, and the image is complete."""
+
+    async def scenario() -> None:
+        guard = world.repo.guard
+        checked = guard.hold
+        reports = []
+
+        async def hold_then_gc(repo_id: int, image: str, digests: list[str]) -> None:
+            await checked(repo_id, image, digests)
+            reports.append(await world.gc())  # between the check and the write
+
+        config, layer = b'{"c":2}', b"uploaded long ago, referenced by no manifest yet"
+        await world.push_blob("app", config)
+        await world.push_blob("app", layer)
+        await asyncio.sleep(AGED)
+        doc = {
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "config": {"mediaType": OCI_CONFIG, "digest": sha256(config), "size": len(config)},
+            "layers": [{"mediaType": OCI_LAYER, "digest": sha256(layer), "size": len(layer)}],
+        }
+        guard.hold = hold_then_gc  # type: ignore[method-assign]
+        image, _ = await world.repo.put_manifest(
+            "app", "v1", json.dumps(doc).encode(), OCI_MANIFEST
+        )
+        guard.hold = checked  # type: ignore[method-assign]
+
+        child = await world.push_image("app", "child", [b"child layer"], b'{"c":1}')
+        await world.repo.delete_manifest("app", "child")  # by tag: the child is a candidate
+        await asyncio.sleep(AGED)
+        index = {
+            "schemaVersion": 2,
+            "mediaType": OCI_INDEX,
+            "manifests": [
+                {"mediaType": OCI_MANIFEST, "digest": child, "size": len(await _body(world, child))}
+            ],
+        }
+        guard.hold = hold_then_gc  # type: ignore[method-assign]
+        idx, _ = await world.repo.put_manifest(
+            "app", "multi", json.dumps(index).encode(), OCI_INDEX
+        )
+        guard.hold = checked  # type: ignore[method-assign]
+
+        assert [(r.deleted(), r.held) for r in reports] == [(set(), 2), (set(), 1)]
+        assert world.blob_there(layer) and world.blob_there(b"child layer")
+        await asyncio.sleep(HOLD + 0.1)  # the holds run out: referenced now, still kept
+        assert await same_as_dry_run(world) == set()
+        for digest in (image, idx, child):
+            assert await world.meta.manifest_by_digest(world.repo.repo_id, "app", digest)
+        assert await world.repo.stat_blob("app", Digest.parse(sha256(layer))) == len(layer)
 
     run(scenario())

@@ -25,10 +25,13 @@ from support.server import PortwayServer
 HOLD = 4  # [server] gc_hold in these tests (a loaded machine needs a few seconds)
 AGED = HOLD + 1.5  # a candidate this old is acted on
 
+# Every test on the data folder's SQLite and on PostgreSQL (a fresh database per test).
+pytestmark = pytest.mark.parametrize("server_database", ["sqlite", "postgresql"], indirect=True)
+
 
 @pytest.fixture
-def server(tmp_path: Path) -> Iterator[PortwayServer]:
-    srv = PortwayServer(tmp_path, server={"gc_hold": HOLD}).start()
+def server(tmp_path: Path, server_database: str | None) -> Iterator[PortwayServer]:
+    srv = PortwayServer(tmp_path, server={"gc_hold": HOLD}, database_url=server_database).start()
     yield srv
     srv.stop()
 

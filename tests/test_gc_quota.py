@@ -20,14 +20,18 @@ from support.server import PortwayServer
 
 QUOTA = 100_000
 
+# On the data folder's SQLite and on PostgreSQL (a fresh database per test).
+pytestmark = pytest.mark.parametrize("server_database", ["sqlite", "postgresql"], indirect=True)
+
 
 @pytest.fixture
-def server(tmp_path: Path) -> Iterator[PortwayServer]:
+def server(tmp_path: Path, server_database: str | None) -> Iterator[PortwayServer]:
     repos = [
         {"name": "team", "type": "hosted", "quota_bytes": QUOTA, "quota_warning": 0.5},
         {"name": "other", "type": "hosted"},
     ]
-    srv = PortwayServer(tmp_path, repositories=repos).start(timeout=60)
+    srv = PortwayServer(tmp_path, repositories=repos, database_url=server_database)
+    srv.start(timeout=60)
     yield srv
     srv.stop()
 
