@@ -30,14 +30,36 @@ from portway.oci.names import check_name
 
 # Handler vocabulary -> Portway privileges.
 _ACTION_MAP = {"pull": READ, "push": "add", "delete": "delete", "edit": "edit", "catalog": BROWSE}
-_GRANTS = "portway.grants"
-_PRINCIPAL = "portway.principal"
-_LOGIN_REFUSED = "portway.login_refused"
+_AUTH = "portway.auth"
 _ROUTE = "portway.route"
+
+
+class _RequestAuth:
+    """What one request's authorization found out: its credentials (parsed once), its
+    grants per repository, its principal, a refused login. One object under one request
+    key, made when the request is routed: a lookup of a key the request does not hold costs
+    an exception inside aiohttp's mapping, and this made four of them per request."""
+
+    __slots__ = ("credentials", "grants", "principal", "refused")
+
+    def __init__(self) -> None:
+        self.credentials: tuple[str, str] | None = None
+        self.grants: dict[str | None, Grant] = {}
+        self.principal: Principal | None = None
+        self.refused: AuthError | None = None
+
+
+def _state(request: web.Request) -> _RequestAuth:
+    try:
+        state: _RequestAuth = request[_AUTH]
+    except KeyError:
+        state = request[_AUTH] = _RequestAuth()
+    return state
 
 
 def remember_route(request: web.Request, route: Route) -> None:
     request[_ROUTE] = route
+    request[_AUTH] = _RequestAuth()
 
 
 def _too_many(exc: LoginLocked) -> RegistryError:
@@ -102,12 +124,16 @@ class SecurityAuthorizer:
 
     # -- identity ----------------------------------------------------------------------
     def _credentials(self, request: web.Request) -> tuple[str, str]:
-        header = request.headers.get("Authorization", "").strip()
-        scheme, _, value = header.partition(" ")
-        return scheme.lower(), value.strip()
+        state = _state(request)
+        if state.credentials is None:
+            header = request.headers.get("Authorization", "").strip()
+            scheme, _, value = header.partition(" ")
+            state.credentials = scheme.lower(), value.strip()
+        return state.credentials
 
     def _grant(self, request: web.Request, repository: str | None) -> Grant:
-        cache: dict[str | None, Grant] = request.setdefault(_GRANTS, {})
+        state = _state(request)
+        cache = state.grants
         if repository in cache:
             return cache[repository]
         scheme, value = self._credentials(request)
@@ -118,13 +144,12 @@ class SecurityAuthorizer:
                     value, repository, self.service, _client_addr(request)
                 )
             else:
-                refused: AuthError | None = request.get(_LOGIN_REFUSED)
-                if refused is not None:
-                    raise refused
-                principal = request.get(_PRINCIPAL) or self.auth.authenticate_basic(
+                if state.refused is not None:
+                    raise state.refused
+                principal = state.principal or self.auth.authenticate_basic(
                     request.headers.get("Authorization"), _client_addr(request)
                 )
-                request[_PRINCIPAL] = principal
+                state.principal = principal
                 grant = self.auth.authorize(principal, repository)
         except LoginLocked as exc:
             raise _too_many(exc) from None
@@ -142,32 +167,32 @@ class SecurityAuthorizer:
 
     async def _check_basic(self, request: web.Request) -> None:
         """Check Basic credentials in the pool, once per request (`_grant` uses the result)."""
-        if _PRINCIPAL in request or _LOGIN_REFUSED in request:
+        state = _state(request)
+        if state.principal is not None or state.refused is not None:
             return
         if self._credentials(request)[0] != "basic":
             return
         header, client = request.headers.get("Authorization"), _client_addr(request)
         remembered = self.auth.remembered_basic(header or "", client)
         if remembered is not None:  # checked before: no thread hand-off, no database query
-            request[_PRINCIPAL] = remembered
+            state.principal = remembered
             return
         loop = asyncio.get_running_loop()
         try:
-            request[_PRINCIPAL] = await loop.run_in_executor(
+            state.principal = await loop.run_in_executor(
                 self.pool, self.auth.authenticate_basic, header, client
             )
         except AuthError as exc:
-            request[_LOGIN_REFUSED] = exc
+            state.refused = exc
 
     def principal(self, request: web.Request) -> Principal | None:
-        principal: Principal | None = request.get(_PRINCIPAL)
-        if principal is not None:
-            return principal
-        grants: dict[str | None, Grant] = request.get(_GRANTS, {})
-        for grant in grants.values():
+        state = _state(request)
+        if state.principal is not None:
+            return state.principal
+        for grant in state.grants.values():
             principal = self.auth.principal_of(grant)
             if principal is not None:
-                request[_PRINCIPAL] = principal
+                state.principal = principal
                 return principal
         return None
 
@@ -201,7 +226,8 @@ class SecurityAuthorizer:
         image: str | None,
         actions: tuple[str, ...],
     ) -> None:
-        await self._check_basic(request)
+        if self._credentials(request)[0] == "basic":  # a bearer request has no login to check
+            await self._check_basic(request)
         grant = self._grant(request, repository)
         if not actions:
             # GET /v2/: any valid identity; no credentials gets the challenge (docker login).
@@ -260,8 +286,7 @@ class SecurityAuthorizer:
     ) -> None:
         if self.auth.audit is None:
             return
-        grants: dict[str | None, Grant] = request.get(_GRANTS, {})
-        who = next((g.principal for g in grants.values()), None)
+        who = next((g.principal for g in _state(request).grants.values()), None)
         self.auth.audit.write(
             event,
             principal=who,

@@ -31,15 +31,29 @@ class Origin:
         return f"{self.scheme}://{self.host}{path}"
 
 
+_PEER_CACHE = 4096  # peers remembered per process (an answer never changes: networks are fixed)
+
+
 class TrustedProxies:
     def __init__(self, networks: Iterable[str]) -> None:
         self.networks: tuple[IPNetwork, ...] = tuple(
             ipaddress.ip_network(n, strict=False) for n in networks
         )
+        self._known: dict[str, bool] = {}
 
     def trusts(self, peer: str | None) -> bool:
+        """Is `peer` one of the trusted proxies? Remembered per address: parsing it costs more
+        than the rest of a cached request's client lookup (docs/adr/0023)."""
         if not peer:
             return False
+        known = self._known.get(peer)
+        if known is None:
+            if len(self._known) >= _PEER_CACHE:
+                self._known.clear()
+            known = self._known[peer] = self._check(peer)
+        return known
+
+    def _check(self, peer: str) -> bool:
         try:
             addr = ipaddress.ip_address(peer.split("%", 1)[0])
         except ValueError:

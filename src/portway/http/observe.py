@@ -46,7 +46,6 @@ class Observer:
     recorder: Recorder | None = None
     access: AccessLog | None = None
     ids: RequestIds = field(default_factory=RequestIds)
-    trusted_peers: dict[str | None, bool] = field(default_factory=dict)  # peer -> trusted
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     @property
@@ -127,24 +126,14 @@ def _repository(request: web.Request, ctx: AppContext, path: str) -> str | None:
 
 
 _FORWARDING = ("Forwarded", "X-Forwarded-For", "X-Real-IP")
-_PEER_CACHE = 4096
 
 
-def _trusted(obs: Observer, ctx: AppContext, peer: str | None) -> bool:
-    known = obs.trusted_peers.get(peer)
-    if known is None:
-        if len(obs.trusted_peers) >= _PEER_CACHE:
-            obs.trusted_peers.clear()
-        known = obs.trusted_peers[peer] = ctx.trusted.trusts(peer)
-    return known
-
-
-def _client(request: web.Request, obs: Observer, ctx: AppContext) -> str | None:
+def _client(request: web.Request, ctx: AppContext) -> str | None:
     """The client's address as portway.http.forwarded decides it, without its cost when the
     peer is no trusted proxy or sent no forwarding header."""
     peer = request.remote
     headers = request.headers
-    if not _trusted(obs, ctx, peer) or not any(h in headers for h in _FORWARDING):
+    if not ctx.trusted.trusts(peer) or not any(h in headers for h in _FORWARDING):
         return peer
     return client_address(request, ctx.trusted)
 
@@ -181,7 +170,7 @@ def middleware(obs: Observer, ctx: AppContext) -> Middleware:
         given = request.headers.get(HEADER)
         if given is None:
             rid = new_id()
-        elif RequestIds.acceptable(given) and _trusted(obs, ctx, request.remote):
+        elif RequestIds.acceptable(given) and ctx.trusted.trusts(request.remote):
             rid = given
         else:
             rid = new_id()
@@ -229,7 +218,7 @@ def middleware(obs: Observer, ctx: AppContext) -> Middleware:
                 access.write(
                     Entry(
                         rid,
-                        _client(request, obs, ctx),
+                        _client(request, ctx),
                         _principal(request, ctx),
                         repository,
                         request.method,

@@ -123,6 +123,7 @@ class FileWriter:
 class FilesystemBackend:
     def __init__(self, root: Path) -> None:
         self.root = root
+        self._root_text = str(root)
         root.mkdir(parents=True, exist_ok=True)
 
     def _path(self, key: str) -> Path:
@@ -130,12 +131,18 @@ class FilesystemBackend:
             raise ValueError(f"bad storage key {key!r}")
         return self.root / key
 
+    def _path_text(self, key: str) -> str:
+        """`_path(key)` as a string, without building a Path (every blob GET stats one)."""
+        if key.startswith("/") or key.endswith("/") or ".." in key.split("/"):
+            return str(self._path(key))
+        return f"{self._root_text}/{key}"
+
     def local_path(self, key: str) -> Path | None:
         return self._path(key)
 
     async def stat(self, key: str) -> ObjectInfo | None:
         try:
-            st = os.stat(self._path(key))
+            st = os.stat(self._path_text(key))
         except FileNotFoundError:
             return None
         return ObjectInfo(key=key, size=st.st_size, mtime=st.st_mtime)

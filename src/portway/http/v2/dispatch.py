@@ -19,10 +19,17 @@ from portway.repos.base import Repository
 
 Handler = Callable[..., Awaitable[web.StreamResponse]]
 
-# Image names may contain "manifests", "blobs"...: match the resource from the right.
-_PATTERNS: list[tuple[re.Pattern[str], dict[str, Handler]]] = [
-    (re.compile(r"^(?P<name>.+)/tags/list$"), {"GET": listing.tags, "HEAD": listing.tags}),
+# Image names may contain "manifests", "blobs"...: match the resource from the right. Each
+# pattern comes with a piece of text every path it matches contains, so that a path is
+# matched only against the patterns it can match (a `.+` match backtracks over the path).
+_PATTERNS: list[tuple[str, re.Pattern[str], dict[str, Handler]]] = [
     (
+        "/tags/list",
+        re.compile(r"^(?P<name>.+)/tags/list$"),
+        {"GET": listing.tags, "HEAD": listing.tags},
+    ),
+    (
+        "/manifests/",
         re.compile(r"^(?P<name>.+)/manifests/(?P<ref>[^/]+)$"),
         {
             "GET": manifests.get,
@@ -31,8 +38,9 @@ _PATTERNS: list[tuple[re.Pattern[str], dict[str, Handler]]] = [
             "DELETE": manifests.delete,
         },
     ),
-    (re.compile(r"^(?P<name>.+)/blobs/uploads/?$"), {"POST": uploads.start}),
+    ("/blobs/uploads", re.compile(r"^(?P<name>.+)/blobs/uploads/?$"), {"POST": uploads.start}),
     (
+        "/blobs/uploads/",
         re.compile(r"^(?P<name>.+)/blobs/uploads/(?P<ref>[^/]+)$"),
         {
             "GET": uploads.status,
@@ -42,10 +50,15 @@ _PATTERNS: list[tuple[re.Pattern[str], dict[str, Handler]]] = [
         },
     ),
     (
+        "/blobs/",
         re.compile(r"^(?P<name>.+)/blobs/(?P<ref>[^/]+)$"),
         {"GET": blobs.get, "HEAD": blobs.get, "DELETE": blobs.delete},
     ),
-    (re.compile(r"^(?P<name>.+)/referrers/(?P<ref>[^/]+)$"), {"GET": listing.referrers}),
+    (
+        "/referrers/",
+        re.compile(r"^(?P<name>.+)/referrers/(?P<ref>[^/]+)$"),
+        {"GET": listing.referrers},
+    ),
 ]
 
 
@@ -62,8 +75,11 @@ async def dispatch_v2(
         if request.method not in ("GET", "HEAD"):
             raise RegistryError("UNSUPPORTED", "the catalog is read-only", status=405)
         return await listing.catalog(request, ctx, route.repository, base)
-    for pattern, handlers in _PATTERNS:
-        m = pattern.match(rest[1:])
+    path = rest[1:]
+    for marker, pattern, handlers in _PATTERNS:
+        if marker not in path:
+            continue
+        m = pattern.match(path)
         if m is None:
             continue
         handler = handlers.get(request.method)
@@ -73,8 +89,10 @@ async def dispatch_v2(
             )
         url_name = unquote(m.group("name"))
         call = _call(request, ctx, route, url_name)
-        args = [unquote(m.group("ref"))] if "ref" in m.groupdict() else []
-        return await handler(call, *args)
+        ref = m.groupdict().get("ref")
+        if ref is None:
+            return await handler(call)
+        return await handler(call, unquote(ref))
     raise _not_found(rest)
 
 
