@@ -210,6 +210,7 @@ async def run_worker(
     after = partial(_reloaded, app[OBSERVE_KEY])
     loop.add_signal_handler(signal.SIGHUP, reload.on_signal, root, reloads, after)
     try:
+        await blobs.connect()  # S3: the client set up before the first pull waits for it
         opened, live = await open_listeners(runner, ctx, sockets)
         log.info("worker %d listening on %s", os.getpid(), ", ".join(f"{s}:{p}" for s, p in opened))
         if on_listening is not None:

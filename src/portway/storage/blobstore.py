@@ -53,6 +53,12 @@ class BlobStore:
         self.spool = spool
         self.faults = StorageFaults()
 
+    async def connect(self) -> None:
+        """Set the backend's client up ahead of the first request (S3), if it has one."""
+        connect = getattr(self.backend, "connect", None)
+        if connect is not None:
+            await connect()
+
     async def aclose(self) -> None:
         """Close the backend's connections (S3), if it has any."""
         close = getattr(self.backend, "close", None)

@@ -227,10 +227,15 @@ class PartUploads:
         writer = await self.backend.create(key)
         hasher = hashlib.new(digest.algorithm)
         loop = asyncio.get_running_loop()
+        hashing: asyncio.Future[None] | None = None  # hashed while the next piece is read
         try:
             async for chunk in chunks:
-                await loop.run_in_executor(None, hasher.update, chunk)
+                if hashing is not None:
+                    await hashing
+                hashing = loop.run_in_executor(None, hasher.update, chunk)
                 await writer.write(chunk)
+            if hashing is not None:
+                await hashing
             total = writer.size
             if expected_length is not None and total != expected_length:
                 raise RegistryError(

@@ -114,13 +114,20 @@ class PartWriter:
             self._add(await read_all(self.backend, self.state.tail))
         written = 0
         loop = asyncio.get_running_loop()
-        async for chunk in chunks:
-            if hasher is not None:
-                await loop.run_in_executor(None, hasher.update, chunk)
-            self._add(chunk)
-            written += len(chunk)
-            if self.buffered >= self.part_size:
-                await self._send(self._take_buffer())
+        hashing: asyncio.Future[None] | None = None  # the piece before, hashed while we read
+        try:
+            async for chunk in chunks:
+                if hasher is not None:
+                    if hashing is not None:
+                        await hashing
+                    hashing = loop.run_in_executor(None, hasher.update, chunk)
+                self._add(chunk)
+                written += len(chunk)
+                if self.buffered >= self.part_size:
+                    await self._send(self._take_buffer())
+        finally:
+            if hashing is not None:
+                await hashing  # the hasher is whole (or dropped with a failed request)
         return written
 
     def _add(self, chunk: bytes) -> None:

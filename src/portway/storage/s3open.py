@@ -49,6 +49,11 @@ class LazyS3Backend:
                 self._backend = await S3Backend.open(self.settings)
         return self._backend
 
+    async def connect(self) -> None:
+        """Open the client now (a worker at start), not on its first request: botocore's
+        setup takes a quarter of a second, more on a loaded host (no request is sent)."""
+        await self._open()
+
     async def close(self) -> None:
         if self._backend is not None:
             backend, self._backend = self._backend, None
