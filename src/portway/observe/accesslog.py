@@ -29,6 +29,11 @@ _ID_RE = re.compile(r"^[A-Za-z0-9._:@/+=-]{1,128}$")
 _MAX_PATH = 512
 FLUSH_INTERVAL = 0.2  # seconds a line may wait in memory
 FLUSH_LINES = 512  # ...or until this many wait
+_quote = json.encoder.encode_basestring_ascii  # what json.dumps writes for a str
+
+
+def _js(value: str | None) -> str:
+    return "null" if value is None else _quote(value)
 
 
 class RequestIds:
@@ -76,6 +81,8 @@ class AccessLog:
         self._lines: list[str] = []
         self._prefix_at = -1
         self._prefix = ""
+        self._utc_at = -1
+        self._utc = ""
         self._tail = f" INFO {LOGGER}[{os.getpid()}]: "
 
     def enabled(self) -> bool:
@@ -100,24 +107,20 @@ class AccessLog:
         ms = round(e.seconds * 1000, 3)
         now = time.time()
         if self.json:
-            ts = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now))
-            line = json.dumps(
-                {
-                    "ts": f"{ts}.{int(now % 1 * 1000):03d}Z",
-                    "request_id": e.request_id,
-                    "client": e.client,
-                    "principal": e.principal,
-                    "repository": e.repository,
-                    "method": e.method,
-                    "path": path,
-                    "route": e.route,
-                    "status": e.status,
-                    "bytes_in": e.bytes_in,
-                    "bytes_out": e.bytes_out,
-                    "duration_ms": ms,
-                    "user_agent": e.user_agent,
-                },
-                separators=(",", ":"),
+            # The text json.dumps(..., separators=(",", ":")) gives for these fields, written
+            # out: a third of the cost (json.dumps builds an encoder per call).
+            second = int(now)
+            if second != self._utc_at:
+                self._utc_at = second
+                self._utc = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+            line = (
+                f'{{"ts":"{self._utc}.{int(now % 1 * 1000):03d}Z",'
+                f'"request_id":{_quote(e.request_id)},"client":{_js(e.client)},'
+                f'"principal":{_js(e.principal)},"repository":{_js(e.repository)},'
+                f'"method":{_quote(e.method)},"path":{_quote(path)},"route":{_quote(e.route)},'
+                f'"status":{int(e.status)},"bytes_in":{int(e.bytes_in)},'
+                f'"bytes_out":{int(e.bytes_out)},"duration_ms":{float(ms)!r},'
+                f'"user_agent":{_js(e.user_agent)}}}'
             )
         else:
             agent = (e.user_agent or "-")[:200].replace('"', "'")
