@@ -182,6 +182,19 @@ def main() -> None:
                 {"repository": REPO, "version": "pr-9*"},
             )
         )
+        components = f"{base}/service/rest/v1/components"
+        token = session.get(components, params={"repository": REPO}).json()["continuationToken"]
+        cases.append(
+            (
+                "nexus components page 2",
+                components,
+                {"repository": REPO, "continuationToken": token},
+            )
+        )
+        search = f"{base}/service/rest/v1/search"
+        wanted = {"repository": REPO, "version": "pr-9*"}
+        token = session.get(search, params=wanted).json()["continuationToken"]
+        cases.append(("nexus search pr-9* page 2", search, {**wanted, "continuationToken": token}))
         cases.append(("nexus repositories", f"{base}/service/rest/v1/repositories", {}))
         for name, url, params in cases:
             times = timed(session, url, params, args.requests)

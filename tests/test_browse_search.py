@@ -104,3 +104,13 @@ def test_a_tag_prefix_reads_the_name_index_on_sqlite(tmp_path: Path) -> None:
                 assert "ix_tags_name (repo_id=? AND name>? AND name<?)" in plan, plan
     finally:
         meta.close()
+
+
+@pytest.mark.parametrize("match", ["pr-1*", "pr-?", "p*r", "[lv]*", "*", "PR-*", "nothing*"])
+def test_bulk_preview_chooses_what_the_glob_means(store: MetadataStore, match: str) -> None:
+    """The bulk delete preview reads only the names its pattern's literal start allows (a
+    primary-key range on SQLite) and chooses the same tags as the pattern over every tag."""
+    from portway.repos.bulk import BulkTags
+
+    chosen = BulkTags(BrowseQueries(store.read_engine)).preview(1, "web", (), match)
+    assert [r.name for r in chosen] == sorted(n for n in NAMES if fnmatch.fnmatchcase(n, match))

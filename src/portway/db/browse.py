@@ -147,6 +147,21 @@ class BrowseQueries:
         with self._connect() as conn:
             return [TagRow(image, r[0], r[1], r[2]) for r in conn.execute(stmt)]
 
+    def tags_starting(self, repo_id: int, image: str, prefix: str) -> list[TagRow]:
+        """The image's tags whose names start with `prefix` (every tag for ""): a range of
+        the primary key on SQLite; PostgreSQL's collation may not order a prefix's names
+        together, so there every tag is read and the caller narrows them."""
+        stmt = select(tags.c.name, tags.c.digest, tags.c.updated).where(
+            tags.c.repo_id == repo_id, tags.c.image == image
+        )
+        if prefix and self.engine.dialect.name == "sqlite":
+            stmt = stmt.where(tags.c.name >= prefix)
+            upper = _after_prefix(prefix)
+            if upper is not None:
+                stmt = stmt.where(tags.c.name < upper)
+        with self._connect() as conn:
+            return [TagRow(image, r[0], r[1], r[2]) for r in conn.execute(stmt)]
+
     def tags_after(
         self, repo_id: int, image: str, after: str | None, limit: int, descending: bool
     ) -> list[TagRow]:

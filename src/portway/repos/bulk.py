@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import fnmatch
 import hashlib
+import re
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 
@@ -51,6 +52,9 @@ class BulkTags:
     def preview(
         self, repo_id: int, image: str, names: Collection[str], match: str | None
     ) -> list[TagRow]:
+        if match and not names:  # only the names the pattern's literal start allows
+            start = re.split(r"[*?\[]", match, maxsplit=1)[0]
+            return choose(self.queries.tags_starting(repo_id, image, start), (), match)
         return choose(self.queries.tags(repo_id, image), names, match)
 
     async def delete(
