@@ -12,6 +12,7 @@ rotate` opens no database, `portway repo list` never creates the admin account (
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping
 from functools import cached_property, partial
 from types import TracebackType
@@ -49,6 +50,7 @@ class Portway:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self._admin_password: str | None = None
+        self._rebuilding = asyncio.Lock()
 
     # -- stores ----------------------------------------------------------------------------
 
@@ -228,9 +230,13 @@ class Portway:
     ) -> Snapshot[RouteTable]:
         """Serve `definitions` (and the connectors and hosts of `network`, when given) from
         now on (the admin API's path); raises ValueError for a set the configuration file
-        could not declare, and then nothing changes."""
+        could not declare, and then nothing changes. The build writes the repositories'
+        rows: it runs in a thread, one rebuild at a time."""
         connectors, hosts = network if network is not None else (None, None)
-        snapshot, retired = self.registry.rebuild(definitions, connectors, hosts)
+        async with self._rebuilding:
+            snapshot, retired = await asyncio.to_thread(
+                self.registry.rebuild, definitions, connectors, hosts
+            )
         auth = self.__dict__.get("auth")
         if auth is not None:
             auth.set_repositories(snapshot.definitions)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import json
 from datetime import UTC, datetime
 from typing import Any
@@ -98,8 +99,9 @@ def _asset(call: Call, repo: str, row: TagRow, body: tuple[str, int] | None) -> 
     )
 
 
-def _page(call: Call, repo: str, repo_id: int, rows: list[TagRow]) -> list[ComponentXO]:
-    bodies = call.services.browse.many_sizes(repo_id, [(r.image, r.digest) for r in rows])
+async def _page(call: Call, repo: str, repo_id: int, rows: list[TagRow]) -> list[ComponentXO]:
+    browse = call.services.browse
+    bodies = await browse.run(browse.many_sizes, repo_id, [(r.image, r.digest) for r in rows])
     return [
         ComponentXO(
             id=_b64(["c", repo, r.image, r.name]),
@@ -125,26 +127,28 @@ def _after(call: Call, repo: str) -> tuple[str, str] | None:
 async def list_components(call: Call) -> web.StreamResponse:
     repo = call.query("repository") or ""
     repo_id = _repo_id(call, repo)
-    rows = call.services.browse.components(repo_id, _after(call, repo), PAGE + 1)
+    browse = call.services.browse
+    rows = await browse.run(browse.components, repo_id, _after(call, repo), PAGE + 1)
     token = (
         _b64(["t", repo, rows[PAGE - 1].image, rows[PAGE - 1].name]) if len(rows) > PAGE else None
     )
-    items = _page(call, repo, repo_id, rows[:PAGE])
+    items = await _page(call, repo, repo_id, rows[:PAGE])
     return json_response(PageComponentXO(items=items, continuationToken=token).model_dump())
 
 
 async def list_assets(call: Call) -> web.StreamResponse:
     repo = call.query("repository") or ""
     repo_id = _repo_id(call, repo)
-    rows = call.services.browse.components(repo_id, _after(call, repo), PAGE + 1)
+    browse = call.services.browse
+    rows = await browse.run(browse.components, repo_id, _after(call, repo), PAGE + 1)
     token = (
         _b64(["t", repo, rows[PAGE - 1].image, rows[PAGE - 1].name]) if len(rows) > PAGE else None
     )
-    items = [c.assets[0] for c in _page(call, repo, repo_id, rows[:PAGE])]
+    items = [c.assets[0] for c in await _page(call, repo, repo_id, rows[:PAGE])]
     return json_response(PageAssetXO(items=items, continuationToken=token).model_dump())
 
 
-def _one(call: Call, kind: str) -> tuple[str, int, TagRow]:
+async def _one(call: Call, kind: str) -> tuple[str, int, TagRow]:
     found_kind, repo, image, tag = _unb64(call.path("id"), 4)
     if found_kind != kind:
         raise Problem(404, "no such component or asset")
@@ -152,24 +156,27 @@ def _one(call: Call, kind: str) -> tuple[str, int, TagRow]:
         repo_id = _repo_id(call, repo)
     except Problem:
         raise Problem(404, "no such component or asset") from None
-    rows = call.services.browse.components(repo_id, None, 1, image=image, tag_like=_like(tag))
+    browse = call.services.browse
+    rows = await browse.run(
+        functools.partial(browse.components, repo_id, None, 1, image=image, tag_like=_like(tag))
+    )
     if not rows or rows[0].name != tag:
         raise Problem(404, "no such component or asset")
     return repo, repo_id, rows[0]
 
 
 async def get_component(call: Call) -> web.StreamResponse:
-    repo, repo_id, row = _one(call, "c")
-    return json_response(_page(call, repo, repo_id, [row])[0].model_dump())
+    repo, repo_id, row = await _one(call, "c")
+    return json_response((await _page(call, repo, repo_id, [row]))[0].model_dump())
 
 
 async def get_asset(call: Call) -> web.StreamResponse:
-    repo, repo_id, row = _one(call, "a")
-    return json_response(_page(call, repo, repo_id, [row])[0].assets[0].model_dump())
+    repo, repo_id, row = await _one(call, "a")
+    return json_response((await _page(call, repo, repo_id, [row]))[0].assets[0].model_dump())
 
 
 async def _delete(call: Call, kind: str) -> web.StreamResponse:
-    repo, _, row = _one(call, kind)
+    repo, _, row = await _one(call, kind)
     if not call.may(repo, "delete"):
         raise Problem(403, f"deleting in {repo!r} needs the delete privilege")
     await call.ctx.repos[repo].writable().delete_manifest(row.image, row.name)
@@ -219,20 +226,24 @@ async def search(call: Call) -> web.StreamResponse:
             continue
         repo_id = _repo_id(call, repo)
         want = PAGE + 1 - len(items)
-        rows = call.services.browse.components(
-            repo_id,
-            after if repo == start_repo else None,
-            want,
-            name_like=_like(name) if name else None,
-            tag_like=_like(version) if version else None,
+        browse = call.services.browse
+        rows = await browse.run(
+            functools.partial(
+                browse.components,
+                repo_id,
+                after if repo == start_repo else None,
+                want,
+                name_like=_like(name) if name else None,
+                tag_like=_like(version) if version else None,
+            )
         )
         if len(items) + len(rows) > PAGE:
             rows = rows[: PAGE - len(items)]
-            items += _page(call, repo, repo_id, rows)
+            items += await _page(call, repo, repo_id, rows)
             last = items[-1]
             next_token = _b64(["s", repo, last.name, last.version])
             break
-        items += _page(call, repo, repo_id, rows)
+        items += await _page(call, repo, repo_id, rows)
     return json_response(PageComponentXO(items=items, continuationToken=next_token).model_dump())
 
 

@@ -70,20 +70,22 @@ async def list_tags(call: Call) -> web.StreamResponse:
     if not 1 <= limit <= 1000:
         raise Problem(400, "limit: a number from 1 to 1000")
     if (call.query("untagged") or "").lower() in ("1", "true", "yes"):
-        rows = call.services.browse.untagged(repo_id, image)
-        sizes = call.services.tags.sizes(repo_id, image, [r.digest for r in rows])
+        browse, tags = call.services.browse, call.services.tags
+        rows = await browse.run(browse.untagged, repo_id, image)
+        sizes = await browse.run(tags.sizes, repo_id, image, [r.digest for r in rows])
         items = [
             Tag(name=None, digest=r.digest, pushed=r.created, size=sizes.get(r.digest))
             for r in rows
         ]
         return json_response(TagList(items=items, total=len(items)).model_dump())
-    page = call.services.tags.page(
+    page = await call.services.browse.run(
+        call.services.tags.page,
         repo_id,
         image,
         sort,
         order == "desc",
         call.query("cursor") or None,
-        limit,  # type: ignore[arg-type]
+        limit,
     )
     items = [Tag(name=t.name, digest=t.digest, pushed=t.pushed, size=t.size) for t in page.items]
     return json_response(
@@ -97,7 +99,9 @@ async def delete_tags(call: Call) -> web.StreamResponse:
     image, name = call.path("image"), call.path("name")
     if not body.tags and not body.match:
         raise Problem(400, "name the tags (tags) or a pattern (match)")
-    chosen = call.services.bulk.preview(repo_id, image, body.tags, body.match)
+    chosen = await call.services.browse.run(
+        call.services.bulk.preview, repo_id, image, body.tags, body.match
+    )
     deleted = 0
     if not body.preview:
         expected: dict[str, str | None] = {r.name: None for r in chosen}

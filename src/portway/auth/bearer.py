@@ -12,6 +12,17 @@ from portway.auth.tokens import TokenClaims, TokenError, TokenWrongRepository
 
 
 class BearerGrants(AuthState):
+    def principal_cached(self, grant: Grant) -> tuple[bool, Principal | None]:
+        """(found, principal) from what this process remembers; (False, None): it must be
+        read (`principal_of`, off the event loop on PostgreSQL)."""
+        if grant.anonymous:
+            anonymous = self.anonymous_cached()
+            return anonymous is not None, anonymous
+        hit = self._principals.get(grant.principal)
+        if hit is not None and hit[0] == self._generation():
+            return True, hit[1]
+        return False, None
+
     def principal_of(self, grant: Grant) -> Principal | None:
         """The current principal behind a grant (catalog filtering, refusals, the access
         log's user name): read from the store once per user and security generation, so a

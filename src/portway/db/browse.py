@@ -4,9 +4,12 @@ services above (repos/browse.py) decide what to keep."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Engine, Index, and_, func, or_, select, tuple_
 
@@ -16,6 +19,7 @@ from portway.db.schema import manifests, tags
 # Tag listings read only this index (no table row per tag): the newest change of an image is
 # one seek, push-time order is a range scan, a whole image's list is index-only.
 LENGTHS_KEPT = 200_000  # (repository, image, digest) -> manifest length, for components
+T = TypeVar("T")
 
 Index("ix_tags_pushed", tags.c.repo_id, tags.c.image, tags.c.updated, tags.c.name, tags.c.digest)
 # A tag pattern with a literal start across every image (Nexus search `version=pr-9*`): a
@@ -76,11 +80,22 @@ class BrowseQueries:
         self._fingerprints: dict[tuple[int, str], tuple[object, tuple[int, float]]] = {}
         self._untagged: dict[tuple[int, str], tuple[object, list[UntaggedRow]]] = {}
         self._lengths: dict[tuple[int, str, str], tuple[str, int]] = {}
+        self._thread: ThreadPoolExecutor | None = None
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        """`fn(*args)`, a function of these queries (or of the services over them): inline on
+        SQLite; on PostgreSQL in this object's one thread, so the event loop never waits for
+        the database and the queries still run one at a time on one connection."""
+        if self.dialect.name == "sqlite":
+            return fn(*args)
+        if self._thread is None:
+            self._thread = ThreadPoolExecutor(1, thread_name_prefix="portway-browse")
+        return await asyncio.get_running_loop().run_in_executor(self._thread, fn, *args)
 
     @contextlib.contextmanager
     def _connect(self) -> Iterator[Connection]:
-        """One read connection kept for these queries (all made on the event loop's thread,
-        one at a time): SQLite's change token then compares across requests. A connection
+        """One read connection kept for these queries (all made on one thread, one at a time,
+        see `run`): SQLite's change token then compares across requests. A connection
         that failed is dropped and the next query opens another."""
         if self._held is None:
             self._held = self.engine.connect()

@@ -74,6 +74,19 @@ class DefinitionStore:
         self._signal = signal
         self._seen: tuple[object, int] | None = None
 
+    @property
+    def inline(self) -> bool:
+        """SQLite: a read is microseconds on a local file, made on the caller's thread."""
+        return self.read_engine.dialect.name == "sqlite"
+
+    def known_generation(self) -> int | None:
+        """The generation when the change signal says it cannot have moved since it was read
+        (no database call), else None: ask `generation()` (off the event loop on PostgreSQL)."""
+        token = self._signal.token() if self._signal is not None else None
+        if token is not None and self._seen is not None and self._seen[0] == token:
+            return self._seen[1]
+        return None
+
     def generation(self) -> int:
         token = self._signal.token() if self._signal is not None else None
         if token is not None and self._seen is not None and self._seen[0] == token:

@@ -40,13 +40,14 @@ class _RequestAuth:
     key, made when the request is routed: a lookup of a key the request does not hold costs
     an exception inside aiohttp's mapping, and this made four of them per request."""
 
-    __slots__ = ("credentials", "grants", "principal", "refused")
+    __slots__ = ("bearer_refused", "credentials", "grants", "principal", "refused")
 
     def __init__(self) -> None:
         self.credentials: tuple[str, str] | None = None
         self.grants: dict[str | None, Grant] = {}
         self.principal: Principal | None = None
         self.refused: AuthError | None = None
+        self.bearer_refused: dict[str | None, AuthError] | None = None  # by repository
 
 
 def _state(request: web.Request) -> _RequestAuth:
@@ -139,6 +140,8 @@ class SecurityAuthorizer:
         scheme, value = self._credentials(request)
         try:
             if scheme == "bearer":
+                if state.bearer_refused is not None and repository in state.bearer_refused:
+                    raise state.bearer_refused[repository]
                 remembered = self.auth.remembered_bearer(value, repository, self.service)
                 grant = remembered or self.auth.verify_bearer(
                     value, repository, self.service, _client_addr(request)
@@ -164,6 +167,46 @@ class SecurityAuthorizer:
             ) from None
         cache[repository] = grant
         return grant
+
+    async def identify(self, request: web.Request, repository: str | None) -> None:
+        """Decide who is asking, with every lookup that may wait for the database made here
+        (a password check in the pool; on PostgreSQL the store's reads in a thread), so that
+        `_grant`, `principal` and `visible` after it answer from memory on the event loop."""
+        scheme, value = self._credentials(request)
+        if scheme == "basic":
+            await self._check_basic(request)
+        elif scheme == "bearer":
+            await self._check_bearer(request, repository, value)
+        elif not request.headers.get("Authorization"):  # no credentials: anonymous
+            state = _state(request)
+            if state.principal is None:
+                state.principal = await self.auth.anonymous_now()
+
+    async def _check_bearer(self, request: web.Request, repository: str | None, token: str) -> None:
+        """Verify a token for `repository` unless it was verified before (off the loop on
+        PostgreSQL: a token seen first needs its user read), and find its user."""
+        state = _state(request)
+        grant = state.grants.get(repository)
+        if grant is None:
+            grant = self.auth.remembered_bearer(token, repository, self.service)
+        if grant is None:
+            if state.bearer_refused is None:
+                state.bearer_refused = {}
+            if repository in state.bearer_refused:
+                return
+            try:
+                grant = await self.auth.off_loop(
+                    self.auth.verify_bearer, token, repository, self.service, _client_addr(request)
+                )
+            except AuthError as exc:
+                state.bearer_refused[repository] = exc  # `_grant` answers with the challenge
+                return
+        state.grants[repository] = grant
+        if not self.auth.inline and state.principal is None:
+            found, principal = self.auth.principal_cached(grant)
+            if not found:
+                principal = await self.auth.off_loop(self.auth.principal_of, grant)
+            state.principal = principal
 
     async def _check_basic(self, request: web.Request) -> None:
         """Check Basic credentials in the pool, once per request (`_grant` uses the result)."""
@@ -226,8 +269,7 @@ class SecurityAuthorizer:
         image: str | None,
         actions: tuple[str, ...],
     ) -> None:
-        if self._credentials(request)[0] == "basic":  # a bearer request has no login to check
-            await self._check_basic(request)
+        await self.identify(request, repository)
         grant = self._grant(request, repository)
         if not actions:
             # GET /v2/: any valid identity; no credentials gets the challenge (docker login).

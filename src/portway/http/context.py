@@ -32,6 +32,10 @@ class Authorizer(Protocol):
         actions: tuple[str, ...],
     ) -> None: ...
 
+    async def identify(self, request: web.Request, repository: str | None) -> None:
+        """Find out who is asking (before `visible` is asked without `authorize`)."""
+        ...
+
     def visible(self, request: web.Request, repository: str) -> bool: ...
 
     def audit(
@@ -49,6 +53,9 @@ class AllowAll:
         image: str | None,
         actions: tuple[str, ...],
     ) -> None:
+        return None
+
+    async def identify(self, request: web.Request, repository: str | None) -> None:
         return None
 
     def visible(self, request: web.Request, repository: str) -> bool:

@@ -129,7 +129,7 @@ async def reload_worker(root: Reloadable, after: Callable[[Settings], None] | No
     definitions, network = settings.repository, (settings.connector, settings.host)
     if admin is not None:  # the file's definitions and those made through the API
         _file_settings(admin, settings)
-        definitions = admin.initial()
+        definitions = await asyncio.to_thread(admin.initial)  # database reads
         network = admin.network()
     try:
         await root.apply_repositories(definitions, network)

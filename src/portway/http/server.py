@@ -182,7 +182,9 @@ async def run_worker(
     """`control`: the supervisor's messages about connectors (live_connectors.py); without
     one this process is alone and watches the connectors itself."""
     root = compose(settings)
-    ctx = root.context()
+    # Opening the database, the admin account, the repositories' rows: all database work,
+    # made in a thread so the event loop never waits for it (ADR 28).
+    ctx = await asyncio.to_thread(root.context)
     blobs = root.blobs
     app = build_app(ctx)
     draining = install_drain(app)

@@ -60,6 +60,7 @@ async def _ask_for_credentials(request: web.Request, ctx: AppContext, route: Rou
         # Who is asking is decided now, off the event loop (a password check), not in visible().
         await ctx.authorizer.authorize(request, route.repository, None, ())
         return
+    await ctx.authorizer.identify(request, route.repository)  # anonymous: read off the loop
     if route.repository is not None:
         reach = [route.repository]
     else:

@@ -176,8 +176,10 @@ class RepositoryAdmin:
 
     # -- freshness -------------------------------------------------------------------------
     def maybe_refresh(self) -> None:
-        """Called whenever the registry is read: at most every FRESHNESS seconds, read the
-        generation; when it moved, rebuild in the background (the next requests see it)."""
+        """Called whenever the registry is read: at most every FRESHNESS seconds, look at the
+        generation; when it moved, rebuild in the background (the next requests see it).
+        Never waits for PostgreSQL on the event loop: there the look is the change signal,
+        and the generation row is read in a thread once the signal moved."""
         now = self.clock()
         if now < self._next_check or (self._task is not None and not self._task.done()):
             return
@@ -186,14 +188,29 @@ class RepositoryAdmin:
             loop = asyncio.get_running_loop()
         except RuntimeError:
             return
+        generation = self.store.known_generation()
+        if generation is None and self.store.inline:
+            try:  # SQLite: one indexed row of a local file, read here
+                generation = self.store.generation()
+            except Exception as exc:  # a database away: keep serving what we have
+                log.debug("repository generation not read: %s", exc)
+                return
+        if generation is None:  # PostgreSQL after a change signal: read in a thread
+            self._task = loop.create_task(self._look())
+        elif generation != self._generation:
+            self._task = loop.create_task(self.refresh())
+        else:
+            return
+        self._task.add_done_callback(_log_failure)
+
+    async def _look(self) -> None:
         try:
-            generation = self.store.generation()
+            generation = await asyncio.to_thread(self.store.generation)
         except Exception as exc:  # a database away: keep serving what we have
             log.debug("repository generation not read: %s", exc)
             return
         if generation != self._generation:
-            self._task = loop.create_task(self.refresh())
-            self._task.add_done_callback(_log_failure)
+            await self.refresh()
 
     async def refresh(self, force: bool = False) -> None:
         async with self._lock:

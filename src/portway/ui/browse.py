@@ -74,8 +74,8 @@ async def tags(p: Page) -> web.StreamResponse:
     text = q.get("q", "").strip()[:200]
     try:
         offset = max(0, int(q.get("offset", "0") or 0))
-        view = tag_page(
-            p.services.tags, int(repo_id), image, sort_of(sort), descending,
+        view = await p.services.browse.run(
+            tag_page, p.services.tags, int(repo_id), image, sort_of(sort), descending,
             q.get("cursor") or None, text, offset,
         )  # fmt: skip
     except (CursorError, ValueError):
