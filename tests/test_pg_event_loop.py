@@ -1,4 +1,4 @@
-"""On PostgreSQL the event loop never waits for the database (issue 11; ADR 21, ADR 28).
+"""On PostgreSQL the event loop never waits for the database (issue 11; ADR 21, ADR 29).
 
 A real server on a real PostgreSQL 15, security on, with a watcher on every SQL statement
 (tests/support/loop_site/sitecustomize.py, loaded through PYTHONPATH): pushes, pulls with
@@ -33,6 +33,7 @@ REPOSITORIES = (
     {"name": "public", "type": "hosted", "path_routing": True, "anonymous_pull": True},
 )
 QUICK = 1.0  # seconds: an answer from a loop that is not waiting for the database
+BULK = "/api/v1/repositories/docker-hosted/images/app/tags/delete"
 OCI = {"Accept": "application/vnd.oci.image.manifest.v1+json"}
 AUTH_TABLES = "users, user_roles, roles, role_privileges, role_includes, security_state"
 
@@ -79,8 +80,15 @@ def test_no_statement_runs_on_the_event_loop(server: PortwayServer) -> None:
             "/service/rest/v1/search?name=app",
             "/api/v1/repositories/docker-hosted/images/app/tags",
             "/api/v1/repositories",
+            "/api/v1/jobs",
+            "/service/rest/v1/tasks",
+            "/api/v1/connectors",
+            "/api/v1/hosts",
         ):
             assert admin.get(f"{server.url}{path}", timeout=30).status_code == 200, path
+        preview = admin.post(f"{server.url}{BULK}", json={"match": "v*", "preview": True},
+                             timeout=30)  # fmt: skip
+        assert preview.status_code == 200 and preview.json()["tags"], preview.text
 
     everything()
     # A user and a repository change: the security generation and the repositories' set
@@ -95,6 +103,9 @@ def test_no_statement_runs_on_the_event_loop(server: PortwayServer) -> None:
     everything()
     pushed = push_image(seeding, "later/app", "v1", make_image("later"))
     assert pushed.status_code == 201, pushed.text
+    assert push_image(seeding, "docker-hosted/app", "old", make_image("old")).status_code == 201
+    gone = admin.post(f"{server.url}{BULK}", json={"tags": ["old"], "preview": False}, timeout=30)
+    assert gone.status_code == 200 and gone.json()["deleted"] == 1, gone.text
     time.sleep(GENERATION_CHECK + 0.5)
     everything()
 

@@ -8,7 +8,7 @@ issued and refreshed (portway.auth.tokens_issue).
 On PostgreSQL a store read is a network round trip that an event loop must not wait for
 (ADR 21): `inline` is False there, the HTTP layer runs lookups that miss the caches in a
 thread (`off_loop`), and the security generation, when due on an event loop, is read in a
-thread while requests go on with the value read before (ADR 28). On SQLite (a local file)
+thread while requests go on with the value read before (ADR 29). On SQLite (a local file)
 every read stays inline, as before.
 """
 

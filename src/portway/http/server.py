@@ -183,7 +183,7 @@ async def run_worker(
     one this process is alone and watches the connectors itself."""
     root = compose(settings)
     # Opening the database, the admin account, the repositories' rows: all database work,
-    # made in a thread so the event loop never waits for it (ADR 28).
+    # made in a thread so the event loop never waits for it (ADR 29).
     ctx = await asyncio.to_thread(root.context)
     blobs = root.blobs
     app = build_app(ctx)

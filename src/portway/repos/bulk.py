@@ -62,7 +62,8 @@ class BulkTags:
     ) -> BulkResult:
         """Delete the tags of `expected` (tag -> the digest the preview showed, or None for
         any digest)."""
-        current = {r.name: r.digest for r in self.queries.tags(repo_id, image)}
+        rows = await self.queries.run(self.queries.tags, repo_id, image)  # off the loop on PG
+        current = {r.name: r.digest for r in rows}
         out = BulkResult()
         writable = repo.writable()
         for tag in sorted(expected):

@@ -23,12 +23,17 @@ def _repo_id(p: Page, name: str, action: str) -> int:
     return int(repo_id)
 
 
-def _preview(p: Page, name: str, image: str, match: str, status: int = 200,
-             changed: bool = False) -> web.Response:  # fmt: skip
+async def _rows(p: Page, repo_id: int, image: str, match: str) -> list[TagRow]:
+    """The tags a pattern picks (the browse queries' thread on PostgreSQL)."""
+    return await p.services.browse.run(p.services.bulk.preview, repo_id, image, (), match)
+
+
+async def _preview(p: Page, name: str, image: str, match: str, status: int = 200,
+                   changed: bool = False) -> web.Response:  # fmt: skip
     rows: list[TagRow] = []
     too_many = False
     if match:
-        rows = p.services.bulk.preview(_repo_id(p, name, "delete"), image, (), match)
+        rows = await _rows(p, _repo_id(p, name, "delete"), image, match)
         too_many = len(rows) > MAX_TAGS
     return p.render("bulk.html", status, repo=name, image=image, match=match, rows=rows,
                     too_many=too_many, limit=MAX_TAGS, changed=changed,
@@ -39,7 +44,7 @@ def _preview(p: Page, name: str, image: str, match: str, status: int = 200,
 async def bulk_form(p: Page) -> web.StreamResponse:
     name, image = p.request.match_info["repo"], _arg(p, "image")
     _repo_id(p, name, "delete")
-    return _preview(p, name, image, p.request.query.get("match", "").strip()[:200])
+    return await _preview(p, name, image, p.request.query.get("match", "").strip()[:200])
 
 
 @page
@@ -50,9 +55,9 @@ async def bulk_delete(p: Page) -> web.StreamResponse:
     if not image or not match:
         raise Refusal(400, "name an image and a pattern")
     repo_id = _repo_id(p, name, "delete")
-    rows = p.services.bulk.preview(repo_id, image, (), match)
+    rows = await _rows(p, repo_id, image, match)
     if len(rows) > MAX_TAGS or fingerprint(rows) != form.get("fingerprint"):
-        return _preview(p, name, image, match, 409, changed=True)
+        return await _preview(p, name, image, match, 409, changed=True)
     expected: dict[str, str | None] = {r.name: r.digest for r in rows}
     result = await p.services.bulk.delete(p.ctx.repos[name], repo_id, image, expected)
     p.ctx.authorizer.audit(p.request, "tag.bulk_delete", name,
