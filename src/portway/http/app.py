@@ -7,13 +7,14 @@ from dataclasses import replace
 
 from aiohttp import web
 
-from portway.http.auth import remember_route, token_endpoint
+from portway.http.auth import remember_route
 from portway.http.context import CONTEXT_KEY, AppContext
 from portway.http.drain import DRAIN_KEY, DrainState, close_after_answer
 from portway.http.errors import API_VERSION, FAULTS_KEY, FaultReport, error_middleware
 from portway.http.forwarded import client_origin
 from portway.http.observe import REQUEST_ID, middleware
 from portway.http.observe import install as install_observe
+from portway.http.token_endpoint import token_endpoint
 from portway.http.v1 import handle_v1
 from portway.http.v2.dispatch import dispatch_v2
 from portway.observe.accesslog import HEADER as REQUEST_ID_HEADER

@@ -1,5 +1,6 @@
-"""Security on the HTTP side: who is asking (Basic or bearer), may they do it here, and the
-token endpoint (`<route>/v2/token`) the `WWW-Authenticate` challenge sends Docker clients to.
+"""Security on the HTTP side: who is asking (Basic or bearer) and may they do it here. The
+token endpoint the `WWW-Authenticate` challenge sends Docker clients to is
+portway.http.token_endpoint.
 
 The realm is built for the URL the client came through (connector, host mapping, repository
 path, behind a proxy), and every token is bound to the repository it was issued for.
@@ -8,20 +9,15 @@ path, behind a proxy), and every token is bound to the repository it was issued 
 from __future__ import annotations
 
 import asyncio
-import json
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
 
 from aiohttp import web
 
-from portway.auth.errors import AuthError, InvalidCredentials, LoginLocked
+from portway.auth.errors import AuthError, LoginLocked
 from portway.auth.grants import Grant
-from portway.auth.keys import KeyFolderError
 from portway.auth.passwords import lower_thread_priority
 from portway.auth.privileges import ACTIONS, BROWSE, READ, Principal, allowed_actions
-from portway.auth.scopes import Scope, ScopeError, parse_scopes
 from portway.auth.service import AuthService
-from portway.http.concealed import concealable
 from portway.http.context import CONTEXT_KEY, AppContext
 from portway.http.forwarded import client_address, client_origin
 from portway.http.routing import Route
@@ -63,17 +59,17 @@ def remember_route(request: web.Request, route: Route) -> None:
     request[_AUTH] = _RequestAuth()
 
 
-def _too_many(exc: LoginLocked) -> RegistryError:
+def too_many(exc: LoginLocked) -> RegistryError:
     return RegistryError(
         "TOOMANYREQUESTS", exc.message, status=429, headers={"Retry-After": str(exc.retry_after)}
     )
 
 
-def _client_addr(request: web.Request) -> str | None:
+def client_addr(request: web.Request) -> str | None:
     return client_address(request, request.app[CONTEXT_KEY].trusted)
 
 
-def _realm(request: web.Request, ctx: AppContext) -> str:
+def realm_of(request: web.Request, ctx: AppContext) -> str:
     route: Route | None = request.get(_ROUTE)
     prefix = route.prefix if route else ""
     if route is not None and route.external_url:
@@ -144,18 +140,18 @@ class SecurityAuthorizer:
                     raise state.bearer_refused[repository]
                 remembered = self.auth.remembered_bearer(value, repository, self.service)
                 grant = remembered or self.auth.verify_bearer(
-                    value, repository, self.service, _client_addr(request)
+                    value, repository, self.service, client_addr(request)
                 )
             else:
                 if state.refused is not None:
                     raise state.refused
                 principal = state.principal or self.auth.authenticate_basic(
-                    request.headers.get("Authorization"), _client_addr(request)
+                    request.headers.get("Authorization"), client_addr(request)
                 )
                 state.principal = principal
                 grant = self.auth.authorize(principal, repository)
         except LoginLocked as exc:
-            raise _too_many(exc) from None
+            raise too_many(exc) from None
         except AuthError as exc:
             raise self._challenge(
                 request,
@@ -196,7 +192,7 @@ class SecurityAuthorizer:
                 return
             try:
                 grant = await self.auth.off_loop(
-                    self.auth.verify_bearer, token, repository, self.service, _client_addr(request)
+                    self.auth.verify_bearer, token, repository, self.service, client_addr(request)
                 )
             except AuthError as exc:
                 state.bearer_refused[repository] = exc  # `_grant` answers with the challenge
@@ -215,7 +211,7 @@ class SecurityAuthorizer:
             return
         if self._credentials(request)[0] != "basic":
             return
-        header, client = request.headers.get("Authorization"), _client_addr(request)
+        header, client = request.headers.get("Authorization"), client_addr(request)
         remembered = self.auth.remembered_basic(header or "", client)
         if remembered is not None:  # checked before: no thread hand-off, no database query
             state.principal = remembered
@@ -256,7 +252,7 @@ class SecurityAuthorizer:
             scope.extend(_mount_source_scope(request, image, actions))
         elif "catalog" in actions:
             scope.append("registry:catalog:*")
-        header = AuthService.challenge(_realm(request, ctx), self.service, scope, error)
+        header = AuthService.challenge(realm_of(request, ctx), self.service, scope, error)
         detail = (
             [{"Type": "repository", "Name": image, "Action": a} for a in actions] if image else None
         )
@@ -332,7 +328,7 @@ class SecurityAuthorizer:
         self.auth.audit.write(
             event,
             principal=who,
-            client=_client_addr(request),
+            client=client_addr(request),
             repository=repository,
             detail=detail,
         )
@@ -348,119 +344,3 @@ class SecurityAuthorizer:
         if principal is None:
             principal = self.auth.anonymous()
         return BROWSE in allowed_actions(principal, repository)
-
-
-# -- token endpoint ------------------------------------------------------------------------
-def _bound_repository(ctx: AppContext, route: Route, scopes: list[Scope]) -> str | None:
-    """The repository a token is for: the route's, or on a shared host the repository the
-    first repository scope names (`<repo>/<image>`); with security on, also a name that
-    names none there, so that its token looks like that of a repository one may not see."""
-    if route.repository is not None:
-        return route.repository
-    for scope in scopes:
-        if scope.type == "repository":
-            repo = scope.name.partition("/")[0]
-            cfg = ctx.snapshot.config(repo)
-            if cfg is not None and cfg.path_routing:
-                return repo
-            if ctx.routes.conceal and concealable(repo):
-                return repo
-            return None
-    return None
-
-
-def _token_response(body: dict[str, Any]) -> web.Response:
-    return web.Response(
-        body=json.dumps(body).encode(),
-        content_type="application/json",
-        headers={"Cache-Control": "no-store", "Pragma": "no-cache"},
-    )
-
-
-async def token_endpoint(request: web.Request, ctx: AppContext, route: Route) -> web.Response:
-    authorizer = ctx.authorizer
-    if not isinstance(authorizer, SecurityAuthorizer):
-        raise RegistryError("UNSUPPORTED", "security is off: no tokens needed", status=404)
-    if request.method == "POST":
-        form = await request.post()
-        fields = {k: str(v) for k, v in form.items()}
-        scope_values = [str(v) for v in form.getall("scope", [])]
-    elif request.method == "GET":
-        fields = {k: v for k, v in request.query.items()}
-        scope_values = request.query.getall("scope", [])
-    else:
-        raise RegistryError("UNSUPPORTED", status=405)
-    try:
-        scopes = parse_scopes(scope_values)
-    except ScopeError as exc:
-        raise RegistryError("UNSUPPORTED", str(exc), status=400) from None
-    bound = _bound_repository(ctx, route, scopes)
-    if route.repository is None and bound is not None:
-        scopes = [s for s in scopes if s.type != "repository" or s.name.startswith(bound + "/")]
-    service = fields.get("service") or authorizer.service
-    try:
-        return await _answer_token(request, ctx, route, fields, scopes, bound, service)
-    except KeyFolderError as exc:
-        # No signing key can be written (a full disk): a clear, retryable refusal.
-        raise RegistryError("UNAVAILABLE", f"cannot sign tokens: {exc}", status=503) from None
-
-
-async def _answer_token(
-    request: web.Request,
-    ctx: AppContext,
-    route: Route,
-    fields: dict[str, str],
-    scopes: list[Scope],
-    bound: str | None,
-    service: str,
-) -> web.Response:
-    authorizer = ctx.authorizer
-    assert isinstance(authorizer, SecurityAuthorizer)
-    auth = authorizer.auth
-    client = _client_addr(request)
-    header = request.headers.get("Authorization")
-    method = request.method
-
-    def decide() -> dict[str, Any]:
-        """In the authorizer's pool: a password check and a refresh token's record wait
-        (argon2, the database's write lock), and must not hold up the event loop."""
-        if method == "POST":
-            grant_type = fields.get("grant_type", "")
-            if grant_type == "refresh_token":
-                return auth.refresh(
-                    fields.get("refresh_token", ""),
-                    service,
-                    scopes,
-                    route.repository,
-                    client,
-                    bind_to=bound,
-                )
-            if grant_type != "password":
-                raise RegistryError(
-                    "UNSUPPORTED", "grant_type must be password or refresh_token", status=400
-                )
-            principal = auth.authenticate_password(
-                fields.get("username", ""), fields.get("password", ""), client
-            )
-            offline = fields.get("access_type") == "offline"
-        else:
-            principal = auth.authenticate_basic(header, client)
-            # `offline_token=true` (what docker login sends) is not honoured: a refresh token
-            # would land in ~/.docker/config.json as an identity token, which podman refuses
-            # to log in over. Refresh tokens come from the OAuth2 POST only (ADR 0006).
-            offline = False
-        return auth.issue_token(principal, service, scopes, bound, client, offline_token=offline)
-
-    try:
-        body = await asyncio.get_running_loop().run_in_executor(authorizer.pool, decide)
-    except LoginLocked as exc:
-        raise _too_many(exc) from None
-    except InvalidCredentials as exc:
-        raise RegistryError(
-            "UNAUTHORIZED",
-            exc.message,
-            headers={"WWW-Authenticate": AuthService.basic_challenge(_realm(request, ctx))},
-        ) from None
-    except AuthError as exc:
-        raise RegistryError("UNAUTHORIZED", exc.message) from None
-    return _token_response(body)
