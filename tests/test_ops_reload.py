@@ -20,6 +20,7 @@ from support.ports import free_port
 from support.server import PortwayServer
 
 NO_TLS = ("--dest-tls-verify=false",)
+APPLIED = "applied; repositories: docker-hosted, added"
 
 
 def _push(image_ref: str, dest: str) -> bool:
@@ -61,13 +62,16 @@ def test_sighup_adds_a_repository_and_refuses_a_bad_file(tmp_path: Path) -> None
         while not _push(image.ref, server.image("app:v1", "added")):
             assert time.monotonic() - sent < 10, "the added repository took no push in 10 s"
             time.sleep(0.2)
+        # The push reached one worker; each worker logs when it applied the file (README:
+        # the signal is forwarded to every worker, each applies it within a second).
+        while server.log().count(APPLIED) < 2:
+            assert time.monotonic() - sent < 10, server.log()[-2000:]
+            time.sleep(0.05)
         took = time.monotonic() - sent
         assert _served_by(server, "added", "app") == _served_by(server, "docker-hosted", "app")
         assert len(_served_by(server, "added", "app")) == 2
         assert took < 10
-        time.sleep(1.0)
         log = server.log()
-        assert log.count("SIGHUP: ") >= 2 and "repositories: docker-hosted, added" in log
         # listen needs a restart: named in the log, and the server still listens where it did
         assert "applied only at a restart: server.listen" in log
 
@@ -81,6 +85,49 @@ def test_sighup_adds_a_repository_and_refuses_a_bad_file(tmp_path: Path) -> None
         assert server.alive()
         assert len(_served_by(server, "added", "app")) == 2
         assert _push(image.ref, server.image("app:v2", "added"))
+    finally:
+        server.stop()
+
+
+def _children(pid: int) -> set[int]:
+    text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    return {int(p) for p in text.split()}
+
+
+def _applied_by(log: str, pid: int) -> bool:
+    return any(f"[{pid}]: SIGHUP: " in ln and APPLIED in ln for ln in log.splitlines())
+
+
+def test_a_sighup_that_comes_while_a_worker_starts_is_applied(tmp_path: Path) -> None:
+    """A worker that gets SIGHUP before its event loop runs (here: the replacement of a
+    drained worker, signalled as soon as it exists) applies the file once it can; it is not
+    killed by the signal and does not go on with the settings it was started with."""
+    server = PortwayServer(tmp_path / "portway", workers=2)
+    server.start(timeout=60)
+    try:
+        pid = server.pid
+        assert pid is not None
+        doc = server._config()
+        doc["repository"] = [*doc["repository"], {"name": "added", "type": "hosted",
+                                                   "path_routing": True}]  # fmt: skip
+        server.config_path.write_text(toml.dumps(doc))  # the parent is not told: its workers
+        before = _children(pid)  # start with the settings it holds, without `added`
+        deadline = time.monotonic() + 30
+        while not (workers := [p for p in before if f"worker {p} listening" in server.log()]):
+            assert time.monotonic() < deadline, server.log()[-2000:]
+            time.sleep(0.05)
+        os.kill(workers[0], signal.SIGTERM)  # drains; the parent starts a replacement at once
+        while not (new := _children(pid) - before):
+            assert time.monotonic() < deadline, server.log()[-2000:]
+            time.sleep(0.001)
+        (replacement,) = new
+        os.kill(replacement, signal.SIGHUP)
+        assert f"worker {replacement} listening" not in server.log()  # it was still starting
+        deadline = time.monotonic() + 60
+        while not _applied_by(server.log(), replacement):
+            assert time.monotonic() < deadline, server.log()[-3000:]
+            time.sleep(0.05)
+        assert "killed" not in server.log() and server.alive()
     finally:
         server.stop()
 

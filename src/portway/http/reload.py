@@ -10,7 +10,10 @@ does not fit, is refused with an error line and the configuration in service sta
 
 `portway serve` hands the file's path to its workers in `PORTWAY_CONFIG_FILE`; with several
 workers the parent re-reads the file too (workers it starts later get the new settings) and
-forwards SIGHUP to each worker.
+forwards SIGHUP to each worker. A SIGHUP that comes while a process is still starting (before
+its event loop or the supervisor's loop handles it) is remembered and applied once it can be
+(`hold_signal`, `held`): a worker that was starting when the operator reloaded does not serve
+the old file after the others applied the new one.
 """
 
 from __future__ import annotations
@@ -18,7 +21,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Callable
+import signal
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -41,6 +46,38 @@ class Reloadable(Protocol):
     async def apply_repositories(
         self, definitions: tuple[RepositoryConfig, ...], network: Any = None
     ) -> Any: ...
+
+
+class _Held:
+    hup = False
+
+
+def _remember(_signum: int, _frame: Any) -> None:
+    _Held.hup = True
+
+
+def hold_signal() -> None:
+    """Until this process can reload, remember a SIGHUP (see `held`) instead of losing it;
+    one that came while it was blocked (`sighup_blocked` in the parent) is remembered too."""
+    _Held.hup = False
+    signal.signal(signal.SIGHUP, _remember)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})
+
+
+@contextmanager
+def sighup_blocked() -> Iterator[None]:
+    """SIGHUP blocked in this thread (a child started here starts with it blocked)."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})
+
+
+def held() -> bool:
+    """Whether a SIGHUP came while held; forgets it (the caller reloads now)."""
+    got, _Held.hup = _Held.hup, False
+    return got
 
 
 def config_file() -> Path | None:

@@ -211,6 +211,8 @@ async def run_worker(
     reloads: set[asyncio.Task[None]] = set()  # SIGHUP: read the configuration file again
     after = partial(_reloaded, app[OBSERVE_KEY])
     loop.add_signal_handler(signal.SIGHUP, reload.on_signal, root, reloads, after)
+    if reload.held():  # the operator reloaded while this worker was starting
+        reload.on_signal(root, reloads, after)
     try:
         await blobs.connect()  # S3: the client set up before the first pull waits for it
         opened, live = await open_listeners(runner, ctx, sockets)
@@ -283,7 +285,7 @@ def _worker_main(
     control: socket.socket,
 ) -> None:
     _die_with_parent()
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until the event loop handles it
+    reload.hold_signal()  # until the event loop handles it
     configure_logging(settings)
 
     def listening() -> None:  # tells the parent this worker accepts (a rolling restart waits)
@@ -308,7 +310,7 @@ def serve(settings: Settings, workers: int, compose: Compose) -> int:
     function importable by name: spawned workers are handed it by reference). Returns the
     exit status."""
     configure_logging(settings)
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until a worker's event loop handles it
+    reload.hold_signal()  # until the supervisor's or the worker's loop handles it
     before, after = raise_descriptor_limit()
     if after != before:
         log.info("raised the open file limit from %d to %d (the hard limit)", before, after)

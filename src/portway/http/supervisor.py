@@ -98,6 +98,7 @@ class Supervisor:
         signal.signal(signal.SIGINT, self._on_signal)
         signal.signal(signal.SIGUSR2, self._on_roll)
         signal.signal(signal.SIGHUP, self._on_hup)
+        self._reload_requested = reload.held()  # one that came while the server started
         for slot in self._slots:
             self._start(slot)
         while not self._stopping:
@@ -158,7 +159,10 @@ class Supervisor:
             args=(self._settings, self._all_sockets(), writer, theirs),
             daemon=False,
         )
-        proc.start()
+        # The worker starts with SIGHUP blocked (the mask survives exec): one sent while its
+        # interpreter starts waits until it is held (reload.hold_signal), and does not kill it.
+        with reload.sighup_blocked():
+            proc.start()
         writer.close()
         theirs.close()
         return proc, reader, ours
