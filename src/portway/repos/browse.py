@@ -104,10 +104,16 @@ class TagPage:
     total: int
 
 
+Kept = tuple[str, str, float]
+"""A kept tag: (name, digest, updated). Plain tuples of strings and floats, which Python's
+garbage collector stops tracking: three sorted lists of 100,000 dataclass rows made each of its
+full passes walk 300,000 more objects (0.3-1.8 s on a loaded 2-core machine)."""
+
+
 class TagBrowser:
     def __init__(self, queries: BrowseQueries) -> None:
         self.queries = queries
-        self._lists: OrderedDict[tuple[int, str, Sort], tuple[object, list[Any], list[TagRow]]]
+        self._lists: OrderedDict[tuple[int, str, Sort], tuple[object, list[Any], list[Kept]]]
         self._lists = OrderedDict()
         self._sizes: dict[str, int] = {}
 
@@ -136,7 +142,7 @@ class TagBrowser:
                 self._sizes[digest] = manifest_size(body, children)
         return {d: self._sizes[d] for d in digests if d in self._sizes}
 
-    def _sorted(self, repo_id: int, image: str, sort: Sort) -> tuple[list[Any], list[TagRow]]:
+    def _sorted(self, repo_id: int, image: str, sort: Sort) -> tuple[list[Any], list[Kept]]:
         fingerprint = self.queries.tag_fingerprint(repo_id, image)
         key = (repo_id, image, sort)
         kept = self._lists.get(key)
@@ -154,7 +160,7 @@ class TagBrowser:
             decorated = [((sizes.get(r.digest, 0), r.name), r) for r in rows]
         decorated.sort(key=lambda pair: pair[0])
         keys = [k for k, _ in decorated]
-        ordered = [r for _, r in decorated]
+        ordered: list[Kept] = [(r.name, r.digest, r.updated) for _, r in decorated]
         self._lists[key] = (fingerprint, keys, ordered)
         while len(self._lists) > LISTS_KEPT:
             self._lists.popitem(last=False)
@@ -176,8 +182,8 @@ class TagBrowser:
                 repo_id, image, after[1] if after else None, limit + 1, descending
             )
             more = len(rows) > limit
-            rows = rows[:limit]
-            keys: list[Any] = [r.name for r in rows]
+            kept: list[Kept] = [(r.name, r.digest, r.updated) for r in rows[:limit]]
+            keys: list[Any] = [r[0] for r in kept]
         else:
             all_keys, ordered = self._sorted(repo_id, image, sort)
             total = len(ordered)
@@ -186,15 +192,15 @@ class TagBrowser:
             if descending:
                 end = bisect_left(all_keys, after) if after else len(ordered)
                 start = max(0, end - limit)
-                rows = ordered[start:end][::-1]
+                kept = ordered[start:end][::-1]
                 keys = [k[0] for k in all_keys[start:end][::-1]]
                 more = start > 0
             else:
                 start = bisect_right(all_keys, after) if after else 0
-                rows = ordered[start : start + limit]
+                kept = ordered[start : start + limit]
                 keys = [k[0] for k in all_keys[start : start + limit]]
                 more = start + limit < len(ordered)
-        sizes = self.sizes(repo_id, image, [r.digest for r in rows])
-        items = [TagItem(r.name, r.digest, r.updated, sizes.get(r.digest)) for r in rows]
-        next_cursor = encode_cursor(keys[-1], rows[-1].name) if more and rows else None
+        sizes = self.sizes(repo_id, image, [r[1] for r in kept])
+        items = [TagItem(name, digest, at, sizes.get(digest)) for name, digest, at in kept]
+        next_cursor = encode_cursor(keys[-1], kept[-1][0]) if more and kept else None
         return TagPage(items, next_cursor, total)

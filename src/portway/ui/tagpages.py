@@ -36,13 +36,13 @@ def tag_page(
     # The name order is the one TagBrowser keeps no list for: push time's list, re-sorted.
     _keys, ordered = tags._sorted(repo_id, image, "pushed" if sort == "name" else sort)
     needle = text.lower()
-    rows = [r for r in ordered if needle in r.name.lower()]
+    rows = [r for r in ordered if needle in r[0].lower()]
     if sort == "name":
-        rows.sort(key=lambda r: r.name)
+        rows.sort(key=lambda r: r[0])
     if descending:
         rows.reverse()
     chosen = rows[offset : offset + limit]
-    sizes = tags.sizes(repo_id, image, [r.digest for r in chosen])
-    items = [TagItem(r.name, r.digest, r.updated, sizes.get(r.digest)) for r in chosen]
+    sizes = tags.sizes(repo_id, image, [r[1] for r in chosen])
+    items = [TagItem(name, digest, at, sizes.get(digest)) for name, digest, at in chosen]
     more = offset + limit < len(rows)
     return TagView(items, len(rows), None, offset + limit if more else None)
