@@ -18,6 +18,7 @@ from portway.storage.s3 import MIN_PART, S3Backend, S3Settings
 from portway.storage.s3raw import RawBody
 
 M_MMAP_THRESHOLD = -3  # glibc mallopt(3)
+WARM_UP = 5.0  # seconds a worker's start waits for its first S3 answer
 PART_MMAP = 1024 * 1024  # the parts, and the 1 MiB pieces of a body read from the socket
 
 
@@ -51,8 +52,13 @@ class LazyS3Backend:
 
     async def connect(self) -> None:
         """Open the client now (a worker at start), not on its first request: botocore's
-        setup takes a quarter of a second, more on a loaded host (no request is sent)."""
-        await self._open()
+        setup takes a quarter of a second, and its first call about 50 ms of CPU more, so
+        one HEAD of a key that is not there is sent too (at most WARM_UP seconds; a bucket
+        that does not answer yet is not an error here)."""
+        backend = await self._open()
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(WARM_UP):
+                await backend.stat("portway-warm-up")
 
     async def close(self) -> None:
         if self._backend is not None:
