@@ -1,11 +1,14 @@
 """What one node changes, every node sees: a re-tag and a delete within a second, a connector
 made through one node's API listening on every node, failed-login counts, users and roles (a
 reduced isolation matrix), on a 3-node cluster sharing PostgreSQL.
-Each request goes to one node directly, so the test knows which node answered. And 50 pushes
-through the front door while garbage collection runs lose nothing."""
+Each request goes to one node directly, so the test knows which node answered. A web UI
+session signed in through the front door holds on every node, and ends on every node when its
+user is disabled or removed. And 50 pushes through the front door while garbage collection
+runs lose nothing."""
 
 from __future__ import annotations
 
+import re
 import socket
 import time
 from collections.abc import Callable, Iterator
@@ -32,6 +35,7 @@ REPOSITORIES = (
 )
 ALL = frozenset({"browse", "read", "add", "edit", "delete"})
 PASSWORDS = {"alice": "alice-Secret-1", "bob": "bob-Secret-3", "limited": "limited-Secret-5"}
+UI_ADMINS = {"carol": "carol-Secret-7", "dave": "dave-Secret-9"}  # web UI sessions
 
 
 @pytest.fixture(scope="module")
@@ -51,6 +55,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, postgres_url: str) -> Iter
                 root.roles.put(Role(f"team-{team}", privileges=(privilege,)), actor="test")
             for user, roles in {"alice": ["team-a"], "bob": ["team-b"], "limited": []}.items():
                 root.users.add(user, PASSWORDS[user], roles, actor="test")
+            for user, password in UI_ADMINS.items():
+                root.users.add(user, password, ["admin"], actor="test")
         yield started
 
 
@@ -158,6 +164,92 @@ def test_failed_logins_count_across_nodes(cluster: Cluster) -> None:
     unlocked = portway_cli(nodes[2].config_path, "user", "unlock", "limited")
     assert "unlocked limited" in unlocked.stdout
     assert [login(node, "limited", PASSWORDS["limited"]) for node in nodes] == [200] * 3
+
+
+def csrf_of(answer: requests.Response) -> str:
+    found = re.search(r'name="csrf" value="([^"]+)"', answer.text)
+    assert found, answer.text[:500]
+    return found.group(1)
+
+
+def ui_sign_in(base: str, user: str, password: str) -> tuple[requests.Session, list[str]]:
+    """A browser-like session signed in to the web UI at `base` (the form and its CSRF
+    token, as a browser posts them), and the nodes that answered the two requests."""
+    browser = requests.Session()
+    form = browser.get(f"{base}/ui/login", timeout=30)
+    assert form.status_code == 200, form.text[:300]
+    signed = browser.post(
+        f"{base}/ui/login", allow_redirects=False, timeout=30,
+        data={"csrf": csrf_of(form), "next": "/ui/", "username": user, "password": password},
+    )  # fmt: skip
+    assert signed.status_code == 303 and signed.headers["Location"] == "/ui/", signed.text[:300]
+    assert browser.cookies.get("portway_ui"), signed.headers
+    return browser, [node_of(form), node_of(signed)]
+
+
+def test_a_ui_session_holds_on_every_node_and_ends_everywhere(cluster: Cluster) -> None:
+    front = cluster.front_url
+    image = make_image("ui-session")
+    admin = admin_client(cluster, cluster.nodes[0])
+    tags = [f"t{i}" for i in range(6)]
+    for tag in tags:
+        assert push_image(admin, "docker-hosted/ui-session", tag, image).status_code == 201
+    browser, nodes = ui_sign_in(front, "carol", UI_ADMINS["carol"])
+    served: dict[str, set[str]] = {}  # node -> pages it answered
+    pages = ["/ui/", "/ui/admin/repositories", "/ui/admin/users", "/ui/admin/jobs",
+             "/ui/admin/usage", "/ui/admin/health", "/ui/admin/access",
+             "/ui/r/docker-hosted/tags?image=ui-session"]  # fmt: skip
+    for path in pages * 2:
+        answer = browser.get(front + path, allow_redirects=False, timeout=30)
+        assert answer.status_code == 200, (path, answer.status_code, answer.headers)
+        assert "Sign in" not in answer.text.partition("<main")[2][:400], path
+        served.setdefault(node_of(answer), set()).add(path)
+    assert len(served) == len(cluster.nodes), served  # every node honoured the session
+    # Forms: each confirmation page's CSRF token posted back, often to another node.
+    crossed = 0
+    for tag in tags:
+        params = {"image": "ui-session", "tag": tag}
+        confirm = browser.get(f"{front}/ui/r/docker-hosted/delete", params=params, timeout=30)
+        assert confirm.status_code == 200, confirm.text[:300]
+        deleted = browser.post(
+            f"{front}/ui/r/docker-hosted/delete", allow_redirects=False, timeout=30,
+            data={"csrf": csrf_of(confirm), **params},
+        )  # fmt: skip
+        assert deleted.status_code == 303, (tag, deleted.status_code, deleted.text[:300])
+        assert f"deleted={tag}" in deleted.headers["Location"]
+        crossed += node_of(confirm) != node_of(deleted)
+        nodes += [node_of(confirm), node_of(deleted)]
+    assert crossed >= 1 and len(set(nodes)) == len(cluster.nodes), nodes
+    listed = admin.request("GET", "/v2/docker-hosted/ui-session/tags/list")
+    assert listed.status_code == 404 or listed.json()["tags"] in (None, []), listed.text
+
+    # The same cookie on each node directly, then a user disabled through the UI (a form)
+    # and another removed through the API: neither session opens a page anywhere after.
+    def pages_open(session_cookie: str) -> list[int]:
+        cookies = {"portway_ui": session_cookie}
+        return [
+            requests.get(
+                f"{node.url}/ui/admin/users", cookies=cookies, allow_redirects=False, timeout=30
+            ).status_code
+            for node in cluster.nodes
+        ]
+
+    carol = str(browser.cookies.get("portway_ui"))
+    dave_browser, _ = ui_sign_in(front, "dave", UI_ADMINS["dave"])
+    dave = str(dave_browser.cookies.get("portway_ui"))
+    assert pages_open(carol) == pages_open(dave) == [200] * len(cluster.nodes)
+    user_page = dave_browser.get(f"{front}/ui/admin/users/carol", timeout=30)
+    off = dave_browser.post(
+        f"{front}/ui/admin/users/carol/state", allow_redirects=False, timeout=30,
+        data={"csrf": csrf_of(user_page), "state": "disabled"},
+    )  # fmt: skip
+    assert off.status_code == 303 and off.headers["Location"].endswith("saved=disabled")
+    assert pages_open(carol) == [303] * len(cluster.nodes)
+    removed = cluster.session().delete(
+        f"{cluster.nodes[1].url}/service/rest/v1/security/users/dave", timeout=30
+    )
+    assert removed.status_code == 204, removed.text
+    assert pages_open(dave) == [303] * len(cluster.nodes)
 
 
 def test_isolation_across_nodes(cluster: Cluster) -> None:

@@ -349,6 +349,7 @@ class Portway:
             audit_path=self.settings.server.data_dir / "audit.log",
             audit_engine=self.meta.read_engine if self.clustered else None,
             jobs=self.job_service,
+            session_engine=self.meta.engine if self.clustered else None,
         )
 
     @cached_property

@@ -31,3 +31,4 @@ class AdminServices:
     audit_path: Path
     audit_engine: Engine | None = None  # a cluster's audit_events (ADR 22); else the file
     jobs: JobService | None = None  # maintenance jobs (ADR 27)
+    session_engine: Engine | None = None  # a cluster's UI session key (ui/session_db.py)

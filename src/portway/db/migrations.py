@@ -20,7 +20,7 @@ from sqlalchemy.exc import DBAPIError
 from portway.db import schema
 from portway.db.dialect import dialect_for
 
-HEAD = "0010"  # the newest revision in portway/db/revisions/versions
+HEAD = "0011"  # the newest revision in portway/db/revisions/versions
 BASELINE = "0001"  # the schema the hand-made steps leave
 REVISIONS = Path(__file__).with_name("revisions")
 
@@ -31,6 +31,7 @@ AFTER_BASELINE = frozenset(
     | {"gc_candidates", "gc_holds", "blob_states", "manifest_pulls"}  # 0005, 0006
     | {"job_runs", "job_schedule"}  # 0008
     | {"access_definitions"}  # 0009
+    | {"shared_secrets"}  # 0011
 )
 
 

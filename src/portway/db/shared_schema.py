@@ -1,5 +1,6 @@
 """Tables for what the nodes of a cluster share besides images: leases, signing keys, the
-audit log and proxy repositories' upstream health (ADR 0021, ADR 0022)."""
+audit log, proxy repositories' upstream health and the web UI's session key (ADR 0021,
+ADR 0022)."""
 
 from __future__ import annotations
 
@@ -64,4 +65,14 @@ proxy_negative = Table(
     Column("reference", String(160), primary_key=True),
     Column("expires", Float, nullable=False),
     Index("ix_proxy_negative_expires", "expires"),
+)
+
+# Secrets every node of a cluster needs the same copy of, by name: `ui-session`, the key that
+# signs the web UI's session cookies (base64 in `value`).
+shared_secrets = Table(
+    "shared_secrets",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("value", Text, nullable=False),
+    Column("created", Float, nullable=False),
 )

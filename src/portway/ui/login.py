@@ -26,8 +26,8 @@ def _secure(request: web.Request) -> bool:
     return client_origin(request, ctx.trusted).url("").startswith("https:")
 
 
-def _form(request: web.Request, status: int = 200, error: str | None = None) -> web.Response:
-    sessions = sessions_of(request.app)
+async def _form(request: web.Request, status: int = 200, error: str | None = None) -> web.Response:
+    sessions = await sessions_of(request.app)
     nonce = request.cookies.get(LOGIN_COOKIE) or login_nonce()
     response = render(
         "login.html",
@@ -48,7 +48,7 @@ async def login_form(request: web.Request) -> web.StreamResponse:
         raise web.HTTPNotFound(text="the web UI is served on the main listener")
     if not security_on(request.app[CONTEXT_KEY]):
         raise web.HTTPSeeOther("/ui/")
-    return _form(request)
+    return await _form(request)
 
 
 async def login(request: web.Request) -> web.StreamResponse:
@@ -61,14 +61,14 @@ async def login(request: web.Request) -> web.StreamResponse:
 
     authorizer = ctx.authorizer
     assert isinstance(authorizer, SecurityAuthorizer)
-    sessions = sessions_of(request.app)
+    sessions = await sessions_of(request.app)
     data = await request.post()
     fields = {k: v for k, v in data.items() if isinstance(v, str)}
     if not sessions.csrf_ok(request.cookies.get(LOGIN_COOKIE), fields.get("csrf")):
-        return _form(request, 403, "This form expired: sign in again.")
+        return await _form(request, 403, "This form expired: sign in again.")
     user, password = fields.get("username", ""), fields.get("password", "")
     if not user or not password:
-        return _form(request, 400, "Enter a user name and a password.")
+        return await _form(request, 400, "Enter a user name and a password.")
     loop = asyncio.get_running_loop()
     try:
         await loop.run_in_executor(
@@ -79,9 +79,10 @@ async def login(request: web.Request) -> web.StreamResponse:
             client_address(request, ctx.trusted),
         )
     except LoginLocked as exc:
-        return _form(request, 429, f"Too many failed sign-ins: try again in {exc.retry_after} s.")
+        wait = f"Too many failed sign-ins: try again in {exc.retry_after} s."
+        return await _form(request, 429, wait)
     except AuthError:
-        return _form(request, 401, "Wrong user name or password.")
+        return await _form(request, 401, "Wrong user name or password.")
     response = web.HTTPSeeOther(safe_next(fields.get("next")))
     response.set_cookie(
         SESSION_COOKIE, sessions.issue(user), httponly=True, samesite="Strict", path="/ui/",

@@ -15,7 +15,7 @@ from portway.ui import (
     bulk,
     login,
 )
-from portway.ui.web import HERE
+from portway.ui.web import HERE, SESSIONS_KEY, SessionKeeper
 
 
 async def _root(request: web.Request) -> web.StreamResponse:
@@ -23,6 +23,7 @@ async def _root(request: web.Request) -> web.StreamResponse:
 
 
 def install(app: web.Application) -> None:
+    app[SESSIONS_KEY] = SessionKeeper()
     r = app.router
     r.add_get("/", _root)
     r.add_get("/ui", _root)

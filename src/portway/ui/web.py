@@ -17,7 +17,32 @@ from portway.http.context import CONTEXT_KEY, AppContext
 from portway.ui.session import LOGIN_COOKIE, SESSION_COOKIE, Sessions, load_key
 
 HERE = Path(__file__).parent
-SESSIONS_KEY = web.AppKey("portway_ui_sessions", Sessions)
+
+
+class SessionKeeper:
+    """This worker's `Sessions`, made at first use, off the event loop: the key is the data
+    folder's `ui-session.key` on one host, the database's in a cluster (ui/session_db.py)."""
+
+    def __init__(self) -> None:
+        self.sessions: Sessions | None = None
+
+    async def get(self, ctx: AppContext) -> Sessions:
+        if self.sessions is None:
+            self.sessions = Sessions(await asyncio.to_thread(_load_key, ctx))
+        return self.sessions
+
+
+def _load_key(ctx: AppContext) -> bytes:
+    data_dir = ctx.settings.server.data_dir
+    engine = ctx.admin.session_engine if ctx.admin is not None else None
+    if engine is None:
+        return load_key(data_dir)
+    from portway.ui.session_db import shared_key
+
+    return shared_key(engine, data_dir)
+
+
+SESSIONS_KEY = web.AppKey("portway_ui_sessions", SessionKeeper)
 ENV = jinja2.Environment(
     loader=jinja2.FileSystemLoader(HERE / "templates"),
     autoescape=jinja2.select_autoescape(["html"]),
@@ -101,11 +126,8 @@ def on_main_listener(request: web.Request) -> bool:
     return next(iter(ports), None) == port  # the main listener is bound first
 
 
-def sessions_of(app: web.Application) -> Sessions:
-    if SESSIONS_KEY not in app:
-        ctx = app[CONTEXT_KEY]
-        app[SESSIONS_KEY] = Sessions(load_key(ctx.settings.server.data_dir))
-    return app[SESSIONS_KEY]
+async def sessions_of(app: web.Application) -> Sessions:
+    return await app[SESSIONS_KEY].get(app[CONTEXT_KEY])
 
 
 PageHandler = Callable[[Page], Awaitable[web.StreamResponse]]
@@ -119,7 +141,7 @@ def page(handler: PageHandler) -> Callable[[web.Request], Awaitable[web.StreamRe
             raise web.HTTPNotFound(text="the web UI is served on the main listener")
         ctx = request.app[CONTEXT_KEY]
         assert ctx.admin is not None
-        sessions = sessions_of(request.app)
+        sessions = await sessions_of(request.app)
         user: str | None = None
         principal: Principal | None = None
         if security_on(ctx):
