@@ -275,10 +275,12 @@ def main() -> int:
         rows.append(
             ("distribution 2.8 (offline)", "dry run", dry, before - distribution_blobs(droot))
         )
+        print(f"distribution: dry run {dry:.2f}s", flush=True)
         real = time_distribution(config, False)
         rows.append(
             ("distribution 2.8 (offline)", "pass", real, before - distribution_blobs(droot))
         )
+        print(f"distribution: pass {real:.2f}s, {rows[-1][3]} blobs", flush=True)
     finally:
         if args.keep is None:
             shutil.rmtree(top, ignore_errors=True)
