@@ -2,8 +2,8 @@
 
 A pass plans (portway.lifecycle.plan) and then executes in this order:
 
-1. blob links no manifest of their image references (each deleted in a transaction that
-   checks again: the candidate row unchanged, no hold, no reference);
+1. blob links no manifest of their image references (300 at a time, in a transaction that
+   checks them again: the candidate row unchanged, no hold, no reference);
 2. blobs no link is left for: marked `deleting` (compare-and-set on their state row), then
    candidates, links and holds are read again: if one appeared (a push claimed the blob
    meanwhile) the blob goes back to `live`; else its bytes are deleted through
@@ -11,8 +11,10 @@ A pass plans (portway.lifecycle.plan) and then executes in this order:
 3. manifests no tag, index or present subject needs; their blobs, children and referrers
    become candidates for a later pass (after `gc_hold`, like every new candidate).
 
-A collector killed at any point leaves a state the next pass finishes: a blob left
-`deleting` is resumed, candidates stay until their item is decided.
+Each step works in batches of a few set-based statements (one per batch, never one per
+item) and deletes the bytes of a batch DELETE_CONCURRENCY at a time. A collector killed at
+any point leaves a state the next pass finishes: a blob left `deleting` is resumed,
+candidates stay until their item is decided.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """The collector's plan: what one pass deletes, decided from the candidates alone.
 
-The dry run is this plan; the real run is this plan, executed item by item with each item's
-conditions checked again in the transaction that deletes it (portway.lifecycle.collector).
+The dry run is this plan; the real run is this plan, executed in batches, each batch's
+conditions checked again (by `plan_links` and `plan_manifests` themselves) in the
+transaction that deletes it (portway.lifecycle.collector).
 On a registry nobody writes to meanwhile, both give the same set.
 """
 
