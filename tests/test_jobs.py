@@ -213,3 +213,55 @@ def test_the_upload_purge_job_removes_an_abandoned_upload(
     )
     assert real["state"] == "done" and real["report"]["counts"]["uploads"] == 1, real
     assert requests.get(url, headers=bearer, timeout=30).status_code == 404
+
+
+def test_a_gc_run_is_counted_exactly_in_metrics(
+    server: JobsServer, admin: requests.Session
+) -> None:
+    """/metrics adds exactly what one gc run deleted, whichever worker ran it; a dry run
+    counts as a run and adds no results."""
+    from datetime import datetime
+
+    from metrics_support import key, scrape, settle, value
+
+    auth = ("admin", server.admin_password() or "")
+    time.sleep(1.5)  # anything left by earlier tests is past gc_hold: this run takes it
+    cleared = wait_run(admin, server.url, "gc", run_now(admin, server.url, "gc", False)["id"])
+    assert cleared["state"] == "done", cleared
+    garbage = push_orphans(server.url, auth, 5, size=3000)
+    time.sleep(2.5)  # past gc_hold (1 s) and its margin
+    runs = {"job": "gc", "state": "done"}
+    before = scrape(server.url)  # the clearing run is in: workers flush every second
+    names = ("portway_gc_deleted_blobs_total", "portway_gc_freed_bytes_total",
+             "portway_gc_deleted_blob_links_total", "portway_gc_deleted_manifests_total",
+             "portway_job_run_duration_seconds_count")  # fmt: skip
+    base = {name: value(before, name, job="gc") for name in names}
+    real = wait_run(admin, server.url, "gc", run_now(admin, server.url, "gc", False)["id"])
+    assert real["state"] == "done", real
+    counts = real["report"]["counts"]
+    assert counts["blobs"] == 5 and real["report"]["bytes_freed"] == 5 * 3000, real["report"]
+    assert {b["digest"] for b in real["report"]["items"]["blobs"]} == set(garbage)
+    after = settle(server.url, {
+        key("portway_job_runs_total", **runs): value(before, "portway_job_runs_total", **runs) + 1,
+        key("portway_gc_deleted_blobs_total", job="gc"): base[names[0]] + 5,
+        key("portway_gc_freed_bytes_total", job="gc"): base[names[1]] + 15000,
+        key("portway_gc_deleted_blob_links_total", job="gc"): base[names[2]] + 5,
+        key("portway_gc_deleted_manifests_total", job="gc"): base[names[3]],
+        key("portway_job_run_duration_seconds_count", job="gc"): base[names[4]] + 1,
+    })  # fmt: skip
+    ended = datetime.fromisoformat(real["ended"]).timestamp()
+    success = value(after, "portway_job_last_success_timestamp_seconds", job="gc")
+    assert abs(success - ended) < 2, (success, ended)  # within clock and rounding
+    assert value(after, "portway_job_runs_total", job="gc", state="failed") == value(
+        before, "portway_job_runs_total", job="gc", state="failed")  # fmt: skip
+
+    # A dry run with garbage to report: one more run, no results.
+    push_orphans(server.url, auth, 2, size=1000)
+    time.sleep(2.5)
+    dry = wait_run(admin, server.url, "gc", run_now(admin, server.url, "gc", True)["id"])
+    assert dry["state"] == "done" and dry["report"]["counts"]["blobs"] == 2, dry
+    settle(server.url, {
+        key("portway_job_runs_total", **runs): value(after, "portway_job_runs_total", **runs) + 1,
+        key("portway_gc_deleted_blobs_total", job="gc"): base[names[0]] + 5,
+        key("portway_gc_freed_bytes_total", job="gc"): base[names[1]] + 15000,
+    })  # fmt: skip

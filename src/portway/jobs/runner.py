@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import time
 import traceback
 from collections.abc import Mapping
 from functools import partial
@@ -28,6 +29,7 @@ from portway.coordination.interfaces import Lease, LeaseLost, Leases
 from portway.jobs import records
 from portway.jobs.cron import Cron
 from portway.jobs.kinds import KINDS, JobEnv
+from portway.observe.job_metrics import job_events
 
 log = logging.getLogger("portway.jobs")
 HEARTBEAT = 5.0
@@ -86,11 +88,19 @@ class JobRunner:
             if self.delay:
                 await asyncio.sleep(self.delay)
 
+        started = time.monotonic()
+
+        def ended(state: str, report: dict[str, Any] | None = None) -> None:  # for /metrics
+            seconds = time.monotonic() - started
+            job_events.finished(job.name, job.type, state, seconds, time.time(), report,
+                                run.dry_run)  # fmt: skip
+
         body = asyncio.ensure_future(KINDS[job.type](self.env, job, run.dry_run, progress))
         ticker = asyncio.ensure_future(self._heartbeats(beat, body))
         try:
             report = await body
         except asyncio.CancelledError:
+            ended("cancelled")
             await self._finish_quietly(
                 lease,
                 run_id,
@@ -103,9 +113,11 @@ class JobRunner:
                 await self.leases.release(lease)
             raise
         except LeaseLost as exc:
+            ended("interrupted")
             log.warning("job %s: run %d stopped: %s", job.name, run_id, exc)
             raise
         except Exception as exc:
+            ended("failed")
             log.exception("job %s: run %d failed", job.name, run_id)
             detail = "".join(traceback.format_exception_only(exc)).strip()
             await self._finish_quietly(lease, run_id, "failed", None, detail)
@@ -114,6 +126,7 @@ class JobRunner:
             ticker.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await ticker
+        ended("done", report)  # what it deleted is gone, whether or not the record below is
         await asyncio.to_thread(
             records.finish,
             self.engine,

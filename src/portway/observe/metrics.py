@@ -252,6 +252,9 @@ class Recorder:
         for handler in DISTRIBUTION_HANDLER.values():
             self.reg_flight.labels(handler).set(0)
         self.flight.set(0)
+        from portway.observe.job_metrics import JobFamilies
+
+        self.jobs = JobFamilies()  # what the maintenance jobs this worker ran did
 
     def repository_label(self, name: str) -> str:
         return self._labels.get(name, OTHER)
@@ -301,6 +304,7 @@ class Recorder:
                 _observe(self.reg_in_size.labels(handler), slot.bytes_in, slot.in_sizes)
                 _observe(self.reg_out_size.labels(handler), slot.bytes_out, slot.out_sizes)
         self._flush_proxy()
+        self.jobs.flush()
         self.flight.set(sum(self.in_flight.values()))
         for handler, count in self.in_flight.items():
             if handler:
