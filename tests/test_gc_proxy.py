@@ -22,22 +22,27 @@ from proxy_support import ACCEPT, blob_gets, blob_is_cached, proxy, v2, wait_for
 from support import toml
 from support.distribution import Distribution
 from support.engines import skopeo
-from support.images import OciImage
+from support.images import MultiArchImage, OciImage
 from support.server import PortwayServer
 
 HOLD = 4  # [server] gc_hold (a loaded machine needs a few seconds)
 AGED = HOLD + 1.5  # a candidate this old is acted on
 NO_TLS = ("--src-tls-verify=false", "--dest-tls-verify=false")
 IMAGE = "team/app"
+MULTI = "team/multi"
 
 # On the data folder's SQLite and on PostgreSQL (a fresh database per test), two workers.
 pytestmark = pytest.mark.parametrize("server_database", ["sqlite", "postgresql"], indirect=True)
 
 
 @pytest.fixture
-def upstream(tmp_path: Path, oci_image: OciImage) -> Iterator[Distribution]:
+def upstream(
+    tmp_path: Path, oci_image: OciImage, multiarch_image: MultiArchImage
+) -> Iterator[Distribution]:
     registry = Distribution(tmp_path / "upstream").start()
     skopeo("copy", "--quiet", *NO_TLS, oci_image.ref, f"docker://{registry.host}/{IMAGE}:v1")
+    skopeo("copy", "--quiet", "--all", *NO_TLS, multiarch_image.ref,
+           f"docker://{registry.host}/{MULTI}:multi")  # fmt: skip
     yield registry
     registry.stop()
 
@@ -143,3 +148,42 @@ def test_an_expired_cached_image_is_fetched_again_complete_after_gc(
     time.sleep(AGED)
     assert _gc(server) == set()  # the refilled cache is in use again
     _pull_complete(server, oci_image, tmp_path / "third")
+
+
+def _multi_blobs(multi: MultiArchImage) -> set[str]:
+    return {d for image in multi.images for d in _digests(image)}
+
+
+def _pull_all(server: PortwayServer, multi: MultiArchImage, dest: Path) -> None:
+    skopeo("copy", "--quiet", "--all", *NO_TLS,
+           f"docker://{server.image(f'{MULTI}:multi', 'hub')}", f"oci:{dest}:pulled")  # fmt: skip
+    index = json.loads((dest / "index.json").read_text())
+    assert index["manifests"][-1]["digest"] == multi.index_digest
+    for digest in _multi_blobs(multi) | {i.manifest_digest for i in multi.images}:
+        assert (dest / "blobs" / "sha256" / digest.partition(":")[2]).is_file(), digest
+
+
+def test_a_multi_arch_index_through_gc_and_expiry(
+    server: PortwayServer, upstream: Distribution, multiarch_image: MultiArchImage, tmp_path: Path
+) -> None:
+    """The index first, a pass, then every platform: the children and their layers stay
+    with the index; expired together, freed together, fetched again complete."""
+    multi = multiarch_image
+    index = requests.get(v2(server, "hub", f"{MULTI}/manifests/multi"),
+                         headers={"Accept": ACCEPT}, timeout=60)  # fmt: skip
+    assert index.status_code == 200, index.text
+    time.sleep(AGED)
+    assert _gc(server) == set()
+    _pull_all(server, multi, tmp_path / "first")
+    _cached(server, _multi_blobs(multi))
+    time.sleep(AGED)
+    assert _gc(server) == set()
+    time.sleep(1.0)
+    _cli(server, "cleanup")
+    time.sleep(AGED)
+    assert _gc(server) == _multi_blobs(multi)  # cleanup took the index and its children
+    assert not any(blob_is_cached(server, d) for d in _multi_blobs(multi))
+    _pull_all(server, multi, tmp_path / "again")
+    _cached(server, _multi_blobs(multi))
+    log = upstream.access_log()
+    assert all(blob_gets(log, d) == 2 for d in _multi_blobs(multi)), log[-2000:]
