@@ -14,7 +14,7 @@ from typing import Any, Literal
 from aiohttp import web
 from pydantic import BaseModel
 
-from portway.api.problems import Problem
+from portway.api.problems import Problem, check_if_match
 from portway.api.routing import Call, Operation, json_response, no_content
 from portway.config import ConnectorConfig, HostConfig
 from portway.db.access import Kind
@@ -82,15 +82,7 @@ def _checked(call: Call, kind: Kind) -> AccessEntry:
     entry = call.services.access.entry(kind, key)
     if entry is None:
         raise Problem(404, f"no {kind} {key!r}")
-    wanted = call.request.headers.get("If-Match")
-    if wanted is not None and wanted.strip() != "*":
-        tags = [t.strip().removeprefix("W/") for t in wanted.split(",")]
-        if entry.etag not in tags:
-            raise Problem(
-                412,
-                f"{kind} {key!r} changed since it was read (ETag {entry.etag})",
-                headers={"ETag": entry.etag},
-            )
+    check_if_match(call.request.headers.get("If-Match"), entry.etag, f"{kind} {key!r}")
     return entry
 
 

@@ -9,7 +9,7 @@ from typing import Any, Literal
 from aiohttp import web
 from pydantic import BaseModel
 
-from portway.api.problems import Problem
+from portway.api.problems import Problem, check_if_match
 from portway.api.routing import Call, Operation, json_response, no_content
 from portway.config import RepositoryConfig
 from portway.repos.admin import RepositoryEntry
@@ -47,15 +47,7 @@ def _checked(call: Call) -> RepositoryEntry:
     entry = call.services.repositories.entry(name)
     if entry is None or not call.may(name, "browse"):
         raise Problem(404, f"no repository {name!r}")
-    wanted = call.request.headers.get("If-Match")
-    if wanted is not None and wanted.strip() != "*":
-        tags = [t.strip().removeprefix("W/") for t in wanted.split(",")]
-        if entry.etag not in tags:
-            raise Problem(
-                412,
-                f"repository {name!r} changed since it was read (ETag {entry.etag})",
-                headers={"ETag": entry.etag},
-            )
+    check_if_match(call.request.headers.get("If-Match"), entry.etag, f"repository {name!r}")
     return entry
 
 

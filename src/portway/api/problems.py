@@ -57,3 +57,13 @@ def invalid(exc: ValidationError) -> Problem:
         f"{e['field']}: {e['message']}" if e["field"] else e["message"] for e in errors[:5]
     )
     return Problem(400, text or "invalid request body", errors=errors)
+
+
+def check_if_match(header: str | None, etag: str, what: str) -> None:
+    """412 when an `If-Match` header names none of `etag` (weak or strong; `*` matches)."""
+    if header is None or header.strip() == "*":
+        return
+    if etag not in [t.strip().removeprefix("W/") for t in header.split(",")]:
+        raise Problem(
+            412, f"{what} changed since it was read (ETag {etag})", headers={"ETag": etag}
+        )
