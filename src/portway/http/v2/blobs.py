@@ -8,6 +8,7 @@ import functools
 import ipaddress
 import logging
 import re
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from aiohttp import web
@@ -174,6 +175,21 @@ async def _open_raw(call: V2Call, blob: BlobBody) -> RawBody | None:
     return raw
 
 
+@contextlib.contextmanager
+def _cut_short(call: V2Call, digest: Digest) -> Iterator[None]:
+    """A body that fails after its headers went out: logged, and the connection cut (the
+    client sees a short body, never a complete-looking wrong one)."""
+    try:
+        yield
+    except ConnectionResetError:
+        raise
+    except Exception as exc:
+        log.warning("blob %s of %s cut short: %s", digest, call.url_name, exc)
+        if call.request.transport is not None:
+            call.request.transport.close()
+        raise ConnectionResetError(f"blob {digest} cut short") from exc
+
+
 async def _send_raw(
     call: V2Call, response: web.StreamResponse, raw: RawBody, digest: Digest
 ) -> web.StreamResponse:
@@ -181,21 +197,15 @@ async def _send_raw(
     storage's socket to the client's (the kernel copies it; Python never holds it)."""
     transport = call.request.transport
     try:
-        await response.write(raw.first)  # sends the buffered headers even when empty
-        while transport is not None and transport.get_write_buffer_size():
-            if transport.is_closing():
+        with _cut_short(call, digest):
+            await response.write(raw.first)  # sends the buffered headers even when empty
+            while transport is not None and transport.get_write_buffer_size():
+                if transport.is_closing():
+                    raise ConnectionResetError("client went away")
+                await asyncio.sleep(0.001)  # splice must not overtake what aiohttp still holds
+            if transport is None or transport.is_closing():
                 raise ConnectionResetError("client went away")
-            await asyncio.sleep(0.001)  # splice must not overtake what aiohttp still holds
-        if transport is None or transport.is_closing():
-            raise ConnectionResetError("client went away")
-        await splice_all(raw.fd, transport.get_extra_info("socket").fileno(), raw.remaining)
-    except ConnectionResetError:
-        raise
-    except Exception as exc:
-        log.warning("blob %s of %s cut short: %s", digest, call.url_name, exc)
-        if transport is not None:
-            transport.close()
-        raise ConnectionResetError(f"blob {digest} cut short") from exc
+            await splice_all(raw.fd, transport.get_extra_info("socket").fileno(), raw.remaining)
     finally:
         raw.close()
     await response.write_eof()
@@ -210,19 +220,12 @@ async def _send_growing(
     loop = asyncio.get_running_loop()
     transport = call.request.transport
     try:
-        with reader.open_file() as f:
+        with _cut_short(call, digest), reader.open_file() as f:
             while count := await reader.more():
                 if transport is None or transport.is_closing():
                     raise ConnectionResetError("client went away")
                 await loop.sendfile(transport, f, reader.position, count)
                 reader.position += count
-    except ConnectionResetError:
-        raise
-    except Exception as exc:
-        log.warning("blob %s of %s cut short: %s", digest, call.url_name, exc)
-        if transport is not None:
-            transport.close()
-        raise ConnectionResetError(f"blob {digest} cut short") from exc
     finally:
         reader.close()
     await response.write_eof()
