@@ -20,7 +20,6 @@ again without a restart.
 from __future__ import annotations
 
 import hashlib
-import math
 import os
 import random
 import shutil
@@ -35,7 +34,7 @@ import pytest
 
 from push_support import MiB, Registry, manifest_for, sha256
 from support.server import PortwayServer
-from support.smallfs import resize, small_fs, used_bytes
+from support.smallfs import resize, shrink_to_used, small_fs
 
 pytestmark = pytest.mark.slow
 
@@ -232,7 +231,7 @@ def test_blob_store_filling_up_during_concurrent_pushes_loses_nothing_acknowledg
                 time.sleep(0.01)
             assert ledger.acked_manifests >= KILL_AFTER_ACKED // 2, ledger.errors
             # the file system shrinks to what is used plus 8 MiB: it fills up within moments
-            resize(storage, math.ceil(used_bytes(storage) / MiB) + 8)
+            shrink_to_used(storage, 8)
             for t in threads:  # each pusher stops at its first refusal
                 t.join(240)
                 assert not t.is_alive()

@@ -37,6 +37,20 @@ def resize(path: Path, size_mib: int) -> None:
     subprocess.run(["mount", "-o", f"remount,size={size_mib}m", str(path)], check=True)
 
 
+def shrink_to_used(path: Path, headroom_mib: int, attempts: int = 10) -> int:
+    """Shrink the tmpfs at `path` to what it holds plus `headroom_mib` MiB while writers keep
+    writing to it; returns the new size in MiB. tmpfs refuses a size below what is in use,
+    so when the writers outgrew the figure before the remount, measure again and retry."""
+    for _ in range(attempts):
+        size = -(-used_bytes(path) // MiB) + headroom_mib
+        done = subprocess.run(
+            ["mount", "-o", f"remount,size={size}m", str(path)], capture_output=True, text=True
+        )
+        if done.returncode == 0:
+            return size
+    raise AssertionError(f"could not shrink {path}: {done.stderr.strip()}")
+
+
 def fill(path: Path, name: str = "filler") -> Path:
     """Write a file under `path` until the file system has no byte left; returns the file."""
     filler = path / name
