@@ -16,8 +16,9 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from sqlalchemy import Column, Engine, Float, Integer, String, Table, Text, select, update
+from sqlalchemy.exc import IntegrityError
 
-from portway.db.repositories import bump_generation
+from portway.db.repositories import DefinitionConflict, bump_generation
 from portway.db.schema import metadata
 
 Kind = Literal["connector", "host"]
@@ -31,10 +32,6 @@ access_definitions = Table(
     Column("revision", Integer, nullable=False),
     Column("updated", Float, nullable=False),
 )
-
-
-class AccessConflict(Exception):
-    """The stored definition is not the one the caller expected (exists, gone, or edited)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,16 +65,19 @@ class AccessStore:
         with self.engine.begin() as conn:
             found = conn.execute(select(access_definitions.c.key).where(_where(kind, key))).first()
             if found is not None:
-                raise AccessConflict(f"{kind} {key!r} exists")
-            conn.execute(
-                access_definitions.insert().values(
-                    kind=kind,
-                    key=key,
-                    definition=json.dumps(definition),
-                    revision=1,
-                    updated=time.time(),
+                raise DefinitionConflict(f"{kind} {key!r} exists")
+            try:
+                conn.execute(
+                    access_definitions.insert().values(
+                        kind=kind,
+                        key=key,
+                        definition=json.dumps(definition),
+                        revision=1,
+                        updated=time.time(),
+                    )
                 )
-            )
+            except IntegrityError:  # another node's create won since the check above
+                raise DefinitionConflict(f"{kind} {key!r} exists") from None
             bump_generation(conn)
         return StoredAccess(kind, key, definition, 1)
 
@@ -86,9 +86,9 @@ class AccessStore:
             select(access_definitions.c.revision).where(_where(kind, key))
         ).scalar()
         if current is None:
-            raise AccessConflict(f"no {kind} {key!r}")
+            raise DefinitionConflict(f"no {kind} {key!r}")
         if expected is not None and current != expected:
-            raise AccessConflict(f"{kind} {key!r} changed (revision {current})")
+            raise DefinitionConflict(f"{kind} {key!r} changed (revision {current})")
         return int(current)
 
     def replace(

@@ -26,6 +26,7 @@ from sqlalchemy import (
     select,
     update,
 )
+from sqlalchemy.exc import IntegrityError
 
 from portway.db.notify import ChangeSignal, notify_change
 from portway.db.schema import metadata
@@ -119,11 +120,14 @@ class DefinitionStore:
             ).first()
             if found is not None:
                 raise DefinitionConflict(f"repository {name!r} exists")
-            conn.execute(
-                repository_definitions.insert().values(
-                    name=name, definition=json.dumps(definition), revision=1, updated=now
+            try:
+                conn.execute(
+                    repository_definitions.insert().values(
+                        name=name, definition=json.dumps(definition), revision=1, updated=now
+                    )
                 )
-            )
+            except IntegrityError:  # another node's create won since the check above
+                raise DefinitionConflict(f"repository {name!r} exists") from None
             self._bump(conn)
         return StoredDefinition(name, definition, 1, now)
 

@@ -19,7 +19,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from portway.config import ConnectorConfig, HostConfig, Settings, split_listen
-from portway.db.access import AccessConflict, AccessStore, Kind, StoredAccess
+from portway.db.access import AccessStore, Kind, StoredAccess
+from portway.db.repositories import DefinitionConflict
 from portway.repos.admin import RepositoryRefused
 
 if TYPE_CHECKING:
@@ -192,7 +193,7 @@ class AccessAdmin:
             await asyncio.to_thread(
                 self.store.create, kind, key, config.model_dump(mode="json", exclude_none=True)
             )
-        except AccessConflict as exc:
+        except DefinitionConflict as exc:
             raise RepositoryRefused(str(exc), status=409) from None
         await self.repositories.refresh(force=True)
         self._record(f"{kind}.create", key, actor, {"repository": config.repository})
@@ -213,7 +214,7 @@ class AccessAdmin:
                 self.store.replace, kind, key,
                 config.model_dump(mode="json", exclude_none=True), expected,
             )  # fmt: skip
-        except AccessConflict as exc:
+        except DefinitionConflict as exc:
             raise RepositoryRefused(str(exc), status=412 if expected else 404) from None
         await self.repositories.refresh(force=True)
         self._record(f"{kind}.update", key, actor, {"repository": config.repository})
@@ -228,7 +229,7 @@ class AccessAdmin:
         self._writable(kind, key, expected)
         try:
             await asyncio.to_thread(self.store.delete, kind, key, expected)
-        except AccessConflict as exc:
+        except DefinitionConflict as exc:
             raise RepositoryRefused(str(exc), status=412 if expected else 404) from None
         await self.repositories.refresh(force=True)
         self._record(f"{kind}.delete", key, actor, {})
