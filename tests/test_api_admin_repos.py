@@ -14,6 +14,7 @@ import pytest
 import requests
 
 from admin_api_support import NEXUS, VIEWER, add_viewer, admin, on_both_workers, server
+from support.cluster import token
 from support.engines import skopeo
 from support.images import OciImage
 from support.server import PortwayServer
@@ -164,11 +165,23 @@ def test_created_repository_pushed_at_once_and_seen_by_both_workers(
     server: PortwayServer, admin: requests.Session, oci_image: OciImage
 ) -> None:
     base, name = server.url, "fresh"
+    password = server.admin_password()
+    creds = ("admin", password or "")
     assert (
         admin.post(f"{base}{REPOS}/docker/hosted", json=example("hosted", name=name)).status_code
         == 201
     )
-    password = server.admin_password()
+    # A bearer token: no password check for a worker to catch up during.
+    scope = f"repository:{name}/app:pull,push"
+    bearer = {"Authorization": "Bearer " + token(base, creds, [scope])}
+    # At once, on new connections to either worker: no window where the other worker still
+    # serves the set without it (a name it lacks makes it look at the generation).
+    seen = on_both_workers(
+        lambda: requests.post(f"{base}/v2/{name}/app/blobs/uploads/", headers=bearer),
+        lambda r: r.status_code == 202,
+        within=0,
+    )
+    assert len(seen) == 2
     skopeo(
         "copy",
         "--dest-tls-verify=false",
@@ -177,7 +190,6 @@ def test_created_repository_pushed_at_once_and_seen_by_both_workers(
         oci_image.ref,
         f"docker://{server.host}/{name}/app:v1",
     )
-    creds = ("admin", password or "")
 
     def ask() -> requests.Response:
         return requests.get(f"{base}/repository/{name}/v2/app/tags/list", auth=creds)

@@ -198,6 +198,7 @@ class Portway:
         settings = self.settings.model_copy(update=update)
         registry = RepositoryRegistry(settings, build, routes)
         registry.on_read = admin.maybe_refresh  # another worker's or node's change
+        registry.on_miss = admin.settle
         return registry
 
     @cached_property

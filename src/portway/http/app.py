@@ -36,6 +36,8 @@ async def handle(request: web.Request) -> web.StreamResponse:
     origin = client_origin(request, ctx.trusted)
     host = origin.host if origin.forwarded else request.host
     route = ctx.routes.resolve(_local_port(request), host, path)
+    if route is None and await ctx.settle():  # a repository another worker just made?
+        route = ctx.routes.resolve(_local_port(request), host, path)
     if route is None:
         raise RegistryError("NAME_UNKNOWN", "no such repository")
     if route.via == "path" and origin.forwarded:
@@ -51,7 +53,11 @@ async def handle(request: web.Request) -> web.StreamResponse:
         await ctx.authorizer.authorize(request, route.repository, None, ())
         name = route.repository
         # A concealed name (routing.py): only whoever could see it learns it is missing.
-        if name is not None and name not in ctx.repos and ctx.authorizer.visible(request, name):
+        if (
+            name is not None
+            and await ctx.repository(name) is None
+            and ctx.authorizer.visible(request, name)
+        ):
             raise RegistryError("NAME_UNKNOWN", f"no repository {name!r}")
         return web.Response(body=b"{}", content_type="application/json")
     if rest.startswith("/v2/"):

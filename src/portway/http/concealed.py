@@ -28,10 +28,10 @@ def concealable(name: str) -> bool:
     return REPO_NAME_RE.match(name) is not None
 
 
-def repository_named(ctx: AppContext, name: str) -> Repository:
+async def repository_named(ctx: AppContext, name: str) -> Repository:
     """The repository a route names; a `MissingRepository` when the route table routed a
     name that names none (it does so only when concealing)."""
-    found = ctx.repos.get(name)
+    found = await ctx.repository(name)
     return found if found is not None else MissingRepository(name, f"no repository {name!r}")
 
 

@@ -92,5 +92,17 @@ class AppContext:
     def routes(self) -> RouteTable:
         return self.registry.current.routes
 
+    async def settle(self) -> bool:
+        """A request named what the snapshot lacks: has another worker or node just changed
+        the set? True when the snapshot changed (look the name up again)."""
+        miss = self.registry.on_miss
+        return miss is not None and await miss()
+
+    async def repository(self, name: str) -> Repository | None:
+        found = self.repos.get(name)
+        if found is None and await self.settle():
+            found = self.repos.get(name)
+        return found
+
 
 CONTEXT_KEY = web.AppKey("portway", AppContext)

@@ -74,7 +74,7 @@ async def _search_one(
     ctx: AppContext, repo_name: str, query: str, n: int, page: int
 ) -> dict[str, Any]:
     """One repository answers its own page (its `num_results` counts every match)."""
-    repo = repository_named(ctx, repo_name)
+    repo = await repository_named(ctx, repo_name)
     if not repo.config.v1_enabled:
         raise RegistryError(
             "UNSUPPORTED", f"search is turned off for repository {repo_name!r}", status=404

@@ -5,7 +5,9 @@ managed by the file, and refused for change here (the file stays the truth for w
 declares). Every other repository is a row of `repository_definitions` (db/repositories.py).
 A change is stored, then applied to this process at once; every other worker and node sees
 the set's generation move the next time it serves a request (one indexed row read at most
-every `FRESHNESS` seconds) and rebuilds its registry snapshot (ADR 17, ADR 24).
+every `FRESHNESS` seconds) and rebuilds its registry snapshot (ADR 17, ADR 24). A request
+naming a repository the snapshot lacks looks at once and waits for that rebuild (`settle`):
+a repository created on one node takes pushes on every node as soon as the create answered.
 """
 
 from __future__ import annotations
@@ -202,6 +204,27 @@ class RepositoryAdmin:
         else:
             return
         self._task.add_done_callback(_log_failure)
+
+    async def settle(self) -> bool:
+        """A request named a repository or route this process does not know: look at the
+        generation now, not up to FRESHNESS later, and wait for the rebuild when it moved, so
+        that a repository created through another worker or node is served at once. True
+        when the set in service changed."""
+        before = self._generation
+        if self._task is not None and not self._task.done():
+            await asyncio.shield(self._task)
+        try:
+            generation = (
+                self.store.generation()
+                if self.store.inline
+                else await asyncio.to_thread(self.store.generation)
+            )
+        except Exception as exc:  # a database away: keep serving what we have
+            log.debug("repository generation not read: %s", exc)
+            return self._generation != before
+        if generation != self._generation:
+            await self.refresh()
+        return self._generation != before
 
     async def _look(self) -> None:
         try:

@@ -13,7 +13,7 @@ not import; the composition root passes the function that builds it.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Generic, TypeVar
@@ -52,6 +52,9 @@ class RepositoryRegistry(Generic[R]):
         # Called at each read of the current snapshot: the admin service's cheap look at
         # whether another worker or node changed the repositories (repos/admin.py).
         self.on_read: Callable[[], None] | None = None
+        # Called when a request names what the snapshot lacks: look again now, True when
+        # the snapshot changed (repos/admin.py `settle`).
+        self.on_miss: Callable[[], Awaitable[bool]] | None = None
 
     @property
     def current(self) -> Snapshot[R]:

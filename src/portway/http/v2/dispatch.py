@@ -88,7 +88,7 @@ async def dispatch_v2(
                 "UNSUPPORTED", f"{request.method} is not supported here", status=405
             )
         url_name = unquote(m.group("name"))
-        call = _call(request, ctx, route, url_name)
+        call = await _call(request, ctx, route, url_name)
         ref = m.groupdict().get("ref")
         if ref is None:
             return await handler(call)
@@ -96,13 +96,13 @@ async def dispatch_v2(
     raise _not_found(rest)
 
 
-def _call(request: web.Request, ctx: AppContext, route: Route, url_name: str) -> V2Call:
+async def _call(request: web.Request, ctx: AppContext, route: Route, url_name: str) -> V2Call:
     check_name(url_name)
     if route.repository is not None:
-        repo = repository_named(ctx, route.repository)
+        repo = await repository_named(ctx, route.repository)
         return V2Call(request, ctx, repo, url_name, url_name, route.prefix, route.external_url)
     repo_name, _, image = url_name.partition("/")
-    routed: Repository | None = ctx.repos.get(repo_name)
+    routed: Repository | None = await ctx.repository(repo_name)
     if routed is None or not routed.config.path_routing or not image:
         message = (
             f"no repository {repo_name!r} with path routing on this host; address images "

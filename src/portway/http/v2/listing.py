@@ -75,7 +75,7 @@ async def catalog(
     if n == 0:
         names = []
     elif repository is not None:
-        names = await repository_named(ctx, repository).catalog(last, want_total)
+        names = await (await repository_named(ctx, repository)).catalog(last, want_total)
     else:
         names = await ctx.catalog.names(
             lambda name: ctx.authorizer.visible(request, name), last, want_total
