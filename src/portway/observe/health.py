@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from portway.storage.faults import FULL_ERRNOS
+from portway.storage.part_uploads import HEALTH_PROBES
 
 CHECKS = ("database", "blob_store")
 MIN_FREE_BYTES = 64 * 1024  # less than this free on the database's file system: full
@@ -250,7 +251,7 @@ class BucketProbe:
             client.head_bucket(Bucket=self.bucket)
         except (BotoCoreError, ClientError) as exc:
             return Check(False, False, f"cannot reach {where}: {exc}")
-        key = f"{self.prefix.strip('/')}/.health/{os.getpid()}".lstrip("/")
+        key = f"{self.prefix.strip('/')}/{HEALTH_PROBES}/{os.getpid()}".lstrip("/")
         try:
             client.put_object(Bucket=self.bucket, Key=key, Body=_PROBE_BYTES)
             client.delete_object(Bucket=self.bucket, Key=key)

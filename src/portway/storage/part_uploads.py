@@ -42,6 +42,7 @@ from portway.storage.uploads import RunningHashes
 LEASE = 15.0  # seconds a request holds a session without renewing (a dead node's session is
 # writable again through another node after this; a streaming body renews every RENEW_EVERY)
 MONOLITHIC = "uploads/whole-"  # monolithic uploads' temporary objects
+HEALTH_PROBES = ".health"  # the readiness probe's objects, one per worker (observe/health.py)
 
 
 class SessionRow(Protocol):
@@ -275,13 +276,20 @@ class PartUploads:
                 await self.backend.abort_pending(pending)
             gone += 1
         async for key in self.backend.list("uploads"):
-            if not key.startswith(MONOLITHIC):
-                continue
-            info = await self.backend.stat(key)
-            if info is not None and info.mtime < cutoff:
-                await self.backend.delete(key)
-                gone += 1
+            if key.startswith(MONOLITHIC):
+                gone += await self._delete_older(key, cutoff)
+        # A worker killed between the probe's write and its delete leaves its object.
+        async for key in self.backend.list(HEALTH_PROBES):
+            gone += await self._delete_older(key, cutoff)
         return gone
+
+    async def _delete_older(self, key: str, cutoff: float) -> int:
+        info = await self.backend.stat(key)
+        if info is None or info.mtime >= cutoff:
+            return 0
+        with contextlib.suppress(ObjectMissing):
+            await self.backend.delete(key)
+        return 1
 
 
 class _Lease:
