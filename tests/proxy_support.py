@@ -77,6 +77,17 @@ def blob_is_cached(server: PortwayServer, digest: str) -> bool:
     return any(p.name == hexpart for p in cached_blob_files(server))
 
 
+def cached_soon(server: PortwayServer, digest: str, within: float = 10.0) -> bool:
+    """Is the blob in the cache within `within` seconds? A fill releases the clients once
+    the digest verified, before it links the blob into the cache (repos/proxy_blobs.py)."""
+    deadline = time.monotonic() + within
+    while not blob_is_cached(server, digest):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
 def blob_gets(access_log: str, digest: str) -> int:
     """How many `GET .../blobs/DIGEST` lines a distribution access log holds."""
     pattern = re.compile(r'"GET [^"]*/blobs/' + re.escape(digest) + r" HTTP")

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import requests
 
-from proxy_support import ACCEPT, blob_gets, blob_is_cached, proxy, v2, wait_for
+from proxy_support import ACCEPT, blob_gets, blob_is_cached, cached_soon, proxy, v2, wait_for
 from support import toml
 from support.distribution import Distribution
 from support.engines import skopeo
@@ -113,7 +113,7 @@ def test_gc_between_the_manifest_fill_and_the_blob_fills(
     _cached(server, {oci_image.config_digest})
     time.sleep(AGED)
     assert _gc(server) == set()  # the cached manifest needs them all
-    assert blob_is_cached(server, oci_image.config_digest)
+    assert cached_soon(server, oci_image.config_digest)
     for layer in oci_image.layers:
         got = _blob(server, layer.digest)
         assert got.status_code == 200 and len(got.content) == layer.size, layer.digest
@@ -121,7 +121,7 @@ def test_gc_between_the_manifest_fill_and_the_blob_fills(
     time.sleep(AGED)
     assert _gc(server) == set()  # right after the fills: the new links are needed too
     for digest in _digests(oci_image):
-        assert blob_is_cached(server, digest), digest
+        assert cached_soon(server, digest), digest
     _pull_complete(server, oci_image, tmp_path / "pulled")
     log = upstream.access_log()
     assert all(blob_gets(log, d) == 1 for d in _digests(oci_image))  # all from the cache
