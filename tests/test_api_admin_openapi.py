@@ -67,6 +67,10 @@ def _schemathesis(
         f"{server.url}/api/openapi.json",
         "--auth",
         f"admin:{password}",
+        # Not the operations on one user (edit, delete, change password): the run would edit
+        # or delete the account it signs in with, and a run locked out tests nothing.
+        "--exclude-path-regex",
+        "^/service/rest/v1/security/users/",
         "--checks",
         "not_a_server_error",
         "--max-examples",
@@ -77,7 +81,7 @@ def _schemathesis(
         "13",
         "--no-shrink",
         "--max-time",
-        "60",
+        "25",
         "--request-timeout",
         "20",
     ]
@@ -92,4 +96,8 @@ def test_schemathesis_finds_no_server_error(server: PortwayServer, tmp_path: Pat
     output = run.stdout + run.stderr
     assert run.returncode == 0, output[-6000:]
     assert re.search(r"\d+ generated, \d+ passed", output), output[-3000:]
-    assert not re.search(r'" 5\d\d in=', server.log()), "a 5xx in the access log"
+    log = server.log()
+    assert not re.search(r'" 5\d\d in=', log), "a 5xx in the access log"
+    answers = re.findall(r'" (\d{3}) in=.*schemathesis', log)
+    refused = sum(status in ("401", "429") for status in answers)
+    assert refused < len(answers) / 2, (refused, len(answers))  # it stayed signed in

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -80,11 +80,48 @@ def test_a_time_zone_is_read_as_the_same_instant_in_utc() -> None:
     assert parse("0 4 * * *").next_after(berlin) == at("2026-12-02 04:00")
 
 
+def sec(text: str) -> datetime:
+    return datetime.strptime(text, "%Y-%m-%d %H:%M:%S").replace(tzinfo=UTC)
+
+
+# Six fields: a leading second field, as in Nexus's (Quartz) task schedules.
+NEXT_SECONDS = [
+    ("*/10 * * * * *", "2026-12-02 05:17:00", "2026-12-02 05:17:10"),
+    ("*/10 * * * * *", "2026-12-02 05:17:55", "2026-12-02 05:18:00"),
+    ("*/10 * * * * *", "2026-12-02 23:59:50", "2026-12-03 00:00:00"),
+    ("30 0 3 * * ?", "2026-12-02 05:17:00", "2026-12-03 03:00:30"),  # ? is any day
+    ("0 0 3 ? * mon", "2026-12-02 05:17:00", "2026-12-07 03:00:00"),
+    ("15,45 * * * * *", "2026-12-02 05:17:15", "2026-12-02 05:17:45"),  # strictly after
+    ("0 * * * * *", "2026-12-02 05:17:30", "2026-12-02 05:18:00"),  # same as "* * * * *"
+]
+
+
+@pytest.mark.parametrize(("schedule", "after", "expected"), NEXT_SECONDS)
+def test_a_six_field_schedule_fires_at_its_seconds(
+    schedule: str, after: str, expected: str
+) -> None:
+    cron = parse(schedule)
+    fire = cron.next_after(sec(after))
+    assert fire == sec(expected)
+    assert cron.matches(fire) and not cron.matches(fire.replace(second=(fire.second + 1) % 60))
+    assert cron.previous_before(fire) == fire
+    assert cron.previous_before(fire.replace(microsecond=500)) == fire
+    assert cron.previous_before(fire - timedelta(seconds=1)) < fire
+
+
+def test_a_five_field_schedule_fires_at_second_zero() -> None:
+    cron = parse("*/15 * * * *")
+    assert cron.next_after(sec("2026-12-02 05:17:42")) == sec("2026-12-02 05:30:00")
+    assert cron.previous_before(sec("2026-12-02 05:17:42")) == sec("2026-12-02 05:15:00")
+    assert not cron.matches(sec("2026-12-02 05:30:01"))
+
+
 @pytest.mark.parametrize(
     ("schedule", "message"),
     [
         ("0 3 * *", "expected 5 fields"),
-        ("0 3 * * * *", "expected 5 fields"),
+        ("0 0 3 * * * *", "expected 5 fields"),
+        ("60 * * * * *", "second: 60 is outside 0-59"),
         ("60 * * * *", "minute: 60 is outside 0-59"),
         ("* 24 * * *", "hour: 24 is outside 0-23"),
         ("* * 0 * *", "day of month: 0 is outside 1-31"),

@@ -20,7 +20,7 @@ class JobConfig(_Strict):
 
     name: str
     type: JobType
-    schedule: str = ""  # cron, 5 fields, UTC; "" runs only when asked (run now)
+    schedule: str = ""  # cron (5 fields, or 6: seconds first), UTC; "" runs only when asked
     enabled: bool = True  # false: never scheduled and refused by run now
     dry_run: bool = False  # a scheduled run only reports what it would delete
     policy: str = ""  # cleanup: one [[cleanup_policy]] name; "" applies every policy

@@ -1,10 +1,13 @@
-"""Five-field cron schedules (minute hour day-of-month month day-of-week), in UTC.
+"""Cron schedules in UTC: crontab's five fields (minute hour day-of-month month day-of-week),
+or six with a leading second field as in Nexus's (Quartz) task schedules.
 
 The syntax operators know from crontab(5): `*`, numbers, ranges `a-b`, steps `*/n` and
 `a-b/n`, lists `a,b,c`, month and weekday names (`jan`, `mon`; case-insensitive), 0 or 7 for
 Sunday, and the shorthands `@hourly`, `@daily` (`@midnight`), `@weekly`, `@monthly`,
 `@yearly` (`@annually`). As in Vixie cron, when both day-of-month and day-of-week are
 restricted (neither starts with `*`), a day matches if either does; otherwise both must.
+Quartz's `?` (no specific value) is read as `*` in the two day fields; a five-field schedule
+fires at second 0.
 
 Times are UTC on every node, so the nodes of a cluster agree on every fire time whatever
 their local time zone. Written here rather than taken from a package: it is 150 lines, and
@@ -29,6 +32,7 @@ SHORTHANDS = {
     "@hourly": "0 * * * *",
 }
 # (name, lowest, highest, names)
+SECOND: tuple[str, int, int, dict[str, int]] = ("second", 0, 59, {})
 FIELDS: tuple[tuple[str, int, int, dict[str, int]], ...] = (
     ("minute", 0, 59, {}),
     ("hour", 0, 23, {}),
@@ -46,6 +50,7 @@ class CronError(ValueError):
 @dataclass(frozen=True)
 class Cron:
     text: str
+    seconds: frozenset[int]
     minutes: frozenset[int]
     hours: frozenset[int]
     days: frozenset[int]
@@ -63,7 +68,8 @@ class Cron:
 
     def matches(self, when: datetime) -> bool:
         return (
-            when.minute in self.minutes
+            when.second in self.seconds
+            and when.minute in self.minutes
             and when.hour in self.hours
             and when.month in self.months
             and self._day_matches(when)
@@ -71,42 +77,53 @@ class Cron:
 
     def next_after(self, when: datetime) -> datetime:
         """The first fire time strictly after `when` (an aware datetime; the answer in UTC)."""
-        t = when.astimezone(UTC).replace(second=0, microsecond=0) + timedelta(minutes=1)
+        t = when.astimezone(UTC).replace(microsecond=0) + timedelta(seconds=1)
         limit = t + timedelta(days=366 * SEARCH_YEARS)
         while t < limit:
             if t.month not in self.months:
                 t = _first_of_next_month(t)
             elif not self._day_matches(t):
-                t = (t + timedelta(days=1)).replace(hour=0, minute=0)
+                t = (t + timedelta(days=1)).replace(hour=0, minute=0, second=0)
             elif t.hour not in self.hours:
-                t = (t + timedelta(hours=1)).replace(minute=0)
+                t = (t + timedelta(hours=1)).replace(minute=0, second=0)
             elif t.minute not in self.minutes:
-                t += timedelta(minutes=1)
+                t = t.replace(second=0) + timedelta(minutes=1)
+            elif t.second not in self.seconds:
+                later = [s for s in self.seconds if s > t.second]
+                t = t.replace(second=min(later)) if later else _next_minute(t)
             else:
                 return t
         raise CronError(f"{self.text!r} never fires")
 
     def previous_before(self, when: datetime) -> datetime:
         """The last fire time at or before `when`."""
-        t = when.astimezone(UTC).replace(second=0, microsecond=0)
+        t = when.astimezone(UTC).replace(microsecond=0)
         limit = t - timedelta(days=366 * SEARCH_YEARS)
+        second = timedelta(seconds=1)
         while t > limit:
             if t.month not in self.months:
-                t = t.replace(day=1, hour=0, minute=0) - timedelta(minutes=1)
+                t = t.replace(day=1, hour=0, minute=0, second=0) - second
             elif not self._day_matches(t):
-                t = t.replace(hour=0, minute=0) - timedelta(minutes=1)
+                t = t.replace(hour=0, minute=0, second=0) - second
             elif t.hour not in self.hours:
-                t = t.replace(minute=0) - timedelta(minutes=1)
+                t = t.replace(minute=0, second=0) - second
             elif t.minute not in self.minutes:
-                t -= timedelta(minutes=1)
+                t = t.replace(second=0) - second
+            elif t.second not in self.seconds:
+                earlier = [s for s in self.seconds if s < t.second]
+                t = t.replace(second=max(earlier)) if earlier else t.replace(second=0) - second
             else:
                 return t
         raise CronError(f"{self.text!r} never fires")
 
 
+def _next_minute(t: datetime) -> datetime:
+    return t.replace(second=0) + timedelta(minutes=1)
+
+
 def _first_of_next_month(t: datetime) -> datetime:
     year, month = (t.year + 1, 1) if t.month == 12 else (t.year, t.month + 1)
-    return t.replace(year=year, month=month, day=1, hour=0, minute=0)
+    return t.replace(year=year, month=month, day=1, hour=0, minute=0, second=0)
 
 
 def _value(token: str, field: str, low: int, high: int, names: dict[str, int]) -> int:
@@ -151,11 +168,15 @@ def parse(text: str) -> Cron:
     """A schedule from its text; raises CronError saying what is wrong."""
     spec = SHORTHANDS.get(text.strip().lower(), text)
     parts = spec.split()
-    if len(parts) != 5:
+    if len(parts) not in (5, 6):
         raise CronError(
-            f"{text!r}: expected 5 fields (minute hour day-of-month month day-of-week) "
-            f"or one of {', '.join(sorted(SHORTHANDS))}, got {len(parts)} field(s)"
+            f"{text!r}: expected 5 fields (minute hour day-of-month month day-of-week), 6 with "
+            f"a leading second field, or one of {', '.join(sorted(SHORTHANDS))}; "
+            f"got {len(parts)} field(s)"
         )
+    seconds = _field(parts.pop(0), *SECOND) if len(parts) == 6 else {0}
+    for day in (2, 4):
+        parts[day] = "*" if parts[day] == "?" else parts[day]
     values = [
         _field(part, name, low, high, names)
         for part, (name, low, high, names) in zip(parts, FIELDS, strict=True)
@@ -163,6 +184,7 @@ def parse(text: str) -> Cron:
     weekdays = frozenset(0 if d == 7 else d for d in values[4])
     cron = Cron(
         text=text,
+        seconds=frozenset(seconds),
         minutes=frozenset(values[0]),
         hours=frozenset(values[1]),
         days=frozenset(values[2]),
