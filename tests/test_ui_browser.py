@@ -99,7 +99,8 @@ def test_browse_copy_pull_and_delete(
     command = field.input_value()
     assert f"docker://{server.host}/{REPO}/app:1.0" in command
     field.locator("xpath=following-sibling::button").click()  # the Copy button
-    assert page.locator("button.copy", has_text="Copied").count() == 1
+    # The label changes once the clipboard took the text (a promise) and for 1.5 s only.
+    page.locator("button.copy", has_text="Copied").wait_for(timeout=5000)
     out = subprocess.run(shlex.split(command), capture_output=True, text=True, timeout=120,
                          cwd=tmp_path, check=False)  # fmt: skip
     assert out.returncode == 0, out.stderr
