@@ -37,9 +37,11 @@ lint: venv
 	$(LINT)
 
 # pytest exits 5 when it collects nothing; that must fail the build like any other error.
-# Progress is one line per test file, named as it starts (the suite runs for minutes), and
-# the slowest tests are listed at the end.
-PYTEST_PROGRESS = --durations=15 --durations-min=1
+# Two pytest workers (pytest-xdist), each given whole test files (module fixtures stay whole):
+# most tests wait on servers, clients and timers, so two share the 2 cores well. Progress is
+# one line per test, naming its file and the worker; the slowest tests are listed at the end.
+PYTEST_WORKERS = 2
+PYTEST_PROGRESS = -n $(PYTEST_WORKERS) --dist loadfile -v --durations=15 --durations-min=1
 # The tests start hundreds of `portway` processes (servers, their workers, CLI commands); with
 # PYTHONDONTWRITEBYTECODE set none of them writes a .pyc, so each compiled all of src/ again
 # (~0.15 s of CPU a process). Compiled once here, they read it (compileall skips what is current).

@@ -48,7 +48,7 @@ def test_make_serve_installs_no_test_tools(tmp_path: Path) -> None:
     assert "-e '.[test]'" in venv.stdout  # the development environment still gets them
 
 
-def test_make_pytest_names_each_file_and_the_slowest_tests(tmp_path: Path) -> None:
+def test_make_pytest_names_each_test_and_the_slowest_ones(tmp_path: Path) -> None:
     work = _checkout(tmp_path)
     for stamp in (".portway-serve-installed", ".portway-test-installed"):
         (work / ".venv" / stamp).touch()
@@ -60,8 +60,11 @@ def test_make_pytest_names_each_file_and_the_slowest_tests(tmp_path: Path) -> No
     )
     run = _make(work, "pytest")
     assert run.returncode == 0, run.stdout + run.stderr
-    assert re.search(r"^tests/test_first\.py \.", run.stdout, re.MULTILINE), run.stdout
-    assert re.search(r"^tests/test_second\.py \.\.", run.stdout, re.MULTILINE), run.stdout
+    tests = ("test_first.py::test_one", "test_second.py::test_slow", "test_second.py::test_two")
+    for test in tests:
+        line = rf"^\[gw\d\] .*PASSED tests/{test}\s*$"
+        assert re.search(line, run.stdout, re.MULTILINE), run.stdout
+    assert "created: 2/2 workers" in run.stdout
     assert "slowest 15 durations" in run.stdout
     assert "test_second.py::test_slow" in run.stdout
 
