@@ -340,8 +340,12 @@ def test_push_to_group_lands_in_writable_member_and_reuses_member_layers(
 
 
 def _upload_posts(server: PortwayServer, repository: str) -> int:
+    """Upload POSTs through `repository` in the access log, once it has been written out
+    (in batches, at most 0.2 s late; more on a busy machine). Portway's own line format only:
+    at debug level the log holds a second, combined-format line for each request."""
+    time.sleep(1.0)
     prefix = rf"(?:/repository/{repository}/v2/|/v2/{repository}/)"
-    return len(re.findall(rf'"POST {prefix}[^ ]*blobs/uploads/', server.log()))
+    return len(re.findall(rf'"POST {prefix}[^ "]*blobs/uploads/" ', server.log()))
 
 
 # -- merged tag listing -----------------------------------------------------------------------
