@@ -20,6 +20,7 @@ from multidict import CIMultiDict
 
 from portway.oci.names import NAME_RE, TAG_RE
 
+from .answers import error_of
 from .auth import UpstreamAuth
 from .breaker import BreakerState, UpstreamBreaker
 from .challenge import parse_challenges
@@ -40,12 +41,9 @@ from .content import (
 from .errors import (
     UpstreamError,
     UpstreamNotFoundError,
-    UpstreamRateLimitedError,
     UpstreamServerError,
     UpstreamTruncatedError,
-    UpstreamUnauthorizedError,
     from_client_exception,
-    parse_retry_after,
 )
 
 DOCKER_HUB_HOSTS = frozenset({"registry-1.docker.io", "docker.io", "index.docker.io"})
@@ -53,9 +51,7 @@ DOCKER_HUB_REGISTRY = "https://registry-1.docker.io"
 DOCKER_HUB_INDEX = "https://index.docker.io"  # where Docker Hub answers /v1/search
 
 MAX_MANIFEST_SIZE = 4 * 1024 * 1024  # distribution's own limit
-MAX_ERROR_BODY = 64 * 1024
 
-_NOT_FOUND_CODES = {"MANIFEST_UNKNOWN", "BLOB_UNKNOWN", "NAME_UNKNOWN", "NOT_FOUND"}
 _REDIRECTS = {301, 302, 303, 307, 308}
 
 
@@ -321,7 +317,7 @@ class UpstreamRegistry:
             raise self._failed(exc) from None
         try:
             if resp.status >= 400:
-                raise self._failed(await self._error(resp, method, what))
+                raise self._failed(await error_of(resp, method, what, self.auth))
             if self.breaker is not None:
                 self.breaker.record_success()
             yield resp
@@ -387,51 +383,6 @@ class UpstreamRegistry:
             raise from_client_exception(
                 url, exc, timeout=timeout.total or timeout.sock_read
             ) from exc
-
-    async def _error(self, resp: aiohttp.ClientResponse, method: str, what: str) -> UpstreamError:
-        url = str(resp.url)
-        status = resp.status
-        codes: list[str] = []
-        message = ""
-        if method != "HEAD":
-            try:
-                body = await resp.content.read(MAX_ERROR_BODY)
-                doc = json.loads(body)
-            except (TimeoutError, aiohttp.ClientError, OSError, ValueError):
-                doc = None
-            if isinstance(doc, dict) and isinstance(doc.get("errors"), list):
-                for item in doc["errors"]:
-                    if isinstance(item, dict):
-                        codes.append(str(item.get("code", "")))
-                        message = message or str(item.get("message", ""))
-        detail = f" ({', '.join(c for c in codes if c)})" if any(codes) else ""
-        said = f": {message}" if message else ""
-        if status == 404 or _NOT_FOUND_CODES.intersection(codes):
-            code = next((c for c in codes if c in _NOT_FOUND_CODES), None)
-            return UpstreamNotFoundError(url, f"{what} not found{detail}", status=status, code=code)
-        if status == 429:
-            retry_after = parse_retry_after(resp.headers.get("Retry-After"))
-            wait = f"; it asks to retry after {retry_after:g} s" if retry_after is not None else ""
-            return UpstreamRateLimitedError(
-                url,
-                f"rate limit reached (429) asking for {what}{wait}",
-                retry_after=retry_after,
-            )
-        if status in (401, 403):
-            if status == 403 and not self.auth.has_credentials:
-                return self.auth.refused(url, status)
-            if status == 403:
-                return UpstreamUnauthorizedError(
-                    url, f"denied access to {what} (403){detail}{said}", status=status
-                )
-            return self.auth.refused(url, status)
-        if status >= 500:
-            return UpstreamServerError(
-                url, f"failed with {status} {resp.reason} asking for {what}{said}", status=status
-            )
-        return UpstreamServerError(
-            url, f"answered {status} {resp.reason} asking for {what}{detail}{said}", status=status
-        )
 
 
 def _pull(name: str) -> str:
