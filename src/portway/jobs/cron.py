@@ -10,7 +10,7 @@ Quartz's `?` (no specific value) is read as `*` in the two day fields; a five-fi
 fires at second 0.
 
 Times are UTC on every node, so the nodes of a cluster agree on every fire time whatever
-their local time zone. Written here rather than taken from a package: it is 150 lines, and
+their local time zone. Written here rather than taken from a package: it is 200 lines, and
 what it must compute (the next and the previous fire time) is all the scheduler needs.
 """
 
