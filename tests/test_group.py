@@ -5,6 +5,7 @@ Portway repositories; the proxy members' upstream is CNCF distribution."""
 from __future__ import annotations
 
 import re
+import secrets
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,6 +25,7 @@ from proxy_support import (
     oci_error,
     proxy,
     v2,
+    wait_for,
 )
 from support.distribution import Distribution
 from support.dockerd import Dockerd
@@ -340,10 +342,13 @@ def test_push_to_group_lands_in_writable_member_and_reuses_member_layers(
 
 
 def _upload_posts(server: PortwayServer, repository: str) -> int:
-    """Upload POSTs through `repository` in the access log, once it has been written out
-    (in batches, at most 0.2 s late; more on a busy machine). Portway's own line format only:
-    at debug level the log holds a second, combined-format line for each request."""
-    time.sleep(1.0)
+    """Upload POSTs through `repository` in the access log, once everything asked so far is
+    written out: the log goes out in batches, so a marker request is made and its line
+    waited for (one worker: its lines leave in order). Portway's own line format only: at
+    debug level the log holds a second, combined-format line for each request."""
+    marker = f"flushed-{secrets.token_hex(4)}"
+    requests.get(f"{server.url}/v2/{marker}/tags/list", timeout=10)
+    wait_for(lambda: marker in server.log(), what="the access log written out")
     prefix = rf"(?:/repository/{repository}/v2/|/v2/{repository}/)"
     return len(re.findall(rf'"POST {prefix}[^ "]*blobs/uploads/" ', server.log()))
 
