@@ -17,6 +17,7 @@ import pytest
 import requests
 from sqlalchemy import create_engine
 
+from admin_api_support import worker_of
 from portway.auth.errors import InvalidToken
 from portway.auth.keys import KeyRing
 from portway.auth.passwords import FAST_TEST_PARAMS, PasswordHasher
@@ -117,7 +118,7 @@ def stops_within(server: PortwayServer, token: str, status: int, bound: float = 
     in_a_row: dict[str, int] = {}
     while len(in_a_row) < server.workers or min(in_a_row.values()) < SETTLE:
         answer = pull(server, token)
-        worker = answer.headers["X-Request-Id"].rsplit("-", 1)[0]
+        worker = worker_of(answer)
         in_a_row[worker] = in_a_row.get(worker, 0) + 1 if answer.status_code == status else 0
         elapsed = time.monotonic() - started
         assert elapsed < bound, f"the token still answers {answer.status_code} after {elapsed:.1f}s"
