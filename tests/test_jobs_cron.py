@@ -13,7 +13,8 @@ from portway.jobs.cron import CronError, parse
 
 
 def at(text: str) -> datetime:
-    return datetime.strptime(text, "%Y-%m-%d %H:%M").replace(tzinfo=UTC)
+    """`2026-12-02 05:17` or `2026-12-02 05:17:30`, in UTC."""
+    return datetime.fromisoformat(text).replace(tzinfo=UTC)
 
 
 # (schedule, after, the next fire time). 2026-12-02 is a Wednesday.
@@ -45,6 +46,15 @@ NEXT = [
     ("@weekly", "2026-12-02 05:17", "2026-12-06 00:00"),
     ("@monthly", "2026-12-02 05:17", "2027-01-01 00:00"),
     ("@yearly", "2026-12-02 05:17", "2027-01-01 00:00"),
+    ("*/15 * * * *", "2026-12-02 05:17:42", "2026-12-02 05:30"),  # five fields: second 0
+    # Six fields: a leading second field, as in Nexus's (Quartz) task schedules.
+    ("*/10 * * * * *", "2026-12-02 05:17", "2026-12-02 05:17:10"),
+    ("*/10 * * * * *", "2026-12-02 05:17:55", "2026-12-02 05:18"),
+    ("*/10 * * * * *", "2026-12-02 23:59:50", "2026-12-03 00:00"),
+    ("30 0 3 * * ?", "2026-12-02 05:17", "2026-12-03 03:00:30"),  # ? is any day
+    ("0 0 3 ? * mon", "2026-12-02 05:17", "2026-12-07 03:00"),
+    ("15,45 * * * * *", "2026-12-02 05:17:15", "2026-12-02 05:17:45"),  # strictly after
+    ("0 * * * * *", "2026-12-02 05:17:30", "2026-12-02 05:18"),  # same as "* * * * *"
 ]
 
 
@@ -53,9 +63,11 @@ def test_next_fire_time(schedule: str, after: str, expected: str) -> None:
     cron = parse(schedule)
     fire = cron.next_after(at(after))
     assert fire == at(expected)
-    assert cron.matches(fire)
-    # The previous fire time at the answer is the answer itself.
+    assert cron.matches(fire) and not cron.matches(fire + timedelta(seconds=1))
+    # The previous fire time at the answer (or within its second) is the answer itself.
     assert cron.previous_before(fire) == fire
+    assert cron.previous_before(fire.replace(microsecond=500)) == fire
+    assert cron.previous_before(fire - timedelta(seconds=1)) < fire
 
 
 @pytest.mark.parametrize(
@@ -64,6 +76,8 @@ def test_next_fire_time(schedule: str, after: str, expected: str) -> None:
         ("0 3 * * *", "2026-12-02 05:17", "2026-12-02 03:00"),
         ("0 3 * * *", "2026-12-02 02:17", "2026-12-01 03:00"),
         ("*/15 * * * *", "2026-12-02 05:17", "2026-12-02 05:15"),
+        ("*/15 * * * *", "2026-12-02 05:17:42", "2026-12-02 05:15"),  # second 0
+        ("*/10 * * * * *", "2026-12-02 05:17:42", "2026-12-02 05:17:40"),
         ("0 0 1 * *", "2026-12-02 05:17", "2026-12-01 00:00"),
         ("0 0 31 * *", "2027-03-01 00:00", "2027-01-31 00:00"),
         ("0 4 * * 0", "2026-12-02 05:17", "2026-11-29 04:00"),
@@ -78,42 +92,6 @@ def test_a_time_zone_is_read_as_the_same_instant_in_utc() -> None:
 
     berlin = datetime(2026, 12, 2, 4, 30, tzinfo=timezone(timedelta(hours=1)))  # 03:30 UTC
     assert parse("0 4 * * *").next_after(berlin) == at("2026-12-02 04:00")
-
-
-def sec(text: str) -> datetime:
-    return datetime.strptime(text, "%Y-%m-%d %H:%M:%S").replace(tzinfo=UTC)
-
-
-# Six fields: a leading second field, as in Nexus's (Quartz) task schedules.
-NEXT_SECONDS = [
-    ("*/10 * * * * *", "2026-12-02 05:17:00", "2026-12-02 05:17:10"),
-    ("*/10 * * * * *", "2026-12-02 05:17:55", "2026-12-02 05:18:00"),
-    ("*/10 * * * * *", "2026-12-02 23:59:50", "2026-12-03 00:00:00"),
-    ("30 0 3 * * ?", "2026-12-02 05:17:00", "2026-12-03 03:00:30"),  # ? is any day
-    ("0 0 3 ? * mon", "2026-12-02 05:17:00", "2026-12-07 03:00:00"),
-    ("15,45 * * * * *", "2026-12-02 05:17:15", "2026-12-02 05:17:45"),  # strictly after
-    ("0 * * * * *", "2026-12-02 05:17:30", "2026-12-02 05:18:00"),  # same as "* * * * *"
-]
-
-
-@pytest.mark.parametrize(("schedule", "after", "expected"), NEXT_SECONDS)
-def test_a_six_field_schedule_fires_at_its_seconds(
-    schedule: str, after: str, expected: str
-) -> None:
-    cron = parse(schedule)
-    fire = cron.next_after(sec(after))
-    assert fire == sec(expected)
-    assert cron.matches(fire) and not cron.matches(fire.replace(second=(fire.second + 1) % 60))
-    assert cron.previous_before(fire) == fire
-    assert cron.previous_before(fire.replace(microsecond=500)) == fire
-    assert cron.previous_before(fire - timedelta(seconds=1)) < fire
-
-
-def test_a_five_field_schedule_fires_at_second_zero() -> None:
-    cron = parse("*/15 * * * *")
-    assert cron.next_after(sec("2026-12-02 05:17:42")) == sec("2026-12-02 05:30:00")
-    assert cron.previous_before(sec("2026-12-02 05:17:42")) == sec("2026-12-02 05:15:00")
-    assert not cron.matches(sec("2026-12-02 05:30:01"))
 
 
 @pytest.mark.parametrize(

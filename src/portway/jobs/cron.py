@@ -32,8 +32,8 @@ SHORTHANDS = {
     "@hourly": "0 * * * *",
 }
 # (name, lowest, highest, names)
-SECOND: tuple[str, int, int, dict[str, int]] = ("second", 0, 59, {})
 FIELDS: tuple[tuple[str, int, int, dict[str, int]], ...] = (
+    ("second", 0, 59, {}),
     ("minute", 0, 59, {}),
     ("hour", 0, 23, {}),
     ("day of month", 1, 31, {}),
@@ -174,24 +174,24 @@ def parse(text: str) -> Cron:
             f"a leading second field, or one of {', '.join(sorted(SHORTHANDS))}; "
             f"got {len(parts)} field(s)"
         )
-    seconds = _field(parts.pop(0), *SECOND) if len(parts) == 6 else {0}
-    for day in (2, 4):
+    if len(parts) == 5:
+        parts.insert(0, "0")  # crontab's fields fire at second 0
+    for day in (3, 5):  # Quartz's "no specific value"
         parts[day] = "*" if parts[day] == "?" else parts[day]
-    values = [
+    seconds, minutes, hours, days, months, weekdays = (
         _field(part, name, low, high, names)
         for part, (name, low, high, names) in zip(parts, FIELDS, strict=True)
-    ]
-    weekdays = frozenset(0 if d == 7 else d for d in values[4])
+    )
     cron = Cron(
         text=text,
         seconds=frozenset(seconds),
-        minutes=frozenset(values[0]),
-        hours=frozenset(values[1]),
-        days=frozenset(values[2]),
-        months=frozenset(values[3]),
-        weekdays=weekdays,
-        any_day=parts[2].startswith("*"),
-        any_weekday=parts[4].startswith("*"),
+        minutes=frozenset(minutes),
+        hours=frozenset(hours),
+        days=frozenset(days),
+        months=frozenset(months),
+        weekdays=frozenset(0 if d == 7 else d for d in weekdays),
+        any_day=parts[3].startswith("*"),
+        any_weekday=parts[5].startswith("*"),
     )
     cron.next_after(datetime(2000, 1, 1, tzinfo=UTC))  # refuses one that never fires
     return cron
