@@ -129,10 +129,13 @@ def test_a_scheduled_job_runs_once_per_fire_time_on_one_node(cluster: Cluster) -
     assert len(fires) == len(set(fires)), fires  # once per fire time, not once per node
     for r in runs:
         assert datetime.fromisoformat(r["fireTime"]).second % 10 == 0
-    # One lease turn runs every run that is due, so runs back to back may share a token;
-    # a later holder's token is larger.
+    # One lease turn runs every run that is due, so runs back to back may share a token,
+    # on the node holding it; a later holder's token is larger.
     tokens = [r["leaseToken"] for r in runs]
     assert tokens == sorted(tokens)
+    for before, after in pairwise(runs):
+        if before["leaseToken"] == after["leaseToken"]:
+            assert before["node"] == after["node"], (before, after)
     for before, after in pairwise(runs):
         if before["ended"] and after["started"]:
             assert _ts(before["ended"]) <= _ts(after["started"])
