@@ -2,7 +2,7 @@
 `[server] metrics` and `access_log` on (the default) against both off.
 
     .venv/bin/python bench/observe_cost.py [--rounds N] [--duration S] [--workers W]
-        [--split] [--order on,off,...] [--no-pin]
+        [--split] [--no-pin]
 
 Two Portways (security off, fresh data folders, `W` workers, 1 by default: the cost per
 process), each with one small image pushed; the access log goes to a file, as a service
@@ -86,20 +86,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--split", action="store_true", help="also metrics alone, access log alone")
     ap.add_argument("--no-pin", action="store_true", help="let server and wrk share cores")
-    ap.add_argument("--order", default="", help="sides in this order, e.g. log,on,off")
     args = ap.parse_args(argv)
     sides = list(SIDES) if args.split else ["on", "off"]
-    if args.order:
-        sides = args.order.split(",")
     ports = dict(zip(sides, free_ports(len(sides)), strict=True))
     rates: dict[str, list[float]] = {side: [] for side in sides}
     cpu_us: dict[str, list[float]] = {side: [] for side in sides}
     with tempfile.TemporaryDirectory(prefix="portway-observe-") as tmp:
         root = Path(tmp)
-        pin = not args.no_pin and (os.cpu_count() or 1) >= 2
+        cores = os.cpu_count() or 1
+        pin = not args.no_pin and cores >= 2
         procs = {side: start(root, side, ports[side], args.workers, pin) for side in sides}
         if pin:
-            os.sched_setaffinity(0, set(range(1, os.cpu_count() or 2)))
+            os.sched_setaffinity(0, set(range(1, cores)))
         try:
             urls = {}
             for side, port in ports.items():
