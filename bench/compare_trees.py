@@ -60,7 +60,8 @@ def start(
         f'listen = "127.0.0.1:{port}"',
         f'data_dir = "{home / "data"}"',
         f"workers = {workers}",
-        'log_level = "warning"',
+        # A side may set its own log level (e.g. "info" to write the access log).
+        *([] if any(x.startswith("log_level") for x in side.extra) else ['log_level = "warning"']),
         *side.extra,
         "",
         "[security]",

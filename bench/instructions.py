@@ -2,7 +2,7 @@
 the machine cannot move, for comparing source trees or settings on a busy machine.
 
     .venv/bin/python bench/instructions.py [--side NAME=SRC[:CONFIG-LINES]] ... \\
-        [--what manifest|blob] [--requests 300] [--security off|on|basic]
+        [--what manifest|blob] [--requests 300] [--security off|on|basic] [--keep DIR]
 
 Sides as in bench/compare_trees.py. Each side runs alone, one worker, under
 `valgrind --tool=callgrind --instr-atstart=no` (so start-up runs at near native speed); after
@@ -36,7 +36,7 @@ WARM_UP = 200
 
 
 def count(
-    side_text: str, root: Path, what: str, requests: int, security: str
+    side_text: str, root: Path, what: str, requests: int, security: str, keep: Path | None = None
 ) -> tuple[float, float]:
     """(instructions per request, instructions per second when idle) of one side."""
     side = parse_side(side_text)
@@ -75,6 +75,10 @@ def count(
         conn.close()
     finally:
         server.stop()
+    if keep is not None:  # for callgrind_annotate: where the instructions went
+        keep.mkdir(parents=True, exist_ok=True)
+        shutil.copy(f"{out}.1", keep / f"{side.name}.busy.callgrind")
+        shutil.copy(f"{out}.2", keep / f"{side.name}.idle.callgrind")
     busy_total, idle_total = _totals(Path(f"{out}.1")), _totals(Path(f"{out}.2"))
     return (busy_total - idle_total) / requests, idle_total / busy
 
@@ -92,6 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--what", choices=["manifest", "blob"], default="manifest")
     ap.add_argument("--requests", type=int, default=300)
     ap.add_argument("--security", choices=["off", "on", "basic"], default="off")
+    ap.add_argument("--keep", type=Path, help="copy each side's callgrind dumps here")
     args = ap.parse_args(argv)
     if shutil.which("valgrind") is None:
         print("valgrind not found (Debian package `valgrind`)", file=sys.stderr)
@@ -101,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     results: list[tuple[str, float]] = []
     with tempfile.TemporaryDirectory(prefix="portway-instr-") as tmp:
         for text in sides:
-            n, idle = count(text, Path(tmp), args.what, args.requests, args.security)
+            n, idle = count(text, Path(tmp), args.what, args.requests, args.security, args.keep)
             results.append((parse_side(text).name, n))
             print(
                 f"{results[-1][0]}: {n / 1000:.1f} k instructions per request "

@@ -29,7 +29,6 @@ from portway.repos.factory import build_repositories
 from portway.repos.registry import RepositoryRegistry, Snapshot
 from portway.repos.services import SharedCatalog
 from portway.storage.blobstore import BlobStore
-from portway.storage.filesystem import FilesystemBackend
 
 if TYPE_CHECKING:
     from portway.api.services import AdminServices
@@ -62,32 +61,10 @@ class Portway:
 
     @cached_property
     def blobs(self) -> BlobStore:
-        """[storage]: a folder (type filesystem), or a bucket (type s3) whose upload sessions
-        keep their state in the metadata store and whose proxy spool is local temp space."""
-        storage, data_dir = self.settings.storage, self.settings.server.data_dir
-        if storage.type == "filesystem":
-            return BlobStore(FilesystemBackend(storage.path or data_dir / "storage"))
-        from portway.storage.fsspool import LocalSpool
-        from portway.storage.part_uploads import PartUploads
-        from portway.storage.s3 import S3Settings
-        from portway.storage.s3open import LazyS3Backend
+        """[storage]: portway.storage.open (a folder, or a bucket)."""
+        from portway.storage.open import open_blobs
 
-        backend = LazyS3Backend(
-            S3Settings(  # credentials: botocore's chain (AWS_ACCESS_KEY_ID, ...)
-                bucket=storage.bucket,
-                endpoint=storage.endpoint or None,
-                region=storage.region,
-                public_endpoint=storage.public_endpoint or None,
-                prefix=storage.prefix,
-                part_size=storage.part_size,
-            )
-        )
-        temp = storage.temp_dir or data_dir / "tmp"
-        return BlobStore(
-            backend,
-            sessions=PartUploads(backend, self.meta, BlobStore.blob_key, storage.part_size),
-            spool=LocalSpool(temp / "spool", temp / "locks"),
-        )
+        return open_blobs(self.settings, self.meta)
 
     # -- coordination (ADR 0021) --------------------------------------------------------------
 
