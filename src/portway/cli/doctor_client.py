@@ -73,7 +73,7 @@ class Client:
             hdrs["Authorization"] = self.auth
         target = path if absolute else self.prefix + path
         try:
-            conn.request(method, target, body=body, headers=hdrs)  # type: ignore[arg-type]
+            conn.request(method, target, body=body, headers=hdrs)
             resp = conn.getresponse()
             data = resp.read()
             return Reply(resp.status, {k.lower(): v for k, v in resp.getheaders()}, data)
