@@ -357,7 +357,10 @@ def _upload_posts(server: PortwayServer, repository: str) -> int:
     debug level the log holds a second, combined-format line for each request."""
     marker = f"flushed-{secrets.token_hex(4)}"
     requests.get(f"{server.url}/v2/{marker}/tags/list", timeout=10)
-    wait_for(lambda: marker in server.log(), what="the access log written out")
+    # Portway's own line ends the path with a quote; aiohttp's combined-format line (written
+    # at once, not in batches) has " HTTP/1.1" there, so it cannot end the wait too early.
+    mine = f'"GET /v2/{marker}/tags/list" '
+    wait_for(lambda: mine in server.log(), what="the access log written out")
     prefix = rf"(?:/repository/{repository}/v2/|/v2/{repository}/)"
     return len(re.findall(rf'"POST {prefix}[^ "]*blobs/uploads/" ', server.log()))
 
