@@ -100,6 +100,7 @@ def test_reading_commands_make_nothing_they_do_not_use(tmp_path: Path) -> None:
     with Portway(settings) as root:
         root.keyring.rotate()
         assert root.keys.list()[1]
+        assert root.blobs.backend is not None  # a folder's blob store needs no database
     assert not (data / "portway.db").exists()
     with Portway(settings) as root:
         ctx = root.context(AllowAll())

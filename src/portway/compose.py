@@ -64,7 +64,7 @@ class Portway:
         """[storage]: portway.storage.open (a folder, or a bucket)."""
         from portway.storage.open import open_blobs
 
-        return open_blobs(self.settings, self.meta)
+        return open_blobs(self.settings, lambda: self.meta)
 
     # -- coordination (ADR 0021) --------------------------------------------------------------
 

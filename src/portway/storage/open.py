@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from portway.storage.blobstore import BlobStore
@@ -12,9 +13,10 @@ if TYPE_CHECKING:
     from portway.db.store import MetadataStore
 
 
-def open_blobs(settings: Settings, meta: MetadataStore) -> BlobStore:
+def open_blobs(settings: Settings, meta: Callable[[], MetadataStore]) -> BlobStore:
     """A folder (type filesystem), or a bucket (type s3) whose upload sessions keep their
-    state in the metadata store `meta` and whose proxy spool is local temp space."""
+    state in the metadata store `meta()` opens (asked for only then: a folder needs no
+    database) and whose proxy spool is local temp space."""
     storage, data_dir = settings.storage, settings.server.data_dir
     if storage.type == "filesystem":
         return BlobStore(FilesystemBackend(storage.path or data_dir / "storage"))
@@ -36,6 +38,6 @@ def open_blobs(settings: Settings, meta: MetadataStore) -> BlobStore:
     temp = storage.temp_dir or data_dir / "tmp"
     return BlobStore(
         backend,
-        sessions=PartUploads(backend, meta, BlobStore.blob_key, storage.part_size),
+        sessions=PartUploads(backend, meta(), BlobStore.blob_key, storage.part_size),
         spool=LocalSpool(temp / "spool", temp / "locks"),
     )
