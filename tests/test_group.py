@@ -296,7 +296,7 @@ def test_cold_and_warm_pull_through_a_group(
 
 
 def test_push_to_group_lands_in_writable_member_and_reuses_member_layers(
-    upstream: Distribution, portway_factory: PortwayFactory, oci_image: OciImage, tmp_path: Path
+    upstream: Distribution, portway_factory: PortwayFactory, tmp_path: Path
 ) -> None:
     server = portway_factory(
         repositories=[
@@ -308,21 +308,16 @@ def test_push_to_group_lands_in_writable_member_and_reuses_member_layers(
         ],
         server={"log_level": "debug"},
     )
-    # The upstream is shared by the session: blobs other tests pushed there are found
-    # through the hub member and not uploaded again.
-    blobs = [oci_image.config_digest, *(layer.digest for layer in oci_image.layers)]
-    missing = [
-        b
-        for b in blobs
-        if requests.head(v2(server, "g", f"team/app/blobs/{b}"), timeout=10).status_code == 404
-    ]
+    # An image of this test's own: the upstream is shared by the session, and blobs other
+    # tests pushed there would be found through the hub member and not uploaded.
+    app = make_oci_layout(tmp_path / "app", "v1", layers=3, seed=secrets.randbits(31) + 100)
     skopeo(
         "copy",
         "--quiet",
         *NO_TLS,
         "--digestfile",
         str(tmp_path / "d"),
-        oci_image.ref,
+        app.ref,
         f"docker://{server.image('team/app:v1', 'g')}",
     )
     digest = (tmp_path / "d").read_text().strip()
@@ -335,8 +330,7 @@ def test_push_to_group_lands_in_writable_member_and_reuses_member_layers(
         "copy", "--quiet", *NO_TLS, layout.ref, f"docker://{server.image('team/lib:v1', 'other')}"
     )
     posts_before = _upload_posts(server, "g")
-    # the first push uploaded the blobs the group lacked through the group
-    assert posts_before >= len(missing)
+    assert posts_before >= 4  # the first push uploaded its config and layers through the group
     skopeo("copy", "--quiet", *NO_TLS, layout.ref, f"docker://{server.image('team/lib:v1', 'g')}")
     assert _upload_posts(server, "g") == posts_before
     assert digest_of(server, "h", "team/lib", "v1") == layout.manifest_digest
