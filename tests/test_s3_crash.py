@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import random
+import signal
 import threading
 import time
 import uuid
@@ -78,6 +79,24 @@ def push_image(base: str, image: str, tag: str, seed: int) -> str:
     return sha(manifest)
 
 
+def kill_with_uploads_open(
+    pid: int | None, rgw: CephRGW, bucket: str, prefix: str, timeout: float = 60
+) -> list[str]:
+    """Freeze the server's process group (SIGSTOP) until the bucket holds what an open upload
+    leaves (a tail or a multipart upload); thaw and try again while it holds none. Returns
+    those keys, with the group still frozen, for the caller's SIGKILL. Pushes finish in
+    step, so right after the first round every upload may still be before its first PATCH."""
+    assert pid is not None
+    deadline = time.monotonic() + timeout
+    while True:
+        os.killpg(pid, signal.SIGSTOP)
+        open_uploads = [k for k in bucket_keys(rgw, bucket, prefix + "/") if "/blobs/" not in k]
+        if open_uploads or time.monotonic() > deadline:
+            return open_uploads
+        os.killpg(pid, signal.SIGCONT)
+        time.sleep(random.uniform(0.05, 0.3))
+
+
 def test_sigkill_during_concurrent_pushes_loses_nothing_acknowledged(
     tmp_path: Path, ceph_rgw: CephRGW, bucket: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -106,9 +125,11 @@ def test_sigkill_during_concurrent_pushes_loses_nothing_acknowledged(
         deadline = time.monotonic() + 120
         while len(acked) < PUSHERS and time.monotonic() < deadline:
             time.sleep(0.2)
+        open_uploads = kill_with_uploads_open(node.pid, ceph_rgw, bucket, prefix)
         node.kill()  # SIGKILL, every worker at once, pushes in flight
         stop.set()
     assert len(acked) >= PUSHERS, f"only {len(acked)} pushes done before the kill"
+    assert open_uploads, "the kill interrupted no upload: the test proves nothing"
 
     node.start(timeout=60)
     try:
@@ -130,7 +151,7 @@ def test_sigkill_during_concurrent_pushes_loses_nothing_acknowledged(
 
     # What the interrupted pushes left is the purge's: sessions, tails, multipart uploads.
     left = [k for k in bucket_keys(ceph_rgw, bucket, prefix + "/") if "/blobs/" not in k]
-    assert left, "the kill interrupted no upload: the test proves nothing"
+    assert set(open_uploads) <= set(left), "the restart removed what the purge should"
     time.sleep(1.1)
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", ceph_rgw.access_key)
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", ceph_rgw.secret_key)
