@@ -1,24 +1,26 @@
 """The web UI's admin pages in a real browser (Debian's Chromium, Playwright) against a real
 `portway serve` with security on: create a user and a role, assign the role, disable the
 user; bulk delete tags with a preview (a set that changed since the preview is shown again,
-not deleted) and check through /v2/ that exactly those tags are gone; a cleanup policy's
-dry run lists what it would remove and removes nothing; storage usage; the cleanup job run
-now as a dry run, its progress page followed until the report; a connector and a host
-mapping made on the page serve the repository at once, and a deleted connector stops; every
-admin page refused (403) to a user without admin privileges. Screenshots as
-tests/test_ui_browser.py."""
+not deleted; a long preview lists its first tags, and all on request) and check through /v2/
+that exactly those tags are gone; a cleanup policy's dry run lists what it would remove and
+removes nothing; storage usage; the cleanup job run now as a dry run, its progress page
+followed until the report; a connector and a host mapping made on the page serve the
+repository at once, and a deleted connector stops; every admin page refused (403) to a user
+without admin privileges. Screenshots as tests/test_ui_browser.py."""
 
 from __future__ import annotations
 
 import subprocess
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
 
+from portway.ui.bulk import PREVIEW_ROWS
 from support import browser
 from support import toml as tomlfile
 from support.images import OCI_MANIFEST, OciImage
@@ -168,6 +170,26 @@ def test_bulk_delete_with_preview(
     page.get_by_role("button", name="Delete these 4 tags").click()
     assert status(page) == "4 tags deleted."
     assert tags_of(server, admin) == ["1.0", "prod"]
+
+
+def test_a_long_preview_lists_the_first_tags_and_all_on_request(
+    chromium: Any, server: PortwayServer, admin: tuple[str, str], manifest: bytes,
+) -> None:  # fmt: skip
+    names = [f"many-{n:03d}" for n in range(PREVIEW_ROWS + 5)]
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(lambda name: tag(server, admin, manifest, name), names))
+    page = browser.sign_in(chromium, server.url, admin)
+    page.goto(f"{server.url}/ui/r/{REPO}/bulk-delete?image=app&match=many-*")
+    page.get_by_role("heading", name=f"{len(names)} tags would be deleted").wait_for()
+    rows = page.locator("table.preview tbody td:first-child")
+    assert rows.all_inner_texts() == names[:PREVIEW_ROWS]
+    page.get_by_role("link", name=f"List all {len(names)} tags").click()
+    page.get_by_role("heading", name=f"{len(names)} tags would be deleted").wait_for()
+    assert rows.all_inner_texts() == names
+
+    page.get_by_role("button", name=f"Delete these {len(names)} tags").click()
+    assert status(page) == f"{len(names)} tags deleted."
+    assert not [t for t in tags_of(server, admin) if t.startswith("many-")]
 
 
 def test_cleanup_dry_run_and_usage(

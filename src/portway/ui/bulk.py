@@ -1,7 +1,8 @@
 """Bulk tag delete: choose an image's tags by a pattern, see exactly which would go, confirm,
 delete (repos/bulk.py, what the admin API's `tags/delete` calls). The confirmation carries a
 fingerprint of the previewed set: if a matching tag was pushed, moved or removed since, the
-new set is shown again instead of deleted."""
+new set is shown again instead of deleted. The preview lists the first `PREVIEW_ROWS` tags by
+name, and all of them on request: the count and the fingerprint always cover the whole set."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ from portway.db.browse import TagRow
 from portway.repos.bulk import MAX_TAGS, fingerprint
 from portway.ui.browse import _arg, _repository
 from portway.ui.web import Page, Refusal, page
+
+PREVIEW_ROWS = 200  # listed at first; "Show all" lists every one (thousands take a while)
 
 
 def _repo_id(p: Page, name: str, action: str) -> int:
@@ -35,8 +38,9 @@ async def _preview(p: Page, name: str, image: str, match: str, status: int = 200
     if match:
         rows = await _rows(p, _repo_id(p, name, "delete"), image, match)
         too_many = len(rows) > MAX_TAGS
+    listed = rows if p.request.query.get("all") == "1" else rows[:PREVIEW_ROWS]
     return p.render("bulk.html", status, repo=name, image=image, match=match, rows=rows,
-                    too_many=too_many, limit=MAX_TAGS, changed=changed,
+                    listed=listed, too_many=too_many, limit=MAX_TAGS, changed=changed,
                     fingerprint=fingerprint(rows))  # fmt: skip
 
 
