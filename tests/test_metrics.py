@@ -14,8 +14,11 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urljoin
 
 import pytest
 import requests
@@ -124,6 +127,36 @@ def test_metrics_only_on_the_main_listener(server: PortwayServer) -> None:
     assert reply.json()["errors"][0]["code"] == "NOT_FOUND"
     # Not where a Docker client looks: /v2/metrics is a registry path, not the metrics.
     assert "portway_http_requests_total" not in requests.get(f"{server.url}/v2/metrics").text
+
+
+def test_a_request_being_answered_counts_in_flight_by_handler(server: PortwayServer) -> None:
+    """A PATCH whose body is still arriving shows in both in-flight gauges, under its
+    distribution handler, and leaves them once answered."""
+    base = server.repository_url()
+    started = requests.post(f"{base}/v2/metrics/slow/blobs/uploads/", timeout=30)
+    assert started.status_code == 202, started.text
+    location = urljoin(base + "/", started.headers["Location"])
+    release = threading.Event()
+
+    def body() -> Iterator[bytes]:
+        yield b"first part "
+        release.wait(30)
+        yield b"and the rest"
+
+    answers: list[int] = []
+    sender = threading.Thread(
+        target=lambda: answers.append(requests.patch(location, data=body(), timeout=60).status_code)
+    )
+    sender.start()
+    chunk = key("registry_http_in_flight_requests", handler="blob_upload_chunk")
+    try:
+        samples = settle(server.url, {chunk: 1})
+        assert value(samples, "portway_http_in_flight_requests") >= 2  # the PATCH, the scrape
+    finally:
+        release.set()
+        sender.join()
+    assert answers == [202]
+    settle(server.url, {chunk: 0})
 
 
 def test_repository_labels_stay_within_the_budget(tmp_path: Path) -> None:

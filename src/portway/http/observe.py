@@ -26,10 +26,10 @@ from portway.http.errors import FAULTS_KEY, Handler, failure_response
 from portway.http.forwarded import client_address
 from portway.http.routing import Route
 from portway.observe import multiproc
-from portway.observe.accesslog import FLUSH_INTERVAL as ACCESS_FLUSH_INTERVAL
-from portway.observe.accesslog import HEADER, AccessLog, Entry, RequestIds
+from portway.observe.accesslog import HEADER, AccessLog, RequestIds
 from portway.observe.health import BucketProbe, Health
-from portway.observe.kinds import DISTRIBUTION_HANDLER, public_kind, route_kind
+from portway.observe.journal import FLUSH_INTERVAL as JOURNAL_INTERVAL
+from portway.observe.journal import Journal
 from portway.observe.metrics import FLUSH_INTERVAL, Recorder
 from portway.oci.errors import RegistryError
 from portway.storage.faults import StorageFaults
@@ -43,15 +43,29 @@ CLIENT_GONE = 499  # status recorded for a request whose client left before its 
 @dataclass
 class Observer:
     health: Health
-    recorder: Recorder | None = None
-    access: AccessLog | None = None
+    journal: Journal
     ids: RequestIds = field(default_factory=RequestIds)
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    @property
+    def recorder(self) -> Recorder | None:
+        return self.journal.recorder
+
+    @property
+    def access(self) -> AccessLog | None:
+        return self.journal.access
 
     @property
     def active(self) -> bool:
         """Metrics or the access log on: the observe middleware runs."""
         return self.recorder is not None or self.access is not None
+
+    def flush_metrics(self) -> None:
+        """Count what the journal holds, then move the counts into the metric files."""
+        self.journal.drain()
+        if self.recorder is not None:
+            self.journal.count_in_flight()
+            self.recorder.flush()
 
 
 OBSERVE_KEY = web.AppKey("portway.observe", Observer)
@@ -89,7 +103,7 @@ def build_observer(ctx: AppContext) -> Observer:
     access = None
     if server.access_log or recorder is not None:
         access = AccessLog(server.log_format, on=server.access_log)
-    return Observer(health, recorder, access)
+    return Observer(health, Journal(recorder, access, lambda r, p: _repository(r, p, ctx)))
 
 
 def install(app: web.Application, ctx: AppContext) -> Observer:
@@ -111,8 +125,7 @@ def install(app: web.Application, ctx: AppContext) -> Observer:
 # -- middleware ---------------------------------------------------------------------------
 
 
-def _repository(request: web.Request, ctx: AppContext, path: str) -> str | None:
-    route: Route | None = request.get(_ROUTE)
+def _repository(route: Route | None, path: str, ctx: AppContext) -> str | None:
     if route is None:
         return None
     if route.repository is not None:
@@ -125,17 +138,16 @@ def _repository(request: web.Request, ctx: AppContext, path: str) -> str | None:
     return None
 
 
-_FORWARDING = ("Forwarded", "X-Forwarded-For", "X-Real-IP")
-
-
 def _client(request: web.Request, ctx: AppContext) -> str | None:
     """The client's address as portway.http.forwarded decides it, without its cost when the
     peer is no trusted proxy or sent no forwarding header."""
     peer = request.remote
-    headers = request.headers
-    if not ctx.trusted.trusts(peer) or not any(h in headers for h in _FORWARDING):
+    if not ctx.trusted.trusts(peer):
         return peer
-    return client_address(request, ctx.trusted)
+    headers = request.headers
+    if "X-Forwarded-For" in headers or "Forwarded" in headers or "X-Real-IP" in headers:
+        return client_address(request, ctx.trusted)
+    return peer
 
 
 def _principal(request: web.Request, ctx: AppContext) -> str | None:
@@ -158,9 +170,12 @@ def _bytes_out(request: web.Request, response: web.StreamResponse | None) -> int
 def middleware(obs: Observer, ctx: AppContext) -> Middleware:
     """The outermost (and only) middleware while metrics or the access log run: request id,
     error rendering (portway.http.errors, here rather than one more layer), sending the
-    answer, then counting and logging what the client got. Everything that does not change
-    between requests is looked up once, here."""
-    recorder = obs.recorder
+    answer, then noting what the client got in the journal (portway.observe.journal, which
+    counts and logs it in batches). Everything that does not change between requests is
+    looked up once, here."""
+    journal = obs.journal
+    live = journal.live
+    add = journal.add
     access = obs.access  # written only while access.enabled() (SIGHUP may switch it)
     new_id = obs.ids.new
 
@@ -176,10 +191,8 @@ def middleware(obs: Observer, ctx: AppContext) -> Middleware:
             rid = new_id()
         request[REQUEST_ID] = rid
         path = request.raw_path.partition("?")[0]
-        kind = route_kind(path)
-        flight = DISTRIBUTION_HANDLER.get(kind, "")
-        if recorder is not None:
-            recorder.in_flight[flight] = recorder.in_flight.get(flight, 0) + 1
+        key = id(request)
+        live[key] = path
         response: web.StreamResponse | None = None
         status = 500
         try:
@@ -205,32 +218,23 @@ def middleware(obs: Observer, ctx: AppContext) -> Middleware:
             status = CLIENT_GONE
             raise
         finally:
-            seconds = perf_counter() - start
-            bytes_in = request.content.total_bytes
-            bytes_out = _bytes_out(request, response) if status != CLIENT_GONE else 0
-            repository = _repository(request, ctx, path)
-            if recorder is not None:
-                recorder.in_flight[flight] -= 1
-                recorder.record(
-                    kind, request.method, status, repository, seconds, bytes_in, bytes_out
-                )
-            if access is not None and access.enabled():
-                access.write(
-                    Entry(
-                        rid,
-                        _client(request, ctx),
-                        _principal(request, ctx),
-                        repository,
-                        request.method,
-                        path,
-                        public_kind(kind),
-                        status,
-                        bytes_in,
-                        bytes_out,
-                        seconds,
-                        request.headers.get("User-Agent"),
-                    )
-                )
+            end = perf_counter()
+            del live[key]
+            logging = access is not None and access.enabled()
+            add((
+                path,
+                request.method,
+                status,
+                request.get(_ROUTE),
+                end,
+                end - start,
+                request.content.total_bytes,
+                _bytes_out(request, response) if status != CLIENT_GONE else 0,
+                rid,
+                _client(request, ctx) if logging else None,
+                _principal(request, ctx) if logging else None,
+                request.headers.get("User-Agent") if logging else None,
+            ))  # fmt: skip
 
     return observe_middleware
 
@@ -247,13 +251,13 @@ def _storage_faults(ctx: AppContext) -> StorageFaults | None:
     return None
 
 
-async def _flush_access_log(access: AccessLog) -> None:
+async def _drain_journal(journal: Journal) -> None:
     try:
         while True:
-            await asyncio.sleep(ACCESS_FLUSH_INTERVAL)
-            access.flush()
+            await asyncio.sleep(JOURNAL_INTERVAL)
+            journal.drain()
     finally:
-        access.flush()
+        journal.drain()
 
 
 def _breaker_states(ctx: AppContext) -> dict[str, tuple[bool, int]]:
@@ -266,7 +270,7 @@ def _breaker_states(ctx: AppContext) -> dict[str, tuple[bool, int]]:
     return states
 
 
-async def _flush_loop(app: web.Application, recorder: Recorder) -> None:
+async def _flush_loop(app: web.Application, obs: Observer, recorder: Recorder) -> None:
     faults = app.get(FAULTS_KEY)
     ctx = app[CONTEXT_KEY]
     storage = _storage_faults(ctx)
@@ -274,7 +278,7 @@ async def _flush_loop(app: web.Application, recorder: Recorder) -> None:
     rounds = 0
     while True:
         await asyncio.sleep(FLUSH_INTERVAL)
-        recorder.flush()
+        obs.flush_metrics()
         if faults is not None:
             recorder.sync_faults(faults.refused)
         if storage is not None:
@@ -291,19 +295,16 @@ async def _background(app: web.Application) -> AsyncIterator[None]:
     await obs.health.check_once()
     obs.tasks.append(asyncio.create_task(obs.health.run()))
     if obs.recorder is not None:
-        obs.tasks.append(asyncio.create_task(_flush_loop(app, obs.recorder)))
-    if obs.access is not None:
-        obs.tasks.append(asyncio.create_task(_flush_access_log(obs.access)))
+        obs.tasks.append(asyncio.create_task(_flush_loop(app, obs, obs.recorder)))
+    if obs.active:
+        obs.tasks.append(asyncio.create_task(_drain_journal(obs.journal)))
     yield
     for task in obs.tasks:
         task.cancel()
     for task in obs.tasks:
         with contextlib.suppress(asyncio.CancelledError):
             await task
-    if obs.recorder is not None:
-        obs.recorder.flush()
-    if obs.access is not None:
-        obs.access.flush()
+    obs.flush_metrics()
 
 
 # -- routes -------------------------------------------------------------------------------
@@ -321,7 +322,7 @@ async def handle_metrics(request: web.Request) -> web.StreamResponse:
     obs = request.app[OBSERVE_KEY]
     if obs.recorder is None or not _on_main_listener(request):
         raise RegistryError("NOT_FOUND", "metrics are served on the main listener at /metrics")
-    obs.recorder.flush()
+    obs.flush_metrics()
     body = await asyncio.to_thread(obs.recorder.render)
     return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4"})
 

@@ -137,6 +137,7 @@ def set_log_level(settings: Settings) -> None:
 def reconfigure_access_log(obs: Observer, server: ServerConfig) -> None:
     """`[server] access_log` and `log_format` as the file now says."""
     if obs.access is not None:
+        obs.journal.drain()  # what came before is written as the file said before
         obs.access.reconfigure(server.log_format, server.access_log)
     elif server.access_log:
         log.warning("SIGHUP: the access log was off with metrics off; it starts at a restart")

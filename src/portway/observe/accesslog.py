@@ -102,10 +102,12 @@ class AccessLog:
             self._prefix = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(second))
         return f"{self._prefix},{int(now % 1 * 1000):03d}{self._tail}"
 
-    def write(self, e: Entry) -> None:
+    def write(self, e: Entry, now: float | None = None) -> None:
+        """Gather the line of `e`, answered at `now` (time.time(); by default: now)."""
         path = e.path if len(e.path) <= _MAX_PATH else e.path[:_MAX_PATH] + "..."
         ms = round(e.seconds * 1000, 3)
-        now = time.time()
+        if now is None:
+            now = time.time()
         if self.json:
             # The text json.dumps(..., separators=(",", ":")) gives for these fields, written
             # out: a third of the cost (json.dumps builds an encoder per call).
