@@ -158,15 +158,6 @@ def _principal(request: web.Request, ctx: AppContext) -> str | None:
     return getattr(principal, "name", None) if principal is not None else None
 
 
-def _bytes_out(request: web.Request, response: web.StreamResponse | None) -> int:
-    if response is None or request.method == "HEAD":
-        return 0
-    length = response.content_length
-    if length is not None:
-        return length
-    return response.body_length
-
-
 def middleware(obs: Observer, ctx: AppContext) -> Middleware:
     """The outermost (and only) middleware while metrics or the access log run: request id,
     error rendering (portway.http.errors, here rather than one more layer), sending the
@@ -175,8 +166,8 @@ def middleware(obs: Observer, ctx: AppContext) -> Middleware:
     looked up once, here."""
     journal = obs.journal
     live = journal.live
-    add = journal.add
-    access = obs.access  # written only while access.enabled() (SIGHUP may switch it)
+    note = journal.rows.append  # drained in place every 0.2 s (journal.drain)
+    access = obs.access  # written only while access.level_on (SIGHUP may switch it)
     new_id = obs.ids.new
 
     @web.middleware
@@ -220,21 +211,19 @@ def middleware(obs: Observer, ctx: AppContext) -> Middleware:
         finally:
             end = perf_counter()
             del live[key]
-            logging = access is not None and access.enabled()
-            add((
-                path,
-                request.method,
-                status,
-                request.get(_ROUTE),
-                end,
-                end - start,
-                request.content.total_bytes,
-                _bytes_out(request, response) if status != CLIENT_GONE else 0,
-                rid,
-                _client(request, ctx) if logging else None,
-                _principal(request, ctx) if logging else None,
-                request.headers.get("User-Agent") if logging else None,
-            ))  # fmt: skip
+            method = request.method
+            sent = 0
+            if response is not None and status != CLIENT_GONE and method != "HEAD":
+                length = response.content_length
+                sent = response.body_length if length is None else length
+            if access is not None and access.level_on:
+                client = _client(request, ctx)
+                principal = _principal(request, ctx)
+                agent = request.headers.get("User-Agent")
+            else:
+                client = principal = agent = None
+            note((path, method, status, request.get(_ROUTE), end, end - start,
+                  request.content.total_bytes, sent, rid, client, principal, agent))  # fmt: skip
 
     return observe_middleware
 

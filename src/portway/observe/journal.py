@@ -4,12 +4,12 @@ metric counts and access-log lines in batches.
 Per request the middleware only gathers what it cannot learn later (the status, the byte
 counts, the duration, the client, the principal) and appends one tuple. Everything that can
 wait (the route kind, the repository label, the counting, the line's text) is done by
-`drain()`, for up to `FLUSH_LINES` requests at once, at most `FLUSH_INTERVAL` seconds late:
-the same work in a tight loop costs a fraction of what it costs spread over requests, whose
-own code has pushed it out of the processor's caches in between (docs/benchmarks.md, "What
-observing costs"). Requests being answered are kept by request id, so the in-flight gauges
-can be counted by route kind at each metrics flush (keyed by the request object's id: an id a
-proxy sent may come twice).
+`drain()`, for every request of the last `FLUSH_INTERVAL` seconds at once: the same work in a
+tight loop costs a fraction of what it costs spread over requests, whose own code has pushed
+it out of the processor's caches in between (docs/benchmarks.md, "Metrics and access log,
+measured in pairs"). Requests being answered are kept by the request object's id (an id a
+proxy sent may come twice), so the in-flight gauges can be counted by route kind at each
+metrics flush.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from portway.observe.accesslog import FLUSH_INTERVAL, FLUSH_LINES, AccessLog, Entry
+from portway.observe.accesslog import FLUSH_INTERVAL, AccessLog, Entry
 from portway.observe.kinds import DISTRIBUTION_HANDLER, public_kind, route_kind
 from portway.observe.metrics import Recorder
 
@@ -39,19 +39,13 @@ class Journal:
         self.recorder = recorder
         self.access = access
         self.repository_of = repository_of
-        self.rows: list[Row] = []
+        self.rows: list[Row] = []  # one per answered request, appended by the middleware
         self.live: dict[int, str] = {}  # id(request) -> path, while it is being answered
 
-    def add(self, row: Row) -> None:
-        """One answered request (the hot path: a list append)."""
-        rows = self.rows
-        rows.append(row)
-        if len(rows) >= FLUSH_LINES:
-            self.drain()
-
     def drain(self) -> None:
-        """Count and log every request added since the last drain; write the lines out."""
-        rows, self.rows = self.rows, []
+        """Count and log every request noted since the last drain; write the lines out."""
+        rows = self.rows[:]
+        del self.rows[:]  # in place: the middleware holds `rows.append`
         recorder, access = self.recorder, self.access
         logging = access is not None and access.enabled()
         if rows and (recorder is not None or logging):
