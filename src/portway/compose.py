@@ -335,7 +335,9 @@ class Portway:
         """Maintenance jobs: list, runs, run now (ADR 0027)."""
         from portway.jobs.services import JobService
 
-        return JobService(self.settings, self.meta.engine, self.meta.read_engine)
+        service = JobService(self.settings, self.meta.engine, self.meta.read_engine)
+        service.audit = self.audit
+        return service
 
     def scheduler(self) -> Scheduler | None:
         """The job scheduler of one `portway serve` worker; None with `[jobs] enabled = false`."""
