@@ -203,3 +203,37 @@ def test_stop_answers_404_409_and_refuses_non_admins(
         assert viewer.status_code == 403, path
     audit = admin.get(f"{server.url}/api/v1/audit", params={"event": "job.stop"}).json()
     assert all(r["principal"] == "admin" for r in audit["items"])
+
+
+def _csrf(html: str) -> str:
+    found = re.search(r'name="csrf" value="([^"]+)"', html)
+    assert found, html[:2000]
+    return found.group(1)
+
+
+def test_the_jobs_page_stops_a_running_job(server: JobsServer, admin: requests.Session) -> None:
+    """The web UI: a Stop button next to a running job; it stops it as the API does."""
+    ui = requests.Session()
+    form = ui.get(f"{server.url}/ui/login", timeout=30)
+    login = {"username": "admin", "password": server.admin_password(), "csrf": _csrf(form.text)}
+    signed = ui.post(f"{server.url}/ui/login", data=login, timeout=30, allow_redirects=False)
+    assert signed.status_code == 303, signed.text
+    idle = ui.get(f"{server.url}/ui/admin/jobs", timeout=30).text
+    assert 'action="/ui/admin/jobs/slow-gc/stop"' not in idle  # nothing runs: no Stop
+    queued = run_now(admin, server.url, "slow-gc", dry_run=True)
+    wait_for(admin, server.url, "slow-gc", queued["id"], lambda r: r["state"] == "running")
+    page = ui.get(f"{server.url}/ui/admin/jobs", timeout=30).text
+    assert 'action="/ui/admin/jobs/slow-gc/stop"' in page and 'aria-label="Stop slow-gc"' in page
+    stopped = ui.post(f"{server.url}/ui/admin/jobs/slow-gc/stop", data={"csrf": _csrf(page)},
+                      timeout=30, allow_redirects=False)  # fmt: skip
+    assert stopped.status_code == 303, stopped.text
+    assert stopped.headers["Location"] == f"/ui/admin/jobs/slow-gc/runs/{queued['id']}"
+    ended = wait_run(admin, server.url, "slow-gc", queued["id"], timeout=60)
+    assert ended["state"] == "cancelled" and ended["stoppedBy"] == "admin", ended
+    shown = ui.get(f"{server.url}{stopped.headers['Location']}", timeout=30).text
+    assert "Run {}: cancelled".format(queued["id"]) in shown and "stopped by admin" in shown
+    # Without the form's token nothing is stopped; with nothing running, 409.
+    assert ui.post(f"{server.url}/ui/admin/jobs/slow-gc/stop", timeout=30).status_code == 403
+    again = ui.post(f"{server.url}/ui/admin/jobs/slow-gc/stop", data={"csrf": _csrf(page)},
+                    timeout=30, allow_redirects=False)  # fmt: skip
+    assert again.status_code == 409
