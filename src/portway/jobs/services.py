@@ -66,12 +66,18 @@ class JobView:
 
 
 class JobService:
-    def __init__(self, settings: Settings, engine: Engine, read_engine: Engine) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        engine: Engine,
+        read_engine: Engine,
+        audit: Callable[[], AuditLog] | None = None,  # where `stop` is recorded (opened late)
+    ) -> None:
         self.jobs = effective_jobs(settings.job)
         self.engine = engine
         self.read_engine = read_engine
         self.on_queued: Callable[[], None] | None = None  # this process's scheduler, if any
-        self.audit: AuditLog | None = None
+        self.audit = audit
 
     def job(self, name: str) -> JobConfig:
         for job in self.jobs:
@@ -141,5 +147,5 @@ class JobService:
             detail: dict[str, object] = {"job": job.name, "cancelled": list(done.cancelled)}
             if done.running is not None:
                 detail["run"] = done.running
-            self.audit.write("job.stop", principal=by, client=client, detail=detail)
+            self.audit().write("job.stop", principal=by, client=client, detail=detail)
         return done
