@@ -91,7 +91,13 @@ class JobRunner:
 
         async def progress(phase: str, counts: Mapping[str, int]) -> None:
             state["phase"], state["progress"] = phase, dict(counts)
-            await beat()
+            try:
+                await beat()
+            except LeaseLost:
+                raise
+            except Exception:  # a database hiccup: the heartbeat writes it again soon
+                log.warning("job %s: run %d: progress not recorded", job.name, run_id,
+                            exc_info=True)  # fmt: skip
             if self.delay:
                 await stop.wait(self.delay)
 
