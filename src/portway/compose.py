@@ -335,7 +335,8 @@ class Portway:
         """Maintenance jobs: list, runs, run now (ADR 0027)."""
         from portway.jobs.services import JobService
 
-        return JobService(self.settings, self.meta.engine, self.meta.read_engine)
+        meta = self.meta
+        return JobService(self.settings, meta.engine, meta.read_engine, lambda: self.audit)
 
     def scheduler(self) -> Scheduler | None:
         """The job scheduler of one `portway serve` worker; None with `[jobs] enabled = false`."""

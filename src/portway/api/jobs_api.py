@@ -13,7 +13,7 @@ from pydantic import BaseModel
 from portway.api.problems import Problem
 from portway.api.routing import Call, Operation, Param, json_response, no_content
 from portway.jobs.records import Run
-from portway.jobs.services import JobDisabled, JobNotFound, JobService, JobView
+from portway.jobs.services import JobDisabled, JobNotFound, JobService, JobView, NotRunning
 
 PRIVILEGE = "settings"
 NEXUS_RESULTS = {"done": "OK", "failed": "FAILED", "cancelled": "CANCELED"}
@@ -90,6 +90,24 @@ async def get_task(call: Call) -> web.StreamResponse:
     return json_response(task_of(await _view(call, call.path("id"))).model_dump())
 
 
+def _client(call: Call) -> str | None:
+    from portway.http.forwarded import client_address
+
+    return client_address(call.request, call.ctx.trusted)
+
+
+async def stop_task(call: Call) -> web.StreamResponse:
+    """Nexus: 204 once the running run is asked to stop (it ends at its next unit of work,
+    on whichever node runs it), 404 no such task, 409 nothing of it is running."""
+    try:
+        await _service(call).stop(call.path("id"), call.actor, _client(call))
+    except JobNotFound as exc:
+        raise Problem(404, str(exc)) from None
+    except NotRunning as exc:
+        raise Problem(409, str(exc)) from None
+    return no_content()
+
+
 async def run_task(call: Call) -> web.StreamResponse:
     try:
         await _service(call).run_now(call.path("id"), None, "manual", call.actor)
@@ -124,6 +142,8 @@ class JobRun(BaseModel):
     report: dict[str, Any] | None = None
     error: str | None = None
     interrupted: bool = False
+    stopRequested: str | None = None  # a stop was asked for (POST .../stop)
+    stoppedBy: str | None = None
 
 
 class Job(BaseModel):
@@ -160,6 +180,8 @@ def run_of(run: Run) -> JobRun:
         report=run.report,
         error=run.error,
         interrupted=run.interrupted,
+        stopRequested=_iso(run.stop_requested),
+        stoppedBy=run.stopped_by,
     )
 
 
@@ -221,6 +243,25 @@ async def get_run(call: Call) -> web.StreamResponse:
     return json_response(run_of(run).model_dump())
 
 
+async def stop_run(call: Call) -> web.StreamResponse:
+    """Portway: stop one run. 200 with the run when it ended at once (it was queued), 202
+    while the node running it stops it, 409 when it has ended already."""
+    name, text = call.path("name"), call.path("id")
+    service = _service(call)
+    run = await service.get_run(int(text)) if text.isdigit() else None
+    if run is None or run.job != name:
+        raise Problem(404, f"no run {text!r} of job {name!r}")
+    try:
+        await service.stop(name, call.actor, _client(call), run.id)
+    except NotRunning:
+        raise Problem(409, f"run {run.id} of job {name!r} is {run.state}: it has ended") from None
+    after = await service.get_run(run.id)
+    assert after is not None
+    location = f"/api/v1/jobs/{name}/runs/{run.id}"
+    status = 202 if after.state == "running" else 200
+    return json_response(run_of(after).model_dump(), status, {"Location": location})
+
+
 _TASK = {200: (TaskXO, False)}
 OPERATIONS: list[Operation] = [
     Operation(
@@ -250,6 +291,15 @@ OPERATIONS: list[Operation] = [
         "tasks",
         PRIVILEGE,
         responses={204: (None, False), 405: (None, False)},
+    ),
+    Operation(
+        "POST",
+        "/service/rest/v1/tasks/{id}/stop",
+        stop_task,
+        "Stop a task's running run (409: it is not running)",
+        "tasks",
+        PRIVILEGE,
+        responses={204: (None, False), 409: (None, False)},
     ),
     Operation(
         "GET",
@@ -297,5 +347,14 @@ OPERATIONS: list[Operation] = [
         "portway",
         PRIVILEGE,
         responses={200: (JobRun, False)},
+    ),
+    Operation(
+        "POST",
+        "/api/v1/jobs/{name}/runs/{id}/stop",
+        stop_run,
+        "Stop a run (202: its node stops it; 200: it was queued, cancelled; 409: it ended)",
+        "portway",
+        PRIVILEGE,
+        responses={200: (JobRun, False), 202: (JobRun, False), 409: (None, False)},
     ),
 ]

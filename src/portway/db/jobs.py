@@ -4,6 +4,8 @@
   failed, cancelled. `token` is the job lease's fencing token the run was started under and
   `node` the process that ran it; every write after the start checks that the lease still
   has that token (`Leases.fence`), so a node that lost its lease cannot write a report.
+  `stop_requested` and `stopped_by`: a stop asked for through the API (any node); the node
+  running the run polls its row and stops between units of work.
   `heartbeat` is the last such write (database clock): the run's authority ended no later
   than that plus the lease's lifetime. `progress` and `report` are JSON.
 - `job_schedule`: the fire time a job's schedule last started a run for, so every node
@@ -39,6 +41,8 @@ job_runs = Table(
     Column("report", Text),
     Column("error", Text),
     Column("interrupted", Integer, nullable=False, default=0),
+    Column("stop_requested", Float),  # when a stop was asked for (database clock)
+    Column("stopped_by", String(128)),  # who asked
 )
 Index("ix_job_runs_job", job_runs.c.job, job_runs.c.id)
 Index("ix_job_runs_state", job_runs.c.state)

@@ -5,10 +5,17 @@ jobs that delete, `items` (what went, or would go; at most ITEM_LIMIT of each ki
 `truncated` says so) and `items_sha256`, a digest of the whole set: a dry run and the real
 run on the same unchanged registry have the same digest (ADR 0025), which the report makes
 visible without comparing lists.
+
+A job asked to stop (`Stop`, set by the runner when it sees the request on the run's row)
+ends between two units of work (a batch of GC deletes, one image of a cleanup, a repository
+of the upload purge, HASH_BATCH blobs of fsck) and returns what it did so far, with
+`"stopped": true` in its report; what it left stays for the next run.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import json
 import time
@@ -37,6 +44,35 @@ class JobEnv:
     purge_refresh_tokens: Callable[[], int] | None = None  # runs in a thread
 
 
+class Stop:
+    """Whether the run is to stop, and who asked. `checkpoint()` is what a job awaits between
+    two units of work; it also holds the test knob's pause (runner.phase_delay), cut short
+    by a stop."""
+
+    def __init__(self, pause: float = 0.0) -> None:
+        self.by: str | None = None
+        self.pause = pause
+        self._asked = asyncio.Event()
+
+    @property
+    def requested(self) -> bool:
+        return self.by is not None
+
+    def request(self, by: str) -> None:
+        self.by = by
+        self._asked.set()
+
+    async def wait(self, seconds: float) -> None:
+        """Sleep `seconds`, or less when a stop is asked for meanwhile."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._asked.wait(), seconds)
+
+    async def checkpoint(self) -> bool:
+        if self.pause and not self.requested:
+            await self.wait(self.pause)
+        return self.requested
+
+
 def set_digest(items: Iterable[tuple[str, ...]]) -> str:
     """sha256 over the sorted set: equal for equal sets, whatever their order."""
     h = hashlib.sha256()
@@ -49,8 +85,11 @@ def _capped(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], bool]:
     return rows[:ITEM_LIMIT], len(rows) > ITEM_LIMIT
 
 
-async def run_gc(env: JobEnv, job: JobConfig, dry_run: bool, progress: Progress) -> Report:
+async def run_gc(
+    env: JobEnv, job: JobConfig, dry_run: bool, progress: Progress, stop: Stop
+) -> Report:
     from portway.lifecycle.collector import Collector
+    from portway.lifecycle.collector import Report as GcReport
 
     collector = Collector(env.meta, env.blobs, env.settings.server.gc_hold)
     started = time.monotonic()
@@ -64,7 +103,17 @@ async def run_gc(env: JobEnv, job: JobConfig, dry_run: bool, progress: Progress)
         "manifests": len(plan.manifests),
     }
     await progress("describing" if dry_run else "deleting", todo)
-    report = await (collector.describe(plan) if dry_run else collector.execute(plan))
+    if stop.requested:  # during the phase's pause (tests) or the plan: nothing done yet
+        report = GcReport(dry_run, candidates=plan.candidates, held=plan.held, stopped=True)
+    elif dry_run:
+        report = await collector.describe(plan)
+    else:
+
+        async def checkpoint(done: Mapping[str, int]) -> bool:  # before every batch
+            await progress("deleting", {**todo, **done})  # and the test knob's pause
+            return stop.requested
+
+        report = await collector.execute(plan, checkpoint)
     seconds = time.monotonic() - started
     manifests, cut_m = _capped(
         [{"repository": r, "image": i, "digest": d} for r, i, d in report.manifests]
@@ -89,16 +138,20 @@ async def run_gc(env: JobEnv, job: JobConfig, dry_run: bool, progress: Progress)
         "items_sha256": set_digest(report.deleted()),
         "truncated": cut_m or cut_l or cut_b,
         "seconds": round(seconds, 3),
+        "stopped": report.stopped,
     }
 
 
-async def run_cleanup(env: JobEnv, job: JobConfig, dry_run: bool, progress: Progress) -> Report:
+async def run_cleanup(
+    env: JobEnv, job: JobConfig, dry_run: bool, progress: Progress, stop: Stop
+) -> Report:
     from portway.lifecycle.cleanup import Cleanup
     from portway.lifecycle.guard import Guard
 
     guard = Guard(env.meta, env.settings.server.gc_hold)
     await progress("selecting" if dry_run else "removing", {})
-    report = await Cleanup(env.settings, env.meta, guard).run(dry_run, job.policy or None)
+    cleanup = Cleanup(env.settings, env.meta, guard)
+    report = await cleanup.run(dry_run, job.policy or None, stop.checkpoint)
     tags, cut_t = _capped([{"repository": r, "image": i, "tag": t} for r, i, t in report.tags])
     manifests, cut_m = _capped(
         [{"repository": r, "image": i, "digest": d} for r, i, d in report.manifests]
@@ -113,16 +166,15 @@ async def run_cleanup(env: JobEnv, job: JobConfig, dry_run: bool, progress: Prog
         "items": {"tags": tags, "manifests": manifests},
         "items_sha256": set_digest(report.removed()),
         "truncated": cut_t or cut_m,
+        "stopped": report.stopped,
     }
 
 
 async def run_upload_purge(
-    env: JobEnv, job: JobConfig, dry_run: bool, progress: Progress
+    env: JobEnv, job: JobConfig, dry_run: bool, progress: Progress, stop: Stop
 ) -> Report:
     """Upload sessions idle past `upload_session_ttl`, writes a killed node never finished
     (S3 multipart uploads included), spool and lock files, expired refresh tokens."""
-    import asyncio
-
     from portway.repos.hosted import HostedRepository
 
     ttl = env.settings.server.upload_session_ttl
@@ -137,9 +189,12 @@ async def run_upload_purge(
             "counts": {"uploads": len(expired)},
         }
     counts = {"uploads": 0, "leftovers": await env.blobs.purge_leftovers(ttl), "refresh_tokens": 0}
+    stopped = False
     for repo in hosted:
+        if stopped := await stop.checkpoint():
+            break
         counts["uploads"] += await repo.purge_uploads(ttl)
-    if env.purge_refresh_tokens is not None:
+    if env.purge_refresh_tokens is not None and not stopped:
         counts["refresh_tokens"] = await asyncio.to_thread(env.purge_refresh_tokens)
     return {
         "dry_run": False,
@@ -147,15 +202,20 @@ async def run_upload_purge(
         f"{counts['leftovers']} unfinished write(s) or spool file(s), "
         f"{counts['refresh_tokens']} expired refresh token(s) removed",
         "counts": counts,
+        "stopped": stopped,
     }
 
 
-async def run_fsck(env: JobEnv, job: JobConfig, dry_run: bool, progress: Progress) -> Report:
+async def run_fsck(
+    env: JobEnv, job: JobConfig, dry_run: bool, progress: Progress, stop: Stop
+) -> Report:
     """Checks and reports; never repairs (that is `portway fsck --repair`)."""
     from portway.lifecycle.fsck import fsck
 
     await progress("checking", {"sample": job.sample})
-    report = await fsck(env.meta, env.blobs, sample=job.sample or None, repair=False)
+    report = await fsck(
+        env.meta, env.blobs, sample=job.sample or None, repair=False, checkpoint=stop.checkpoint
+    )
     found = asdict(report)
     problems = {k: len(v) for k, v in found.items() if isinstance(v, list)}
     state = "clean" if report.clean else "PROBLEMS FOUND"
@@ -165,10 +225,11 @@ async def run_fsck(env: JobEnv, job: JobConfig, dry_run: bool, progress: Progres
         "clean": report.clean,
         "counts": {"checked": report.checked, **problems},
         "items": {k: v for k, v in found.items() if isinstance(v, list) and v},
+        "stopped": report.stopped,
     }
 
 
-KINDS: dict[str, Callable[[JobEnv, JobConfig, bool, Progress], Awaitable[Report]]] = {
+KINDS: dict[str, Callable[[JobEnv, JobConfig, bool, Progress, Stop], Awaitable[Report]]] = {
     "gc": run_gc,
     "cleanup": run_cleanup,
     "upload_purge": run_upload_purge,

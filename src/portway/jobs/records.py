@@ -29,6 +29,10 @@ from portway.jobs.cron import Cron
 QUEUED, RUNNING, DONE, FAILED, CANCELLED = "queued", "running", "done", "failed", "cancelled"
 STATES = (QUEUED, RUNNING, DONE, FAILED, CANCELLED)
 TRIGGERS = ("schedule", "manual", "cli")
+STOPPED_GONE = (
+    "stopped by {by}; its node stopped holding the job's lease before it recorded the end, "
+    "so its report is lost: what it deleted is gone, the rest is left for the next run"
+)
 LEASE_PREFIX = "job:"
 
 
@@ -58,6 +62,8 @@ class Run:
     report: dict[str, Any] | None
     error: str | None
     interrupted: bool
+    stop_requested: float | None = None  # a stop was asked for at (stops.py)
+    stopped_by: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         from dataclasses import asdict
@@ -88,6 +94,8 @@ def _run(row: Any) -> Run:
         report=json.loads(m["report"]) if m["report"] else None,
         error=m["error"],
         interrupted=bool(m["interrupted"]),
+        stop_requested=m["stop_requested"],
+        stopped_by=m["stopped_by"],
     )
 
 
@@ -218,9 +226,20 @@ def claim(
         leases.fence(conn, lease)
         now = database_now(conn)
         where_job = job_runs.c.job == job
+        earlier = (where_job, job_runs.c.state == RUNNING, job_runs.c.token != lease.token)
+        for stopped, by in conn.execute(  # asked to stop: it is stopped, not run again
+            select(job_runs.c.id, job_runs.c.stopped_by).where(
+                *earlier, job_runs.c.stop_requested.is_not(None)
+            )
+        ):
+            conn.execute(
+                update(job_runs)
+                .where(job_runs.c.id == stopped)
+                .values(state=CANCELLED, ended=now, error=STOPPED_GONE.format(by=by))
+            )
         conn.execute(  # an earlier holder's run: it died or lost its lease
             update(job_runs)
-            .where(where_job, job_runs.c.state == RUNNING, job_runs.c.token != lease.token)
+            .where(*earlier)
             .values(
                 state=FAILED,
                 ended=now,
@@ -260,21 +279,24 @@ def claim(
                 fire_time=again[1],
                 retry_of=int(again[0]),
             )
-        queued = conn.execute(
-            select(job_runs.c.id)
-            .where(where_job, job_runs.c.state == QUEUED)
-            .order_by(job_runs.c.id)
-            .limit(1)
-        ).first()
-        if queued is not None:
-            conn.execute(
+        while True:  # the oldest queued run (one stopped meanwhile is no longer queued)
+            queued = conn.execute(
+                select(job_runs.c.id)
+                .where(where_job, job_runs.c.state == QUEUED)
+                .order_by(job_runs.c.id)
+                .limit(1)
+            ).first()
+            if queued is None:
+                break
+            taken = conn.execute(
                 update(job_runs)
-                .where(job_runs.c.id == queued[0])
+                .where(job_runs.c.id == queued[0], job_runs.c.state == QUEUED)
                 .values(
                     state=RUNNING, node=lease.holder, token=lease.token, started=now, heartbeat=now
                 )
-            )
-            return int(queued[0])
+            ).rowcount
+            if taken:
+                return int(queued[0])
         if cron is None:
             return None
         last = conn.execute(

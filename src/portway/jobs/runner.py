@@ -6,8 +6,13 @@ is released. The heartbeat writes progress every HEARTBEAT seconds (at most a th
 lease's lifetime), fenced by the lease: a write refused because the lease moved on stops the
 run at once, and `run_singleton` cancels it too when a renewal fails.
 
+A stop asked for through the API (stops.py) is seen by polling the run's row every
+STOP_POLL seconds; the job then ends at its next unit of work (kinds.Stop) and the run is
+recorded `cancelled` with what it did so far, and is not run again.
+
 `PORTWAY_JOB_PHASE_DELAY` (seconds, for tests only; README "Maintenance jobs") pauses a run
-at each phase change, so a test can kill the node holding a run that is surely mid-way.
+at each phase change and between units of work, so a test can kill or stop the node holding
+a run that is surely mid-way.
 """
 
 from __future__ import annotations
@@ -28,7 +33,8 @@ from portway.config import JobConfig, JobsConfig
 from portway.coordination.interfaces import Lease, LeaseLost, Leases
 from portway.jobs import records
 from portway.jobs.cron import Cron
-from portway.jobs.kinds import KINDS, JobEnv
+from portway.jobs.kinds import KINDS, JobEnv, Stop
+from portway.jobs.stops import STOP_POLL, stop_asked
 from portway.observe.job_metrics import job_events
 
 log = logging.getLogger("portway.jobs")
@@ -81,12 +87,19 @@ class JobRunner:
         )
         state: dict[str, Any] = {"phase": "starting", "progress": {}}
         beat = partial(self._beat, lease, run_id, state)
+        stop = Stop(self.delay)
 
         async def progress(phase: str, counts: Mapping[str, int]) -> None:
             state["phase"], state["progress"] = phase, dict(counts)
-            await beat()
+            try:
+                await beat()
+            except LeaseLost:
+                raise
+            except Exception:  # a database hiccup: the heartbeat writes it again soon
+                log.warning("job %s: run %d: progress not recorded", job.name, run_id,
+                            exc_info=True)  # fmt: skip
             if self.delay:
-                await asyncio.sleep(self.delay)
+                await stop.wait(self.delay)
 
         started = time.monotonic()
 
@@ -95,20 +108,25 @@ class JobRunner:
             job_events.finished(job.name, job.type, state, seconds, time.time(), report,
                                 run.dry_run)  # fmt: skip
 
-        body = asyncio.ensure_future(KINDS[job.type](self.env, job, run.dry_run, progress))
+        body = asyncio.ensure_future(KINDS[job.type](self.env, job, run.dry_run, progress, stop))
         ticker = asyncio.ensure_future(self._heartbeats(beat, body))
+        watcher = asyncio.ensure_future(self._watch_stop(job.name, run_id, stop))
         try:
             report = await body
         except asyncio.CancelledError:
             ended("cancelled")
-            await self._finish_quietly(
-                lease,
-                run_id,
-                "cancelled",
-                None,
-                "cancelled: this node stopped or lost the job's lease",
-                interrupted=True,
-            )
+            if stop.requested:  # and then this node stopped: stopped, not run again
+                detail = f"stopped by {stop.by}; this node stopped before the job ended"
+                await self._finish_quietly(lease, run_id, "cancelled", None, detail)
+            else:
+                await self._finish_quietly(
+                    lease,
+                    run_id,
+                    "cancelled",
+                    None,
+                    "cancelled: this node stopped or lost the job's lease",
+                    interrupted=True,
+                )
             with contextlib.suppress(Exception):
                 await self.leases.release(lease)
             raise
@@ -123,22 +141,45 @@ class JobRunner:
             await self._finish_quietly(lease, run_id, "failed", None, detail)
             return
         finally:
-            ticker.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await ticker
-        ended("done", report)  # what it deleted is gone, whether or not the record below is
+            for helper in (ticker, watcher):
+                helper.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await helper
+        outcome = "done"
+        if stop.requested and report.get("stopped"):
+            outcome = "cancelled"
+            report["stopped_by"] = stop.by
+            report["summary"] = (
+                f"stopped by {stop.by} before it finished; so far: {report.get('summary', '')}; "
+                "the rest is left for the next run"
+            )
+        ended(outcome, report)  # what it deleted is gone, whether or not the record below is
         await asyncio.to_thread(
             records.finish,
             self.engine,
             self.leases,
             lease,
             run_id,
-            "done",
+            outcome,
             report,
             None,
             self.config.keep_runs,
         )
-        log.info("job %s: run %d done: %s", job.name, run_id, report.get("summary", ""))
+        log.info("job %s: run %d %s: %s", job.name, run_id, outcome, report.get("summary", ""))
+
+    async def _watch_stop(self, name: str, run_id: int, stop: Stop) -> None:
+        """Look at the run's row until someone asks it to stop (from any node)."""
+        while True:
+            await asyncio.sleep(STOP_POLL)
+            try:
+                by = await asyncio.to_thread(stop_asked, self.engine, run_id)
+            except Exception:  # a database hiccup: the next look tries again
+                log.warning("job %s: could not look for a stop request", name, exc_info=True)
+                continue
+            if by is not None:
+                log.info("job %s: run %d asked to stop by %s", name, run_id, by)
+                stop.request(by)
+                return
 
     async def _beat(self, lease: Lease, run_id: int, state: dict[str, Any]) -> None:
         await asyncio.to_thread(

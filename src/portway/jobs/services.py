@@ -5,10 +5,13 @@
     await service.list_runs("gc", 20)     # [Run], newest first (records.Run)
     await service.run_now("gc", dry_run=True, trigger="manual", requested_by="admin")
     await service.get_run(run_id)         # Run | None, with progress and report
+    await service.stop("gc", by="admin")  # stops.Stopping; NotRunning when nothing runs
 
 `run_now` queues a run; a `portway serve` node's scheduler starts it (at once in the process
 that queued it, within `[jobs] poll_interval` on the others). Reads and the queueing run in
-a thread; every method is a coroutine.
+a thread; every method is a coroutine. `stop` marks the job's running run in the database
+(the node running it, whichever it is, stops it within a second) and cancels its queued runs;
+it is audited (`job.stop`).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 from sqlalchemy import Engine
 
@@ -25,6 +29,10 @@ from portway.config_jobs import effective_jobs
 from portway.jobs import records
 from portway.jobs.cron import parse
 from portway.jobs.records import Run
+from portway.jobs.stops import Stopping, request_stop
+
+if TYPE_CHECKING:
+    from portway.auth.audit import AuditLog
 
 
 class JobNotFound(LookupError):
@@ -36,6 +44,12 @@ class JobNotFound(LookupError):
 class JobDisabled(Exception):
     def __init__(self, name: str) -> None:
         super().__init__(f"job {name!r} is disabled (enabled = false in its [[job]] table)")
+        self.name = name
+
+
+class NotRunning(Exception):
+    def __init__(self, name: str) -> None:
+        super().__init__(f"job {name!r} is not running: there is no run of it to stop")
         self.name = name
 
 
@@ -52,11 +66,18 @@ class JobView:
 
 
 class JobService:
-    def __init__(self, settings: Settings, engine: Engine, read_engine: Engine) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        engine: Engine,
+        read_engine: Engine,
+        audit: Callable[[], AuditLog] | None = None,  # where `stop` is recorded (opened late)
+    ) -> None:
         self.jobs = effective_jobs(settings.job)
         self.engine = engine
         self.read_engine = read_engine
         self.on_queued: Callable[[], None] | None = None  # this process's scheduler, if any
+        self.audit = audit
 
     def job(self, name: str) -> JobConfig:
         for job in self.jobs:
@@ -112,3 +133,19 @@ class JobService:
         run = await asyncio.to_thread(records.get_run, self.engine, run_id)
         assert run is not None
         return run
+
+    async def stop(
+        self, name: str, by: str, client: str | None = None, run_id: int | None = None
+    ) -> Stopping:
+        """Ask the run of `name` that is running to stop and cancel its queued runs (`run_id`:
+        only that run)."""
+        job = self.job(name)
+        done = await asyncio.to_thread(request_stop, self.engine, job.name, by, run_id)
+        if not done.anything:
+            raise NotRunning(name)
+        if self.audit is not None:
+            detail: dict[str, object] = {"job": job.name, "cancelled": list(done.cancelled)}
+            if done.running is not None:
+                detail["run"] = done.running
+            self.audit().write("job.stop", principal=by, client=client, detail=detail)
+        return done

@@ -2,13 +2,14 @@
 
 Tags go through the same path as a /v2 tag DELETE and manifests as a /v2 manifest DELETE, so
 what they held becomes garbage for the next `portway gc` pass. The dry run is the decision
-without the deletes.
+without the deletes. Asked to stop (`checkpoint`, looked at before each image), a run ends
+between two images: every tag and manifest it removed is removed as a /v2 DELETE would.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 
@@ -27,6 +28,7 @@ class CleanupReport:
     dry_run: bool
     tags: list[tuple[str, str, str]] = field(default_factory=list)  # repository, image, tag
     manifests: list[tuple[str, str, str]] = field(default_factory=list)  # ..., digest
+    stopped: bool = False  # asked to stop: images were left for the next run
 
     def removed(self) -> set[tuple[str, ...]]:
         return {("tag", *t) for t in self.tags} | {("manifest", *m) for m in self.manifests}
@@ -88,7 +90,12 @@ class Cleanup:
         by_name = {p.name: p for p in self.settings.cleanup_policy}
         return [by_name[n] for n in cfg.cleanup_policies if only is None or n == only]
 
-    async def run(self, dry_run: bool = False, policy: str | None = None) -> CleanupReport:
+    async def run(
+        self,
+        dry_run: bool = False,
+        policy: str | None = None,
+        checkpoint: Callable[[], Awaitable[bool]] | None = None,
+    ) -> CleanupReport:
         report = CleanupReport(dry_run=dry_run)
         now = time.time()
         for cfg in self.settings.repository:
@@ -99,6 +106,9 @@ class Cleanup:
             images = await self.meta._read(partial(read_images, repo_id=repo_id))
             protected = [p for pol in self.policies_of(cfg.name, None) for p in pol.protected]
             for rows in images.values():
+                if checkpoint is not None and await checkpoint():
+                    report.stopped = True
+                    return report
                 tag_names: set[str] = set()
                 digests: set[str] = set()
                 for pol in policies:

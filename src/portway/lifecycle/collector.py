@@ -14,14 +14,15 @@ A pass plans (portway.lifecycle.plan) and then executes in this order:
 Each step works in batches of a few set-based statements (one per batch, never one per
 item) and deletes the bytes of a batch DELETE_CONCURRENCY at a time. A collector killed at
 any point leaves a state the next pass finishes: a blob left `deleting` is resumed,
-candidates stay until their item is decided.
+candidates stay until their item is decided. A pass asked to stop (`checkpoint`, looked at
+before every batch) ends between two batches and reports what it deleted so far.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 
@@ -66,6 +67,16 @@ from portway.storage.blobstore import BlobStore
 DELETE_CONCURRENCY = 16  # blob deletes (and size look-ups) at once
 LINK_BATCH = 300  # links or manifests per transaction
 BLOB_BATCH = 300  # blobs marked, deleted and finished together
+# Called before every batch with what the pass deleted so far (`deleted_blob_links`,
+# `deleted_blobs`, `deleted_manifests`); True: stop there (a job stopped through the API).
+Checkpoint = Callable[[Mapping[str, int]], Awaitable[bool]]
+
+
+async def _go_on(_done: Mapping[str, int]) -> bool:
+    return False
+
+
+_Between = Callable[[str, int], Awaitable[bool]]  # (what, how many the last batch deleted)
 
 
 @dataclass
@@ -77,6 +88,7 @@ class Report:
     candidates: int = 0
     held: int = 0
     seconds: float = 0.0
+    stopped: bool = False  # asked to stop: batches were left for the next pass
 
     @property
     def bytes_freed(self) -> int:
@@ -131,16 +143,29 @@ class Collector:
         report.manifests = [_named(names, c) for c in plan.manifests]
         return report
 
-    async def execute(self, plan: Plan) -> Report:
-        """Delete what `plan` found, each item checked again as it goes."""
+    async def execute(self, plan: Plan, checkpoint: Checkpoint = _go_on) -> Report:
+        """Delete what `plan` found, each item checked again as it goes; before each batch
+        `checkpoint()` may say to stop (what is left stays for the next pass)."""
         names = await self._repo_names()
         sizes = await self._sizes(plan.blobs)
         report = Report(dry_run=False, candidates=plan.candidates, held=plan.held)
-        report.links = [_named(names, c) for c in await self._delete_links(plan)]
+        tally = {"deleted_blob_links": 0, "deleted_blobs": 0, "deleted_manifests": 0}
+
+        async def between(kind: str, count: int) -> bool:
+            tally[kind] += count
+            return await checkpoint(dict(tally))
+
+        links, report.stopped = await self._delete_links(plan, between)
+        report.links = [_named(names, c) for c in links]
+        if report.stopped:
+            return report
         await self._forget(plan.drops)  # before the blobs: a dropped row needs none
-        gone = await self._delete_blobs(plan, sizes)
+        gone, report.stopped = await self._delete_blobs(plan, sizes, between)
         report.blobs = [(d, sizes.get(d, 0)) for d in gone]
-        report.manifests = [_named(names, c) for c in await self._delete_manifests(plan)]
+        if report.stopped:
+            return report
+        manifests, report.stopped = await self._delete_manifests(plan, between)
+        report.manifests = [_named(names, c) for c in manifests]
         return report
 
     async def _repo_names(self) -> dict[int, str]:
@@ -161,7 +186,7 @@ class Collector:
         return dict(await asyncio.gather(*(size_of(d, s) for d, s in blobs.items())))
 
     # -- 1. links ----------------------------------------------------------------------
-    async def _delete_links(self, plan: Plan) -> list[Candidate]:
+    async def _delete_links(self, plan: Plan, between: _Between) -> tuple[list[Candidate], bool]:
         """Per batch one transaction: lock, re-check (holds, references), compare-and-set
         drop of the candidate rows, delete the links, note their blobs; a few statements."""
         dialect = self.meta.dialect
@@ -185,18 +210,30 @@ class Collector:
             note_candidates_since(dialect, conn, [(0, "", c.digest, BLOB, c.since) for c in gone])
             return gone
 
+        last = 0
         for part in chunks([c for c, _ in plan.links], LINK_BATCH):
-            done += await self.meta._write(partial(run, part=part))
-        return done
+            if await between("deleted_blob_links", last):
+                return done, True
+            batch = await self.meta._write(partial(run, part=part))
+            done += batch
+            last = len(batch)
+        return done, False
 
     # -- 2. blobs ----------------------------------------------------------------------
-    async def _delete_blobs(self, plan: Plan, sizes: dict[str, int]) -> list[str]:
+    async def _delete_blobs(
+        self, plan: Plan, sizes: dict[str, int], between: _Between
+    ) -> tuple[list[str], bool]:
         wanted: list[tuple[str, tuple[str, int] | None]] = [(d, None) for d in plan.blobs]
         wanted += [(d, (DELETING, g)) for d, g in plan.resume.items() if d not in plan.blobs]
         gone: list[str] = []
+        last = 0
         for part in chunks(wanted, BLOB_BATCH):
-            gone += await self._delete_blob_batch(part, sizes)
-        return gone
+            if await between("deleted_blobs", last):  # a batch is marked, deleted, finished
+                return gone, True
+            batch = await self._delete_blob_batch(part, sizes)
+            gone += batch
+            last = len(batch)
+        return gone, False
 
     async def _delete_blob_batch(
         self, part: Sequence[tuple[str, tuple[str, int] | None]], sizes: dict[str, int]
@@ -251,7 +288,9 @@ class Collector:
         return await self.meta._write(finish)
 
     # -- 3. manifests ------------------------------------------------------------------
-    async def _delete_manifests(self, plan: Plan) -> list[Candidate]:
+    async def _delete_manifests(
+        self, plan: Plan, between: _Between
+    ) -> tuple[list[Candidate], bool]:
         dialect = self.meta.dialect
         done: list[Candidate] = []
 
@@ -265,9 +304,14 @@ class Collector:
             _delete_manifest_rows(dialect, conn, gone)
             return gone
 
+        last = 0
         for part in chunks(plan.manifests, LINK_BATCH):
-            done += await self.meta._write(partial(run, part=part))
-        return done
+            if await between("deleted_manifests", last):
+                return done, True
+            batch = await self.meta._write(partial(run, part=part))
+            done += batch
+            last = len(batch)
+        return done, False
 
     async def _forget(self, drops: list[Candidate]) -> None:
         def run(conn: Connection) -> None:

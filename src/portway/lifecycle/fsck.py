@@ -13,12 +13,16 @@ With `repair`, a corrupt blob is copied to `quarantine/<algorithm>/<hex>` and re
 its place (`BlobStore.delete`), its state set to quarantined, and the images whose manifests
 need it are listed: HEAD answers 404 for it from then on, so pushing those images again
 stores good bytes (the push revives the blob).
+
+Asked to stop (`checkpoint`, looked at every HASH_BATCH blobs), a check ends early with what
+it hashed so far (`stopped`); it changes nothing, so there is nothing to finish.
 """
 
 from __future__ import annotations
 
 import hashlib
 import random
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from functools import partial
 
@@ -29,6 +33,8 @@ from portway.db.schema import blob_links, manifest_refs, manifests, repositories
 from portway.db.store import MetadataStore
 from portway.oci.digest import Digest
 from portway.storage.blobstore import BlobStore
+
+HASH_BATCH = 100  # blobs hashed between two looks at `checkpoint`
 
 
 @dataclass
@@ -43,6 +49,7 @@ class FsckReport:
     images_to_repush: list[tuple[str, str, str]] = field(
         default_factory=list
     )  # repo, image, manifest
+    stopped: bool = False  # asked to stop before every sampled blob was hashed
 
     @property
     def clean(self) -> bool:
@@ -118,6 +125,7 @@ async def fsck(
     sample: int | None = None,
     repair: bool = False,
     seed: int | None = None,
+    checkpoint: Callable[[], Awaitable[bool]] | None = None,
 ) -> FsckReport:
     report = FsckReport()
     sizes, report.unlinked, report.missing_children, pending = await meta._read(_metadata)
@@ -135,7 +143,10 @@ async def fsck(
     present = [d for d in digests if d in stored]
     if sample is not None and sample < len(present):
         present = sorted(random.Random(seed).sample(present, sample))
-    for text in present:
+    for n, text in enumerate(present):
+        if checkpoint is not None and n % HASH_BATCH == 0 and await checkpoint():
+            report.stopped = True
+            break
         digest = Digest.parse(text)
         actual, size = await _hash(blobs, digest)
         report.checked += 1

@@ -79,13 +79,14 @@ class JobEvents:
         total, counts = self.seconds.get(job) or (0.0, [0] * len(RUN_BUCKETS))
         counts[bisect.bisect_left(RUN_BUCKETS, seconds)] += 1
         self.seconds[job] = (total + seconds, counts)
-        if state != "done" or report is None:
-            return
-        self.last_success[job] = max(ended, self.last_success.get(job, 0.0))
-        if job_type == "fsck":  # a check: its findings count whether or not it was "dry"
-            for kind in FSCK_PROBLEMS:
-                self.problems[(job, kind)] = _number(report, ("counts", kind))
-        elif dry_run:
+        if state not in ("done", "cancelled") or report is None:
+            return  # cancelled with a report: stopped through the API, what it did counts
+        if state == "done":
+            self.last_success[job] = max(ended, self.last_success.get(job, 0.0))
+            if job_type == "fsck":  # a check: its findings count whether or not it was "dry"
+                for kind in FSCK_PROBLEMS:
+                    self.problems[(job, kind)] = _number(report, ("counts", kind))
+        if dry_run and job_type != "fsck":
             return
         for family, (_, kind, path) in RESULTS.items():
             if kind == job_type and (amount := _number(report, path)):

@@ -1,6 +1,7 @@
 """Maintenance jobs (admin privilege `settings`, as the API's /api/v1/jobs): every job with its
-schedule, next and last run and a Run now button; one job's runs; one run's progress (the
-page reloads itself while the run is queued or running) and report. The pages call
+schedule, next and last run and a Run now button (Stop while it runs); one job's runs; one
+run's progress (the page reloads itself while the run is queued or running, with a Stop
+button) and report. The pages call
 `JobService` (jobs/services.py), what the API and `portway jobs` call."""
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from urllib.parse import quote
 
 from aiohttp import web
 
-from portway.jobs.services import JobDisabled, JobNotFound, JobService
+from portway.jobs.services import JobDisabled, JobNotFound, JobService, NotRunning
 from portway.ui.web import Page, Refusal, page
 
 RUNS_SHOWN = 20
@@ -55,6 +56,27 @@ async def run_now(p: Page) -> web.StreamResponse:
     except JobDisabled as exc:
         raise Refusal(409, str(exc)) from None
     raise web.HTTPSeeOther(f"/ui/admin/jobs/{quote(name)}/runs/{run.id}")
+
+
+@page
+async def stop(p: Page) -> web.StreamResponse:
+    """Stop the job's running run (and its queued ones), or only the run the form names;
+    back to that run's page, which follows it until it ends."""
+    from portway.http.forwarded import client_address
+
+    service = _jobs(p)
+    name = p.request.match_info["name"]
+    form = await p.form()
+    only = int(form["run"]) if form.get("run", "").isdigit() else None
+    client = client_address(p.request, p.ctx.trusted)
+    try:
+        done = await service.stop(name, p.user or "anonymous", client, only)
+    except JobNotFound as exc:
+        raise Refusal(404, str(exc)) from None
+    except NotRunning as exc:
+        raise Refusal(409, str(exc)) from None
+    shown = only or done.running or done.cancelled[0]
+    raise web.HTTPSeeOther(f"/ui/admin/jobs/{quote(name)}/runs/{shown}")
 
 
 def _label(item: object) -> str:

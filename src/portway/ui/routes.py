@@ -55,6 +55,7 @@ def install(app: web.Application) -> None:
     r.add_get("/ui/admin/jobs", admin_jobs.jobs)
     r.add_get("/ui/admin/jobs/{name}", admin_jobs.job)
     r.add_post("/ui/admin/jobs/{name}/run", admin_jobs.run_now)
+    r.add_post("/ui/admin/jobs/{name}/stop", admin_jobs.stop)
     r.add_get("/ui/admin/jobs/{name}/runs/{run}", admin_jobs.run)
     r.add_get("/ui/admin/health", admin.health)
     r.add_static("/ui/static/", HERE / "static", append_version=True)
