@@ -6,7 +6,8 @@ the machine cannot move, for comparing source trees or settings on a busy machin
 
 Sides as in bench/compare_trees.py. Each side runs alone, one worker, under
 `valgrind --tool=callgrind --instr-atstart=no` (so start-up runs at near native speed); after
-a small image is pushed and 200 warm-up requests, counting is switched on
+a small image is pushed, 200 warm-up requests are made and 3 s pass (so the metrics flush
+has created the series' files the push needed), counting is switched on
 (`callgrind_control -i on`), `--requests` GETs follow one after the other on one kept-alive
 connection, and the counts are dumped; then the same time passes without requests and what
 the server did meanwhile (timers, background threads) is subtracted. Printed: user-space
@@ -33,6 +34,7 @@ from ops import BenchError, auth_headers, push_small_image
 from run import loadavg
 
 WARM_UP = 200
+SETTLE = 3.0  # seconds after the warm-up: the metrics flushes of the push happen before counting
 
 
 def count(
@@ -61,6 +63,9 @@ def count(
                     raise BenchError(f"{side.name}: GET {path}: HTTP {resp.status}")
 
         burst(WARM_UP)
+        # The first metrics flush after the push creates the files of every series it touched
+        # (tens of thousands of instructions each): one-time work, so let it happen first.
+        time.sleep(SETTLE)
         pid = str(server.proc.pid)
         subprocess.run(["callgrind_control", "-i", "on", pid], check=True, capture_output=True)
         started = time.monotonic()

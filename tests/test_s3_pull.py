@@ -1,7 +1,7 @@
 """Streamed blob GETs from a repository on S3 (Ceph RGW, plain HTTP): the body is spliced
 from the bucket's socket to the client's (portway.http.splice). Bytes match, the client's
 connection stays usable after a spliced answer, and a client that hangs up mid-body harms
-neither the worker nor the next GET."""
+neither the worker nor the next GET. /metrics shows the bucket's operations."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from pathlib import Path
 
 import requests
 
+from metrics_support import key, label_values, settle, value
 from s3_support import MiB, s3_server
 from support.ceph import CephRGW
 from upstream_support import Pusher, sha256
@@ -43,5 +44,14 @@ def test_spliced_pulls_match_and_keep_the_connection_usable(
             assert head.startswith(b"HTTP/1.1 200")
         again = requests.get(f"{base}/v2/team/pull/blobs/{digests[0]}", timeout=60)
         assert again.status_code == 200 and sha256(again.content) == digests[0]
+
+        # The bucket's latencies in /metrics: each GET opened one spliced object read (the
+        # hung-up one too) after a size check; the 20 MiB body went up in 5 MiB parts.
+        storage = "portway_storage_operation_duration_seconds_count"
+        samples = settle(node.url, {key(storage, backend="s3", operation="read_open"): 6})
+        assert value(samples, storage, backend="s3", operation="stat") >= 6
+        assert value(samples, storage, backend="s3", operation="put_part") >= 4
+        assert value(samples, storage, backend="s3", operation="complete_parts") >= 1
+        assert label_values(samples, storage, "backend") == {"s3"}
     finally:
         node.stop()

@@ -11,21 +11,28 @@ round trip, so reads run in a pool of `[database] pool_size` threads, each with 
 of its own, and the event loop never waits for the database (ADR 0021). Hot lookups are
 cached in process and checked against the change signal on the loop (portway.db.notify), so a
 cached answer costs no thread hop and no round trip on either database.
+
+Every read and write that reaches the database is timed here, as long as its caller waited
+(the thread hop and the writer's queue included), under the name of the store method that
+made it (portway.observe.store_latency); a cached answer is no database call.
 """
 
 from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Self, TypeVar
 
 from sqlalchemy import Connection, Engine
+from sqlalchemy.exc import SQLAlchemyError
 
 from portway.db.dialect import Dialect, dialect_for
 from portway.db.engine import DEFAULT_BUSY_TIMEOUT, Writer
 from portway.db.notify import ChangeSignal, change_signal, notify_change
+from portway.observe.store_latency import database_latency, database_operation
 
 T = TypeVar("T")
 
@@ -102,17 +109,35 @@ class StoreBase:
 
     def read_now(self, fn: Callable[[Connection], T]) -> T:
         """Run a read in the calling thread (CLI commands, start-up): not on a serving loop."""
-        return fn(self._conn())
+        key = (database_operation(fn), "read")
+        start = time.perf_counter()
+        try:
+            result = fn(self._conn())
+        except BaseException as exc:
+            _failed(key, start, exc)
+            raise
+        database_latency.observe(key, time.perf_counter() - start)
+        return result
 
-    async def _read(self, fn: Callable[[Connection], T]) -> T:
-        if self._inline:
-            return fn(self._conn())
-        if self._read_pool is None:
-            self._read_pool = ThreadPoolExecutor(
-                max_workers=self._read_threads, thread_name_prefix="portway-db-read"
-            )
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._read_pool, self._in_thread, fn)
+    async def _read(self, fn: Callable[[Connection], T], operation: str | None = None) -> T:
+        """`operation`: the store method's name, where `fn` belongs to a shared helper."""
+        key = (operation or database_operation(fn), "read")
+        start = time.perf_counter()
+        try:
+            if self._inline:
+                result = fn(self._conn())
+            else:
+                if self._read_pool is None:
+                    self._read_pool = ThreadPoolExecutor(
+                        max_workers=self._read_threads, thread_name_prefix="portway-db-read"
+                    )
+                loop = asyncio.get_running_loop()
+                result = await loop.run_in_executor(self._read_pool, self._in_thread, fn)
+        except BaseException as exc:
+            _failed(key, start, exc)
+            raise
+        database_latency.observe(key, time.perf_counter() - start)
+        return result
 
     def _in_thread(self, fn: Callable[[Connection], T]) -> T:
         conn: Connection | None = getattr(self._local, "conn", None)
@@ -123,8 +148,8 @@ class StoreBase:
                 self._thread_conns.append(conn)
         return fn(conn)
 
-    async def _one(self, stmt: Any) -> Any:
-        return await self._read(lambda conn: conn.execute(stmt).first())
+    async def _one(self, stmt: Any, operation: str) -> Any:
+        return await self._read(lambda conn: conn.execute(stmt).first(), operation)
 
     async def _cached(self, key: tuple[object, ...], load: Callable[[Connection], T]) -> T:
         version = self._signal.token()
@@ -148,7 +173,20 @@ class StoreBase:
             notify_change(conn)
             return result
 
+        key = (database_operation(fn), "write")
+        start = time.perf_counter()
         try:
-            return await self._writer.run(run)
+            result = await self._writer.run(run)
+        except BaseException as exc:
+            _failed(key, start, exc)
+            raise
         finally:
             self._signal.written()
+        database_latency.observe(key, time.perf_counter() - start)
+        return result
+
+
+def _failed(key: tuple[str, str], start: float, exc: BaseException) -> None:
+    """A call that raised: timed too, and an error when the database failed (a refusal the
+    store's caller raised inside a transaction, such as a tag guard's, is no error)."""
+    database_latency.observe(key, time.perf_counter() - start, isinstance(exc, SQLAlchemyError))

@@ -36,12 +36,13 @@ class BlobStore(StoreBase):
                 manifest_refs.c.image == image,
                 manifest_refs.c.ref == digest,
             )
-            .limit(1)
+            .limit(1),
+            "references",
         )
         return row is not None
 
     async def _missing(
-        self, table: Any, repo_id: int, image: str, digests: Sequence[str]
+        self, table: Any, repo_id: int, image: str, digests: Sequence[str], operation: str
     ) -> list[str]:
         """The digests of `digests` that `table` has no row for in this image."""
         if not digests:
@@ -49,11 +50,11 @@ class BlobStore(StoreBase):
         stmt = select(table.c.digest).where(
             table.c.repo_id == repo_id, table.c.image == image, table.c.digest.in_(set(digests))
         )
-        have = await self._read(lambda conn: {r[0] for r in conn.execute(stmt)})
+        have = await self._read(lambda conn: {r[0] for r in conn.execute(stmt)}, operation)
         return [d for d in digests if d not in have]
 
     async def missing_blobs(self, repo_id: int, image: str, digests: Sequence[str]) -> list[str]:
-        return await self._missing(blob_links, repo_id, image, digests)
+        return await self._missing(blob_links, repo_id, image, digests, "missing_blobs")
 
     async def link_blob(self, repo_id: int, image: str, digest: str, size: int) -> None:
         dialect = self.dialect
@@ -84,7 +85,8 @@ class BlobStore(StoreBase):
         )
 
     async def get_upload(self, upload_id: str) -> UploadRow | None:
-        return _upload_row(await self._one(select(uploads).where(uploads.c.id == upload_id)))
+        stmt = select(uploads).where(uploads.c.id == upload_id)
+        return _upload_row(await self._one(stmt, "get_upload"))
 
     async def claim_upload(self, upload_id: str, holder: str, until: float) -> UploadRow | None:
         """Take the session's lease for `holder` until `until` (Unix time), unless another

@@ -119,7 +119,7 @@ class MetadataStore(BlobStore):
     async def missing_manifests(
         self, repo_id: int, image: str, digests: Sequence[str]
     ) -> list[str]:
-        return await self._missing(manifests, repo_id, image, digests)
+        return await self._missing(manifests, repo_id, image, digests, "missing_manifests")
 
     async def put_manifest(
         self, repo_id: int, image: str, new: NewManifest, tag_names: Sequence[str], guard: TagGuard
@@ -257,7 +257,7 @@ class MetadataStore(BlobStore):
         self, repo_id: int, image: str, last: str | None, n: int | None
     ) -> list[str]:
         stmt = select(tags.c.name).where(tags.c.repo_id == repo_id, tags.c.image == image)
-        return await self._page(stmt, tags.c.name, last, n)
+        return await self._page(stmt, tags.c.name, last, n, "list_tags")
 
     async def image_exists(self, repo_id: int, image: str) -> bool:
         def load(conn: Connection) -> bool:
@@ -272,10 +272,15 @@ class MetadataStore(BlobStore):
 
     async def list_images(self, repo_id: int, last: str | None, n: int | None) -> list[str]:
         stmt = select(manifests.c.image).where(manifests.c.repo_id == repo_id).distinct()
-        return await self._page(stmt, manifests.c.image, last, n)
+        return await self._page(stmt, manifests.c.image, last, n, "list_images")
 
     async def _page(
-        self, stmt: Select[Any], column: ColumnElement[str], last: str | None, n: int | None
+        self,
+        stmt: Select[Any],
+        column: ColumnElement[str],
+        last: str | None,
+        n: int | None,
+        operation: str,
     ) -> list[str]:
         """Names after `last` in order, at most `n` (the spec's `last`/`n` pagination)."""
         if last is not None:
@@ -284,7 +289,7 @@ class MetadataStore(BlobStore):
         if n is not None:
             stmt = stmt.limit(n)
         final = stmt
-        return await self._read(lambda conn: [r[0] for r in conn.execute(final)])
+        return await self._read(lambda conn: [r[0] for r in conn.execute(final)], operation)
 
     async def image_descriptions(self, repo_id: int) -> dict[str, str]:
         """image -> `org.opencontainers.image.description` from its newest annotated manifest."""

@@ -128,7 +128,7 @@ class Guard:
         """Before a tag is deleted: the manifest it points at becomes a candidate (deleted
         once no tag, index or subject needs it)."""
         where = (tags.c.repo_id == repo_id, tags.c.image == image, tags.c.name == tag)
-        row = await self.meta._one(select(tags.c.digest).where(*where))
+        row = await self.meta._one(select(tags.c.digest).where(*where), "removing_tag")
         if row is not None:
             await self._note([(repo_id, image, str(row[0]), MANIFEST)])
 

@@ -253,8 +253,10 @@ class Recorder:
             self.reg_flight.labels(handler).set(0)
         self.flight.set(0)
         from portway.observe.job_metrics import JobFamilies
+        from portway.observe.store_latency import LatencyFamilies
 
         self.jobs = JobFamilies()  # what the maintenance jobs this worker ran did
+        self.latency = LatencyFamilies()  # how long database and blob storage calls took
 
     def repository_label(self, name: str) -> str:
         return self._labels.get(name, OTHER)
@@ -305,6 +307,7 @@ class Recorder:
                 _observe(self.reg_out_size.labels(handler), slot.bytes_out, slot.out_sizes)
         self._flush_proxy()
         self.jobs.flush()
+        self.latency.flush()
         self.flight.set(sum(self.in_flight.values()))
         for handler, count in self.in_flight.items():
             if handler:

@@ -13,6 +13,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 
+from portway.observe.store_latency import timed_backend
 from portway.storage.backend import ObjectInfo, ObjectMissing, Part, PendingWrite
 
 READ_CHUNK = 1024 * 1024
@@ -43,6 +44,7 @@ class ObjectBusy(Exception):
     """Another writer (in this process or another worker) holds the object."""
 
 
+@timed_backend("filesystem", "writev_sync", "close")
 class FileWriter:
     """Writes go to the file from a worker thread, so hashing and disk I/O overlap the socket.
 
@@ -120,6 +122,7 @@ class FileWriter:
         await asyncio.to_thread(_close)
 
 
+@timed_backend("filesystem", answers=(ObjectBusy,))
 class FilesystemBackend:
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -321,6 +324,7 @@ def _publish(scratch: Path, target: Path) -> None:
         os.close(dir_fd)
 
 
+@timed_backend("filesystem", "commit", "abort")  # its writes are its FileWriter's
 class IncomingWriter:
     """Write-once object: bytes go to a scratch file from a worker thread; `commit` renames."""
 

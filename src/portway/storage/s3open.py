@@ -2,7 +2,8 @@
 
 The composition root is built before any loop runs (and each worker builds its own), while
 aiobotocore's client belongs to the loop that opened it: this wrapper opens the real
-`S3Backend` at the first call and answers the `BlobBackend` protocol by delegating.
+`S3Backend` at the first call and answers the `BlobBackend` protocol by delegating. Its
+calls, and those of the writers it hands out, are timed here (portway.observe.store_latency).
 """
 
 from __future__ import annotations
@@ -13,8 +14,9 @@ import ctypes
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
+from portway.observe.store_latency import timed_backend
 from portway.storage.backend import ObjectInfo, ObjectWriter, Part, PendingWrite
-from portway.storage.s3 import MIN_PART, S3Backend, S3Settings
+from portway.storage.s3 import MIN_PART, S3Backend, S3Settings, S3Writer
 from portway.storage.s3raw import RawBody
 
 M_MMAP_THRESHOLD = -3  # glibc mallopt(3)
@@ -31,6 +33,10 @@ def map_large_buffers(threshold: int = PART_MMAP) -> None:
         ctypes.CDLL(None).mallopt(M_MMAP_THRESHOLD, threshold)
 
 
+timed_backend("s3", "write", "commit", "abort")(S3Writer)
+
+
+@timed_backend("s3")
 class LazyS3Backend:
     part_minimum = MIN_PART
 
