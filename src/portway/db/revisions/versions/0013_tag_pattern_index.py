@@ -8,8 +8,9 @@ range of it (docs/adr/0030). No query sorts or seeks names in the default collat
 this index (those go through the primary key, per image), so it replaces the plain one rather
 than sitting beside it. SQLite: nothing to do, its index already orders by bytes (0010).
 
-A plain CREATE INDEX inside the migration's transaction (CONCURRENTLY cannot run in one): tag
-writes wait while it is built, about a second at 100,000 tags.
+A plain CREATE INDEX inside the migration's transaction (CONCURRENTLY cannot run in one),
+under another name first: while it is built tag writes wait and reads go on (a SHARE lock);
+only the drop of the old index and the rename, just before the commit, hold the table.
 
 Revision ID: 0013
 Revises: 0012
@@ -44,9 +45,12 @@ def upgrade() -> None:
     found = _definition()
     if found is not None and "text_pattern_ops" in found:
         return  # made by the hand-made step 1 from today's declaration
+    op.create_index(
+        "ix_tags_name_new", "tags", _COLUMNS, postgresql_ops={"name": "text_pattern_ops"}
+    )
     if found is not None:
         op.drop_index("ix_tags_name", table_name="tags")
-    op.create_index("ix_tags_name", "tags", _COLUMNS, postgresql_ops={"name": "text_pattern_ops"})
+    op.execute("ALTER INDEX ix_tags_name_new RENAME TO ix_tags_name")
 
 
 def downgrade() -> None:
