@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from sqlalchemy import Connection, Engine, Index, and_, func, or_, select, tuple_
+from sqlalchemy import ColumnElement, Connection, Engine, Index, and_, func, or_, select, tuple_
 
 from portway.db.dialect import dialect_for
 from portway.db.schema import manifests, tags
@@ -23,8 +23,15 @@ T = TypeVar("T")
 
 Index("ix_tags_pushed", tags.c.repo_id, tags.c.image, tags.c.updated, tags.c.name, tags.c.digest)
 # A tag pattern with a literal start across every image (Nexus search `version=pr-9*`): a
-# range of this index, then the few matches sorted (revision 0010).
-Index("ix_tags_name", tags.c.repo_id, tags.c.name, tags.c.image)
+# range of this index, then the few matches sorted (revision 0010). On PostgreSQL the name is
+# in byte order (`text_pattern_ops`, revision 0013), whatever the database's collation.
+Index(
+    "ix_tags_name",
+    tags.c.repo_id,
+    tags.c.name,
+    tags.c.image,
+    postgresql_ops={"name": "text_pattern_ops"},
+)
 
 
 def like_parts(pattern: str) -> tuple[str, str]:
@@ -51,10 +58,25 @@ def like_parts(pattern: str) -> tuple[str, str]:
 
 
 def _after_prefix(prefix: str) -> str | None:
-    """The first string above every string that starts with `prefix` (code point order)."""
+    """The first string above every string that starts with `prefix` (code point order, which
+    is UTF-8's byte order: SQLite's and PostgreSQL's `text_pattern_ops`)."""
     if not prefix or ord(prefix[-1]) >= 0x10FFFF:
         return None
-    return prefix[:-1] + chr(ord(prefix[-1]) + 1)
+    following = ord(prefix[-1]) + 1
+    if 0xD800 <= following <= 0xDFFF:
+        following = 0xE000  # surrogates have no UTF-8 form
+    return prefix[:-1] + chr(following)
+
+
+def pattern_range(column: Any, prefix: str) -> list[ColumnElement[bool]]:
+    """PostgreSQL: the names starting with `prefix` as a range in byte order (`~>=~`, `~<~`),
+    the one ix_tags_name's `text_pattern_ops` serves. Bound values, not a LIKE the planner
+    would have to take apart: a prepared statement's generic plan keeps the range too."""
+    out = [column.op("~>=~", is_comparison=True)(prefix)]
+    upper = _after_prefix(prefix)
+    if upper is not None:
+        out.append(column.op("~<~", is_comparison=True)(upper))
+    return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,9 +185,10 @@ class BrowseQueries:
             return [TagRow(image, r[0], r[1], r[2]) for r in conn.execute(stmt)]
 
     def tags_starting(self, repo_id: int, image: str, prefix: str) -> list[TagRow]:
-        """The image's tags whose names start with `prefix` (every tag for ""): a range of
-        the primary key on SQLite; PostgreSQL's collation may not order a prefix's names
-        together, so there every tag is read and the caller narrows them."""
+        """The image's tags whose names start with `prefix` (every tag for ""), in no order:
+        a range of the primary key on SQLite; on PostgreSQL, whose collation may not order a
+        prefix's names together, a byte-order range that ix_tags_name serves (or the image's
+        tags, whichever the planner finds cheaper)."""
         stmt = select(tags.c.name, tags.c.digest, tags.c.updated).where(
             tags.c.repo_id == repo_id, tags.c.image == image
         )
@@ -174,6 +197,8 @@ class BrowseQueries:
             upper = _after_prefix(prefix)
             if upper is not None:
                 stmt = stmt.where(tags.c.name < upper)
+        elif prefix:
+            stmt = stmt.where(*pattern_range(tags.c.name, prefix))
         with self._connect() as conn:
             return [TagRow(image, r[0], r[1], r[2]) for r in conn.execute(stmt)]
 
@@ -239,10 +264,11 @@ class BrowseQueries:
         name_like: str | None = None,
         tag_like: str | None = None,
     ) -> list[TagRow]:
-        """Tags across the repository in (image, tag) order, after `after`. On SQLite a
-        pattern with a literal start reads a range: of the primary key for an image pattern,
-        of ix_tags_name for a tag pattern (PostgreSQL's LIKE can use an index only under the
-        C collation, so there the pattern alone is given)."""
+        """Tags across the repository in (image, tag) order, after `after`. A pattern with a
+        literal start reads a range: of the primary key for an image pattern on SQLite, of
+        ix_tags_name for a tag pattern (SQLite's binary order; PostgreSQL's `text_pattern_ops`,
+        the matches then sorted in code point order, as SQLite's). On PostgreSQL the rest is
+        LIKE over the primary key, in the database's collation."""
         stmt = select(tags.c.image, tags.c.name, tags.c.digest, tags.c.updated).where(
             tags.c.repo_id == repo_id
         )
@@ -253,10 +279,13 @@ class BrowseQueries:
         for column, pattern in ((tags.c.image, name_like), (tags.c.name, tag_like)):
             if pattern is None:
                 continue
+            prefix, glob = like_parts(pattern)
             if not sqlite:
                 stmt = stmt.where(column.like(pattern, escape="\\"))
+                if prefix and column is tags.c.name:
+                    stmt = stmt.where(*pattern_range(column, prefix))
+                    by_name = True
                 continue
-            prefix, glob = like_parts(pattern)
             stmt = stmt.where(column.op("GLOB")(glob))
             if prefix:
                 stmt = stmt.where(column >= prefix)
@@ -264,17 +293,22 @@ class BrowseQueries:
                 if upper is not None:
                     stmt = stmt.where(column < upper)
                 by_name = by_name or (column is tags.c.name and image is None)
+        order: tuple[Any, Any] = (tags.c.image, tags.c.name)
+        if by_name and not sqlite:
+            # Code point order, as SQLite's; it also keeps the planner off the primary key
+            # (another collation), whose walk from the cursor on would pass every tag.
+            order = (tags.c.image.collate("C"), tags.c.name.collate("C"))
         if after is not None:
-            if by_name:
+            if by_name and sqlite:
                 # `image || ''` keeps SQLite from walking the primary key from the cursor's
                 # image on (every tag after it) instead of reading the tag range.
                 img = tags.c.image.concat("")
                 stmt = stmt.where(
                     or_(img > after[0], and_(img == after[0], tags.c.name > after[1]))
                 )
-            else:  # a row-value seek on the primary key
-                stmt = stmt.where(tuple_(tags.c.image, tags.c.name) > tuple_(*after))
-        stmt = stmt.order_by(tags.c.image, tags.c.name).limit(limit)
+            else:  # a row-value seek on the primary key, or a filter of the name range
+                stmt = stmt.where(tuple_(*order) > tuple_(*after))
+        stmt = stmt.order_by(*order).limit(limit)
         with self._connect() as conn:
             return [TagRow(r[0], r[1], r[2], r[3]) for r in conn.execute(stmt)]
 
