@@ -39,7 +39,13 @@ cleanup() {
 trap cleanup EXIT
 
 echo "build-image: wheels of Portway and its dependencies"
-"$PYTHON" -m pip wheel --quiet --wheel-dir "$work/wheels" .
+# From a copy of the checkout: a wheel build writes build/ and src/*.egg-info where it runs,
+# and two builds at once (one per test worker) in one tree fail on each other's files.
+mkdir "$work/source"
+cp -r pyproject.toml README.md LICENSE src "$work/source/"
+find "$work/source/src" \( -name __pycache__ -o -name '*.egg-info' \) -prune -exec rm -rf {} +
+[[ "$PYTHON" != */* || "$PYTHON" == /* ]] || PYTHON=$PWD/$PYTHON  # still the venv's: no realpath
+(cd "$work/source" && "$PYTHON" -m pip wheel --quiet --wheel-dir "$work/wheels" .)
 
 base=${IMAGE_BASE:-$work/base.tar}
 if [[ ! -s "$base" ]]; then
