@@ -29,7 +29,7 @@ from portway.observe import multiproc
 from portway.observe.accesslog import HEADER, AccessLog, RequestIds
 from portway.observe.health import BucketProbe, Health
 from portway.observe.journal import FLUSH_INTERVAL as JOURNAL_INTERVAL
-from portway.observe.journal import Facts, Journal, People
+from portway.observe.journal import Journal
 from portway.observe.metrics import FLUSH_INTERVAL, Recorder
 from portway.oci.errors import RegistryError
 from portway.storage.faults import StorageFaults
@@ -103,7 +103,7 @@ def build_observer(ctx: AppContext) -> Observer:
     access = None
     if server.access_log or recorder is not None:
         access = AccessLog(server.log_format, on=server.access_log)
-    return Observer(health, Journal(recorder, access, _facts(ctx), _people(ctx)))
+    return Observer(health, Journal(recorder, access, lambda r, p: _repository(r, p, ctx)))
 
 
 def install(app: web.Application, ctx: AppContext) -> Observer:
@@ -158,30 +158,16 @@ def _principal(request: web.Request, ctx: AppContext) -> str | None:
     return getattr(principal, "name", None) if principal is not None else None
 
 
-def _facts(ctx: AppContext) -> Facts:
-    def facts(request: web.Request, path: str) -> tuple[str, str | None, int]:
-        repository = _repository(request.get(_ROUTE), path, ctx)
-        return request.method, repository, request.content.total_bytes
-
-    return facts
-
-
-def _people(ctx: AppContext) -> People:
-    def people(request: web.Request) -> tuple[str | None, str | None, str | None]:
-        return _client(request, ctx), _principal(request, ctx), request.headers.get("User-Agent")
-
-    return people
-
-
 def middleware(obs: Observer, ctx: AppContext) -> Middleware:
     """The outermost (and only) middleware while metrics or the access log run: request id,
     error rendering (portway.http.errors, here rather than one more layer), sending the
-    answer, then noting the finished request and what the client got in the journal
-    (portway.observe.journal, which counts and logs it in batches). Everything that does
-    not change between requests is looked up once, here."""
+    answer, then noting what the client got in the journal (portway.observe.journal, which
+    counts and logs it in batches). Everything that does not change between requests is
+    looked up once, here."""
     journal = obs.journal
     live = journal.live
     note = journal.rows.append  # drained in place every 0.2 s (journal.drain)
+    access = obs.access  # written only while access.level_on (SIGHUP may switch it)
     new_id = obs.ids.new
 
     @web.middleware
@@ -225,11 +211,19 @@ def middleware(obs: Observer, ctx: AppContext) -> Middleware:
         finally:
             end = perf_counter()
             del live[key]
+            method = request.method
             sent = 0
-            if response is not None and status != CLIENT_GONE and request.method != "HEAD":
+            if response is not None and status != CLIENT_GONE and method != "HEAD":
                 length = response.content_length
                 sent = response.body_length if length is None else length
-            note((request, path, status, end, end - start, sent, rid))
+            if access is not None and access.level_on:
+                client = _client(request, ctx)
+                principal = _principal(request, ctx)
+                agent = request.headers.get("User-Agent")
+            else:
+                client = principal = agent = None
+            note((path, method, status, request.get(_ROUTE), end, end - start,
+                  request.content.total_bytes, sent, rid, client, principal, agent))  # fmt: skip
 
     return observe_middleware
 

@@ -1,9 +1,9 @@
 """What the observe middleware saw of each answered request, kept as one tuple and turned into
 metric counts and access-log lines in batches.
 
-Per request the middleware only notes what it cannot learn later (the status, the bytes sent,
-the duration) with the finished request, in one tuple. Everything else (the route kind, the
-repository, the client, the principal, the counting, the line's text) is done by
+Per request the middleware only gathers what it cannot learn later (the status, the byte
+counts, the duration, the client, the principal) and appends one tuple. Everything that can
+wait (the route kind, the repository label, the counting, the line's text) is done by
 `drain()`, for every request of the last `FLUSH_INTERVAL` seconds at once: the same work in a
 tight loop costs a fraction of what it costs spread over requests, whose own code has pushed
 it out of the processor's caches in between (docs/benchmarks.md, "Metrics and access log,
@@ -24,45 +24,43 @@ from portway.observe.metrics import Recorder
 
 __all__ = ["FLUSH_INTERVAL", "Journal", "Row"]
 
-# the request, its path, status, perf_counter() at the end, seconds, bytes out, request id
-Row = tuple[Any, str, int, float, float, int, str]
-# (request, path) -> (method, repository, bytes in)
-Facts = Callable[[Any, str], tuple[str, "str | None", int]]
-# request -> (client, principal, user agent), for the access log
-People = Callable[[Any], tuple["str | None", "str | None", "str | None"]]
+# path, method, status, route (the route table's match, or None), perf_counter() at the end,
+# seconds, bytes in, bytes out, request id, client, principal, user agent
+Row = tuple[
+    str, str, int, Any, float, float, int, int, str, "str | None", "str | None", "str | None"
+]
+RepositoryOf = Callable[[Any, str], "str | None"]  # (route, path) -> repository name
 
 
 class Journal:
     def __init__(
-        self, recorder: Recorder | None, access: AccessLog | None, facts: Facts, people: People
+        self, recorder: Recorder | None, access: AccessLog | None, repository_of: RepositoryOf
     ) -> None:
         self.recorder = recorder
         self.access = access
-        self.facts = facts
-        self.people = people
+        self.repository_of = repository_of
         self.rows: list[Row] = []  # one per answered request, appended by the middleware
         self.live: dict[int, str] = {}  # id(request) -> path, while it is being answered
 
     def drain(self) -> None:
-        """Count and log every request noted since the last drain; write the lines out.
-        The requests are finished: what is read from them here no longer changes."""
+        """Count and log every request noted since the last drain; write the lines out."""
         rows = self.rows[:]
         del self.rows[:]  # in place: the middleware holds `rows.append`
         recorder, access = self.recorder, self.access
         logging = access is not None and access.enabled()
         if rows and (recorder is not None or logging):
             wall, perf = time.time(), time.perf_counter()
-            facts, people = self.facts, self.people
-            for request, path, status, end, seconds, sent, rid in rows:
+            repository_of = self.repository_of
+            for row in rows:
+                path, method, status, route, end, seconds, b_in, b_out, rid, client, who, ua = row
                 kind = route_kind(path)
-                method, repository, received = facts(request, path)
+                repository = repository_of(route, path)
                 if recorder is not None:
-                    recorder.record(kind, method, status, repository, seconds, received, sent)
+                    recorder.record(kind, method, status, repository, seconds, b_in, b_out)
                 if logging:
                     assert access is not None
-                    client, who, agent = people(request)
                     entry = Entry(rid, client, who, repository, method, path, public_kind(kind),
-                                  status, received, sent, seconds, agent)  # fmt: skip
+                                  status, b_in, b_out, seconds, ua)  # fmt: skip
                     access.write(entry, wall - (perf - end))
         if access is not None:
             access.flush()
