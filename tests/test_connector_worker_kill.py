@@ -8,9 +8,7 @@ replacements now, still answers. Only requests the killed worker held may fail."
 from __future__ import annotations
 
 import http.client
-import os
 import random
-import signal
 import threading
 import time
 from base64 import b64encode
@@ -22,10 +20,10 @@ import requests
 
 from admin_api_support import admin_session, start_server
 from drain_support import holder_of
-from push_support import MiB, Registry, manifest_for, proc_stat, sha256
+from push_support import MiB, Registry, manifest_for, sha256
 from support.ports import free_port
 from support.server import PortwayServer
-from support.workers import listening, wait_for
+from support.workers import kill_worker, listening, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -41,18 +39,6 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PortwayServer]:
         yield srv
     finally:
         srv.stop(30)
-
-
-def _alive(pid: int) -> bool:
-    stat = proc_stat(pid)
-    return stat is not None and stat[0] != "Z"
-
-
-def _kill(pid: int) -> float:
-    """SIGKILL `pid` and wait until it is gone (its sockets closed); returns that moment."""
-    os.kill(pid, signal.SIGKILL)
-    wait_for(f"worker {pid} to die", lambda: not _alive(pid), 10)
-    return time.monotonic()
 
 
 @dataclass
@@ -139,7 +125,7 @@ def test_an_api_connector_is_served_by_the_replacement_of_a_killed_worker(
     kills: list[float] = []
     try:
         time.sleep(1)
-        kills.append(_kill(first))
+        kills.append(kill_worker(first))
         replacement = _replacement(server, {first, second})
         line = next(x for x in server.log().splitlines() if f"worker {replacement} listening" in x)
         assert f"http:{port}" in line, line  # started with the connector's socket
@@ -164,7 +150,7 @@ def test_an_api_connector_is_served_by_the_replacement_of_a_killed_worker(
             conn.close()
 
         # The other original worker too: now only replacements serve the port.
-        kills.append(_kill(second))
+        kills.append(kill_worker(second))
         last = _replacement(server, {first, second, replacement})
         time.sleep(1)
         assert set(listening(server)) - {first, second} == {replacement, last}

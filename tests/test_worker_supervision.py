@@ -4,10 +4,8 @@ keeps dying right after it starts makes `portway serve` give up with a non-zero 
 from __future__ import annotations
 
 import http.client
-import os
 import random
 import re
-import signal
 import threading
 import time
 from collections.abc import Callable
@@ -15,25 +13,13 @@ from dataclasses import dataclass
 
 import pytest
 
-from push_support import MiB, Registry, manifest_for, proc_stat, sha256
+from push_support import MiB, Registry, manifest_for, sha256
 from support.server import PortwayServer
-from support.workers import listening, wait_for
+from support.workers import alive, kill_worker, listening, wait_for
 
 pytestmark = pytest.mark.slow
 
 _SERVED_RE = re.compile(r"portway\.access\[(\d+)\]: ")
-
-
-def _alive(pid: int) -> bool:
-    stat = proc_stat(pid)
-    return stat is not None and stat[0] != "Z"
-
-
-def _kill(pid: int) -> float:
-    """SIGKILL `pid` and wait until it is gone (its sockets closed); returns that moment."""
-    os.kill(pid, signal.SIGKILL)
-    wait_for(f"worker {pid} to die", lambda: not _alive(pid), 10)
-    return time.monotonic()
 
 
 @dataclass
@@ -97,7 +83,7 @@ def test_a_killed_worker_is_replaced_while_the_other_keeps_serving(
         thread.start()
     try:
         time.sleep(2)
-        killed_at = _kill(victim)
+        killed_at = kill_worker(victim)
         log_mark = len(server.log())
 
         def replacement_served() -> bool:
@@ -127,7 +113,7 @@ def test_a_killed_worker_is_replaced_while_the_other_keeps_serving(
     # only what the killed worker held may fail: at most one request per client thread
     assert len(failed_in_flight) <= len(threads), failed_in_flight
     assert len(after) > 20
-    assert _alive(survivor)
+    assert alive(survivor)
     replacements = set(listening(server)) - {victim, survivor}
     assert len(replacements) == 1, listening(server)
     assert "was killed by SIGKILL" in server.log()
@@ -135,7 +121,7 @@ def test_a_killed_worker_is_replaced_while_the_other_keeps_serving(
     # a clean stop still stops everything, with status 0
     workers = [survivor, *replacements]
     assert server.stop(30) == 0  # a graceful stop on a busy machine may take a while
-    wait_for("workers to exit", lambda: not any(_alive(p) for p in workers), 15)
+    wait_for("workers to exit", lambda: not any(alive(p) for p in workers), 15)
 
 
 def test_workers_dying_right_after_start_make_serve_exit_non_zero(
@@ -146,7 +132,7 @@ def test_workers_dying_right_after_start_make_serve_exit_non_zero(
     victim, survivor = listening(server)[:2]
     reg = Registry(server.repository_url(), timeout=10)
     killed = [victim]
-    _kill(victim)
+    kill_worker(victim)
     # kill every replacement as soon as it listens; the survivor serves meanwhile
     deadline = time.monotonic() + 180
     while server.alive() and time.monotonic() < deadline:
@@ -158,8 +144,8 @@ def test_workers_dying_right_after_start_make_serve_exit_non_zero(
         fresh = [p for p in listening(server) if p not in killed and p != survivor]
         for pid in fresh:
             killed.append(pid)
-            if _alive(pid):
-                _kill(pid)
+            if alive(pid):
+                kill_worker(pid)
         time.sleep(0.1)
     assert server.process.proc is not None
     status = server.process.proc.wait(30)
@@ -167,4 +153,4 @@ def test_workers_dying_right_after_start_make_serve_exit_non_zero(
     assert status != 0, log[-3000:]
     assert "giving up" in log, log[-3000:]
     assert len(killed) == 5, (killed, log[-3000:])
-    wait_for("the survivor to stop", lambda: not _alive(survivor), 15)
+    wait_for("the survivor to stop", lambda: not alive(survivor), 15)

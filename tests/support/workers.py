@@ -3,9 +3,12 @@ order), in the whole log or in this run only (since the server's last start)."""
 
 from __future__ import annotations
 
+import os
 import re
+import signal
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 from support.process import START_MARK
 from support.server import PortwayServer
@@ -30,3 +33,19 @@ def wait_for(what: str, check: Callable[[], bool], timeout: float) -> float:
             return time.monotonic() - start
         time.sleep(0.02)
     raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+def alive(pid: int) -> bool:
+    """The process exists and is no zombie."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def kill_worker(pid: int) -> float:
+    """SIGKILL `pid` and wait until it is gone (its sockets closed); returns that moment."""
+    os.kill(pid, signal.SIGKILL)
+    wait_for(f"worker {pid} to die", lambda: not alive(pid), 10)
+    return time.monotonic()
