@@ -1,9 +1,10 @@
 """Prometheus metrics, shared by every worker through prometheus-client's multiprocess files.
 
-The request path only adds to plain numbers in this process (`Recorder.record`: a dict
-lookup and a few additions, no lock, no file write); `flush()` moves them into the metric
-files about once a second and before each scrape. So a worker killed with SIGKILL loses at
-most its last second of counts, and the hot path stays cheap (bench/observe_cost.py).
+Requests are counted in plain numbers in this process (`Recorder.record`, called for each
+request by portway.observe.journal's batches: a dict lookup and a few additions, no lock, no
+file write); `flush()` moves them into the metric files about once a second and before each
+scrape. So a worker killed with SIGKILL loses at most its last second of counts, and the hot
+path stays cheap (bench/observe_cost.py).
 
 Names follow Prometheus conventions (units in names, `_total` on counters). Beside
 Portway's own `portway_*` families, distribution's `registry_http_*` set is kept under the
