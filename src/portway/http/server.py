@@ -239,7 +239,9 @@ async def run_worker(
             ),
         ]
         # What start-up built (modules, the app, the stores) lives as long as the worker: out
-        # of the collector's way, so its full passes scan only what serving made since.
+        # of the collector's way, so its full passes scan only what serving made since (its
+        # garbage collected first, so none of it is kept for good).
+        gc.collect()
         gc.freeze()
         log.debug("worker %d: %d start-up objects frozen", os.getpid(), gc.get_freeze_count())
         await stop.wait()
