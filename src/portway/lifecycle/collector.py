@@ -185,12 +185,30 @@ class Collector:
 
         return dict(await asyncio.gather(*(size_of(d, s) for d, s in blobs.items())))
 
+    async def _batches(
+        self,
+        items: Sequence[Candidate],
+        run: Callable[..., list[Candidate]],
+        what: str,
+        between: _Between,
+    ) -> tuple[list[Candidate], bool]:
+        """`run(conn, part=...)` in one write per `LINK_BATCH` of `items`, asking `between`
+        before each whether to stop; returns what was deleted and whether it stopped."""
+        done: list[Candidate] = []
+        last = 0
+        for part in chunks(items, LINK_BATCH):
+            if await between(what, last):
+                return done, True
+            batch = await self.meta._write(partial(run, part=part))
+            done += batch
+            last = len(batch)
+        return done, False
+
     # -- 1. links ----------------------------------------------------------------------
     async def _delete_links(self, plan: Plan, between: _Between) -> tuple[list[Candidate], bool]:
         """Per batch one transaction: lock, re-check (holds, references), compare-and-set
         drop of the candidate rows, delete the links, note their blobs; a few statements."""
         dialect = self.meta.dialect
-        done: list[Candidate] = []
 
         def run(conn: Connection, part: Sequence[Candidate]) -> list[Candidate]:
             dialect.lock_keys(conn, [hold_key(*c.key) for c in part])
@@ -210,14 +228,7 @@ class Collector:
             note_candidates_since(dialect, conn, [(0, "", c.digest, BLOB, c.since) for c in gone])
             return gone
 
-        last = 0
-        for part in chunks([c for c, _ in plan.links], LINK_BATCH):
-            if await between("deleted_blob_links", last):
-                return done, True
-            batch = await self.meta._write(partial(run, part=part))
-            done += batch
-            last = len(batch)
-        return done, False
+        return await self._batches([c for c, _ in plan.links], run, "deleted_blob_links", between)
 
     # -- 2. blobs ----------------------------------------------------------------------
     async def _delete_blobs(
@@ -292,7 +303,6 @@ class Collector:
         self, plan: Plan, between: _Between
     ) -> tuple[list[Candidate], bool]:
         dialect = self.meta.dialect
-        done: list[Candidate] = []
 
         def run(conn: Connection, part: Sequence[Candidate]) -> list[Candidate]:
             dialect.lock_keys(conn, [hold_key(*c.key) for c in part])
@@ -304,14 +314,7 @@ class Collector:
             _delete_manifest_rows(dialect, conn, gone)
             return gone
 
-        last = 0
-        for part in chunks(plan.manifests, LINK_BATCH):
-            if await between("deleted_manifests", last):
-                return done, True
-            batch = await self.meta._write(partial(run, part=part))
-            done += batch
-            last = len(batch)
-        return done, False
+        return await self._batches(plan.manifests, run, "deleted_manifests", between)
 
     async def _forget(self, drops: list[Candidate]) -> None:
         def run(conn: Connection) -> None:
