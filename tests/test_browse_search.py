@@ -14,8 +14,8 @@ from sqlalchemy import event
 
 from portway.api.nexus_components import _like
 from portway.db.browse import BrowseQueries, TagRow, like_parts
-from portway.db.schema import tags
 from portway.db.store import MetadataStore, open_metadata
+from support.tag_rows import store_with_tags
 
 IMAGES = ("team/app", "team/db", "web")
 NAMES = [f"pr-{i}" for i in range(60)] + ["PR-7", "pr_x", "v1.0", "v1.0-rc", "latest", "p*r"]
@@ -28,16 +28,7 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[MetadataSt
         if request.param == "sqlite"
         else request.getfixturevalue("postgres_url")
     )
-    meta = open_metadata(url)
-    repo_id = meta.ensure_repository("hosted", "hosted")
-    rows = [
-        {"repo_id": repo_id, "image": image, "name": name, "digest": f"sha256:{n:064x}",
-         "updated": float(n)}
-        for n, (image, name) in enumerate((i, t) for i in IMAGES for t in NAMES)
-    ]  # fmt: skip
-    with meta.engine.begin() as conn:
-        conn.execute(tags.delete())
-        conn.execute(tags.insert(), rows)
+    meta = store_with_tags(url, IMAGES, NAMES)
     yield meta
     meta.close()
 

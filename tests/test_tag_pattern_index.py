@@ -27,6 +27,7 @@ from portway.db.schema import tags
 from portway.db.store import MetadataStore, open_metadata
 from portway.repos.bulk import BulkTags
 from support.postgres import Postgres
+from support.tag_rows import store_with_tags
 
 IMAGES = ("Team/x", "team-app", "team/app", "teamb")
 NAMES = [
@@ -110,16 +111,7 @@ def store(
         url = request.getfixturevalue("postgres_url")
     else:
         url = request.getfixturevalue("icu_url")
-    meta = open_metadata(url)
-    repo_id = meta.ensure_repository("hosted", "hosted")
-    rows = [
-        {"repo_id": repo_id, "image": image, "name": name, "digest": f"sha256:{n:064x}",
-         "updated": float(n)}
-        for n, (image, name) in enumerate((i, t) for i in IMAGES for t in NAMES)
-    ]  # fmt: skip
-    with meta.engine.begin() as conn:
-        conn.execute(tags.delete())
-        conn.execute(tags.insert(), rows)
+    meta = store_with_tags(url, IMAGES, NAMES)
     yield meta
     meta.close()
 
