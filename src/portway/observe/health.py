@@ -227,7 +227,10 @@ class BucketProbe:
             import botocore.config
             import botocore.session
 
-            self._client = botocore.session.get_session().create_client(
+            from portway.storage.s3data import share_data
+
+            session = share_data(botocore.session.get_session())  # the worker's one copy
+            self._client = session.create_client(
                 "s3",
                 endpoint_url=self.endpoint,
                 region_name=self.region,

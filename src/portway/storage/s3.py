@@ -28,6 +28,7 @@ from aiobotocore.session import get_session
 from botocore.exceptions import ClientError
 
 from portway.storage.backend import ObjectInfo, ObjectMissing, Part, PendingWrite
+from portway.storage.s3data import share_data
 from portway.storage.s3raw import RawBody, can_splice, open_raw
 
 if TYPE_CHECKING:
@@ -79,7 +80,7 @@ class S3Backend:
 
     @classmethod
     async def open(cls, settings: S3Settings) -> S3Backend:
-        session = get_session()
+        session = share_data(get_session())
         stack = contextlib.AsyncExitStack()
 
         def config() -> AioConfig:
