@@ -21,6 +21,7 @@ Missing objects raise `ObjectMissing`, a `FileNotFoundError`, from `read` and `c
 
 from __future__ import annotations
 
+import io
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,6 +51,19 @@ class Part:
     number: int  # from 1
     etag: str
     size: int
+
+
+# A part's bytes for `put_part`. A BytesIO the caller filled is sent as it is; bytes on S3
+# are copied once more on the way (botocore wraps them in a BytesIO, and aiohttp copies
+# a BytesIO that shares its buffer with a bytes object before sending it).
+PartBody = bytes | io.BytesIO
+
+
+def body_size(data: PartBody) -> int:
+    if isinstance(data, bytes):
+        return len(data)
+    with data.getbuffer() as view:
+        return view.nbytes
 
 
 class ObjectMissing(FileNotFoundError):
@@ -92,7 +106,7 @@ class BlobBackend(Protocol):
     def list(self, prefix: str) -> AsyncIterator[str]: ...
     async def presign_get(self, key: str, expires_in: float) -> str | None: ...
     async def begin_parts(self, key: str) -> str: ...
-    async def put_part(self, key: str, token: str, number: int, data: bytes) -> Part: ...
+    async def put_part(self, key: str, token: str, number: int, data: PartBody) -> Part: ...
     async def complete_parts(self, key: str, token: str, parts: Sequence[Part]) -> ObjectInfo: ...
     async def pending_writes(self, older_than: float) -> Sequence[PendingWrite]: ...
     async def abort_pending(self, pending: PendingWrite) -> None: ...

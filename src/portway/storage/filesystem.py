@@ -14,7 +14,14 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 
 from portway.observe.store_latency import timed_backend
-from portway.storage.backend import ObjectInfo, ObjectMissing, Part, PendingWrite
+from portway.storage.backend import (
+    ObjectInfo,
+    ObjectMissing,
+    Part,
+    PartBody,
+    PendingWrite,
+    body_size,
+)
 
 READ_CHUNK = 1024 * 1024
 IOV_MAX = 1024
@@ -248,18 +255,19 @@ class FilesystemBackend:
         self._parts_dir(token).mkdir(parents=True)
         return token
 
-    async def put_part(self, key: str, token: str, number: int, data: bytes) -> Part:
+    async def put_part(self, key: str, token: str, number: int, data: PartBody) -> Part:
         folder = self._parts_dir(token)
         if not folder.is_dir():
             raise ObjectMissing(f"multipart write {token}")
+        size = body_size(data)
 
         def _put() -> None:
             scratch = folder / f".{number}.{uuid.uuid4().hex}"
-            scratch.write_bytes(data)
+            scratch.write_bytes(data if isinstance(data, bytes) else data.getbuffer())
             _publish(scratch, folder / str(number))
 
         await asyncio.to_thread(_put)
-        return Part(number=number, etag=str(len(data)), size=len(data))
+        return Part(number=number, etag=str(size), size=size)
 
     async def complete_parts(self, key: str, token: str, parts: Sequence[Part]) -> ObjectInfo:
         folder = self._parts_dir(token)

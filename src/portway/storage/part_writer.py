@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import io
 import json
 import time
 import uuid as uuidlib
@@ -99,19 +100,21 @@ class PartWriter:
         self.renew = renew
         self.began = False
         self.key = session_prefix(self.upload_id) + "data"
-        self.pieces: list[bytes] = []
-        self.buffered = 0
+        self.part = io.BytesIO()  # the part filling; sent as it is (backend.PartBody)
         self.sending: list[asyncio.Task[Part]] = []
         self.new_parts: list[Part] = []
         self.new_tail: str | None = None
         self.renewed = time.monotonic()
 
+    @property
+    def buffered(self) -> int:
+        return self.part.tell()
+
     async def take(self, chunks: AsyncIterator[bytes], hasher: Any | None) -> int:
-        """Read the body into parts: pieces are joined once a part's worth arrived (a part
-        may run up to one piece past `part_size`: S3 takes parts of any size above the
-        minimum), so each byte is copied once on its way to a part."""
+        """Read the body into parts of `part_size`: each piece is copied into the part
+        filling as it arrives (once, then dropped), and a full part goes out as it is."""
         if self.state.tail is not None:
-            self._add(await read_all(self.backend, self.state.tail))
+            await self._add(await read_all(self.backend, self.state.tail))
         written = 0
         loop = asyncio.get_running_loop()
         hashing: asyncio.Future[None] | None = None  # the piece before, hashed while we read
@@ -121,26 +124,28 @@ class PartWriter:
                     if hashing is not None:
                         await hashing
                     hashing = loop.run_in_executor(None, hasher.update, chunk)
-                self._add(chunk)
+                await self._add(chunk)
                 written += len(chunk)
-                if self.buffered >= self.part_size:
-                    await self._send(self._take_buffer())
         finally:
             if hashing is not None:
                 await hashing  # the hasher is whole (or dropped with a failed request)
         return written
 
-    def _add(self, chunk: bytes) -> None:
-        if chunk:
-            self.pieces.append(chunk)
-            self.buffered += len(chunk)
+    async def _add(self, chunk: bytes) -> None:
+        view = memoryview(chunk)
+        while view:
+            room = self.part_size - self.part.tell()
+            self.part.write(view[:room])
+            view = view[room:]
+            if self.part.tell() >= self.part_size:
+                await self._send(self._take_part())
 
-    def _take_buffer(self) -> bytes:
-        data = self.pieces[0] if len(self.pieces) == 1 else b"".join(self.pieces)
-        self.pieces, self.buffered = [], 0
-        return data
+    def _take_part(self) -> io.BytesIO:
+        part, self.part = self.part, io.BytesIO()
+        part.seek(0)
+        return part
 
-    async def _send(self, data: bytes) -> None:
+    async def _send(self, data: io.BytesIO) -> None:
         if self.state.token is None:
             self.state.token = await self.backend.begin_parts(self.key)
             self.began = True
@@ -158,12 +163,12 @@ class PartWriter:
     async def finish(self) -> None:
         """Send what is part-sized, store the rest as the new tail, update `state`."""
         if self.buffered >= self.backend.part_minimum:
-            await self._send(self._take_buffer())
+            await self._send(self._take_part())
         while self.sending:
             self.new_parts.append(await self.sending.pop(0))
         self.state.parts = [*self.state.parts, *self.new_parts]
         if self.buffered:
-            data = self._take_buffer()
+            data = self._take_part().getvalue()  # no copy: the BytesIO's own bytes
             self.new_tail = f"{session_prefix(self.upload_id)}tail-{uuidlib.uuid4().hex[:12]}"
             writer = await self.backend.create(self.new_tail)
             await writer.write(data)
@@ -181,7 +186,7 @@ class PartWriter:
             with contextlib.suppress(BaseException):
                 await task
         self.sending = []
-        self.pieces, self.buffered = [], 0
+        self.part = io.BytesIO()
         if self.new_tail is not None:
             with contextlib.suppress(Exception):
                 await self.backend.delete(self.new_tail)

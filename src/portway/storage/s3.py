@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
@@ -27,7 +28,14 @@ from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
 from botocore.exceptions import ClientError
 
-from portway.storage.backend import ObjectInfo, ObjectMissing, Part, PendingWrite
+from portway.storage.backend import (
+    ObjectInfo,
+    ObjectMissing,
+    Part,
+    PartBody,
+    PendingWrite,
+    body_size,
+)
 from portway.storage.s3data import share_data
 from portway.storage.s3raw import RawBody, can_splice, open_raw
 
@@ -234,7 +242,10 @@ class S3Backend:
         upload = await self.client.create_multipart_upload(Bucket=self.bucket, Key=self._key(key))
         return upload["UploadId"]
 
-    async def put_part(self, key: str, token: str, number: int, data: bytes) -> Part:
+    async def put_part(self, key: str, token: str, number: int, data: PartBody) -> Part:
+        size = body_size(data)
+        if not isinstance(data, bytes):
+            data.seek(0)
         try:
             done = await self.client.upload_part(
                 Bucket=self.bucket, Key=self._key(key), UploadId=token,
@@ -244,7 +255,7 @@ class S3Backend:
             if _code(exc) in {"NoSuchUpload", "404"}:
                 raise ObjectMissing(f"multipart upload {token}") from None
             raise
-        return Part(number=number, etag=done["ETag"], size=len(data))
+        return Part(number=number, etag=done["ETag"], size=size)
 
     async def complete_parts(self, key: str, token: str, parts: Sequence[Part]) -> ObjectInfo:
         listed = [{"PartNumber": p.number, "ETag": p.etag} for p in parts]
@@ -288,9 +299,9 @@ class S3Backend:
 
 class S3Writer:
     """One object written as a multipart upload: the part filling and at most
-    `parts_in_flight` parts being sent are all it holds in memory (each part in flight twice:
-    botocore hands aiohttp a BytesIO, which copies it), so about
-    `(2 + 2 * parts_in_flight) * part_size` at the peak, whatever the object's size."""
+    `parts_in_flight` parts being sent are all it holds in memory, so about
+    `(1 + parts_in_flight) * part_size` at the peak, whatever the object's size. A part is
+    filled in a BytesIO, which botocore and aiohttp send as it is (no copy)."""
 
     def __init__(self, backend: S3Backend, key: str, full_key: str) -> None:
         self._backend = backend
@@ -299,7 +310,7 @@ class S3Writer:
         self._key = key
         self._full_key = full_key
         self._part_size = backend.settings.part_size
-        self._buffer = bytearray()
+        self._buffer = io.BytesIO()
         self._upload_id: str | None = None
         self._parts: list[dict[str, Any]] = []
         self._in_flight = max(1, backend.settings.parts_in_flight)
@@ -317,11 +328,10 @@ class S3Writer:
         view = memoryview(data)
         try:
             while view:
-                room = self._part_size - len(self._buffer)
-                self._buffer += view[:room]
-                self._size += len(view[:room])
+                room = self._part_size - self._buffer.tell()
+                self._size += self._buffer.write(view[:room])
                 view = view[room:]
-                if len(self._buffer) >= self._part_size:
+                if self._buffer.tell() >= self._part_size:
                     await self._send_part()
         except BaseException:
             await self.abort()
@@ -337,15 +347,14 @@ class S3Writer:
             await self._wait_sending(first=True)
         if len(self._parts) >= MAX_PARTS:
             raise ValueError(f"object over {MAX_PARTS} parts of {self._part_size} bytes")
-        # one copy into bytes: aiohttp would copy a bytearray body anyway, once per attempt
-        body = bytes(self._buffer)
-        self._buffer = bytearray()
+        body, self._buffer = self._buffer, io.BytesIO()
+        body.seek(0)
         number = len(self._parts) + 1
         entry: dict[str, Any] = {"PartNumber": number}
         self._parts.append(entry)
         self._sending.append(asyncio.create_task(self._upload(number, body, entry)))
 
-    async def _upload(self, number: int, body: bytes, entry: dict[str, Any]) -> None:
+    async def _upload(self, number: int, body: io.BytesIO, entry: dict[str, Any]) -> None:
         assert self._upload_id is not None
         done = await self._client.upload_part(
             Bucket=self._bucket, Key=self._full_key, UploadId=self._upload_id,
@@ -365,11 +374,12 @@ class S3Writer:
             raise ValueError("commit after commit or abort")
         try:
             if self._upload_id is None:  # smaller than one part: one PUT
+                self._buffer.seek(0)
                 await self._client.put_object(
-                    Bucket=self._bucket, Key=self._full_key, Body=bytes(self._buffer)
+                    Bucket=self._bucket, Key=self._full_key, Body=self._buffer
                 )
             else:
-                if self._buffer:
+                if self._buffer.tell():
                     await self._send_part()  # the last part may be short
                 await self._wait_sending()
                 await self._client.complete_multipart_upload(
@@ -380,14 +390,14 @@ class S3Writer:
             await self.abort()
             raise
         self._open = False
-        self._buffer = bytearray()
+        self._buffer = io.BytesIO()
         return ObjectInfo(key=self._key, size=self._size, mtime=time.time())
 
     async def abort(self) -> None:
         if not self._open:
             return
         self._open = False
-        self._buffer = bytearray()
+        self._buffer = io.BytesIO()
         tasks, self._sending = self._sending, []
         for task in tasks:
             task.cancel()

@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 from portway.observe.store_latency import timed_backend
-from portway.storage.backend import ObjectInfo, ObjectWriter, Part, PendingWrite
+from portway.storage.backend import ObjectInfo, ObjectWriter, Part, PartBody, PendingWrite
 from portway.storage.s3 import MIN_PART, S3Backend, S3Settings, S3Writer
 from portway.storage.s3raw import RawBody
 
@@ -105,7 +105,7 @@ class LazyS3Backend:
     async def begin_parts(self, key: str) -> str:
         return await (await self._open()).begin_parts(key)
 
-    async def put_part(self, key: str, token: str, number: int, data: bytes) -> Part:
+    async def put_part(self, key: str, token: str, number: int, data: PartBody) -> Part:
         return await (await self._open()).put_part(key, token, number, data)
 
     async def complete_parts(self, key: str, token: str, parts: Sequence[Part]) -> ObjectInfo:
