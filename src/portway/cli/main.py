@@ -9,18 +9,26 @@ from collections.abc import Sequence
 from portway.config import ConfigError
 
 # Each module exposes `register(subparsers)`; the parser it adds sets `func(args) -> int`.
-COMMAND_MODULES = (
-    "portway.cli.serve",
-    "portway.cli.repo",
-    "portway.cli.proxy_config",
-    "portway.cli.tls",
-    "portway.cli.doctor",
-    "portway.cli.users",
-    "portway.cli.db",
-    "portway.cli.gc",
-    "portway.cli.backup",
-    "portway.cli.jobs",
-)
+# Keyed by the commands each registers: a command line naming one loads only its module
+# (what `portway serve` keeps in memory for as long as it runs), anything else all of them.
+COMMANDS = {
+    "serve": "portway.cli.serve",
+    "repo": "portway.cli.repo",
+    "proxy-config": "portway.cli.proxy_config",
+    "tls": "portway.cli.tls",
+    "doctor": "portway.cli.doctor",
+    "user": "portway.cli.users",
+    "role": "portway.cli.users",
+    "key": "portway.cli.users",
+    "audit": "portway.cli.db",
+    "db": "portway.cli.db",
+    "gc": "portway.cli.gc",
+    "cleanup": "portway.cli.gc",
+    "fsck": "portway.cli.gc",
+    "backup": "portway.cli.backup",
+    "jobs": "portway.cli.jobs",
+}
+COMMAND_MODULES = tuple(dict.fromkeys(COMMANDS.values()))
 
 
 def _version() -> str:
@@ -34,7 +42,8 @@ def _version() -> str:
         return __version__
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser of every command, or only of `command`'s module when it names one."""
     import importlib
 
     parser = argparse.ArgumentParser(
@@ -44,7 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"portway {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name in COMMAND_MODULES:
+    names = [COMMANDS[command]] if command in COMMANDS else COMMAND_MODULES
+    for name in names:
         try:
             module = importlib.import_module(name)
         except ModuleNotFoundError as exc:
@@ -69,8 +79,9 @@ def _kid_last(argv: list[str]) -> list[str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(_kid_last(list(sys.argv[1:] if argv is None else argv)))
+    words = _kid_last(list(sys.argv[1:] if argv is None else argv))
+    parser = build_parser(words[0] if words else None)
+    args = parser.parse_args(words)
     try:
         code: int = args.func(args)
     except ConfigError as exc:
