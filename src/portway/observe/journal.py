@@ -30,6 +30,7 @@ Row = tuple[
     str, str, int, Any, float, float, int, int, str, "str | None", "str | None", "str | None"
 ]
 RepositoryOf = Callable[[Any, str], "str | None"]  # (route, path) -> repository name
+_ROUTE_NONE = object()
 
 
 class Journal:
@@ -51,10 +52,17 @@ class Journal:
         if rows and (recorder is not None or logging):
             wall, perf = time.time(), time.perf_counter()
             repository_of = self.repository_of
+            # Most rows of a drain repeat a few paths: each is looked at once per drain (not
+            # kept longer, since repositories may be created or removed meanwhile).
+            seen: dict[tuple[str, object, object], tuple[str, str | None]] = {}
             for row in rows:
                 path, method, status, route, end, seconds, b_in, b_out, rid, client, who, ua = row
-                kind = route_kind(path)
-                repository = repository_of(route, path)
+                key = (path, _ROUTE_NONE, None) if route is None else (
+                    path, route.repository, route.rest)  # fmt: skip
+                known = seen.get(key)
+                if known is None:
+                    known = seen[key] = (route_kind(path), repository_of(route, path))
+                kind, repository = known
                 if recorder is not None:
                     recorder.record(kind, method, status, repository, seconds, b_in, b_out)
                 if logging:
