@@ -24,12 +24,11 @@ from portway.http.context import CONTEXT_KEY, AppContext
 from portway.http.drain import draining
 from portway.http.errors import FAULTS_KEY, Handler, failure_response
 from portway.http.forwarded import client_address
-from portway.http.routing import Route
 from portway.observe import multiproc
 from portway.observe.accesslog import HEADER, AccessLog, RequestIds
 from portway.observe.health import BucketProbe, Health
 from portway.observe.journal import FLUSH_INTERVAL as JOURNAL_INTERVAL
-from portway.observe.journal import Journal
+from portway.observe.journal import Journal, Where
 from portway.observe.metrics import FLUSH_INTERVAL, Recorder
 from portway.oci.errors import RegistryError
 from portway.storage.faults import StorageFaults
@@ -125,14 +124,16 @@ def install(app: web.Application, ctx: AppContext) -> Observer:
 # -- middleware ---------------------------------------------------------------------------
 
 
-def _repository(route: Route | None, path: str, ctx: AppContext) -> str | None:
-    if route is None:
+def _repository(where: Where, path: str, ctx: AppContext) -> str | None:
+    """The repository of a request the route table matched as `where` (repository, rest)."""
+    if where is None:
         return None
-    if route.repository is not None:
-        return route.repository
+    repository, rest = where
+    if repository is not None:
+        return repository
     # Repository path on a shared host: /v2/<repository>/<image>/...
-    if route.rest.startswith("/v2/"):
-        name = route.rest[4:].partition("/")[0]
+    if rest.startswith("/v2/"):
+        name = rest[4:].partition("/")[0]
         if name in ctx.repos:
             return name
     return None
@@ -222,7 +223,9 @@ def middleware(obs: Observer, ctx: AppContext) -> Middleware:
                 agent = request.headers.get("User-Agent")
             else:
                 client = principal = agent = None
-            note((path, method, status, request.get(_ROUTE), end, end - start,
+            route = request.get(_ROUTE)
+            where = None if route is None else (route.repository, route.rest)
+            note((path, method, status, where, end, end - start,
                   request.content.total_bytes, sent, rid, client, principal, agent))  # fmt: skip
 
     return observe_middleware

@@ -16,21 +16,22 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Any
 
 from portway.observe.accesslog import FLUSH_INTERVAL, AccessLog, Entry
 from portway.observe.kinds import DISTRIBUTION_HANDLER, public_kind, route_kind
 from portway.observe.metrics import Recorder
 
-__all__ = ["FLUSH_INTERVAL", "Journal", "Row"]
+__all__ = ["FLUSH_INTERVAL", "Journal", "Row", "Where"]
 
-# path, method, status, route (the route table's match, or None), perf_counter() at the end,
-# seconds, bytes in, bytes out, request id, client, principal, user agent
+# path, method, status, where (the route table's match as (repository, rest), or None: two
+# strings rather than the Route, so that what waits for a drain holds no object the garbage
+# collector must walk), perf_counter() at the end, seconds, bytes in, bytes out, request id,
+# client, principal, user agent
+Where = tuple["str | None", str] | None
 Row = tuple[
-    str, str, int, Any, float, float, int, int, str, "str | None", "str | None", "str | None"
+    str, str, int, Where, float, float, int, int, str, "str | None", "str | None", "str | None"
 ]
-RepositoryOf = Callable[[Any, str], "str | None"]  # (route, path) -> repository name
-_ROUTE_NONE = object()
+RepositoryOf = Callable[[Where, str], "str | None"]  # (where, path) -> repository name
 
 
 class Journal:
@@ -54,14 +55,13 @@ class Journal:
             repository_of = self.repository_of
             # Most rows of a drain repeat a few paths: each is looked at once per drain (not
             # kept longer, since repositories may be created or removed meanwhile).
-            seen: dict[tuple[str, object, object], tuple[str, str | None]] = {}
+            seen: dict[tuple[str, Where], tuple[str, str | None]] = {}
             for row in rows:
-                path, method, status, route, end, seconds, b_in, b_out, rid, client, who, ua = row
-                key = (path, _ROUTE_NONE, None) if route is None else (
-                    path, route.repository, route.rest)  # fmt: skip
+                path, method, status, where, end, seconds, b_in, b_out, rid, client, who, ua = row
+                key = (path, where)
                 known = seen.get(key)
                 if known is None:
-                    known = seen[key] = (route_kind(path), repository_of(route, path))
+                    known = seen[key] = (route_kind(path), repository_of(where, path))
                 kind, repository = known
                 if recorder is not None:
                     recorder.record(kind, method, status, repository, seconds, b_in, b_out)
