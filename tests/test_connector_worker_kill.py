@@ -13,7 +13,6 @@ import threading
 import time
 from base64 import b64encode
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import pytest
 import requests
@@ -23,7 +22,7 @@ from drain_support import holder_of
 from push_support import MiB, Registry, manifest_for, sha256
 from support.ports import free_port
 from support.server import PortwayServer
-from support.workers import kill_worker, listening, wait_for
+from support.workers import Outcome, kill_worker, listening, pull_loop, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -39,35 +38,6 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PortwayServer]:
         yield srv
     finally:
         srv.stop(30)
-
-
-@dataclass
-class _Outcome:
-    started: float
-    error: str | None
-
-
-def _probe_loop(reg: Registry, manifest: bytes, blob: bytes, stop: threading.Event,
-                out: list[_Outcome]) -> None:  # fmt: skip
-    """/v2/, the manifest and the layer through the connector, each on a new connection."""
-    while not stop.is_set():
-        for what in ("v2", "manifest", "blob"):
-            started, error = time.monotonic(), None
-            try:
-                if what == "v2":
-                    status = reg.request("GET", "/v2/").status
-                    error = None if status == 200 else f"/v2/: {status}"
-                elif what == "manifest":
-                    reply = reg.get_manifest(IMAGE, "v1")
-                    if reply.status != 200 or reply.body != manifest:
-                        error = f"manifest: {reply.status}"
-                else:
-                    status, hexdigest, length = reg.pull_blob(IMAGE, sha256(blob))
-                    if (status, length, f"sha256:{hexdigest}") != (200, len(blob), sha256(blob)):
-                        error = f"blob: {status} {length}"
-            except (OSError, http.client.HTTPException) as exc:
-                error = f"{what}: {exc!r}"
-            out.append(_Outcome(started, error))
 
 
 def _replacement(server: PortwayServer, known: set[int]) -> int:
@@ -115,9 +85,10 @@ def test_an_api_connector_is_served_by_the_replacement_of_a_killed_worker(
     assert reg.put_manifest(IMAGE, "v1", manifest).status == 201
 
     stop = threading.Event()
-    results: list[list[_Outcome]] = [[] for _ in range(CLIENTS)]
+    results: list[list[Outcome]] = [[] for _ in range(CLIENTS)]
     threads = [
-        threading.Thread(target=_probe_loop, args=(reg, manifest, blob, stop, results[n]))
+        threading.Thread(target=pull_loop, args=(reg, IMAGE, manifest, blob, stop, results[n]),
+                         kwargs={"ping": True})
         for n in range(CLIENTS)
     ]
     for thread in threads:

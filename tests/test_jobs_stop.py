@@ -10,7 +10,10 @@ stored, is not run again, and the next run finishes the rest with fsck clean aft
 from __future__ import annotations
 
 import http.client
+import json
 import re
+import subprocess
+import sys
 import time
 from base64 import b64encode
 from collections.abc import Iterator
@@ -237,3 +240,68 @@ def test_the_jobs_page_stops_a_running_job(server: JobsServer, admin: requests.S
     again = ui.post(f"{server.url}/ui/admin/jobs/slow-gc/stop", data={"csrf": _csrf(page)},
                     timeout=30, allow_redirects=False)  # fmt: skip
     assert again.status_code == 409
+
+
+def cli(server: JobsServer, *args: str) -> subprocess.CompletedProcess[str]:
+    argv = [sys.executable, "-m", "portway", "jobs", *args, "--config", str(server.config_path)]
+    return subprocess.run(argv, capture_output=True, text=True, timeout=180, check=False)
+
+
+def test_portway_jobs_stop_cancels_a_queued_run_and_stops_a_running_one(
+    server: JobsServer, admin: requests.Session
+) -> None:
+    """`portway jobs stop` from a shell on the node: the service the API calls, so the run
+    ends as it does when stopped over HTTP, stopped by the operator's login name (cli)."""
+    for arg, code, said in (
+        ("999999", 2, "no run '999999'"),
+        ("nope", 2, "no job named 'nope'"),
+        ("slow-gc", 1, "job 'slow-gc' is not running: there is no run of it to stop"),
+    ):
+        done = cli(server, "stop", arg)
+        assert (done.returncode, done.stdout) == (code, ""), done
+        assert done.stderr == f"portway: {said}\n", done.stderr
+
+    first = run_now(admin, server.url, "slow-gc", dry_run=True)
+    wait_for(admin, server.url, "slow-gc", first["id"], lambda r: r["state"] == "running")
+    second = run_now(admin, server.url, "slow-gc", dry_run=True)
+    done = cli(server, "stop", str(second["id"]))
+    assert done.returncode == 0, done
+    assert done.stdout.strip() == (
+        f"run {second['id']} of slow-gc was queued: cancelled, it will not start"
+    ), done.stdout
+    never = admin.get(f"{server.url}/api/v1/jobs/slow-gc/runs/{second['id']}").json()
+    assert never["state"] == "cancelled" and never["started"] is None, never
+    by = never["stoppedBy"]
+    assert by.endswith("(cli)") and never["error"] == f"stopped by {by} before it started"
+    assert admin.get(f"{server.url}/api/v1/jobs/slow-gc/runs/{first['id']}").json()[
+        "state"
+    ] == "running"  # fmt: skip
+
+    done = cli(server, "stop", str(first["id"]), "--wait", "--json", "--timeout", "60")
+    assert done.returncode == 0, done
+    ended = json.loads(done.stdout)
+    assert ended["id"] == first["id"] and ended["state"] == "cancelled", ended
+    assert ended["stopped_by"] == by and ended["report"]["stopped"], ended
+    assert ended["report"]["summary"].startswith(f"stopped by {by} before it finished")
+    done = cli(server, "stop", str(first["id"]))
+    assert done.returncode == 1 and done.stdout == "", done
+    assert done.stderr.strip() == (
+        f"portway: run {first['id']} of slow-gc is cancelled: it has ended, there is nothing "
+        "to stop"
+    ), done.stderr
+
+    # By the job's name: its running run, as Nexus's tasks stop does.
+    third = run_now(admin, server.url, "slow-gc", dry_run=True)
+    wait_for(admin, server.url, "slow-gc", third["id"], lambda r: r["state"] == "running")
+    done = cli(server, "stop", "slow-gc")
+    assert done.returncode == 0, done
+    assert done.stdout.startswith(f"run {third['id']} of slow-gc asked to stop;"), done.stdout
+    assert f"portway jobs show {third['id']}" in done.stdout
+    ended = wait_run(admin, server.url, "slow-gc", third["id"], timeout=60)
+    assert ended["state"] == "cancelled" and ended["stoppedBy"] == by, ended
+    audit = admin.get(f"{server.url}/api/v1/audit", params={"event": "job.stop"}).json()
+    mine = [r for r in audit["items"] if r["principal"] == by]
+    assert sorted(r["detail"].get("run", 0) for r in mine) == [0, first["id"], third["id"]]
+    assert [r["detail"]["cancelled"] for r in mine if "run" not in r["detail"]] == [
+        [second["id"]]
+    ]

@@ -4,17 +4,22 @@ the default SQLite database and filesystem blob store).
 A known workload (a push: a monolithic and a chunked blob upload and a manifest PUT; then
 manifest and blob GETs) must grow the database histogram by the store operations it made
 and the storage histogram by the filesystem operations, with exact counts where the
-workload fixes them; a held database write lock must show as counted errors.
+workload fixes them; a held database write lock must show as counted errors. With security
+on, the user store's and job records' calls are counted as well.
 """
 
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
 
+from admin_api_support import NEXUS, admin_session
+from jobs_support import JobsServer, run_now, wait_run
 from metrics_support import Samples, key, scrape, settle, value
 from push_support import Registry, manifest_for, sha256
 from support.server import PortwayServer
@@ -133,5 +138,78 @@ def test_writes_refused_for_a_held_lock_count_as_database_errors(tmp_path: Path)
             },
         )
         assert value(samples, f"{DB}_sum", **labels) >= 2 * 0.3 * 0.9  # each waited for it
+    finally:
+        srv.stop()
+
+
+def test_users_tokens_and_job_records_are_timed_too(tmp_path: Path) -> None:
+    """Security on: a user added over the admin API, a token exchange by that user, a job
+    run now and followed. The user store's and job records' calls are in the database
+    histogram under their own operations, exactly once where the workload fixes it."""
+    jobs = {"jobs": {"poll_interval": 1}, "job": [{"name": "purge-now", "type": "upload_purge"}]}
+    srv = JobsServer(
+        tmp_path,
+        extra=jobs,
+        workers=2,
+        security={"enabled": True, "min_password_length": 8},
+    ).start(timeout=90)
+    try:
+        admin = admin_session(srv)
+        assert admin.get(f"{srv.url}/api/v1/jobs").status_code == 200  # admin's login: before
+        before = scrape(srv.url)
+        user = {"userId": "carol", "firstName": "C", "lastName": "L",
+                "emailAddress": "carol@example.org", "password": "carol-secret-1",
+                "status": "active", "roles": []}  # fmt: skip
+        assert admin.post(f"{srv.url}{NEXUS}/security/users", json=user).status_code == 200
+        answer = requests.get(
+            f"{srv.url}/v2/token", auth=("carol", "carol-secret-1"), timeout=30,
+            params={"service": "portway", "scope": "repository:any/thing:pull"},
+        )  # fmt: skip
+        assert answer.status_code == 200, answer.text
+        ended = wait_run(admin, srv.url, "purge-now", run_now(admin, srv.url, "purge-now")["id"])
+        assert ended["state"] == "done", ended
+
+        def grown_by(access: str, operation: str, by: int) -> tuple[Any, float]:
+            was = value(before, f"{DB}_count", operation=operation, access=access)
+            return key(f"{DB}_count", operation=operation, access=access), was + by
+
+        after = settle(
+            srv.url,
+            dict(
+                [
+                    grown_by("write", "add_user", 1),
+                    grown_by("write", "job_queue", 1),
+                    grown_by("write", "job_finish", 1),
+                ]
+            ),
+        )
+        deadline = time.monotonic() + 15  # the other worker's reads may flush a little later
+        while True:
+            reads = _grown(
+                _counts(before, DB, "operation", access="read"),
+                _counts(after, DB, "operation", access="read"),
+            )
+            writes = _grown(
+                _counts(before, DB, "operation", access="write"),
+                _counts(after, DB, "operation", access="write"),
+            )
+            if {"authenticate", "job_outlook"} <= reads.keys() or time.monotonic() > deadline:
+                break
+            time.sleep(0.3)
+            after = scrape(srv.url)
+        assert writes["add_user"] == 1 and writes["job_queue"] == 1, writes
+        assert writes["job_finish"] == 1 and writes.get("job_claim", 0) >= 1, writes
+        assert writes.get("purge_refresh_tokens", 0) >= 1, writes  # the run purged them
+        assert reads.get("authenticate", 0) >= 1, reads  # carol's password checked
+        assert reads.get("job_run", 0) >= 2, reads  # the runner's look and the API's GETs
+        assert reads.get("job_outlook", 0) >= 1, reads  # the schedulers poll
+        # A bounded set: fixed names from the code, none from the request.
+        known = {"add_user", "authenticate", "principal", "load_roles", "get_user"}
+        assert "carol" not in "".join(reads) + "".join(writes)
+        assert known & reads.keys(), reads
+        labels = {"operation": "add_user", "access": "write"}
+        count = value(after, f"{DB}_count", **labels)
+        assert value(after, f"{DB}_bucket", le="+Inf", **labels) == count
+        assert value(after, f"{DB}_sum", **labels) > 0
     finally:
         srv.stop()

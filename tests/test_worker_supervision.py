@@ -3,54 +3,21 @@ keeps dying right after it starts makes `portway serve` give up with a non-zero 
 
 from __future__ import annotations
 
-import http.client
 import random
 import re
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import pytest
 
 from push_support import MiB, Registry, manifest_for, sha256
 from support.server import PortwayServer
-from support.workers import alive, kill_worker, listening, wait_for
+from support.workers import Outcome, alive, kill_worker, listening, pull_loop, wait_for
 
 pytestmark = pytest.mark.slow
 
 _SERVED_RE = re.compile(r"portway\.access\[(\d+)\]: ")
-
-
-@dataclass
-class _Outcome:
-    started: float
-    ended: float
-    error: str | None
-
-
-def _pull_loop(
-    reg: Registry, image: str, manifest: bytes, blob: bytes, stop: threading.Event
-) -> list[_Outcome]:
-    """Pull the manifest and the layer again and again, each request on a new connection."""
-    outcomes: list[_Outcome] = []
-    while not stop.is_set():
-        for what in ("manifest", "blob"):
-            started = time.monotonic()
-            error = None
-            try:
-                if what == "manifest":
-                    reply = reg.get_manifest(image, "v1")
-                    if reply.status != 200 or reply.body != manifest:
-                        error = f"manifest: {reply.status}"
-                else:
-                    status, hexdigest, length = reg.pull_blob(image, sha256(blob))
-                    if (status, length, f"sha256:{hexdigest}") != (200, len(blob), sha256(blob)):
-                        error = f"blob: {status} {length}"
-            except (OSError, http.client.HTTPException) as exc:
-                error = f"{what}: {exc!r}"
-            outcomes.append(_Outcome(started, time.monotonic(), error))
-    return outcomes
 
 
 def _push_image(reg: Registry, image: str) -> tuple[bytes, bytes]:
@@ -73,12 +40,12 @@ def test_a_killed_worker_is_replaced_while_the_other_keeps_serving(
     manifest, blob = _push_image(reg, "supervised/img")
 
     stop = threading.Event()
-    results: list[list[_Outcome]] = [[] for _ in range(4)]
+    results: list[list[Outcome]] = [[] for _ in range(4)]
 
-    def run(slot: int) -> None:
-        results[slot] = _pull_loop(reg, "supervised/img", manifest, blob, stop)
-
-    threads = [threading.Thread(target=run, args=(n,)) for n in range(4)]
+    threads = [
+        threading.Thread(target=pull_loop, args=(reg, "supervised/img", manifest, blob, stop, out))
+        for out in results
+    ]
     for thread in threads:
         thread.start()
     try:

@@ -1,17 +1,26 @@
 """Watching a server's worker processes from its log: which workers reported listening (in
-order), in the whole log or in this run only (since the server's last start)."""
+order), in the whole log or in this run only (since the server's last start); killing one;
+clients pulling an image again and again meanwhile (`pull_loop`)."""
 
 from __future__ import annotations
 
+import hashlib
+import http.client
 import os
 import re
 import signal
+import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from support.process import START_MARK
 from support.server import PortwayServer
+
+if TYPE_CHECKING:
+    from push_support import Registry
 
 LISTENING_RE = re.compile(r"portway\.server\[(\d+)\]: worker \d+ listening on")
 
@@ -49,3 +58,47 @@ def kill_worker(pid: int) -> float:
     os.kill(pid, signal.SIGKILL)
     wait_for(f"worker {pid} to die", lambda: not alive(pid), 10)
     return time.monotonic()
+
+
+@dataclass
+class Outcome:
+    """One request of `pull_loop`: when it started and ended, and what went wrong (None: it
+    was answered in full and right)."""
+
+    started: float
+    ended: float
+    error: str | None
+
+
+def pull_loop(
+    reg: Registry,
+    image: str,
+    manifest: bytes,
+    blob: bytes,
+    stop: threading.Event,
+    out: list[Outcome],
+    *,
+    ping: bool = False,
+) -> None:
+    """Until `stop`: the manifest (tag v1) and the layer pulled and checked again and again,
+    each request on a new connection (`ping`: /v2/ first each time), into `out`."""
+    digest = "sha256:" + hashlib.sha256(blob).hexdigest()
+    steps = (("v2",) if ping else ()) + ("manifest", "blob")
+    while not stop.is_set():
+        for what in steps:
+            started, error = time.monotonic(), None
+            try:
+                if what == "v2":
+                    status = reg.request("GET", "/v2/").status
+                    error = None if status == 200 else f"/v2/: {status}"
+                elif what == "manifest":
+                    reply = reg.get_manifest(image, "v1")
+                    if reply.status != 200 or reply.body != manifest:
+                        error = f"manifest: {reply.status}"
+                else:
+                    status, hexdigest, length = reg.pull_blob(image, digest)
+                    if (status, length, f"sha256:{hexdigest}") != (200, len(blob), digest):
+                        error = f"blob: {status} {length}"
+            except (OSError, http.client.HTTPException) as exc:
+                error = f"{what}: {exc!r}"
+            out.append(Outcome(started, time.monotonic(), error))

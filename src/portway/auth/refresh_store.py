@@ -13,7 +13,7 @@ from portway.db.auth_schema import refresh_tokens, users
 
 class RefreshRecords(StoreBase):
     def record_refresh(self, jti: str, user: str, repository: str | None, expires_at: int) -> None:
-        with self.engine.begin() as conn:
+        with self._write() as conn:
             conn.execute(
                 insert(refresh_tokens).values(
                     jti=jti,
@@ -42,7 +42,7 @@ class RefreshRecords(StoreBase):
         return utc(row.expires) > self._now()
 
     def revoke_refresh(self, jti: str) -> None:
-        with self.engine.begin() as conn:
+        with self._write() as conn:
             conn.execute(
                 update(refresh_tokens).where(refresh_tokens.c.jti == jti).values(revoked=True)
             )
@@ -54,7 +54,7 @@ class RefreshRecords(StoreBase):
 
     def purge_refresh_tokens(self) -> int:
         """Forget expired refresh tokens; returns how many."""
-        with self.engine.begin() as conn:
+        with self._write() as conn:
             done = conn.execute(
                 delete(refresh_tokens).where(refresh_tokens.c.expires <= self._now())
             )

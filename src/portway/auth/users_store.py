@@ -129,7 +129,7 @@ class UserRecords(RoleRecords, RefreshRecords):
         if name is not None:
             query = query.where(users.c.name == name)
             links = links.where(user_roles.c.username == name)
-        with self._read() as conn:
+        with self._read("get_user" if name is not None else "list_users") as conn:
             held: dict[str, list[str]] = {}
             for user, role in conn.execute(links):
                 held.setdefault(user, []).append(role)
@@ -178,7 +178,7 @@ class UserRecords(RoleRecords, RefreshRecords):
             return None
         if self.hasher.needs_rehash(row.password_hash):
             # Best effort: a busy or full database keeps the old hash until a later login.
-            with contextlib.suppress(DatabaseBusy, DatabaseFull), self.engine.begin() as conn:
+            with contextlib.suppress(DatabaseBusy, DatabaseFull), self._write("rehash") as conn:
                 conn.execute(
                     update(users)
                     .where(users.c.name == name, users.c.password_hash == row.password_hash)

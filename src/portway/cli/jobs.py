@@ -1,7 +1,9 @@
-"""`portway jobs list|run|show`: maintenance jobs and their runs, from the database.
+"""`portway jobs list|run|show|stop`: maintenance jobs and their runs, from the database.
 
 `run` queues a run that a running `portway serve` node starts (ADR 0027); `--wait` follows
 it to its end and prints its report. `show` takes a run id or a job name (its newest run).
+`stop` asks a run to stop through the service the admin API's stop calls (jobs.services):
+the node running it stops it at its next unit of work; a queued run is cancelled at once.
 """
 
 from __future__ import annotations
@@ -13,9 +15,12 @@ import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from portway.jobs.records import Run
+
+if TYPE_CHECKING:
+    from portway.jobs.services import JobService
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -34,12 +39,19 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     run.add_argument("--timeout", type=float, default=3600, help="seconds --wait waits")
     show = jobs.add_parser("show", help="one run's progress and report")
     show.add_argument("run", metavar="RUN_ID|NAME", help="a run id, or a job (its newest run)")
-    for parser in (ls, run, show):
+    stop = jobs.add_parser("stop", help="stop a running run, or cancel a queued one")
+    stop.add_argument(
+        "run", metavar="RUN_ID|NAME", help="a run id, or a job (its running and queued runs)"
+    )
+    stop.add_argument("--wait", action="store_true", help="wait for its end; print the run")
+    stop.add_argument("--timeout", type=float, default=600, help="seconds --wait waits")
+    for parser in (ls, run, show, stop):
         parser.add_argument("--config", type=Path, help="TOML configuration file")
         parser.add_argument("--json", action="store_true", help="print JSON")
     ls.set_defaults(func=list_command)
     run.set_defaults(func=run_command)
     show.set_defaults(func=show_command)
+    stop.set_defaults(func=stop_command)
 
 
 def _when(ts: float | None) -> str:
@@ -114,19 +126,30 @@ def run_command(args: argparse.Namespace) -> int:
                     f"(follow it with `portway jobs show {run.id}`)"
                 )
             return 0
-        deadline = time.monotonic() + args.timeout
-        while run.state in ("queued", "running") and time.monotonic() < deadline:
-            time.sleep(0.5)
-            found = asyncio.run(service.get_run(run.id))
-            assert found is not None
-            run = found
+        run = _follow(service, run, args.timeout)
     _print_run(run, args.json)
-    if run.state in ("queued", "running"):
-        print(
-            f"portway: run {run.id} is still {run.state} after {args.timeout:g} s", file=sys.stderr
-        )
+    if _still(run, args.timeout):
         return 1
     return 0 if run.state == "done" else 1
+
+
+def _follow(service: JobService, run: Run, timeout: float) -> Run:
+    """`run` again once it has ended, or as it is after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while run.state in ("queued", "running") and time.monotonic() < deadline:
+        time.sleep(0.5)
+        found = asyncio.run(service.get_run(run.id))
+        assert found is not None
+        run = found
+    return run
+
+
+def _still(run: Run, timeout: float) -> bool:
+    """Whether `run` has not ended (said on stderr)."""
+    if run.state not in ("queued", "running"):
+        return False
+    print(f"portway: run {run.id} is still {run.state} after {timeout:g} s", file=sys.stderr)
+    return True
 
 
 def show_command(args: argparse.Namespace) -> int:
@@ -151,6 +174,56 @@ def show_command(args: argparse.Namespace) -> int:
         return 2
     _print_run(run, args.json)
     return 0
+
+
+def stop_command(args: argparse.Namespace) -> int:
+    """0: the running run was asked to stop, or a queued run cancelled (with --wait: and it
+    ended cancelled); 2: no such run or job; 1: it has ended already, or nothing of the job
+    is running."""
+    from portway.compose import Portway
+    from portway.config import load_settings
+    from portway.jobs.services import JobNotFound, NotRunning
+
+    with Portway(load_settings(args.config)) as root:
+        service = root.job_service
+        only: Run | None = None
+        if args.run.isdigit():
+            only = asyncio.run(service.get_run(int(args.run)))
+            if only is None:
+                print(f"portway: no run {args.run!r}", file=sys.stderr)
+                return 2
+        job = args.run if only is None else only.job
+        try:
+            done = asyncio.run(service.stop(job, _user(), None, None if only is None else only.id))
+        except JobNotFound as exc:
+            print(f"portway: {exc}", file=sys.stderr)
+            return 2
+        except NotRunning as exc:
+            if only is not None:
+                now = asyncio.run(service.get_run(only.id)) or only
+                print(f"portway: run {now.id} of {job} is {now.state}: it has ended, "
+                      "there is nothing to stop", file=sys.stderr)  # fmt: skip
+            else:
+                print(f"portway: {exc}", file=sys.stderr)
+            return 1
+        target = done.running if done.running is not None else done.cancelled[0]
+        run = asyncio.run(service.get_run(target))
+        assert run is not None
+        if args.wait:
+            run = _follow(service, run, args.timeout)
+    if args.json:
+        print(json.dumps(run_json(run), indent=2))
+    elif args.wait:
+        _print_run(run, False)
+    else:
+        for cancelled in done.cancelled:
+            print(f"run {cancelled} of {job} was queued: cancelled, it will not start")
+        if done.running is not None:
+            print(
+                f"run {done.running} of {job} asked to stop; the node running it stops it at "
+                f"its next unit of work (follow it with `portway jobs show {done.running}`)"
+            )
+    return 1 if args.wait and _still(run, args.timeout) else 0
 
 
 def _print_run(run: Run, as_json: bool) -> None:

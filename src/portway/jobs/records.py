@@ -9,7 +9,9 @@ The next holder finds that node's run still `running` under an older token, mark
 ("interrupted") and runs it once more (the same fire time, trigger and dry-run setting); a
 run that is itself such a re-run is not run a third time.
 
-Statements are synchronous; callers run them in a thread.
+Statements are synchronous; callers run them in a thread. Each function is one database
+call in /metrics, `operation` `job_run`, `job_runs`, `job_last_runs`, `job_outlook` (reads),
+`job_queue`, `job_claim`, `job_heartbeat`, `job_finish` (writes).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from portway.coordination.leases import database_now
 from portway.db.jobs import job_runs, job_schedule
 from portway.db.shared_schema import leases as lease_rows
 from portway.jobs.cron import Cron
+from portway.observe.store_latency import database_call
 
 QUEUED, RUNNING, DONE, FAILED, CANCELLED = "queued", "running", "done", "failed", "cancelled"
 STATES = (QUEUED, RUNNING, DONE, FAILED, CANCELLED)
@@ -102,12 +105,14 @@ def _run(row: Any) -> Run:
 # -- reads (any node) ---------------------------------------------------------------------
 
 
+@database_call("job_run", "read")
 def get_run(engine: Engine, run_id: int) -> Run | None:
     with engine.connect() as conn:
         row = conn.execute(select(job_runs).where(job_runs.c.id == run_id)).first()
     return None if row is None else _run(row)
 
 
+@database_call("job_runs", "read")
 def list_runs(engine: Engine, job: str | None = None, limit: int = 50) -> list[Run]:
     """Newest first."""
     stmt = select(job_runs).order_by(job_runs.c.id.desc()).limit(limit)
@@ -117,6 +122,7 @@ def list_runs(engine: Engine, job: str | None = None, limit: int = 50) -> list[R
         return [_run(r) for r in conn.execute(stmt)]
 
 
+@database_call("job_last_runs", "read")
 def last_runs(engine: Engine) -> dict[str, Run]:
     """Each job's newest run."""
     newest = select(func.max(job_runs.c.id)).group_by(job_runs.c.job)
@@ -136,6 +142,7 @@ class Outlook:
     now: float
 
 
+@database_call("job_outlook", "read")
 def outlook(engine: Engine) -> Outlook:
     with engine.connect() as conn:
         now = database_now(conn)
@@ -169,6 +176,7 @@ def outlook(engine: Engine) -> Outlook:
 # -- writes -------------------------------------------------------------------------------
 
 
+@database_call("job_queue", "write")
 def queue_run(
     engine: Engine, job: str, kind: str, trigger: str, dry_run: bool, requested_by: str | None
 ) -> int:
@@ -208,6 +216,7 @@ def _start(conn: Connection, lease: Lease, now: float, **values: Any) -> int:
     return int(key[0])
 
 
+@database_call("job_claim", "write")
 def claim(
     engine: Engine,
     leases: Leases,
@@ -326,6 +335,7 @@ def claim(
         )
 
 
+@database_call("job_heartbeat", "write")
 def heartbeat(
     engine: Engine,
     leases: Leases,
@@ -343,6 +353,7 @@ def heartbeat(
         )
 
 
+@database_call("job_finish", "write")
 def finish(
     engine: Engine,
     leases: Leases,

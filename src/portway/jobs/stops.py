@@ -8,7 +8,8 @@ unit of work and the run ends `cancelled` with its partial report (runner.py). A
 node died meanwhile is recorded stopped by the next lease holder, not run again
 (records.claim).
 
-Statements are synchronous; callers run them in a thread.
+Statements are synchronous; callers run them in a thread; in /metrics they are the
+database operations `job_stop` (a write) and `job_stop_asked` (a read).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from sqlalchemy import Engine, func, select, update
 from portway.coordination.leases import database_now
 from portway.db.jobs import job_runs
 from portway.jobs.records import CANCELLED, QUEUED, RUNNING
+from portway.observe.store_latency import database_call
 
 STOP_POLL = 0.5  # seconds between two looks of a running run at its row
 
@@ -37,6 +39,7 @@ class Stopping:
         return self.running is not None or bool(self.cancelled)
 
 
+@database_call("job_stop", "write")
 def request_stop(engine: Engine, job: str, by: str, only: int | None = None) -> Stopping:
     """Stop `job`'s queued and running runs (`only`: just that run of it)."""
     of_job = [job_runs.c.job == job] + ([] if only is None else [job_runs.c.id == only])
@@ -85,6 +88,7 @@ def request_stop(engine: Engine, job: str, by: str, only: int | None = None) -> 
     return Stopping(running[0] if running else None, tuple(cancelled))
 
 
+@database_call("job_stop_asked", "read")
 def stop_asked(engine: Engine, run_id: int) -> str | None:
     """Who asked `run_id` to stop; None while nobody has."""
     with engine.connect() as conn:

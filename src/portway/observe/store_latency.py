@@ -16,15 +16,17 @@ while the flush reads lands in the next flush, never twice and never lost.
 from __future__ import annotations
 
 import bisect
+import contextlib
 import functools
 import inspect
 import math
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any, TypeVar
 
 C = TypeVar("C", bound=type)
+F = TypeVar("F", bound=Callable[..., Any])
 
 LATENCY_BUCKETS = (
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
@@ -247,3 +249,36 @@ class LatencyFamilies:
                 _observe(histogram.labels(*key), row[0], [int(n) for n in row[_FIRST_BUCKET:]])
                 if row[1]:
                     errors.labels(*key).inc(row[1])
+
+
+@contextlib.contextmanager
+def timed_database(operation: str, access: str) -> Iterator[None]:
+    """Time the block as one database call `(operation, access)` in `database_latency`: the
+    synchronous stores' seam (users, roles, refresh tokens, job records), as
+    portway.db.base's `_read`/`_write` are the metadata store's. A database error
+    (SQLAlchemyError) counts as an error; a refusal raised inside the block does not.
+    Operations are fixed names from the code: a bounded label set."""
+    from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+
+    start = time.perf_counter()
+    try:
+        yield
+    except BaseException as exc:  # a duplicate name is an answer, not a failing database
+        failed = isinstance(exc, SQLAlchemyError) and not isinstance(exc, IntegrityError)
+        database_latency.observe((operation, access), time.perf_counter() - start, failed)
+        raise
+    database_latency.observe((operation, access), time.perf_counter() - start)
+
+
+def database_call(operation: str, access: str) -> Callable[[F], F]:
+    """Decorator: each call of the function is one `timed_database(operation, access)`."""
+
+    def apply(fn: F) -> F:
+        @functools.wraps(fn)
+        def call(*args: Any, **kwargs: Any) -> Any:
+            with timed_database(operation, access):
+                return fn(*args, **kwargs)
+
+        return call  # type: ignore[return-value]
+
+    return apply
