@@ -218,6 +218,10 @@ def test_upload_sessions(open_store: Opener) -> None:
     assert row is not None and (row.repo_id, row.image) == (repo, "app")
     assert sorted(run(store.expired_uploads(time.time() + 1))) == ["u1", "u2"]
     assert run(store.expired_uploads(time.time() - 3600)) == []
+    other = store.ensure_repository("other", "hosted")
+    asyncio.run(store.create_upload("u3", other, "app"))
+    assert sorted(run(store.expired_uploads(time.time() + 1, repo))) == ["u1", "u2"]
+    assert run(store.expired_uploads(time.time() + 1, other)) == ["u3"]
     digest = "sha256:" + "d" * 64
     asyncio.run(store.finish_upload("u1", repo, "app", digest, 3 * GIB))
     assert (

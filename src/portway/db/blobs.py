@@ -156,9 +156,12 @@ class BlobStore(StoreBase):
             lambda conn: conn.execute(delete(uploads).where(uploads.c.id == upload_id))
         )
 
-    async def expired_uploads(self, older_than: float) -> list[str]:
-        """Sessions opened before `older_than` (their data may have been written since)."""
+    async def expired_uploads(self, older_than: float, repo_id: int | None = None) -> list[str]:
+        """Sessions opened before `older_than` (their data may have been written since), of
+        one repository or (`repo_id` None) of all."""
         stmt = select(uploads.c.id).where(uploads.c.created < older_than)
+        if repo_id is not None:
+            stmt = stmt.where(uploads.c.repo_id == repo_id)
         return await self._read(lambda conn: [r[0] for r in conn.execute(stmt)])
 
 

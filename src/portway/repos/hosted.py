@@ -319,10 +319,11 @@ class HostedRepository:
         await self.meta.delete_upload(state.id)
 
     async def purge_uploads(self, max_age: float) -> int:
-        """Drop sessions whose data was last written more than `max_age` seconds ago."""
+        """Drop this repository's sessions whose data was last written more than `max_age`
+        seconds ago."""
         cutoff = time.time() - max_age
         purged = 0
-        for upload_id in await self.meta.expired_uploads(cutoff):
+        for upload_id in await self.meta.expired_uploads(cutoff, self.repo_id):
             used = await self.blobs.upload_mtime(upload_id)
             if used is not None and used >= cutoff:
                 continue
