@@ -151,7 +151,14 @@ class StoreBase:
     async def _one(self, stmt: Any, operation: str) -> Any:
         return await self._read(lambda conn: conn.execute(stmt).first(), operation)
 
-    async def _cached(self, key: tuple[object, ...], load: Callable[[Connection], T]) -> T:
+    async def _cached(
+        self, key: tuple[object, ...], load: Callable[[Connection], T], fresh: bool = False
+    ) -> T:
+        """`load`'s answer, from the read cache while no write was signalled since; `fresh`
+        reads the database itself (a writer on another node may not have been signalled yet:
+        what a lock's new holder re-checks must be read so)."""
+        if fresh:
+            return await self._read(load)
         version = self._signal.token()
         if version != self._data_version:
             self._cache.clear()

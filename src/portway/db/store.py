@@ -69,13 +69,18 @@ class MetadataStore(BlobStore):
             return int(conn.execute(stmt).scalar_one())
 
     # -- manifests and tags ------------------------------------------------------------
-    async def manifest(self, repo_id: int, image: str, reference: str) -> ManifestRow | None:
-        """By digest when `reference` is one (validated by the caller), else by tag."""
+    async def manifest(
+        self, repo_id: int, image: str, reference: str, fresh: bool = False
+    ) -> ManifestRow | None:
+        """By digest when `reference` is one (validated by the caller), else by tag; `fresh`:
+        past the read cache."""
         if ":" in reference:
-            return await self.manifest_by_digest(repo_id, image, reference)
-        return await self.manifest_by_tag(repo_id, image, reference)
+            return await self.manifest_by_digest(repo_id, image, reference, fresh)
+        return await self.manifest_by_tag(repo_id, image, reference, fresh)
 
-    async def manifest_by_tag(self, repo_id: int, image: str, tag: str) -> ManifestRow | None:
+    async def manifest_by_tag(
+        self, repo_id: int, image: str, tag: str, fresh: bool = False
+    ) -> ManifestRow | None:
         # Statements are built inside `load`, on a cache miss only: building one costs more
         # than the whole cached answer (ADR 3).
         def load(conn: Connection) -> ManifestRow | None:
@@ -95,10 +100,10 @@ class MetadataStore(BlobStore):
             )
             return _manifest_row(conn, stmt)
 
-        return await self._cached(("t", repo_id, image, tag), load)
+        return await self._cached(("t", repo_id, image, tag), load, fresh)
 
     async def manifest_by_digest(
-        self, repo_id: int, image: str, digest: str
+        self, repo_id: int, image: str, digest: str, fresh: bool = False
     ) -> ManifestRow | None:
         def load(conn: Connection) -> ManifestRow | None:
             stmt = select(manifests.c.digest, manifests.c.media_type, manifests.c.body).where(
@@ -108,7 +113,7 @@ class MetadataStore(BlobStore):
             )
             return _manifest_row(conn, stmt)
 
-        return await self._cached(("m", repo_id, image, digest), load)
+        return await self._cached(("m", repo_id, image, digest), load, fresh)
 
     async def manifest_bodies(self, repo_id: int, image: str) -> list[bytes]:
         stmt = select(manifests.c.body).where(
@@ -231,7 +236,9 @@ class MetadataStore(BlobStore):
 
         return await self._write(run)
 
-    async def tag_info(self, repo_id: int, image: str, tag: str) -> tuple[str, float] | None:
+    async def tag_info(
+        self, repo_id: int, image: str, tag: str, fresh: bool = False
+    ) -> tuple[str, float] | None:
         """(digest, time the tag was last set or confirmed) — a proxy's freshness clock,
         read on every pull of a cached tag, so cached like the manifest itself."""
         def load(conn: Connection) -> tuple[str, float] | None:
@@ -241,7 +248,7 @@ class MetadataStore(BlobStore):
             row = conn.execute(stmt).first()
             return None if row is None else (str(row[0]), float(row[1]))
 
-        return await self._cached(("ti", repo_id, image, tag), load)
+        return await self._cached(("ti", repo_id, image, tag), load, fresh)
 
     async def touch_tag(self, repo_id: int, image: str, tag: str) -> None:
         now = time.time()

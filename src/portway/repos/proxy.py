@@ -117,8 +117,8 @@ class ProxyRepository(ProxyBlobs):
         self.negative.remember(image, reference, self.config.negative_cache_ttl)
 
     # -- manifests ---------------------------------------------------------------------
-    async def _fresh(self, image: str, tag: str) -> bool:
-        info = await self.meta.tag_info(self.repo_id, image, tag)
+    async def _fresh(self, image: str, tag: str, past_cache: bool = False) -> bool:
+        info = await self.meta.tag_info(self.repo_id, image, tag, past_cache)
         if info is None:
             return False
         max_age = self.config.metadata_max_age
@@ -168,13 +168,14 @@ class ProxyRepository(ProxyBlobs):
         self, image: str, reference: str, cached: Manifest | None
     ) -> Manifest:
         """One worker process at a time asks the upstream for a manifest; a worker that waited
-        finds what the other one stored."""
+        finds what the other one stored, read past the read cache (a node that stored it
+        signals other nodes within a second, and this one may not have heard yet)."""
         lock = self.locks().lock(self._lock_name("m", image, reference))
         await lock.acquire()
         try:
-            stored = await self.meta.manifest(self.repo_id, image, reference)
+            stored = await self.meta.manifest(self.repo_id, image, reference, fresh=True)
             if stored is not None and (
-                Digest.is_digest(reference) or await self._fresh(image, reference)
+                Digest.is_digest(reference) or await self._fresh(image, reference, True)
             ):
                 return stored
             return await self._fetch_manifest(image, reference, stored or cached)
