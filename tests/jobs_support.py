@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,19 @@ class JobsServer(PortwayServer):
 
     def _config(self) -> dict[str, Any]:
         return {**super()._config(), **self.extra}
+
+
+def serve_jobs(tmp_path: Path, extra: dict[str, Any], **kwargs: Any) -> Iterator[JobsServer]:
+    """A module fixture's server: two workers, security on (so stops can be refused), the
+    jobs tables `extra`; stopped when the module is done."""
+    kwargs.setdefault("workers", 2)
+    kwargs.setdefault("security", {"enabled": True, "min_password_length": 8})
+    node = JobsServer(tmp_path, extra=extra, **kwargs)
+    node.start(timeout=90)
+    try:
+        yield node
+    finally:
+        node.stop()
 
 
 def push_orphans(base: str, auth: tuple[str, str], count: int, size: int = 2048) -> list[str]:

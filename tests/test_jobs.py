@@ -16,7 +16,7 @@ import pytest
 import requests
 
 from admin_api_support import NEXUS, VIEWER, add_viewer, admin_session
-from jobs_support import IMAGE, JobsServer, blob_status, push_orphans, run_now, wait_run
+from jobs_support import IMAGE, JobsServer, blob_status, push_orphans, run_now, serve_jobs, wait_run
 
 JOBS = {
     "jobs": {"lease_ttl": 6, "poll_interval": 1},
@@ -31,18 +31,10 @@ JOBS = {
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[JobsServer]:
-    node = JobsServer(
-        tmp_path_factory.mktemp("jobs"),
-        extra=JOBS,
-        workers=2,
+    yield from serve_jobs(
+        tmp_path_factory.mktemp("jobs"), JOBS,
         server={"gc_hold": 1},
-        security={"enabled": True, "min_password_length": 8},
     )
-    node.start(timeout=90)
-    try:
-        yield node
-    finally:
-        node.stop()
 
 
 @pytest.fixture(scope="module")

@@ -24,7 +24,7 @@ import requests
 
 from admin_api_support import NEXUS, VIEWER, add_viewer, admin_session
 from drain_support import holder_of
-from jobs_support import JobsServer, blob_status, push_orphans, run_now, wait_run
+from jobs_support import JobsServer, blob_status, push_orphans, run_now, serve_jobs, wait_run
 
 DELAY = 3.0  # seconds the run pauses at each phase and before each batch
 JOBS = {
@@ -35,19 +35,11 @@ JOBS = {
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[JobsServer]:
-    node = JobsServer(
-        tmp_path_factory.mktemp("jobs-stop"),
-        extra=JOBS,
-        workers=2,
+    yield from serve_jobs(
+        tmp_path_factory.mktemp("jobs-stop"), JOBS,
         server={"gc_hold": 1},
-        security={"enabled": True, "min_password_length": 8},
         env={"PORTWAY_JOB_PHASE_DELAY": str(DELAY)},
     )
-    node.start(timeout=90)
-    try:
-        yield node
-    finally:
-        node.stop()
 
 
 @pytest.fixture(scope="module")

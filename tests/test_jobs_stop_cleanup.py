@@ -16,7 +16,7 @@ import pytest
 import requests
 
 from admin_api_support import NEXUS, admin_session
-from jobs_support import JobsServer, run_now, wait_run
+from jobs_support import JobsServer, run_now, serve_jobs, wait_run
 from push_support import manifest_for, sha256
 from support.cluster import token
 from test_jobs_stop import post_on_other_worker, wait_for
@@ -36,19 +36,11 @@ JOBS = {
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[JobsServer]:
-    node = JobsServer(
-        tmp_path_factory.mktemp("jobs-stop-cleanup"),
-        extra=JOBS,
-        workers=2,
+    yield from serve_jobs(
+        tmp_path_factory.mktemp("jobs-stop-cleanup"), JOBS,
         repositories=[HOSTED],
-        security={"enabled": True, "min_password_length": 8},
         env={"PORTWAY_JOB_PHASE_DELAY": str(DELAY)},
     )
-    node.start(timeout=90)
-    try:
-        yield node
-    finally:
-        node.stop()
 
 
 def _session(server: JobsServer, image: str) -> requests.Session:

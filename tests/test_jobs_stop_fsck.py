@@ -15,7 +15,7 @@ import pytest
 import requests
 
 from admin_api_support import NEXUS, admin_session
-from jobs_support import JobsServer, push_orphans, run_now, wait_run
+from jobs_support import JobsServer, push_orphans, run_now, serve_jobs, wait_run
 from test_jobs_stop import post_on_other_worker, wait_for
 
 DELAY = 3.0  # the pause at each phase and before each unit of 100 blobs
@@ -28,18 +28,10 @@ JOBS = {
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[JobsServer]:
-    node = JobsServer(
-        tmp_path_factory.mktemp("jobs-stop-fsck"),
-        extra=JOBS,
-        workers=2,
-        security={"enabled": True, "min_password_length": 8},
+    yield from serve_jobs(
+        tmp_path_factory.mktemp("jobs-stop-fsck"), JOBS,
         env={"PORTWAY_JOB_PHASE_DELAY": str(DELAY)},
     )
-    node.start(timeout=90)
-    try:
-        yield node
-    finally:
-        node.stop()
 
 
 def test_an_fsck_stopped_mid_way_reports_what_it_hashed_and_the_next_run_checks_all(
