@@ -66,7 +66,9 @@ class MetadataStore(BlobStore):
             index_elements=["name"], set_={"kind": stmt.excluded.kind}
         ).returning(repositories.c.id)
         with self._write_engine.begin() as conn:
-            return int(conn.execute(stmt).scalar_one())
+            repo_id = int(conn.execute(stmt).scalar_one())
+        self._signal.written()
+        return repo_id
 
     # -- manifests and tags ------------------------------------------------------------
     async def manifest(
