@@ -84,6 +84,9 @@ def test_connector_made_through_the_api_listens_on_both_workers_and_stops(
     assert made.status_code == 201, made.text
     assert made.json()["state"] == "listening"  # the worker that answered listens already
     assert made.json()["managedBy"] == "api"
+    # Alone, the node's view is the answering worker's: one node, named by its listener.
+    (node,) = made.json()["nodes"]
+    assert node["node"].endswith(f":127.0.0.1:{server.port}") and node["state"] == "listening"
     assert made.headers["Location"] == f"{CONNECTORS}/{listen}"
     _until(lambda: _accepts(port), 1.0)
     print(f"connector listening {time.monotonic() - sent:.3f}s after the POST was sent")
@@ -270,6 +273,9 @@ def test_a_connector_whose_port_is_taken_at_start_is_failed_then_retried(
         server.start(90)
         _until(lambda: shown()["state"] == "failed", 10.0)
         assert "Address already in use" in str(shown()["detail"])
+        nodes = shown()["nodes"]
+        assert isinstance(nodes, list) and [n["state"] for n in nodes] == ["failed"], nodes
+        assert "Address already in use" in str(nodes[0]["detail"])
         assert f"connector {listen} not listening" in server.log()
     finally:
         holder.close()

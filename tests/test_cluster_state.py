@@ -133,6 +133,15 @@ def test_a_connector_made_on_one_node_listens_on_every_node(cluster: Cluster) ->
         shown = session.get(f"{node.url}/api/v1/connectors/{listen}", timeout=30).json()
         assert shown["state"] == "listening" and shown["managedBy"] == "api", shown
 
+    def views() -> list[tuple[str, str]]:  # every node's view, as one node answers it
+        shown = session.get(f"{cluster.nodes[1].url}/api/v1/connectors/{listen}", timeout=30)
+        return sorted((n["node"], n["state"]) for n in shown.json()["nodes"])
+
+    names = sorted(f"{socket.gethostname()}:127.0.0.1:{n.port}" for n in cluster.nodes)
+    while views() != [(name, "listening") for name in names]:
+        assert time.monotonic() - sent <= 5.0, f"nodes shown: {views()}"
+        time.sleep(0.05)
+
     gone = session.delete(f"{cluster.nodes[2].url}/api/v1/connectors/{listen}", timeout=30)
     assert gone.status_code == 204, gone.text
     deleted = time.monotonic()

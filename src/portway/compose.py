@@ -195,6 +195,12 @@ class Portway:
         access = AccessStore(self.meta.engine, self.meta.read_engine)
         check = partial(probe, reuse_port=self.settings.server.share_connector_ports)
         admin.access = AccessAdmin(self.settings, access, admin, audit=self.audit, probe=check)
+        admin.access.node = self.node
+        if self.clustered:
+            from portway.db.connector_states import ConnectorStates
+
+            meta = self.meta
+            admin.access.shared = ConnectorStates(meta.engine, meta.read_engine, self.node)
         return admin
 
     def connector_source(self) -> DefinitionSource:

@@ -3,12 +3,13 @@ replace, delete, with `ETag` on every answer and `If-Match` honoured on change (
 definition changed since it was read). Those the configuration file declares are listed as
 `managedBy: file` and refused for change (409). A connector made here listens on every worker
 of every node within about a second (ADR 28); its `state` says whether the worker that
-answered listens on it."""
+answered listens on it, and `nodes` what every node's workers say (ADR 32)."""
 
 from __future__ import annotations
 
 import asyncio
 import time
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 from aiohttp import web
@@ -18,12 +19,20 @@ from portway.api.problems import Problem, check_if_match
 from portway.api.routing import Call, Operation, json_response, no_content
 from portway.config import ConnectorConfig, HostConfig
 from portway.db.access import Kind
+from portway.db.connector_states import NodeView
 from portway.repos.access import AccessEntry
 
 CONNECTORS = "/api/v1/connectors"
 HOSTS = "/api/v1/hosts"
 SETTLE = 2.0  # seconds a create waits for this worker to listen on the new connector
 State = Literal["listening", "pending", "failed", "proxy"]
+
+
+class NodeAnswer(BaseModel):
+    node: str  # host name and main listener
+    state: Literal["listening", "failed"]
+    detail: str | None = None
+    updated: str  # when that node last wrote its view (ISO 8601)
 
 
 class ConnectorAnswer(BaseModel):
@@ -33,6 +42,9 @@ class ConnectorAnswer(BaseModel):
     etag: str
     state: State  # on the worker that answered; "proxy": served_by = "proxy"
     detail: str | None = None
+    # Every node's view seen within the last 30 s (served_by = "portway"; None while the
+    # cluster's copy cannot be read); a node that is not listed does not listen on it.
+    nodes: list[NodeAnswer] | None = None
     definition: dict[str, Any]
 
 
@@ -52,7 +64,10 @@ class HostList(BaseModel):
     items: list[HostAnswer]
 
 
-def _answer(call: Call, entry: AccessEntry) -> dict[str, Any]:
+Views = dict[str, list[NodeView]] | None
+
+
+def _answer(call: Call, entry: AccessEntry, views: Views = None) -> dict[str, Any]:
     definition = entry.config.model_dump(mode="json", exclude_none=True)
     if isinstance(entry.config, HostConfig):
         return HostAnswer(
@@ -61,15 +76,28 @@ def _answer(call: Call, entry: AccessEntry) -> dict[str, Any]:
         ).model_dump()  # fmt: skip
     state: State = "proxy"
     detail = None
+    nodes = None
     if entry.config.served_by == "portway":
         found, detail = call.services.access.listeners.get(entry.key, ("pending", None))
         state = (
             "listening" if found == "listening" else "failed" if found == "failed" else "pending"
         )
+        if views is not None:
+            nodes = [_node(v) for v in views.get(entry.key, ())]
     return ConnectorAnswer(
         listen=entry.key, managedBy=entry.managed_by, revision=entry.revision, etag=entry.etag,
-        state=state, detail=detail, definition=definition,
+        state=state, detail=detail, nodes=nodes, definition=definition,
     ).model_dump()  # fmt: skip
+
+
+def _node(view: NodeView) -> NodeAnswer:
+    state: Literal["listening", "failed"] = "listening" if view.state == "listening" else "failed"
+    updated = datetime.fromtimestamp(view.updated, UTC).isoformat()
+    return NodeAnswer(node=view.node, state=state, detail=view.detail, updated=updated)
+
+
+async def _views(call: Call, kind: Kind) -> Views:
+    return await call.services.access.node_views() if kind == "connector" else None
 
 
 def _key(call: Call, kind: Kind) -> str:
@@ -99,7 +127,8 @@ async def _settled(call: Call, listen: str) -> None:
 
 def _list(kind: Kind) -> Any:
     async def handler(call: Call) -> web.StreamResponse:
-        items = [_answer(call, e) for e in call.services.access.entries(kind)]
+        views = await _views(call, kind)
+        items = [_answer(call, e, views) for e in call.services.access.entries(kind)]
         return json_response({"items": items})
 
     return handler
@@ -111,13 +140,14 @@ async def create(call: Call) -> web.StreamResponse:
     if isinstance(config, ConnectorConfig) and config.served_by == "portway":
         await _settled(call, entry.key)
     headers = {"ETag": entry.etag, "Location": _location(entry.kind, entry.key)}
-    return json_response(_answer(call, entry), 201, headers)
+    return json_response(_answer(call, entry, await _views(call, entry.kind)), 201, headers)
 
 
 def _read(kind: Kind) -> Any:
     async def handler(call: Call) -> web.StreamResponse:
         entry = _checked(call, kind)
-        return json_response(_answer(call, entry), headers={"ETag": entry.etag})
+        views = await _views(call, kind)
+        return json_response(_answer(call, entry, views), headers={"ETag": entry.etag})
 
     return handler
 
@@ -131,7 +161,8 @@ def _replace(kind: Kind) -> Any:
             raise Problem(400, f"{field}: cannot change; delete and create instead")
         expected = entry.revision if "If-Match" in call.request.headers else None
         new = await call.services.access.replace(config, actor=call.actor, expected=expected)
-        return json_response(_answer(call, new), headers={"ETag": new.etag})
+        views = await _views(call, kind)
+        return json_response(_answer(call, new, views), headers={"ETag": new.etag})
 
     return handler
 

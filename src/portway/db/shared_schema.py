@@ -76,3 +76,16 @@ shared_secrets = Table(
     Column("value", Text, nullable=False),
     Column("created", Float, nullable=False),
 )
+
+# What each node's workers see of the connectors they serve (ADR 0032): one row per node and
+# `listen` address, written again on a change and every few seconds while the node runs, so
+# an `updated` long past names a node that stopped.
+connector_states = Table(
+    "connector_states",
+    metadata,
+    Column("node", String(128), primary_key=True),
+    Column("listen", String(255), primary_key=True),
+    Column("state", String(16), nullable=False),
+    Column("detail", Text),
+    Column("updated", Float, nullable=False),
+)

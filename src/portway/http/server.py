@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Protocol
 from aiohttp import web
 
 from portway.config import ConnectorConfig, Settings
+from portway.db.connector_states import share_loop
 from portway.http import reload
 from portway.http.app import build_app
 from portway.http.auth import SecurityAuthorizer
@@ -238,6 +239,8 @@ async def run_worker(
                 publish_loop(lambda: ctx.repos, settings.server.data_dir, root.proxy_health)
             ),
         ]
+        if ctx.admin is not None and ctx.admin.access.shared is not None:
+            tasks.append(asyncio.create_task(share_loop(live.states, ctx.admin.access.shared)))
         # What start-up built (modules, the app, the stores) lives as long as the worker: out
         # of the collector's way, so its full passes scan only what serving made since (its
         # garbage collected first, so none of it is kept for good).

@@ -14,12 +14,17 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import ipaddress
+import logging
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
+from sqlalchemy.exc import SQLAlchemyError
+
 from portway.config import ConnectorConfig, HostConfig, Settings, split_listen
 from portway.db.access import AccessStore, Kind, StoredAccess
+from portway.db.connector_states import ConnectorStates, ListenerState, NodeView
 from portway.db.repositories import DefinitionConflict
 from portway.repos.admin import RepositoryRefused
 
@@ -32,7 +37,7 @@ Definition = ConnectorConfig | HostConfig
 # Raises RepositoryRefused with the reason (409 for an address in use). `bind` is False when
 # the connector listens already.
 Probe = Callable[[ConnectorConfig, bool], None]
-ListenerState = tuple[str, str | None]  # ("listening" | "failed", detail)
+log = logging.getLogger("portway.server")
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,7 +102,26 @@ class AccessAdmin:
         # This worker's listeners of portway-served connectors, by listen address (filled
         # by the HTTP layer as the sockets arrive; shown by the API).
         self.listeners: dict[str, ListenerState] = {}
+        # Every node's view of its listeners, shared through the database in a cluster
+        # (db/connector_states.py); alone, this worker's view is the node's.
+        self.node = ""
+        self.shared: ConnectorStates | None = None
         self.file_version = 0  # moves when the file's tables are read again (SIGHUP)
+
+    async def node_views(self) -> dict[str, list[NodeView]] | None:
+        """Each node's view of the connectors it serves, by listen address; None while the
+        cluster's copy cannot be read."""
+        if self.shared is None:
+            now = time.time()
+            return {
+                listen: [NodeView(self.node, state, detail, now)]
+                for listen, (state, detail) in self.listeners.items()
+            }
+        try:
+            return await asyncio.to_thread(self.shared.views)
+        except SQLAlchemyError as exc:
+            log.warning("connector states of the cluster not read: %s", exc)
+            return None
 
     def set_file(self, settings: Settings) -> None:
         self.settings = settings
