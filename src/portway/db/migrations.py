@@ -32,6 +32,7 @@ AFTER_BASELINE = frozenset(
     | {"job_runs", "job_schedule"}  # 0008
     | {"access_definitions"}  # 0009
     | {"shared_secrets"}  # 0011
+    | {"connector_states"}  # 0014
 )
 
 
