@@ -10,6 +10,7 @@ without admin privileges. Screenshots as tests/test_ui_browser.py."""
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -281,6 +282,10 @@ def test_connector_and_host_made_on_the_page_serve_at_once(
     assert by_host.status_code == 200 and "1.0" in by_host.json()["tags"], by_host.text
     row = page.get_by_role("row").filter(has_text=f"127.0.0.1:{port}")
     assert "listening" in row.inner_text() and "api" in row.inner_text()
+    # The node's own view, as every node would show it in a cluster: NAME:LISTEN: listening.
+    page.reload()
+    nodes = row.get_by_role("listitem").all_inner_texts()
+    assert nodes == [f"{socket.gethostname()}:{server.host}: listening"], nodes
     browser.shot(page, "admin-connectors", tmp_path)
 
     page.get_by_role("button", name=f"Delete connector 127.0.0.1:{port}").click()
