@@ -10,7 +10,8 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from types import SimpleNamespace
+from typing import Any, cast
 
 import jwt
 import pytest
@@ -26,9 +27,13 @@ from portway.auth.scopes import parse_scopes
 from portway.auth.service import AuthService
 from portway.auth.state import GENERATION_CHECK
 from portway.auth.store import UserStore
+from portway.auth.tokencache import token_key
 from portway.auth.tokens import TokenAuthority, TokenClaims
 from portway.config import RepositoryConfig
 from portway.db.schema import metadata
+from portway.http import auth as http_auth
+from portway.http.auth import SecurityAuthorizer
+from portway.http.protocol import RegistryRequestHandler
 from support.security import (
     OCI_MANIFEST,
     admin_client,
@@ -302,3 +307,55 @@ def test_refused_tokens_are_not_remembered(
             auth.verify_bearer(forged, REPO, "portway")
         assert tokens.verified == n
     assert auth.remembered_bearer(forged, REPO, "portway") is None
+
+
+def test_a_connection_hashes_its_token_once(
+    service: tuple[AuthService, CountingAuthority, UserStore, Clock, Clock],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A client sends one token request after request on a kept-alive connection: its cache
+    key is worked out once; another token or another route on that connection is not taken
+    for the one before."""
+    auth = service[0]
+    authorizer = SecurityAuthorizer(auth, "portway")
+    hashed: list[tuple[Any, ...]] = []
+
+    def counted(*args: Any) -> bytes:
+        hashed.append(args)
+        return token_key(*args)
+
+    monkeypatch.setattr(http_auth, "token_key", counted)
+    request = cast(Any, SimpleNamespace(protocol=object.__new__(RegistryRequestHandler)))
+    token, other = _issue(auth), _issue(auth)
+    assert token != other
+    keys = {authorizer._token_key(request, token, REPO) for _ in range(5)}
+    assert keys == {token_key(token, REPO, "portway")} and len(hashed) == 1
+    assert authorizer._token_key(request, other, REPO) == token_key(other, REPO, "portway")
+    assert authorizer._token_key(request, other, "team-b") == token_key(other, "team-b", "portway")
+    assert authorizer._token_key(request, token, REPO) == token_key(token, REPO, "portway")
+    assert len(hashed) == 4
+    authorizer.pool.shutdown()
+
+
+def test_a_kept_alive_connection_honours_a_disabled_user(server: PortwayServer) -> None:
+    """The same token again and again on one connection (the connection's memo of its key)
+    still stops when its user is disabled, and a second user's token on that connection is
+    judged as that user's."""
+    user = add_user(server, "kora")
+    token = token_for(server, user)
+    url = f"http://127.0.0.1:{server.connector_port(0)}/v2/app/manifests/v1"
+    with requests.Session() as session:
+
+        def kept(bearer: str) -> requests.Response:
+            headers = {"Authorization": f"Bearer {bearer}", "Accept": OCI_MANIFEST}
+            return session.get(url, headers=headers, timeout=30)
+
+        assert kept(token).status_code == 200
+        forged = token[:-4] + ("AAAA" if not token.endswith("AAAA") else "BBBB")
+        refused_token(kept(forged))
+        assert kept(token).status_code == 200
+        cli(server, "user", "disable", user[0])
+        deadline = time.monotonic() + BOUND
+        while kept(token).status_code == 200:
+            assert time.monotonic() < deadline, "the disabled user's token still pulls"
+        refused_token(kept(token))

@@ -43,11 +43,18 @@ class BearerGrants(AuthState):
         return principal
 
     def remembered_bearer(
-        self, token: str, repository_route: str | None, service: str | None = None
+        self,
+        token: str,
+        repository_route: str | None,
+        service: str | None = None,
+        key: bytes | None = None,
     ) -> Grant | None:
         """The grant of a bearer token verified before on this route, while nothing it
-        depends on has changed (see `portway.auth.tokencache`); None: call `verify_bearer`."""
-        return self._verified.get(token_key(token, repository_route, service), self._stamp())
+        depends on has changed (see `portway.auth.tokencache`); None: call `verify_bearer`.
+        `key`: the token's `token_key` for this route and service, if the caller has it."""
+        if key is None:
+            key = token_key(token, repository_route, service)
+        return self._verified.get(key, self._stamp())
 
     def verify_bearer(
         self,

@@ -18,8 +18,10 @@ from portway.auth.grants import Grant
 from portway.auth.passwords import lower_thread_priority
 from portway.auth.privileges import ACTIONS, BROWSE, READ, Principal, allowed_actions
 from portway.auth.service import AuthService
+from portway.auth.tokencache import token_key
 from portway.http.context import CONTEXT_KEY, AppContext
 from portway.http.forwarded import client_address, client_origin
+from portway.http.protocol import RegistryRequestHandler
 from portway.http.routing import Route
 from portway.oci.errors import RegistryError
 from portway.oci.names import check_name
@@ -184,7 +186,8 @@ class SecurityAuthorizer:
         state = _state(request)
         grant = state.grants.get(repository)
         if grant is None:
-            grant = self.auth.remembered_bearer(token, repository, self.service)
+            key = self._token_key(request, token, repository)
+            grant = self.auth.remembered_bearer(token, repository, self.service, key)
         if grant is None:
             if state.bearer_refused is None:
                 state.bearer_refused = {}
@@ -203,6 +206,19 @@ class SecurityAuthorizer:
             if not found:
                 principal = await self.auth.off_loop(self.auth.principal_of, grant)
             state.principal = principal
+
+    def _token_key(self, request: web.Request, token: str, repository: str | None) -> bytes:
+        """The token's cache key, from the connection's memo when it sent this token for
+        this route before (the key is a hash of exactly these, see `token_key`)."""
+        protocol = request.protocol
+        if not isinstance(protocol, RegistryRequestHandler):
+            return token_key(token, repository, self.service)
+        memo = protocol.token_memo
+        if memo is not None and memo[1] == repository and memo[0] == token:
+            return memo[2]
+        key = token_key(token, repository, self.service)
+        protocol.token_memo = (token, repository, key)
+        return key
 
     async def _check_basic(self, request: web.Request) -> None:
         """Check Basic credentials in the pool, once per request (`_grant` uses the result)."""

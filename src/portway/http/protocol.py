@@ -29,6 +29,10 @@ class RegistryRequestHandler(web_protocol.RequestHandler):
 
     header_timeout: float = 30.0
     _header_deadline: asyncio.TimerHandle | None = None
+    # The bearer token this connection sent last, with the route it was for and its cache
+    # key (portway.auth.tokencache.token_key): a client sends one token request after
+    # request, so its key is worked out once per connection, not hashed again each time.
+    token_memo: tuple[str, str | None, bytes] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
