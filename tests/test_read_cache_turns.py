@@ -14,19 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from portway.db.store import MetadataStore, NewManifest, open_metadata
-
-
-def manifest(n: int) -> NewManifest:
-    return NewManifest(
-        digest=f"sha256:{n:064x}",
-        media_type="application/vnd.oci.image.manifest.v1+json",
-        body=b'{"schemaVersion":2,"n":%d}' % n,
-        artifact_type=None,
-        subject=None,
-        annotations=None,
-        refs=(),
-    )
+from portway.db.store import MetadataStore, open_metadata
+from test_store_conformance import manifest
 
 
 def allow(_tag: str, _current: str | None) -> None:
