@@ -200,6 +200,8 @@ def test_users_tokens_and_job_records_are_timed_too(tmp_path: Path) -> None:
         assert writes["add_user"] == 1 and writes["job_queue"] == 1, writes
         assert writes["job_finish"] == 1 and writes.get("job_claim", 0) >= 1, writes
         assert writes.get("purge_refresh_tokens", 0) >= 1, writes  # the run purged them
+        # The run held its job's lease from its claim to its end.
+        assert writes.get("lease_acquire", 0) >= 1 and writes.get("lease_release", 0) >= 1, writes
         assert reads.get("authenticate", 0) >= 1, reads  # carol's password checked
         assert reads.get("job_run", 0) >= 2, reads  # the runner's look and the API's GETs
         assert reads.get("job_outlook", 0) >= 1, reads  # the schedulers poll

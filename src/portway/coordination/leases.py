@@ -3,7 +3,8 @@
 Taking a lease is one upsert that succeeds only when the row is missing or its time ran out,
 and bumps the fencing token: two contenders on two nodes can never both hold it. Time is the
 database's clock on PostgreSQL (`clock_timestamp()`), so the nodes' clocks need not agree;
-SQLite is one host and uses the host's. Statements run in a thread, never on the event loop.
+SQLite is one host and uses the host's. Statements run in a thread, never on the event loop;
+each is timed in the database histogram as `lease_acquire`, `lease_renew` or `lease_release`.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from sqlalchemy import ColumnElement, Connection, Engine, select, text, update
 from portway.coordination.interfaces import Lease, LeaseLost
 from portway.db.dialect import dialect_for
 from portway.db.shared_schema import leases
+from portway.observe.store_latency import database_call
 
 
 def node_name() -> str:
@@ -45,6 +47,7 @@ class DatabaseLeases:
     async def acquire(self, name: str, ttl: float) -> Lease | None:
         return await asyncio.to_thread(self._acquire, name, ttl)
 
+    @database_call("lease_acquire", "write")
     def _acquire(self, name: str, ttl: float) -> Lease | None:
         with self._engine.begin() as conn:
             now = database_now(conn)
@@ -68,6 +71,7 @@ class DatabaseLeases:
     async def renew(self, lease: Lease, ttl: float) -> Lease | None:
         return await asyncio.to_thread(self._renew, lease, ttl)
 
+    @database_call("lease_renew", "write")
     def _renew(self, lease: Lease, ttl: float) -> Lease | None:
         with self._engine.begin() as conn:
             now = database_now(conn)
@@ -83,6 +87,7 @@ class DatabaseLeases:
     async def release(self, lease: Lease) -> None:
         await asyncio.to_thread(self._release, lease)
 
+    @database_call("lease_release", "write")
     def _release(self, lease: Lease) -> None:
         # The row stays (expired), so the next holder's token is still higher than ours.
         with self._engine.begin() as conn:
