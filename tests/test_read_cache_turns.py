@@ -92,6 +92,38 @@ def test_a_commit_after_the_turns_read_is_seen_from_the_next_turn(
     assert next_turn == manifest(2).digest
 
 
+def test_a_fresh_read_sees_what_the_cache_has_not_heard_of(
+    workers: tuple[MetadataStore, MetadataStore],
+) -> None:
+    """What a proxy's lock holder re-checks (`fresh=True`) is read from the database, even
+    while the read cache still holds the answer from before another worker's commit."""
+    a, b = workers
+    repo = a.ensure_repository("r", "hosted")
+    asyncio.run(b.put_manifest(repo, "app", manifest(1), ["v1"], allow))
+
+    async def scenario() -> list[str | None]:
+        await a.manifest(repo, "app", "v1")  # cached, with the tag's clock
+        was = await a.tag_info(repo, "app", "v1")
+        commit_elsewhere(b, repo, 2)  # v1 moves to manifest 2, within this turn
+        cached = await a.manifest(repo, "app", "v1")
+        fresh = await a.manifest(repo, "app", "v1", fresh=True)
+        by_digest = await a.manifest(repo, "app", manifest(2).digest, fresh=True)
+        clock = await a.tag_info(repo, "app", "v1", fresh=True)
+        stale_clock = await a.tag_info(repo, "app", "v1")
+        return [
+            cached.digest if cached else None,
+            fresh.digest if fresh else None,
+            by_digest.digest if by_digest else None,
+            clock[0] if clock else None,
+            stale_clock[0] if stale_clock else None,
+            was[0] if was else None,
+        ]
+
+    cached, fresh, by_digest, clock, stale_clock, was = asyncio.run(scenario())
+    assert cached == stale_clock == was == manifest(1).digest  # the cache has not heard yet
+    assert fresh == by_digest == clock == manifest(2).digest
+
+
 def test_this_processs_own_write_is_seen_at_once(
     workers: tuple[MetadataStore, MetadataStore],
 ) -> None:
