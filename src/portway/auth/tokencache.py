@@ -2,7 +2,8 @@
 check, no JSON parsing and no claim checks.
 
 An entry is keyed by the SHA-256 of the token with the route and the service it was presented
-for (the raw token is never kept), holds the grant the full check produced, and is used only
+for (the cache never keeps the raw token; a kept-alive connection keeps the one it sent last,
+with its key, http/protocol.py), holds the grant the full check produced, and is used only
 
 - before the token's own expiry (`exp` plus the authority's leeway), and
 - while the stamp it was stored under is still current: the security generation (any change
