@@ -1,15 +1,15 @@
 """Profile Portway under wrk load with py-spy and print the hot spots.
 
     .venv/bin/python bench/profile.py [--what manifest|blob|push|chunked|pull] [--duration 15]
-                                      [--s3]
+                                      [--s3] [--lines]
 
 Starts Portway alone (fresh data folder), pushes a small image, runs wrk (2 threads, 64
 connections) against a manifest GET by tag (or a 1 KiB blob GET) while `py-spy record` samples
 the server and its workers, then prints the functions with the most samples, by own time and
-by inclusive time. `push`/`chunked` push 64 MiB blobs, `pull` GETs four 64 MiB blobs over and
-over (one stream). `--s3` starts a one-host Ceph RGW (tests/support/ceph.py) and puts Portway's
-blobs in a bucket there (`redirect = "off"`: every byte goes through Portway). Needs py-spy in
-the venv (`.venv/bin/pip install py-spy`).
+by inclusive time (`--lines`: own time per source line). `push`/`chunked` push 64 MiB blobs,
+`pull` GETs four 64 MiB blobs over and over (one stream). `--s3` starts a one-host Ceph RGW
+(tests/support/ceph.py) and puts Portway's blobs in a bucket there (`redirect = "off"`: every
+byte goes through Portway). Needs py-spy in the venv (`.venv/bin/pip install py-spy`).
 """
 
 from __future__ import annotations
@@ -35,10 +35,10 @@ from servers import REPO_ROOT, Target, connector_target, free_ports, start_portw
 sys.path.insert(0, str(REPO_ROOT))
 from tests.support import ceph
 
-FRAME = re.compile(r"^(?P<func>.*?) \((?P<file>[^()]*?)(?::\d+)?\)$")
+FRAME = re.compile(r"^(?P<func>.*?) \((?P<file>[^()]*?)(?P<line>:\d+)?\)$")
 
 
-def short(frame: str) -> str:
+def short(frame: str, line: bool = False) -> str:
     m = FRAME.match(frame)
     if not m:
         return frame
@@ -47,7 +47,8 @@ def short(frame: str) -> str:
         if marker in file:
             file = file.split(marker, 1)[1]
             break
-    return f"{m.group('func')} ({file})"
+    at = m.group("line") or "" if line else ""
+    return f"{m.group('func')} ({file}{at})"
 
 
 def _package(frame: str) -> str:
@@ -79,7 +80,7 @@ def summarize(
             continue
         total += count
         threads[frames[-1] if len(frames) < 3 else " > ".join(frames[:3])] += count
-        own[frames[-1]] += count
+        own[short(stack.rsplit(";", 1)[-1], line=True)] += count
         packages[_package(frames[-1])] += count
         for f in set(frames):
             inclusive[f] += count
@@ -134,6 +135,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--rate", type=int, default=200, help="py-spy samples per second")
     p.add_argument("--top", type=int, default=25)
+    p.add_argument(
+        "--lines", action="store_true", help="own time per source line, not per function"
+    )
     args = p.parse_args(argv)
     pyspy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     if not Path(pyspy).exists():
@@ -181,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
             "--pid",
             str(server.proc.pid),
             "--subprocesses",
-            "--function",
+            *([] if args.lines else ["--function"]),
             "--rate",
             str(args.rate),
             "--duration",
