@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import requests
 from prometheus_client.parser import text_string_to_metric_families
@@ -42,6 +42,19 @@ def settle(
             return samples
         if time.monotonic() > deadline:
             raise AssertionError(f"metrics never reached the expected values: {wrong}")
+        time.sleep(0.3)
+
+
+def settle_on(
+    url: str, ready: Callable[[Samples], bool], timeout: float = 15
+) -> Samples:
+    """Scrape until `ready` holds of the samples: for counts the workload only bounds from
+    below, which a worker that has not flushed yet would leave short."""
+    deadline = time.monotonic() + timeout
+    while True:
+        samples = scrape(url)
+        if ready(samples) or time.monotonic() > deadline:
+            return samples  # the caller's assertions say what is still missing
         time.sleep(0.3)
 
 
