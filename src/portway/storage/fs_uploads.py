@@ -5,6 +5,8 @@ sharing the folder, continues it. A request holds the file's flock while it appe
 closing PUT holds it from the size check to the rename into the blob tree: no request still
 appending can change what was verified. Writes are batched, hashed and written in a worker
 thread with early writeback (ADR 5), so the fsync that publishes the blob finds little to do.
+The running hash lives in the appending worker, and is recorded on the file for the others
+(portway.storage.checkpoint).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import Any
 
 from portway.oci.digest import Digest
 from portway.oci.errors import RegistryError
+from portway.storage import checkpoint
 from portway.storage.faults import StorageFull, is_full
 from portway.storage.filesystem import FilesystemBackend, FileWriter, ObjectBusy
 from portway.storage.uploads import RunningHashes
@@ -96,6 +99,9 @@ class FileUploads:
             if is_full(exc):
                 raise StorageFull(f"the upload was cut back to {start} bytes") from exc
             raise
+        if hasher is not None:  # for a closing PUT that reaches another worker (ADR 34)
+            done = hasher.copy().hexdigest()
+            await asyncio.to_thread(checkpoint.record, writer.fileno(), start + written, done)
         await writer.close(sync=False)
         self.hashes.advance(upload_id, start + written, hasher)
         return start + written
@@ -111,8 +117,8 @@ class FileUploads:
             actual = self.hashes.take(upload_id, total, digest)
             sync = asyncio.ensure_future(asyncio.to_thread(os.fsync, holder.fileno()))
             try:
-                if actual is None:  # another worker appended, or sha512: read the data back
-                    actual = await asyncio.to_thread(self._hash_file, key, digest.algorithm)
+                if actual is None:  # another worker appended, or sha512
+                    actual = await asyncio.to_thread(self._stored_digest, holder, key, digest)
             finally:
                 await asyncio.shield(sync)
             if actual != digest.hex:
@@ -140,6 +146,15 @@ class FileUploads:
             ) from None
         except FileNotFoundError:
             raise RegistryError("BLOB_UPLOAD_UNKNOWN", f"upload {upload_id} not found") from None
+
+    def _stored_digest(self, holder: FileWriter, key: str, digest: Digest) -> str:
+        """The digest recorded on the session file by the worker that appended all of it,
+        else the stored bytes hashed again."""
+        if digest.algorithm == "sha256":
+            found = checkpoint.recorded(holder.fileno(), holder.size)
+            if found is not None:
+                return found
+        return self._hash_file(key, digest.algorithm)
 
     def _hash_file(self, key: str, algorithm: str) -> str:
         hasher = hashlib.new(algorithm)

@@ -60,8 +60,11 @@ class RunningHashes:
             self._hashes.pop(next(iter(self._hashes)))
 
     def at(self, upload_id: str, offset: int) -> Any | None:
-        """The hasher covering exactly the first `offset` bytes, or None."""
+        """The hasher covering exactly the first `offset` bytes, or None. Nothing needs to be
+        seen to cover none: a session opened by another worker is hashed from its first byte."""
         cached = self._hashes.get(upload_id)
+        if cached is None and offset == 0:
+            return hashlib.sha256()
         return cached[1] if cached is not None and cached[0] == offset else None
 
     def advance(self, upload_id: str, offset: int, hasher: Any | None) -> None:
