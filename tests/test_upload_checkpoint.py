@@ -54,6 +54,13 @@ def reread(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
     yield seen
 
 
+async def appended(uploads: FileUploads, data: bytes) -> str:
+    """A new session on `uploads` holding `data`, appended in one request."""
+    session = await uploads.new_upload()
+    await uploads.append(session, body(data))
+    return session
+
+
 def stored(uploads: FileUploads, digest: Digest) -> bytes:
     path = uploads.backend.local_path(blob_key(digest))
     assert path is not None
@@ -87,8 +94,7 @@ def test_a_wrong_digest_is_refused_without_reading_the_bytes(
     wrong = digest_of(b"another layer")
 
     async def scenario() -> None:
-        session = await a.new_upload()
-        await a.append(session, body(data))
+        session = await appended(a, data)
         with pytest.raises(RegistryError) as refused:
             await b.commit(session, wrong)
         assert refused.value.code == "DIGEST_INVALID"
@@ -108,12 +114,7 @@ def test_a_record_from_another_boot_is_not_trusted(
     data = os.urandom(MiB)
     digest = digest_of(data)
 
-    async def scenario() -> str:
-        session = await a.new_upload()
-        await a.append(session, body(data))
-        return session
-
-    session = asyncio.run(scenario())
+    session = asyncio.run(appended(a, data))
     path = a.backend.local_path(upload_key(session))
     assert path is not None
     recorded = os.getxattr(path, checkpoint.ATTRIBUTE).decode()
@@ -162,9 +163,7 @@ def test_a_filesystem_without_user_attributes_hashes_again(
     digest = digest_of(data)
 
     async def scenario() -> None:
-        session = await a.new_upload()
-        await a.append(session, body(data))
-        assert await b.commit(session, digest) == len(data)
+        assert await b.commit(await appended(a, data), digest) == len(data)
 
     asyncio.run(scenario())
     assert len(reread) == 1
