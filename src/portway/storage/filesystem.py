@@ -117,14 +117,13 @@ class FileWriter:
             _start_writeback(self._fd, start, self._size - start)
 
     async def close(self, *, sync: bool = True) -> None:
-        def _close() -> None:
+        try:
             if sync:
-                os.fsync(self._fd)
+                await asyncio.to_thread(os.fsync, self._fd)
+        finally:  # closing waits for no disk: done here, not through a pool thread
             if self._direct is not None:
                 self._direct.close()
             os.close(self._fd)
-
-        await asyncio.to_thread(_close)
 
 
 @timed_backend("filesystem", answers=(ObjectBusy,))
