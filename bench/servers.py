@@ -194,6 +194,7 @@ def portway_config(
     log_level: str = "warning",
     proxied: Sequence[int] = (),
     security: bool = False,
+    server_lines: Sequence[str] = (),
 ) -> str:
     lines = [
         "[server]",
@@ -201,6 +202,7 @@ def portway_config(
         f'data_dir = "{data_dir}"',
         f"workers = {workers}",
         f'log_level = "{log_level}"',
+        *server_lines,
         "",
         "[security]",
         f"enabled = {'true' if security else 'false'}",
@@ -248,9 +250,12 @@ def start_portway(
     auth: str = "none",
     extra_config: str = "",
     env: dict[str, str] | None = None,
+    log_level: str = "warning",
+    server_lines: Sequence[str] = (),
 ) -> tuple[ServerProcess, Target]:
     """Portway with a fresh data folder (`extra_config`: TOML tables appended, e.g.
-    `[storage]`; `env`: added to the environment); `layout` is `path` (/v2/docker-hosted/<image>) or
+    `[storage]`; `server_lines`: more `[server]` keys; `env`: added to the environment);
+    `layout` is `path` (/v2/docker-hosted/<image>) or
     `nexus` (/repository/docker-hosted/v2/<image>). `auth` "bearer" or "basic" turns
     `[security]` on; requests then go as the admin user that the first start creates."""
     if auth not in ("none", "bearer", "basic"):
@@ -261,7 +266,14 @@ def start_portway(
     config = home / "portway.toml"
     config.write_text(
         portway_config(
-            port, home / "data", workers, connectors, proxied=proxied, security=auth != "none"
+            port,
+            home / "data",
+            workers,
+            connectors,
+            log_level,
+            proxied,
+            auth != "none",
+            server_lines,
         )
         + "\n"
         + extra_config
@@ -294,14 +306,20 @@ def connector_target(port: int, name: str) -> Target:
 
 
 def distribution_config(
-    port: int, root: Path, debug_port: int | None = None, storage: Sequence[str] = ()
+    port: int,
+    root: Path,
+    debug_port: int | None = None,
+    storage: Sequence[str] = (),
+    request_log: bool = False,
 ) -> str:
-    """`storage`: the driver's lines under `storage:` (default: the filesystem at `root`)."""
+    """`storage`: the driver's lines under `storage:` (default: the filesystem at `root`);
+    `request_log`: one JSON line per answered request ("response completed", at info)."""
     driver = list(storage) or ["  filesystem:", f"    rootdirectory: {root}"]
+    logging = ["  level: info", "  formatter: json"] if request_log else ["  level: error"]
     lines = [
         "version: 0.1",
         "log:",
-        "  level: error",
+        *logging,
         "  accesslog:",
         "    disabled: true",
         "storage:",
@@ -329,6 +347,7 @@ def start_distribution(
     name: str = "distribution",
     storage: Sequence[str] = (),
     env: dict[str, str] | None = None,
+    request_log: bool = False,
 ) -> tuple[ServerProcess, Target]:
     binary = shutil.which("docker-registry") or shutil.which("registry")
     if binary is None:
@@ -338,7 +357,9 @@ def start_distribution(
     home.mkdir(parents=True, exist_ok=True)
     (home / "data").mkdir(exist_ok=True)
     config = home / "config.yml"
-    config.write_text(distribution_config(port, home / "data", storage=storage))
+    config.write_text(
+        distribution_config(port, home / "data", storage=storage, request_log=request_log)
+    )
     server = ServerProcess(name, [binary, "serve", str(config)], home, env=env, cpus=cpus)
     server.wait_ready(f"http://127.0.0.1:{port}/v2/")
     return server, Target(name, "127.0.0.1", port, "/v2/", f"127.0.0.1:{port}")
