@@ -6,7 +6,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import Connection, delete, insert, or_, select, update
+from sqlalchemy import Connection, bindparam, delete, insert, or_, select, update
 
 from portway.db.base import StoreBase
 from portway.db.dialect import Dialect
@@ -85,8 +85,10 @@ class BlobStore(StoreBase):
         )
 
     async def get_upload(self, upload_id: str) -> UploadRow | None:
-        stmt = select(uploads).where(uploads.c.id == upload_id)
-        return _upload_row(await self._one(stmt, "get_upload"))
+        found = await self._read(
+            lambda conn: conn.execute(_UPLOAD, {"upload_id": upload_id}).first(), "get_upload"
+        )
+        return _upload_row(found)
 
     async def claim_upload(self, upload_id: str, holder: str, until: float) -> UploadRow | None:
         """Take the session's lease for `holder` until `until` (Unix time), unless another
@@ -163,6 +165,10 @@ class BlobStore(StoreBase):
         if repo_id is not None:
             stmt = stmt.where(uploads.c.repo_id == repo_id)
         return await self._read(lambda conn: [r[0] for r in conn.execute(stmt)])
+
+
+# Built once: every PATCH and closing PUT reads it (see lifecycle._STATE_OF).
+_UPLOAD = select(uploads).where(uploads.c.id == bindparam("upload_id"))
 
 
 def _upload_row(row: Any) -> UploadRow | None:

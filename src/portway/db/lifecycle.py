@@ -29,6 +29,7 @@ from sqlalchemy import (
     String,
     Table,
     and_,
+    bindparam,
     case,
     delete,
     false,
@@ -199,10 +200,15 @@ def held(conn: Connection, repo_id: int, image: str, digest: str, now: float) ->
     return row is not None
 
 
+# Built once: every claim and hold reads it, and building a statement costs more than
+# SQLite takes to run it (docs/benchmarks.md, "Where a skopeo push's time goes").
+_STATE_OF = select(blob_states.c.state, blob_states.c.generation).where(
+    blob_states.c.digest == bindparam("digest")
+)
+
+
 def state_of(conn: Connection, digest: str) -> tuple[str, int] | None:
-    row = conn.execute(
-        select(blob_states.c.state, blob_states.c.generation).where(blob_states.c.digest == digest)
-    ).first()
+    row = conn.execute(_STATE_OF, {"digest": digest}).first()
     return None if row is None else (str(row[0]), int(row[1]))
 
 
