@@ -117,13 +117,21 @@ class FileWriter:
             _start_writeback(self._fd, start, self._size - start)
 
     async def close(self, *, sync: bool = True) -> None:
+        if sync:  # the thread closes too: a cancelled wait must not close what it syncs
+            await asyncio.to_thread(self._sync_and_close)
+        else:  # closing waits for no disk: done here, not through a pool thread
+            self._close_now()
+
+    def _sync_and_close(self) -> None:
         try:
-            if sync:
-                await asyncio.to_thread(os.fsync, self._fd)
-        finally:  # closing waits for no disk: done here, not through a pool thread
-            if self._direct is not None:
-                self._direct.close()
-            os.close(self._fd)
+            os.fsync(self._fd)
+        finally:
+            self._close_now()
+
+    def _close_now(self) -> None:
+        if self._direct is not None:
+            self._direct.close()
+        os.close(self._fd)
 
 
 @timed_backend("filesystem", answers=(ObjectBusy,))
