@@ -186,3 +186,23 @@ def test_a_full_filesystem_refuses_a_direct_append_and_the_session_is_cut_back(
     finally:
         _close(writer)
     assert path.read_bytes() == start + b"more"
+
+
+def test_a_failed_fsync_still_closes_the_session_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A disk that fails a sync cannot be had on demand: os.fsync is made to fail.
+    path = tmp_path / "session"
+    path.write_bytes(b"")
+    writer = FileWriter(path, append=True)
+    fd = writer.fileno()
+
+    def failing(_fd: int) -> None:
+        raise OSError(errno.EIO, "I/O error")
+
+    monkeypatch.setattr(os, "fsync", failing)
+    with pytest.raises(OSError):
+        asyncio.run(writer.close(sync=True))
+    with pytest.raises(OSError) as gone:
+        os.fstat(fd)
+    assert gone.value.errno == errno.EBADF

@@ -148,8 +148,8 @@ class StoreBase:
                 self._thread_conns.append(conn)
         return fn(conn)
 
-    async def _one(self, stmt: Any, operation: str) -> Any:
-        return await self._read(lambda conn: conn.execute(stmt).first(), operation)
+    async def _one(self, stmt: Any, operation: str, params: dict[str, Any] | None = None) -> Any:
+        return await self._read(lambda conn: conn.execute(stmt, params).first(), operation)
 
     async def _cached(
         self, key: tuple[object, ...], load: Callable[[Connection], T], fresh: bool = False

@@ -85,10 +85,7 @@ class BlobStore(StoreBase):
         )
 
     async def get_upload(self, upload_id: str) -> UploadRow | None:
-        found = await self._read(
-            lambda conn: conn.execute(_UPLOAD, {"upload_id": upload_id}).first(), "get_upload"
-        )
-        return _upload_row(found)
+        return _upload_row(await self._one(_UPLOAD, "get_upload", {"upload_id": upload_id}))
 
     async def claim_upload(self, upload_id: str, holder: str, until: float) -> UploadRow | None:
         """Take the session's lease for `holder` until `until` (Unix time), unless another
